@@ -1,0 +1,597 @@
+"""Regularisers as small modules that ride on one layer.
+
+Each method is an ``nn.Module`` attached to its layer as the child
+``ddc_method``; the layer's ``forward`` is routed through it (see
+:mod:`ddc.apply`). Methods hold configuration and state, and call into
+:mod:`ddc.functional` for the maths. All their buffers are non-persistent, so a
+model's ``state_dict`` is exactly that of the plain architecture.
+
+Weight methods (:class:`DropConnect`, :class:`DynamicDropConnect`) mask the
+layer's weight; output methods (:class:`Dropout`, :class:`Standout`) mask its
+output. In eval mode every method except Standout computes exactly the plain
+layer (Standout's inference rule scales the output by its keep probability).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor, nn
+
+from . import functional as F
+from .functional import check_choice, check_probability
+
+WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``W_eff = W * keep * scale`` with a choice of backward rule.
+
+    ``dense=False`` (``update="autograd"``): ``dL/dW = keep * scale * dL/dW_eff``.
+    ``dense=True`` (``update="reference"``): ``dL/dW = dL/dW_eff``, the authors'
+    copy-in/copy-out update. ``sink(grad_effective, grad_param)`` receives both
+    gradients (summed over the batch for per-example masks) so the method can
+    keep its signal without a separate hook. ``keep=None`` is the identity,
+    used on the first step to capture a gradient before any mask exists.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, keep, scale, dense, sink, want_param_grad):
+        ctx.dense, ctx.sink, ctx.want_param_grad = dense, sink, want_param_grad
+        ctx.batched = keep is not None and keep.dim() > weight.dim()
+        if keep is None:
+            ctx.save_for_backward()
+            return weight.clone()
+        ctx.save_for_backward(keep, scale)
+        return F.apply_keep(weight, keep, scale)
+
+    @staticmethod
+    def backward(ctx, grad_eff):
+        if ctx.saved_tensors:
+            keep, scale = ctx.saved_tensors
+            need_param = not ctx.dense or ctx.want_param_grad
+            grad_param = F.apply_keep(grad_eff, keep, scale) if need_param else None
+        else:
+            grad_param = grad_eff
+        if ctx.batched:
+            grad_eff = grad_eff.sum(0)
+            grad_param = grad_param.sum(0) if grad_param is not None else None
+        if ctx.sink is not None:
+            ctx.sink(grad_eff, grad_param)
+        grad_weight = grad_eff if ctx.dense else grad_param
+        return grad_weight, None, None, None, None, None
+
+
+def _plain_forward(layer: nn.Module, *args, **kwargs):
+    return type(layer).forward(layer, *args, **kwargs)
+
+
+def _forward_with(layer: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The layer's own computation with substitute parameters."""
+    if isinstance(layer, nn.Linear):
+        if weight.dim() == 3:  # one weight per example
+            batch = x.shape[0]
+            flat = x.reshape(batch, -1, x.shape[-1])
+            out = torch.bmm(flat, weight.transpose(1, 2))
+            if bias is not None:
+                out = out + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
+            return out.reshape(*x.shape[:-1], weight.shape[1])
+        return TF.linear(x, weight, bias)
+    return layer._conv_forward(x, weight, bias)
+
+
+class MaskRNG:
+    """The random source of one ``apply``: one generator per device, shared by all its layers.
+
+    Either wraps a given ``torch.Generator`` or creates one per device from
+    ``seed`` on first use. ``None`` for both uses the global RNG.
+    """
+
+    def __init__(self, seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
+        if seed is not None and generator is not None:
+            raise ValueError("seed and generator: give one or the other, not both")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed={seed!r} must be an int")
+        self.seed, self.generator = seed, generator
+        self._generators: dict = {}
+
+    def get(self, device) -> Optional[torch.Generator]:
+        device = torch.device(device)
+        if self.generator is not None:
+            if self.generator.device.type != device.type:
+                raise ValueError(
+                    f"generator is on {self.generator.device} but the layer is on {device}; "
+                    "pass a generator on the layer's device, or seed= instead"
+                )
+            return self.generator
+        if self.seed is None:
+            return None
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+    def state_dict(self) -> dict:
+        state = {key: gen.get_state() for key, gen in self._generators.items()}
+        if self.generator is not None:
+            state["given"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            if key == "given":
+                if self.generator is not None:
+                    self.generator.set_state(value)
+                continue
+            generator = torch.Generator(device=key)
+            generator.set_state(value)
+            self._generators[key] = generator
+
+
+class LayerMethod(nn.Module):
+    """Base class: configuration plus a random source, attached to one layer."""
+
+    name = "base"
+    #: layer types the method can sit on; ``None`` means any module
+    layer_types: Optional[Tuple[type, ...]] = None
+
+    def __init__(self, *, rng: Optional[MaskRNG] = None):
+        super().__init__()
+        self.mask_rng = rng if rng is not None else MaskRNG()
+        #: when True the method keeps the last step's tensors in ``self.last``
+        #: for a recorder; off by default so nothing is retained.
+        self.keep_last = False
+        self.last: dict = {}
+
+    def check_layer(self, layer: nn.Module, name: str) -> None:
+        if self.layer_types is not None and not isinstance(layer, self.layer_types):
+            kinds = ", ".join(t.__name__ for t in self.layer_types)
+            raise ValueError(
+                f"layers: {name!r} is a {type(layer).__name__}, which has no weight that "
+                f"method={self.name!r} can mask; allowed layer types: {kinds}"
+            )
+
+    def rng(self, device) -> Optional[torch.Generator]:
+        return self.mask_rng.get(device)
+
+    def method_state(self) -> dict:
+        """State to checkpoint beside the model (the model's state_dict stays plain)."""
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name}: unexpected method state keys {sorted(state)}")
+
+    def forward(self, layer: nn.Module, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- output methods
+
+
+class Dropout(LayerMethod):
+    """Dropout (Srivastava et al. 2014) on the layer's output, inverted scaling.
+
+    Placed on the paper's DDC layer it reproduces ``nn.Dropout`` after that
+    layer, before the ReLU. The mask comes from this method's generator.
+    """
+
+    name = "dropout"
+
+    def __init__(self, *, p: float = 0.5, rng=None):
+        super().__init__(rng=rng)
+        check_probability("p", p)
+        self.p = float(p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, layer, *args, **kwargs):
+        out = _plain_forward(layer, *args, **kwargs)
+        if not layer.training or self.p == 0.0:
+            return out
+        drop_prob = torch.full((), self.p, dtype=out.dtype, device=out.device)
+        keep = F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
+        scale = F.keep_scale(keep, mode="expected", drop_prob=drop_prob)
+        if self.keep_last:
+            self.last = {"drop_prob": drop_prob, "keep": keep, "scale": scale}
+        return F.apply_keep(out, keep, scale)
+
+
+class Standout(LayerMethod):
+    """Standout / adaptive dropout (Ba & Frey 2013), our own implementation.
+
+    Keep probability per example and unit: ``pi = sigmoid(alpha * a + beta)``
+    with ``a = W x + b`` the layer's output (``form="affine"``, the common
+    form where beta acts as a bias), or ``pi = sigmoid(alpha * a + beta * sum(x))``
+    (``form="tied"``, the paper's standout weights ``alpha * W + beta``
+    elementwise; Linear layers only). Training output ``m * a`` with
+    ``m ~ Bernoulli(pi)``; inference output ``pi * a``. Because ``m`` and ``pi``
+    are non-negative this equals masking ``f(a)`` for a positively homogeneous
+    activation ``f`` such as ReLU, which follows the layer in every bundled
+    model. ``pi`` carries no gradient (the mask is a sample).
+
+    Defaults ``alpha=1.0, beta=0.0`` (Ba & Frey tune both; with these,
+    units with negative pre-activation, which ReLU zeroes anyway, keep with
+    probability below one half).
+    """
+
+    name = "standout"
+    FORMS = ("affine", "tied")
+
+    def __init__(self, *, alpha: float = 1.0, beta: float = 0.0, form: str = "affine", rng=None):
+        super().__init__(rng=rng)
+        check_choice("form", form, self.FORMS)
+        for key, value in (("alpha", alpha), ("beta", beta)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key}={value!r} must be a finite number")
+        self.alpha, self.beta, self.form = float(alpha), float(beta), form
+
+    def check_layer(self, layer, name):
+        if self.form == "tied" and not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"layers: {name!r} is a {type(layer).__name__}; standout form='tied' needs nn.Linear "
+                "(use form='affine' for other layers)"
+            )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, form={self.form!r}"
+
+    def keep_probability(self, x: Tensor, out: Tensor) -> Tensor:
+        with torch.no_grad():
+            offset = self.beta * x.sum(-1, keepdim=True) if self.form == "tied" else self.beta
+            return torch.sigmoid(self.alpha * out + offset)
+
+    def forward(self, layer, x, *args, **kwargs):
+        out = _plain_forward(layer, x, *args, **kwargs)
+        keep_prob = self.keep_probability(x, out)
+        if not layer.training:
+            return out * keep_prob
+        drop_prob = 1.0 - keep_prob
+        keep = F.keep_mask(drop_prob, generator=self.rng(out.device))
+        if self.keep_last:
+            self.last = {"drop_prob": drop_prob, "keep": keep, "scale": torch.ones((), device=out.device)}
+        return out * keep
+
+
+# --------------------------------------------------------------------------- weight methods
+
+
+class _WeightDrop(LayerMethod):
+    """Shared machinery of DropConnect and DDC: mask, re-calibrate, update rule."""
+
+    layer_types = WEIGHT_LAYERS
+    MASKS = ("batch", "sample")
+    UPDATES = ("autograd", "reference")
+
+    def __init__(
+        self,
+        *,
+        mask: str = "batch",
+        recalibration: str = "realized",
+        update: str = "autograd",
+        drop_bias: bool = False,
+        eps: float = F.EPS,
+        rng=None,
+    ):
+        super().__init__(rng=rng)
+        check_choice("mask", mask, self.MASKS)
+        check_choice("recalibration", recalibration, F.RECALIBRATION)
+        check_choice("update", update, self.UPDATES)
+        check_choice("drop_bias", drop_bias, (False, True))
+        if not isinstance(eps, (int, float)) or not 0.0 < eps < 1e-2:
+            raise ValueError(f"eps={eps!r} must be a small positive number (0 < eps < 1e-2)")
+        self.mask, self.recalibration, self.update = mask, recalibration, update
+        self.drop_bias, self.eps = bool(drop_bias), float(eps)
+
+    def check_layer(self, layer, name):
+        super().check_layer(layer, name)
+        if self.mask == "sample" and not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"layers: {name!r} is a {type(layer).__name__}; mask='sample' (one mask per "
+                "example) is implemented for nn.Linear only; use mask='batch'"
+            )
+
+    # Subclasses say how likely each edge is to be dropped; None means "do not
+    # mask this step" (DDC's passthrough first step).
+    def weight_drop_prob(self, weight: Tensor) -> Optional[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bias_drop_prob(self, bias: Tensor) -> Optional[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gradient_sink(self, role: str) -> Optional[Callable]:
+        """A callback receiving ``(dL/dW_eff, dL/dW)`` in backward, or None."""
+        return None
+
+    def _masked(self, param: Tensor, drop_prob: Optional[Tensor], role: str, batch: Optional[int]):
+        sink = self.gradient_sink(role)
+        dense = self.update == "reference"
+        want_param = getattr(self, "signal_source", "effective") == "param"
+        if drop_prob is None:
+            if sink is None:
+                return param, None
+            return _MaskedWeight.apply(param, None, None, dense, sink, want_param), None
+        shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
+        keep = F.keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
+        scale = F.keep_scale(
+            keep, mode=self.recalibration, drop_prob=drop_prob, eps=self.eps, batch_dims=0 if batch is None else 1
+        )
+        masked = _MaskedWeight.apply(param, keep, scale, dense, sink, want_param)
+        return masked, (drop_prob, keep, scale)
+
+    def forward(self, layer, x, *args, **kwargs):
+        if not layer.training:
+            return _plain_forward(layer, x, *args, **kwargs)
+        batch = x.shape[0] if self.mask == "sample" else None
+        weight, drawn = self._masked(layer.weight, self.weight_drop_prob(layer.weight), "weight", batch)
+        bias = layer.bias
+        if self.drop_bias and bias is not None:
+            bias, _ = self._masked(bias, self.bias_drop_prob(bias), "bias", batch)
+        if self.keep_last:
+            self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
+        return _forward_with(layer, x, weight, bias)
+
+
+class DropConnect(_WeightDrop):
+    """DropConnect (Wan et al. 2013): every edge dropped with the same ``p``.
+
+    One mask per forward pass shared by the mini-batch (``mask="batch"``, as
+    the reference code's baseline) or one per example (``mask="sample"``,
+    Wan et al.; memory ``batch x out x in`` floats for the effective weights).
+    """
+
+    name = "dropconnect"
+
+    def __init__(self, *, p: float = 0.5, **options):
+        super().__init__(**options)
+        check_probability("p", p)
+        self.p = float(p)
+
+    def extra_repr(self) -> str:
+        return (
+            f"p={self.p}, mask={self.mask!r}, recalibration={self.recalibration!r}, "
+            f"update={self.update!r}, drop_bias={self.drop_bias}"
+        )
+
+    def _uniform(self, param: Tensor) -> Tensor:
+        return torch.full((), self.p, dtype=param.dtype, device=param.device)
+
+    def weight_drop_prob(self, weight):
+        return self._uniform(weight)
+
+    def bias_drop_prob(self, bias):
+        return self._uniform(bias)
+
+
+class DynamicDropConnect(_WeightDrop):
+    """Dynamic DropConnect (Yang & Chen 2025): per-edge drop rates from gradients.
+
+    Each training forward pass drops edge ``(i, j)`` with probability
+    ``p_base + p_signal * q_ij`` where ``q`` comes from the z-scored magnitude of
+    the signal (see :func:`ddc.functional.drop_probability`). Options and
+    defaults (the reference code's unless noted):
+
+    - ``p_base=0.3``, ``p_signal=0.5``, ``tau=0.5``;
+    - ``prefer="small"`` (drop small-gradient edges; ``"big"`` is the inverse ablation);
+    - ``signal="grad"`` (``"weight"`` uses ``|W|``: the DropSmallW/DropBigW ablations);
+    - ``normalize="zscore"`` (``none``, ``mean``, ``rank``); ``scope="layer"``
+      (``row``: per output unit; ``global``: across all layers of one ``apply``);
+    - ``signal_source="effective"``: the signal is the dense ``dL/dW_eff``;
+      ``"param"`` uses the masked ``dL/dW`` (shows the feedback loop);
+    - ``grad_ema=0.0``: 0 uses the last step's gradient; ``d`` in (0, 1) keeps
+      ``d * ema + (1 - d) * |g|`` (our extension);
+    - ``mask="batch"``, ``recalibration="realized"``;
+    - ``update="autograd"`` (gradient through the mask, our default);
+      ``"reference"`` reproduces the authors' dense update;
+    - ``first_step="passthrough"`` (no mask until a gradient exists, as the
+      reference); ``"base"`` drops every edge with ``p_base`` meanwhile;
+    - ``drop_bias=False``: biases (with their own signal statistics) are masked too when True.
+
+    Non-finite gradients: if a layer's signal contains inf/NaN its statistics
+    are NaN and every edge of that layer gets ``p_base`` for the step (a
+    DropConnect step); the effective weights stay finite. A warning is issued
+    once per layer, and ``nonfinite_steps`` counts such steps.
+    """
+
+    name = "ddc"
+    SIGNALS = ("grad", "weight")
+    SIGNAL_SOURCES = ("effective", "param")
+    FIRST_STEPS = ("passthrough", "base")
+    SCOPES = ("layer", "row", "global")
+
+    def __init__(
+        self,
+        *,
+        p_base: float = 0.3,
+        p_signal: float = 0.5,
+        tau: float = 0.5,
+        prefer: str = "small",
+        signal: str = "grad",
+        normalize: str = "zscore",
+        scope: str = "layer",
+        signal_source: str = "effective",
+        grad_ema: float = 0.0,
+        first_step: str = "passthrough",
+        **options,
+    ):
+        super().__init__(**options)
+        F.check_drop_config(p_base, p_signal, tau)
+        check_choice("prefer", prefer, F.PREFER)
+        check_choice("signal", signal, self.SIGNALS)
+        check_choice("normalize", normalize, F.NORMALIZE)
+        check_choice("scope", scope, self.SCOPES)
+        check_choice("signal_source", signal_source, self.SIGNAL_SOURCES)
+        check_choice("first_step", first_step, self.FIRST_STEPS)
+        if not isinstance(grad_ema, (int, float)) or isinstance(grad_ema, bool) or not 0.0 <= grad_ema < 1.0:
+            raise ValueError(f"grad_ema={grad_ema!r} must lie in [0, 1) (0 = last step only)")
+        self.p_base, self.p_signal, self.tau = float(p_base), float(p_signal), float(tau)
+        self.prefer, self.signal, self.normalize, self.scope = prefer, signal, normalize, scope
+        self.signal_source, self.grad_ema, self.first_step = signal_source, float(grad_ema), first_step
+        #: set by ``apply`` when scope="global": shares statistics across layers
+        self.global_stats: Optional[GlobalStats] = None
+        self.register_buffer("weight_signal", None, persistent=False)
+        self.register_buffer("bias_signal", None, persistent=False)
+        self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        self._warned_nonfinite = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"p_base={self.p_base}, p_signal={self.p_signal}, tau={self.tau}, prefer={self.prefer!r}, "
+            f"signal={self.signal!r}, normalize={self.normalize!r}, scope={self.scope!r}, "
+            f"signal_source={self.signal_source!r}, grad_ema={self.grad_ema}, mask={self.mask!r}, "
+            f"recalibration={self.recalibration!r}, update={self.update!r}, "
+            f"first_step={self.first_step!r}, drop_bias={self.drop_bias}"
+        )
+
+    # ---- signal -------------------------------------------------------------
+
+    def gradient_sink(self, role):
+        if self.signal != "grad":
+            return None
+        return lambda grad_eff, grad_param: self._store_signal(role, grad_eff, grad_param)
+
+    @torch.no_grad()
+    def _store_signal(self, role: str, grad_eff: Tensor, grad_param: Optional[Tensor]) -> None:
+        grad = grad_eff if self.signal_source == "effective" else grad_param
+        name = f"{role}_signal"
+        previous = getattr(self, name)
+        if self.grad_ema == 0.0 or previous is None:
+            # A reference, not a copy: autograd hands out fresh gradient tensors.
+            new = grad.detach() if self.grad_ema == 0.0 else grad.detach().abs()
+        else:
+            magnitude = grad.detach().abs()
+            blended = torch.lerp(magnitude, previous, self.grad_ema)
+            new = torch.where(torch.isfinite(magnitude), blended, previous)
+        setattr(self, name, new)
+        if self.global_stats is not None and role == "weight":
+            self.global_stats.invalidate()
+
+    def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
+        if self.signal == "weight":
+            return param.detach()
+        return getattr(self, f"{role}_signal")
+
+    # ---- drop probability ---------------------------------------------------
+
+    def _drop_prob(self, role: str, param: Tensor) -> Optional[Tensor]:
+        signal = self.signal_tensor(role, param)
+        if signal is None:
+            if self.first_step == "passthrough":
+                return None
+            return torch.full((), self.p_base, dtype=param.dtype, device=param.device)
+        with torch.no_grad():
+            magnitude = signal.abs()
+            stats = None
+            if self.normalize in ("zscore", "mean"):
+                if self.global_stats is not None and role == "weight":
+                    stats = self.global_stats.get()
+                else:
+                    stats = F.signal_stats(magnitude, self.scope)
+                self._check_finite(stats[0])
+            return F.drop_probability(
+                magnitude,
+                p_base=self.p_base,
+                p_signal=self.p_signal,
+                tau=self.tau,
+                prefer=self.prefer,
+                normalize=self.normalize,
+                scope="layer" if self.scope == "global" else self.scope,
+                eps=self.eps,
+                stats=stats,
+            )
+
+    def _check_finite(self, mean: Tensor) -> None:
+        bad = ~torch.isfinite(mean).all()
+        self.nonfinite_steps += bad
+        # Only look on the host when that is free: on accelerators it would sync.
+        if mean.device.type == "cpu" and not self._warned_nonfinite and bool(bad):
+            self._warned_nonfinite = True
+            warnings.warn(
+                "ddc: non-finite gradient signal; the layer's edges fall back to p_base for such "
+                "steps (counted in nonfinite_steps). This warning is shown once per layer.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def weight_drop_prob(self, weight):
+        return self._drop_prob("weight", weight)
+
+    def bias_drop_prob(self, bias):
+        return self._drop_prob("bias", bias)
+
+    def method_state(self) -> dict:
+        state = {}
+        for name in ("weight_signal", "bias_signal"):
+            if getattr(self, name) is not None:
+                state[name] = getattr(self, name).clone()
+        state["nonfinite_steps"] = self.nonfinite_steps.clone()
+        return state
+
+    def load_method_state(self, state: dict) -> None:
+        state = dict(state)
+        for name in ("weight_signal", "bias_signal", "nonfinite_steps"):
+            if name in state:
+                setattr(self, name, state.pop(name))
+        super().load_method_state(state)
+
+
+class GlobalStats:
+    """Mean and unbiased std of ``|signal|`` pooled across several DDC layers.
+
+    Recomputed lazily at most once per backward pass, by combining each
+    layer's (count, mean, M2) with Chan's parallel formula.
+    """
+
+    def __init__(self, methods):
+        self.methods = list(methods)
+        self._cached: Optional[Tuple[Tensor, Tensor]] = None
+
+    def invalidate(self) -> None:
+        self._cached = None
+
+    def get(self) -> Tuple[Tensor, Tensor]:
+        if self._cached is None:
+            self._cached = self._compute()
+        return self._cached
+
+    def _compute(self) -> Tuple[Tensor, Tensor]:
+        count, mean, m2 = 0, None, None
+        for method in self.methods:
+            if method.weight_signal is None:
+                continue
+            magnitude = method.weight_signal.abs()
+            n = magnitude.numel()
+            var_i, mean_i = torch.var_mean(magnitude, correction=0)
+            m2_i = var_i * n
+            if mean is None:
+                count, mean, m2 = n, mean_i, m2_i
+                continue
+            delta = mean_i - mean
+            total = count + n
+            mean = mean + delta * (n / total)
+            m2 = m2 + m2_i + delta * delta * (count * n / total)
+            count = total
+        if mean is None:
+            raise RuntimeError("GlobalStats.get() called before any layer has a gradient signal")
+        sd = torch.sqrt(m2 / max(count - 1, 1))
+        return mean, sd
+
+
+class NoMethod(LayerMethod):
+    """The no-regularisation baseline: attaches nothing (``apply`` keeps no layers)."""
+
+    name = "none"
+
+
+METHODS = {
+    "none": NoMethod,
+    "dropout": Dropout,
+    "dropconnect": DropConnect,
+    "standout": Standout,
+    "ddc": DynamicDropConnect,
+}
