@@ -308,6 +308,10 @@ class _WeightDrop(LayerMethod):
         """A callback receiving ``(dL/dW_eff, dL/dW)`` in backward, or None."""
         return None
 
+    def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
+        """The tensor this step's drop probabilities came from (None: not signal-driven)."""
+        return None
+
     def _masked(self, param: Tensor, drop_prob: Optional[Tensor], role: str, batch: Optional[int]):
         sink = self.gradient_sink(role)
         dense = self.update == "reference"
@@ -334,6 +338,7 @@ class _WeightDrop(LayerMethod):
             bias, _ = self._masked(bias, self.bias_drop_prob(bias), "bias", batch)
         if self.keep_last:
             self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
+            self.last["signal"] = self.signal_tensor("weight", layer.weight)
         return _forward_with(layer, x, weight, bias)
 
 

@@ -1,0 +1,377 @@
+"""Watch a method while the network trains: per-layer quantities on a schedule.
+
+A :class:`Recorder` is attached to a model (and optionally its optimizer). The
+training loop calls ``recorder.step(step, epoch)`` after each optimizer step;
+on scheduled steps the recorder computes small scalar quantities per layer on
+the device, and moves them to the host in one transfer per flush (no host
+synchronisation on the other steps). Snapshots of full tensors are taken on
+their own schedule.
+
+The recorder never changes training: it draws no random numbers from the
+global or the methods' generators, only reads tensors, and removes everything
+it installed on ``detach`` (the methods' ``keep_last`` flags and the optimizer
+hooks). With no recorder attached nothing is installed at all.
+
+Recorded metrics (long format ``run_id, step, epoch, layer, metric, value``):
+
+- gradient signal (DDC's ``dL/dW_eff``; ``weight.grad`` for other methods):
+  ``grad_abs_mean``, ``grad_abs_std``, ``grad_abs_q{10,25,50,75,90}``,
+  ``zscore_q*`` (quantiles of the layer z-score);
+- drop probability used this step: ``drop_prob_mean`` (the expected drop rate),
+  ``drop_prob_std``, ``drop_prob_min``, ``drop_prob_max``, ``drop_prob_q*``,
+  ``frac_q_positive`` (DDC: share of edges with a signal term, ``p > p_base``);
+- ``realized_drop_rate`` of the sampled mask and ``recal_keep_rate``, the keep
+  rate the re-calibration divided by (``1 / scale``, averaged);
+- mask dynamics: ``mask_jaccard`` (Jaccard overlap of the dropped sets of this
+  and the previous recorded step), ``drop_freq_mean``/``drop_freq_std``/
+  ``drop_freq_max`` (per-edge cumulative drop frequency since attach),
+  ``rank_corr_grad_drop`` (Spearman correlation of the signal that produced
+  the drop probability with it);
+- ``weight_norm`` and, with an optimizer, ``update_norm`` (Frobenius norm of
+  this step's change of the weight).
+
+Quantiles and rank correlations of layers with more than ``max_edges`` edges
+are taken on a fixed random subset of edges (drawn once, from the recorder's
+own generator).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .apply import regularized_layers, select_layers
+from .methods import DynamicDropConnect, LayerMethod
+
+Schedule = Callable[[int], bool]
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def every(k: int, start: int = 0) -> Schedule:
+    """Steps ``start, start + k, start + 2k, ...``; ``k = 0`` never."""
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"every: k={k!r} must be a non-negative int (0 = never)")
+    return (lambda step: step >= start and (step - start) % k == 0) if k else never
+
+
+def never(step: int) -> bool:
+    return False
+
+
+def logarithmic(base: float = 2.0, dense_until: int = 10) -> Schedule:
+    """Every step up to ``dense_until``, then steps near powers of ``base``."""
+    if base <= 1:
+        raise ValueError(f"logarithmic: base={base!r} must be > 1")
+
+    def schedule(step: int) -> bool:
+        if step <= dense_until:
+            return True
+        exponent = round(math.log(step, base))
+        return step == round(base**exponent)
+
+    return schedule
+
+
+def as_schedule(value: Union[int, Schedule, None]) -> Schedule:
+    if value is None:
+        return never
+    if callable(value):
+        return value
+    return every(value)
+
+
+# ----------------------------------------------------------------------------- quantities
+
+
+def _quantiles(values: Tensor, quantiles: Sequence[float]) -> Tensor:
+    q = torch.tensor(quantiles, dtype=values.dtype, device=values.device)
+    return torch.quantile(values, q)
+
+
+def _ranks(values: Tensor) -> Tensor:
+    """Average ranks (ties share the mean of their positions), as scipy's rankdata."""
+    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(values.dtype)
+    average = ends - (counts.to(values.dtype) + 1) / 2
+    return average[inverse]
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation with average ranks for ties; NaN for a constant input."""
+    ra, rb = _ranks(a.double()), _ranks(b.double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return (ra * rb).sum() / torch.sqrt((ra * ra).sum() * (rb * rb).sum())
+
+
+def _weight_layers(model: nn.Module, layers) -> Dict[str, nn.Module]:
+    if layers is None:
+        chosen = {name: module for name, module in model.named_modules() if "ddc_method" in module._modules}
+        if not chosen:
+            raise ValueError("layers: the model carries no method; name the layers to record (layers=...)")
+        return chosen
+    return select_layers(model, layers)
+
+
+class Recorder:
+    """Records per-layer quantities into a :class:`ddc.store.RecordWriter` (or memory).
+
+    Args:
+        model: the model, with or without methods applied.
+        writer: where rows go (``add(step, epoch, layer, metric, value)``;
+            ``flush()``); ``None`` keeps them in ``self.rows``.
+        layers: which layers (default: every layer that carries a method).
+        every: schedule of scalar recording (int ``k`` = every k steps, or ``step -> bool``).
+        snapshot_every: schedule of full-tensor snapshots; ``snapshot_fn(step, tensors)`` stores them.
+        optimizer: when given, ``update_norm`` is recorded via step hooks.
+        flush_every: recorded steps held on the device before one host transfer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        writer=None,
+        *,
+        layers=None,
+        every: Union[int, Schedule] = 1,
+        snapshot_every: Union[int, Schedule, None] = None,
+        snapshot_fn: Optional[Callable[[int, dict], object]] = None,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        quantiles: Sequence[float] = QUANTILES,
+        max_edges: int = 1 << 20,
+        flush_every: int = 50,
+        seed: int = 0,
+    ):
+        self.model = model
+        self.writer = writer
+        self.layers = _weight_layers(model, layers)
+        self.schedule = as_schedule(every)
+        self.snapshot_schedule = as_schedule(snapshot_every)
+        if snapshot_every and snapshot_fn is None:
+            raise ValueError("snapshot_fn: needed when snapshot_every is set")
+        self.snapshot_fn = snapshot_fn
+        self.optimizer = optimizer
+        self.quantiles = tuple(quantiles)
+        self.quantile_names = [f"q{round(q * 100):02d}" for q in self.quantiles]
+        self.max_edges = max_edges
+        self.flush_every = flush_every
+        self._generator = torch.Generator().manual_seed(seed)
+        self.rows: List[tuple] = []
+        self._pending: List[tuple] = []
+        self._handles: list = []
+        self._attached = False
+        self._previous_drop: Dict[str, Tensor] = {}
+        self._drop_count: Dict[str, Tensor] = {}
+        self._steps_counted: Dict[str, int] = {}
+        self._before_update: Dict[str, Tensor] = {}
+        self._subsets: Dict[tuple, Tensor] = {}
+        self._step = 0
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def attach(self) -> "Recorder":
+        if self._attached:
+            return self
+        for method in self._methods().values():
+            method.keep_last = True
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
+        self._attached = True
+        return self
+
+    def detach(self) -> None:
+        for method in self._methods().values():
+            method.keep_last = False
+            method.last = {}
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.flush()
+        self._attached = False
+
+    def __enter__(self) -> "Recorder":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def _methods(self) -> Dict[str, LayerMethod]:
+        methods = regularized_layers(self.model)
+        return {name: methods[name] for name in self.layers if name in methods}
+
+    # ---- per step -------------------------------------------------------------
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self.schedule(self._step):
+            self._before_update = {n: m.weight.detach().clone() for n, m in self.layers.items()}
+
+    @torch.no_grad()
+    def step(self, step: Optional[int] = None, epoch: int = 0) -> None:
+        """Call after each optimizer step (or after backward when there is none)."""
+        if step is not None:
+            self._step = step
+        methods = self._methods()
+        for name, method in methods.items():
+            self._count_drops(name, method)
+        if self.schedule(self._step):
+            for name, layer in self.layers.items():
+                values = self._layer_quantities(name, layer, methods.get(name))
+                self._pending.append((self._step, epoch, name, values))
+            self._before_update = {}
+            if len(self._pending) >= self.flush_every:
+                self._drain()
+        if self.snapshot_schedule(self._step):
+            self.snapshot_fn(self._step, self.snapshot(methods))
+        self._step += 1
+
+    def _count_drops(self, name: str, method: LayerMethod) -> None:
+        keep = method.last.get("keep")
+        if keep is None:
+            return
+        dropped = ~keep
+        if dropped.dim() > self.layers[name].weight.dim():
+            dropped = dropped.sum(0)
+            count = keep.shape[0]
+        else:
+            count = 1
+        if name not in self._drop_count or self._drop_count[name].shape != dropped.shape:
+            self._drop_count[name] = torch.zeros(dropped.shape, dtype=torch.int64, device=dropped.device)
+            self._steps_counted[name] = 0
+        self._drop_count[name] += dropped
+        self._steps_counted[name] += count
+
+    def _subset(self, name: str, numel: int, device) -> Optional[Tensor]:
+        if numel <= self.max_edges:
+            return None
+        key = (name, numel)
+        if key not in self._subsets:
+            self._subsets[key] = torch.randperm(numel, generator=self._generator)[: self.max_edges].to(device)
+        return self._subsets[key]
+
+    def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Dict[str, Tensor]:
+        out: Dict[str, Tensor] = {}
+        weight = layer.weight.detach()
+        signal = self._signal(layer, method)
+        if signal is not None:
+            self._signal_stats(name, signal, out)
+        last = method.last if method is not None else {}
+        drop_prob, keep, scale = last.get("drop_prob"), last.get("keep"), last.get("scale")
+        if drop_prob is not None:
+            self._drop_prob_stats(name, drop_prob, out)
+            if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
+                out["frac_q_positive"] = (drop_prob > method.p_base).float().mean()
+            used = last.get("signal")
+            if used is not None and drop_prob.shape == used.shape:
+                subset = self._subset(name, used.numel(), used.device)
+                a, b = used.abs().flatten(), drop_prob.flatten()
+                if subset is not None:
+                    a, b = a[subset], b[subset]
+                out["rank_corr_grad_drop"] = spearman(a, b)
+        if keep is not None:
+            dropped = ~keep
+            out["realized_drop_rate"] = dropped.float().mean()
+            out["recal_keep_rate"] = (1.0 / scale.float()).mean()
+            previous = self._previous_drop.get(name)
+            if previous is not None and previous.shape == dropped.shape:
+                union = (dropped | previous).sum()
+                out["mask_jaccard"] = (dropped & previous).sum() / union.clamp_min(1)
+            self._previous_drop[name] = dropped.clone()
+        if name in self._drop_count:
+            freq = self._drop_count[name].double() / max(self._steps_counted[name], 1)
+            out["drop_freq_mean"], out["drop_freq_max"] = freq.mean(), freq.max()
+            out["drop_freq_std"] = freq.std() if freq.numel() > 1 else torch.zeros((), dtype=freq.dtype)
+        out["weight_norm"] = torch.linalg.vector_norm(weight)
+        if name in self._before_update:
+            out["update_norm"] = torch.linalg.vector_norm(weight - self._before_update[name])
+        if isinstance(method, DynamicDropConnect):
+            out["nonfinite_steps"] = method.nonfinite_steps
+        return out
+
+    @staticmethod
+    def _signal(layer: nn.Module, method: Optional[LayerMethod]) -> Optional[Tensor]:
+        if isinstance(method, DynamicDropConnect) and method.signal == "grad":
+            return method.weight_signal
+        return layer.weight.grad
+
+    def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor]) -> None:
+        magnitude = signal.detach().abs().flatten().double()
+        sd, mu = torch.std_mean(magnitude)
+        out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
+        subset = self._subset(name, magnitude.numel(), magnitude.device)
+        sample = magnitude if subset is None else magnitude[subset]
+        quantiles = _quantiles(sample, self.quantiles)
+        z_quantiles = (quantiles - mu) / (sd + 1e-9)  # z is increasing in |g|: quantiles map through
+        for label, value, z in zip(self.quantile_names, quantiles, z_quantiles):
+            out[f"grad_abs_{label}"], out[f"zscore_{label}"] = value, z
+
+    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor]) -> None:
+        values = drop_prob.detach().flatten().double()
+        out["drop_prob_mean"] = values.mean()
+        out["drop_prob_std"] = values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype)
+        out["drop_prob_min"], out["drop_prob_max"] = values.min(), values.max()
+        subset = self._subset(name, values.numel(), values.device)
+        sample = values if subset is None else values[subset]
+        for label, value in zip(self.quantile_names, _quantiles(sample, self.quantiles)):
+            out[f"drop_prob_{label}"] = value
+
+    def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:
+        """Full tensors per layer (on the CPU): drop probability, mask, signal, weight, drop counts."""
+        methods = self._methods() if methods is None else methods
+        tensors = {}
+        for name, layer in self.layers.items():
+            method = methods.get(name)
+            last = method.last if method is not None else {}
+            entry = {"weight": layer.weight.detach().cpu().clone()}
+            signal = self._signal(layer, method)
+            if signal is not None:
+                entry["signal"] = signal.detach().cpu().clone()
+            for key in ("drop_prob", "keep"):
+                if last.get(key) is not None:
+                    entry[key] = last[key].detach().cpu().clone()
+            if name in self._drop_count:
+                entry["drop_count"] = self._drop_count[name].cpu().clone()
+                entry["steps_counted"] = self._steps_counted[name]
+            tensors[name] = entry
+        return tensors
+
+    # ---- output ---------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Move pending device values to the host in one transfer and emit rows."""
+        if not self._pending:
+            return
+        flat = [v.detach().reshape(()).double() for *_, values in self._pending for v in values.values()]
+        host = torch.stack(flat).cpu().tolist() if flat else []
+        position = 0
+        for step, epoch, layer, values in self._pending:
+            for metric in values:
+                self._emit(step, epoch, layer, metric, host[position])
+                position += 1
+        self._pending = []
+
+    def _emit(self, step, epoch, layer, metric, value) -> None:
+        if self.writer is not None:
+            self.writer.add(step, epoch, layer, metric, value)
+        else:
+            self.rows.append((step, epoch, layer, metric, value))
+
+    def flush(self) -> None:
+        self._drain()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def to_frame(self):
+        """Rows kept in memory (no writer) as a DataFrame."""
+        import pandas as pd
+
+        self._drain()
+        return pd.DataFrame(self.rows, columns=["step", "epoch", "layer", "metric", "value"])

@@ -1,0 +1,188 @@
+"""Recorder quantities against slow, obvious recomputations; it never changes training."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from torch import nn
+
+import ddc
+from ddc.recorder import Recorder, every, logarithmic
+from ddc.store import RecordWriter, load_records
+
+from test_methods import batch, make_net
+
+
+def run(method, steps=4, record=True, **options):
+    model = make_net()
+    handle = ddc.apply(model, method, layers=["fc1", "conv"] if method != "standout" else ["fc1"], seed=3, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    recorder = Recorder(model, optimizer=opt, snapshot_every=1, snapshot_fn=lambda s, t: snaps.append((s, t))) if record else None
+    snaps, losses = [], []
+    if recorder:
+        recorder.attach()
+    for step in range(steps):
+        x, y = batch(step)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if recorder:
+            recorder.step(step, epoch=0)
+    if recorder:
+        recorder.detach()
+    return model, handle, recorder, losses, snaps
+
+
+@pytest.mark.parametrize("method", ["none", "dropout", "dropconnect", "standout", "ddc"])
+def test_recorder_does_not_change_training(method):
+    if method == "none":
+        model = make_net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        recorder = Recorder(model, layers=["fc1"], optimizer=opt).attach()
+        for step in range(3):
+            x, y = batch(step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(), loss.backward(), opt.step()
+            recorder.step(step)
+        recorder.detach()
+        assert set(recorder.to_frame().metric) >= {"grad_abs_mean", "weight_norm", "update_norm"}
+        return
+    *_, with_recorder, _ = run(method, record=True)
+    *_, without, _ = run(method, record=False)
+    assert with_recorder == without
+
+
+def test_detach_removes_everything():
+    model, handle, recorder, _, _ = run("ddc")
+    assert all(not m.keep_last and m.last == {} for m in handle.methods.values())
+    assert recorder._handles == [] and not recorder.attached
+
+
+def _values(frame, step, layer):
+    rows = frame[(frame.step == step) & (frame.layer == layer)]
+    return dict(zip(rows.metric, rows.value))
+
+
+def test_ddc_quantities_match_recomputation():
+    model, handle, recorder, _, snaps = run("ddc", steps=4)
+    frame = recorder.to_frame()
+    _, tensors = snaps[3]
+    _, previous = snaps[2]
+    got = _values(frame, 3, "fc1")
+    entry = tensors["fc1"]
+    g = entry["signal"].abs().double().numpy().ravel()
+    p = entry["drop_prob"].double().numpy().ravel()
+    dropped = ~entry["keep"].numpy().ravel()
+    prev_dropped = ~previous["fc1"]["keep"].numpy().ravel()
+    assert got["grad_abs_mean"] == pytest.approx(g.mean())
+    assert got["grad_abs_std"] == pytest.approx(g.std(ddof=1))
+    assert got["grad_abs_q50"] == pytest.approx(np.quantile(g, 0.5))
+    assert got["zscore_q90"] == pytest.approx((np.quantile(g, 0.9) - g.mean()) / (g.std(ddof=1) + 1e-9))
+    assert got["drop_prob_mean"] == pytest.approx(p.mean())
+    assert got["drop_prob_std"] == pytest.approx(p.std(ddof=1))
+    assert got["drop_prob_min"] == pytest.approx(p.min()) and got["drop_prob_max"] == pytest.approx(p.max())
+    assert got["drop_prob_q10"] == pytest.approx(np.quantile(p, 0.1))
+    assert got["frac_q_positive"] == pytest.approx((entry["drop_prob"].numpy() > np.float32(0.3)).mean())
+    assert got["realized_drop_rate"] == pytest.approx(dropped.mean())
+    assert got["recal_keep_rate"] == pytest.approx(1 - dropped.mean(), abs=1e-6)
+    jaccard = (dropped & prev_dropped).sum() / (dropped | prev_dropped).sum()
+    assert got["mask_jaccard"] == pytest.approx(jaccard)
+    freq = entry["drop_count"].double().numpy().ravel() / entry["steps_counted"]
+    all_dropped = np.mean([~snaps[s][1]["fc1"]["keep"].numpy().ravel() for s in range(4) if "keep" in snaps[s][1]["fc1"]], axis=0)
+    np.testing.assert_allclose(freq, all_dropped * sum("keep" in snaps[s][1]["fc1"] for s in range(4)) / entry["steps_counted"])
+    assert got["drop_freq_mean"] == pytest.approx(freq.mean())
+    assert got["weight_norm"] == pytest.approx(np.linalg.norm(entry["weight"].double().numpy()))
+    update = entry["weight"] - previous["fc1"]["weight"]
+    assert got["update_norm"] == pytest.approx(torch.linalg.vector_norm(update.double()).item(), rel=1e-5)
+
+
+def test_rank_correlation_uses_the_signal_behind_the_drop_probability():
+    model, handle, recorder, _, snaps = run("ddc", steps=3)
+    frame = recorder.to_frame()
+    # the drop probability of step 2 came from the signal stored after step 1's backward
+    signal_used = snaps[1][1]["fc1"]["signal"].abs().numpy().ravel()
+    drop_prob = snaps[2][1]["fc1"]["drop_prob"].numpy().ravel()
+    rho = sps.spearmanr(signal_used, drop_prob).statistic
+    got = _values(frame, 2, "fc1")["rank_corr_grad_drop"]
+    assert got == pytest.approx(rho, rel=1e-9)
+    assert got < -0.5
+
+
+@pytest.mark.parametrize("method", ["dropout", "dropconnect", "standout"])
+def test_baselines_record_comparable_fields(method):
+    _, _, recorder, _, _ = run(method, steps=2)
+    metrics = set(recorder.to_frame().query("layer == 'fc1'").metric)
+    assert {"drop_prob_mean", "realized_drop_rate", "grad_abs_mean", "weight_norm"} <= metrics
+
+
+def test_dropconnect_expected_rate_is_p():
+    _, _, recorder, _, _ = run("dropconnect", steps=2, p=0.4)
+    got = _values(recorder.to_frame(), 1, "fc1")
+    assert got["drop_prob_mean"] == pytest.approx(0.4)
+    assert abs(got["realized_drop_rate"] - 0.4) < 0.05
+
+
+def test_schedules():
+    assert [s for s in range(10) if every(3)(s)] == [0, 3, 6, 9]
+    assert not any(every(0)(s) for s in range(5))
+    assert [s for s in range(40) if logarithmic(2, dense_until=3)(s)] == [0, 1, 2, 3, 4, 8, 16, 32]
+    with pytest.raises(ValueError, match="k="):
+        every(-1)
+
+
+def test_only_scheduled_steps_are_recorded():
+    model = make_net()
+    ddc.apply(model, "ddc", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(model, every=2) as recorder:
+        for step in range(5):
+            x, y = batch(step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(), loss.backward(), opt.step()
+            recorder.step(step)
+    assert sorted(recorder.to_frame().step.unique()) == [0, 2, 4]
+
+
+def test_attach_is_idempotent():
+    model = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ddc.apply(model, "ddc")
+    recorder = Recorder(model, optimizer=opt)
+    recorder.attach().attach()
+    assert len(recorder._handles) == 1
+    recorder.detach()
+
+
+def test_writer_bounded_memory_over_10000_steps(tmp_path):
+    """10,000 steps recorded every step: rows go to parquet parts, memory stays flat."""
+    layer = nn.Linear(8, 4)
+    ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+    writer = RecordWriter(tmp_path / "records", "r1", flush_rows=5_000)
+    recorder = Recorder(layer, writer, optimizer=opt, flush_every=20).attach()
+    x = torch.randn(16, 8)
+    tracemalloc.start()
+    peaks = []
+    for step in range(10_000):
+        loss = layer(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        recorder.step(step)
+        if step in (2_000, 9_999):
+            peaks.append(tracemalloc.get_traced_memory()[0])
+    tracemalloc.stop()
+    recorder.detach()
+    assert len(recorder._pending) == 0 and len(writer.rows) == 0
+    assert peaks[1] < peaks[0] + 2_000_000  # no growth with the number of steps
+    parts = sorted((tmp_path / "records").glob("part-*.parquet"))
+    assert len(parts) > 10
+    import pandas as pd
+
+    frame = pd.concat(pd.read_parquet(p) for p in parts)
+    assert frame.step.nunique() == 10_000 and set(frame.columns) == {"run_id", "step", "epoch", "layer", "metric", "value"}
