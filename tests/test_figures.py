@@ -1,0 +1,227 @@
+"""Smoke and structure tests for analysis.figures on small synthetic frames."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import QuadMesh  # noqa: E402
+
+from analysis import figures as F  # noqa: E402
+from analysis import stats as S  # noqa: E402
+
+METHODS = ["dropout", "dropconnect", "ddc"]
+SEEDS = [0, 1, 2]
+LAYERS = ["fc1", "fc2"]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for m_i, m in enumerate(METHODS):
+        for s in SEEDS:
+            for p in [0.1, 0.3]:
+                rows.append({"run_id": f"{m}-{s}-{p}", "method": m, "seed": s, "p_base": p,
+                             "test_acc": 0.8 + 0.02 * m_i + 0.05 * p + rng.normal(0, 0.005)})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def metrics(runs) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for rid in runs["run_id"]:
+        for e in range(6):
+            for split in ("train", "val"):
+                rows.append({"run_id": rid, "epoch": e, "split": split, "metric": "acc",
+                             "value": 1 - np.exp(-(e + 1) / 3) + rng.normal(0, 0.01)})
+                rows.append({"run_id": rid, "epoch": e, "split": split, "metric": "loss",
+                             "value": np.exp(-(e + 1) / 3) + rng.normal(0, 0.01)})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def records(runs) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    rows = []
+    for rid, method in zip(runs["run_id"], runs["method"]):
+        for step in range(0, 100, 10):
+            for layer in LAYERS:
+                base = 0.3 + 0.001 * step
+                vals = {
+                    "drop_prob_mean": base,
+                    "realized_drop_rate": base + rng.normal(0, 0.01),
+                    "mask_jaccard": 0.5 + rng.normal(0, 0.02),
+                    "drop_prob_q10": base - 0.1,
+                    "drop_prob_q50": base,
+                    "drop_prob_q90": base + 0.1,
+                }
+                for metric, v in vals.items():
+                    rows.append({"run_id": rid, "method": method, "step": step, "epoch": step // 50,
+                                 "layer": layer, "metric": metric, "value": v})
+    return pd.DataFrame(rows)
+
+
+def _assert_saved(ax, tmp_path, name):
+    paths = F.save_figure(ax, tmp_path / "figs" / name)
+    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 0
+
+
+def test_learning_curves(metrics, runs, tmp_path):
+    ax = F.learning_curves(metrics, runs, metric="acc", split="val")
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val acc"
+    assert len(ax.get_lines()) >= len(METHODS)
+    assert len(ax.collections) >= len(METHODS)  # one CI band per method
+    _assert_saved(ax, tmp_path, "learning_curves")
+    with pytest.raises(ValueError, match="split='test'"):
+        F.learning_curves(metrics, runs, split="test")
+    with pytest.raises(ValueError, match="runs"):
+        F.learning_curves(metrics, None)
+
+
+def test_method_comparison(runs, tmp_path):
+    ax = F.method_comparison(runs, value="test_acc", rng=0)
+    assert ax.get_xlabel() == "method" and ax.get_ylabel() == "test_acc"
+    assert [t.get_text() for t in ax.get_xticklabels()] == sorted(METHODS)
+    # from a summarize() frame: same points as the stats module
+    summ = S.summarize(runs, value="test_acc", by="method", rng=0)
+    _, ax2 = plt.subplots()
+    F.method_comparison(summ, ax=ax2)
+    y1 = ax.containers[0].lines[0].get_ydata()
+    y2 = ax2.containers[0].lines[0].get_ydata()
+    assert np.allclose(y1, summ["mean"]) and np.allclose(y1, y2)
+    _assert_saved(ax, tmp_path, "method_comparison")
+    with pytest.raises(ValueError, match="rng"):
+        F.method_comparison(runs, value="test_acc")
+
+
+def test_drop_rate_dynamics(records, tmp_path):
+    ax = F.drop_rate_dynamics(records)
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "drop rate"
+    assert len(ax.get_lines()) == 2 * len(METHODS) * len(LAYERS)
+    _, ax1 = plt.subplots()
+    F.drop_rate_dynamics(records, layer="fc1", ax=ax1)
+    assert len(ax1.get_lines()) == 2 * len(METHODS)
+    # without a method column: per layer only; the runs table can supply it
+    bare = records.drop(columns="method")
+    assert len(F.drop_rate_dynamics(bare).get_lines()) == 2 * len(LAYERS)
+    _assert_saved(ax, tmp_path, "drop_rate_dynamics")
+    with pytest.raises(ValueError, match="layer"):
+        F.drop_rate_dynamics(records, layer="nope")
+
+
+def test_drop_prob_heatmap(records, tmp_path):
+    ax = F.drop_prob_heatmap(records, layer="fc2")
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "quantile"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["q10", "q50", "q90"]
+    assert sum(isinstance(c, QuadMesh) for c in ax.collections) == 1
+    _assert_saved(ax, tmp_path, "drop_prob_heatmap")
+    with pytest.raises(ValueError, match="quantile"):
+        F.drop_prob_heatmap(records[records["metric"] == "mask_jaccard"])
+
+
+def test_mask_overlap(records, tmp_path):
+    ax = F.mask_overlap(records)
+    assert ax.get_xlabel() == "step" and "Jaccard" in ax.get_ylabel()
+    assert len(ax.get_lines()) == len(METHODS) * len(LAYERS)
+    _assert_saved(ax, tmp_path, "mask_overlap")
+
+
+def test_grad_vs_drop(tmp_path):
+    rng = np.random.default_rng(0)
+    g = np.abs(rng.normal(size=(64, 32)))
+    p = 1 / (1 + np.exp(3 * np.log(g)))
+    ax = F.grad_vs_drop(g, p)
+    assert ax.get_xlabel() == "|gradient|" and ax.get_ylabel() == "drop probability"
+    assert len(ax.collections) == 1
+    assert any("Spearman" in t.get_text() for t in ax.texts)
+    _, ax2 = plt.subplots()
+    F.grad_vs_drop(g, p, kind="scatter", ax=ax2)
+    assert ax2.get_xscale() == "log"
+    _assert_saved(ax, tmp_path, "grad_vs_drop")
+    with pytest.raises(ValueError, match="differ in size"):
+        F.grad_vs_drop(g, p[:10])
+
+
+def test_ablation_heatmap(runs, tmp_path):
+    cells = runs[["method", "p_base"]].drop_duplicates()
+    pv = cells.assign(pvalue=np.where(cells["method"] == "ddc", 0.01, 0.5))
+    ax = F.ablation_heatmap(runs, x="p_base", y="method", value="test_acc", pvalues=pv)
+    assert ax.get_xlabel() == "p_base" and ax.get_ylabel() == "method"
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == len(cells)
+    assert sum(t.endswith("*") for t in texts) == 2  # the two ddc cells
+    # column form
+    merged = runs.merge(pv, on=["method", "p_base"])
+    _, ax2 = plt.subplots()
+    F.ablation_heatmap(merged, x="p_base", y="method", value="test_acc", pvalues="pvalue", ax=ax2)
+    assert sorted(t.get_text() for t in ax2.texts) == sorted(texts)
+    _assert_saved(ax, tmp_path, "ablation_heatmap")
+
+
+def test_critical_difference_diagram(runs, tmp_path):
+    df = runs[runs["p_base"] == 0.1]
+    ranks, cliques, cd = S.critical_difference(df, value="test_acc", block_col="seed")
+    ax = F.critical_difference_diagram(ranks, cliques, cd)
+    assert "average rank" in ax.get_xlabel()
+    assert len(ax.get_lines()) >= len(ranks) + len(cliques) + 1
+    assert any(t.get_text().startswith("CD = ") for t in ax.texts)
+    labels = " ".join(t.get_text() for t in ax.texts)
+    assert all(m in labels for m in METHODS)
+    _assert_saved(ax, tmp_path, "cd_diagram")
+
+
+def test_synthetic_contours(tmp_path):
+    rng = np.random.default_rng(0)
+    w_star = np.array([1.0, -0.5])
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    rows = []
+    for m, rate in [("sgd", 0.1), ("ddc", 0.2)]:
+        for s in SEEDS:
+            w = np.array([-1.0, 1.0]) + rng.normal(0, 0.05, 2)
+            for step in range(20):
+                d = w - w_star
+                rows.append({"method": m, "seed": s, "step": step, "w1": w[0], "w2": w[1],
+                             "loss": float(d @ cov @ d)})
+                w = w - rate * 2 * cov @ d
+    traj = pd.DataFrame(rows)
+    ax = F.synthetic_contours(traj, true_w=w_star, cov=cov)
+    assert ax.get_xlabel() == "w1" and ax.get_ylabel() == "w2"
+    assert len(ax.get_lines()) == 2
+    _assert_saved(ax, tmp_path, "synthetic")
+
+    def loss_fn(a, b):
+        return (a - 1.0) ** 2 + 2 * (b + 0.5) ** 2
+
+    _, ax2 = plt.subplots()
+    F.synthetic_contours(traj, loss_fn=loss_fn, ax=ax2)
+    assert len(ax2.get_lines()) == 2
+    with pytest.raises(ValueError, match="exactly one"):
+        F.synthetic_contours(traj)
+
+
+def test_save_figure_paths(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    paths = F.save_figure(fig, tmp_path / "a" / "b" / "fig_p0.5", formats=("png",))
+    assert paths == [tmp_path / "a" / "b" / "fig_p0.5.png"] and paths[0].stat().st_size > 0
+    # pdf output is reproducible byte for byte
+    p1 = F.save_figure(fig, tmp_path / "x1", formats=("pdf",))[0].read_bytes()
+    p2 = F.save_figure(fig, tmp_path / "x2", formats=("pdf",))[0].read_bytes()
+    assert p1 == p2
+    with pytest.raises(ValueError, match="fig_or_ax"):
+        F.save_figure("not a figure", tmp_path / "z")

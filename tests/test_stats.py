@@ -1,0 +1,376 @@
+"""Tests for analysis.stats: against scipy/statsmodels, hand computations and Demšar (2006)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import statsmodels.formula.api as smf
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+
+from analysis import stats as S
+
+METHODS = ["none", "dropout", "dropconnect", "ddc"]
+
+
+def make_runs(n_seeds: int = 6, seed: int = 0) -> pd.DataFrame:
+    """Runs table: one row per (method, seed), with a seed effect shared by all methods."""
+    rng = np.random.default_rng(seed)
+    seed_effect = rng.normal(0, 0.01, n_seeds)
+    offsets = {"none": 0.0, "dropout": 0.01, "dropconnect": 0.012, "ddc": 0.02}
+    rows = []
+    for m in METHODS:
+        for s in range(n_seeds):
+            rows.append(
+                {
+                    "run_id": f"{m}-{s}",
+                    "method": m,
+                    "seed": s,
+                    "dataset": "mnist1d",
+                    "test_acc": 0.85 + offsets[m] + seed_effect[s] + rng.normal(0, 0.004),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# Per-dataset ranks with the column sums of Demšar (2006), Table 6 (C4.5 variants on
+# 14 data sets): average ranks 3.143, 2.000, 2.893, 1.964. The Friedman statistic
+# (without tie correction), Iman–Davenport F and the Nemenyi CD depend only on the
+# average ranks, k and N, so they must reproduce the published 9.28, 3.69, 1.25.
+DEMSAR_RANKS = [
+    [3.0, 1.0, 4.0, 2.0], [2.0, 4.0, 1.0, 3.0], [4.0, 3.0, 2.0, 1.0], [3.0, 1.0, 2.0, 4.0],
+    [4.0, 2.0, 3.0, 1.0], [3.0, 1.0, 4.0, 2.0], [4.0, 2.0, 3.0, 1.0], [3.0, 1.0, 2.0, 4.0],
+    [2.0, 3.0, 4.0, 1.0], [3.0, 2.0, 4.0, 1.0], [2.0, 1.0, 4.0, 3.0], [4.0, 2.0, 3.0, 1.0],
+    [3.0, 4.0, 2.0, 1.0], [4.0, 1.0, 2.5, 2.5],
+]
+DEMSAR_METHODS = ["C4.5", "C4.5+m", "C4.5+cf", "C4.5+m+cf"]
+
+
+def demsar_df() -> pd.DataFrame:
+    rows = [
+        {"method": m, "dataset": i, "rank_value": r}
+        for i, row in enumerate(DEMSAR_RANKS)
+        for m, r in zip(DEMSAR_METHODS, row)
+    ]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- #
+# paired_comparison
+# --------------------------------------------------------------------------- #
+def test_paired_comparison_hand_computed():
+    df = pd.DataFrame(
+        {"method": ["base"] * 4 + ["new"] * 4, "seed": [0, 1, 2, 3] * 2,
+         "acc": [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]}
+    )
+    out = S.paired_comparison(df, value="acc", baseline="base", rng=0, n_resamples=999)
+    assert len(out) == 1
+    r = out.iloc[0]
+    assert r["method"] == "new" and r["baseline"] == "base" and r["n"] == 4
+    assert r["mean_diff"] == pytest.approx(2.5)
+    assert r["mean"] == pytest.approx(2.5) and r["mean_baseline"] == pytest.approx(0.0)
+    sd = np.std([1, 2, 3, 4], ddof=1)  # 1.2909944
+    assert r["cohen_dz"] == pytest.approx(2.5 / sd)
+    # exact J(3) = Γ(1.5) / (sqrt(1.5) Γ(1)) = 0.7236012...
+    assert r["hedges_g"] == pytest.approx(0.7236012 * 2.5 / sd, rel=1e-6)
+    # close to the common approximation 1 - 3/(4 df - 1)
+    assert r["hedges_g"] == pytest.approx((1 - 3 / 11) * 2.5 / sd, rel=0.01)
+    assert r["p_wilcoxon"] == pytest.approx(0.125)  # exact: 2 / 2**4
+    assert r["p_ttest"] == pytest.approx(sps.ttest_rel([1, 2, 3, 4], [0, 0, 0, 0]).pvalue)
+    assert r["ci_low"] <= 2.5 <= r["ci_high"]
+    assert r["ci_method"] == "BCa"
+    # single comparison: Holm adjustment is the identity
+    assert r["p_wilcoxon_adj"] == pytest.approx(r["p_wilcoxon"])
+
+
+def test_paired_comparison_matches_scipy_and_statsmodels():
+    df = make_runs()
+    out = S.paired_comparison(df, value="test_acc", baseline="none", rng=42, n_resamples=2000)
+    assert list(out["method"]) == ["ddc", "dropconnect", "dropout"]  # sorted, baseline excluded
+    wide = df.pivot(index="seed", columns="method", values="test_acc")
+    gen = np.random.default_rng(42)
+    for _, r in out.iterrows():
+        x, y = wide[r["method"]].to_numpy(), wide["none"].to_numpy()
+        d = x - y
+        assert r["mean_diff"] == pytest.approx(d.mean())
+        assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(x, y).pvalue)
+        assert r["p_ttest"] == pytest.approx(sps.ttest_rel(x, y).pvalue)
+        assert r["t_stat"] == pytest.approx(sps.ttest_rel(x, y).statistic)
+        # the rng is consumed in row order: replay scipy's paired bootstrap directly
+        ref = sps.bootstrap(
+            (x, y), lambda a, b, axis: np.mean(a - b, axis=axis), paired=True, vectorized=True,
+            n_resamples=2000, method="BCa", rng=gen,
+        ).confidence_interval
+        assert r["ci_low"] == pytest.approx(ref.low)
+        assert r["ci_high"] == pytest.approx(ref.high)
+    assert np.allclose(out["p_wilcoxon_adj"], multipletests(out["p_wilcoxon"], method="holm")[1])
+    assert np.allclose(out["p_ttest_adj"], multipletests(out["p_ttest"], method="holm")[1])
+
+
+def test_paired_comparison_reproducible():
+    df = make_runs()
+    a = S.paired_comparison(df, value="test_acc", baseline="none", rng=7, n_resamples=999)
+    b = S.paired_comparison(df, value="test_acc", baseline="none", rng=np.random.default_rng(7), n_resamples=999)
+    pd.testing.assert_frame_equal(a, b)
+    c = S.paired_comparison(df, value="test_acc", baseline="none", rng=8, n_resamples=999)
+    assert not np.allclose(a["ci_low"], c["ci_low"])
+
+
+def test_paired_comparison_all_zero_differences():
+    df = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "seed": [1, 2, 3] * 2, "v": [0.5, 0.6, 0.7] * 2})
+    r = S.paired_comparison(df, value="v", baseline="a", rng=0, n_resamples=500).iloc[0]
+    assert r["mean_diff"] == 0 and r["p_wilcoxon"] == 1.0 and r["p_ttest"] == 1.0
+    assert r["cohen_dz"] == 0.0 and r["hedges_g"] == 0.0
+    assert r["ci_method"] == "percentile"  # BCa is degenerate here
+    assert r["ci_low"] == 0.0 and r["ci_high"] == 0.0
+
+
+def test_paired_comparison_errors():
+    df = make_runs(n_seeds=3)
+    with pytest.raises(ValueError, match="test_loss"):
+        S.paired_comparison(df, value="test_loss", baseline="none", rng=0)
+    with pytest.raises(ValueError, match="baseline 'nope'"):
+        S.paired_comparison(df, value="test_acc", baseline="nope", rng=0)
+    with pytest.raises(ValueError, match="unpaired"):
+        S.paired_comparison(df.drop(index=0), value="test_acc", baseline="none", rng=0)
+    # dropping the unpaired block is allowed on request
+    out = S.paired_comparison(df.drop(index=0), value="test_acc", baseline="none", rng=0,
+                              on_unpaired="drop", n_resamples=200)
+    assert (out["n"] == 2).all()
+    few = df[df["seed"] == 0]
+    with pytest.raises(ValueError, match="fewer than 2 paired"):
+        S.paired_comparison(few, value="test_acc", baseline="none", rng=0)
+    with pytest.raises(ValueError, match="more than one row"):
+        S.paired_comparison(pd.concat([df, df]), value="test_acc", baseline="none", rng=0)
+    bad = df.copy()
+    bad.loc[3, "test_acc"] = np.nan
+    with pytest.raises(ValueError, match="missing value"):
+        S.paired_comparison(bad, value="test_acc", baseline="none", rng=0)
+    with pytest.raises(ValueError, match="rng"):
+        S.paired_comparison(df, value="test_acc", baseline="none", rng=None)
+    with pytest.raises(ValueError, match="block_col|seed"):
+        S.paired_comparison(df.drop(columns="seed"), value="test_acc", baseline="none", rng=0)
+
+
+def test_block_col_list():
+    a = make_runs(n_seeds=3).assign(dataset="a")
+    b = make_runs(n_seeds=3, seed=1).assign(dataset="b")
+    df = pd.concat([a, b], ignore_index=True)
+    out = S.paired_comparison(df, value="test_acc", baseline="none", block_col=["dataset", "seed"],
+                              rng=0, n_resamples=200)
+    assert (out["n"] == 6).all()
+
+
+# --------------------------------------------------------------------------- #
+# multiplicity
+# --------------------------------------------------------------------------- #
+def test_holm_by_hand():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone max 0.06
+    assert np.allclose(S.adjust_pvalues(p), [0.03, 0.06, 0.06, 0.02])
+    # NaNs are ignored and do not count towards m
+    out = S.adjust_pvalues([0.01, np.nan, 0.04])
+    assert np.isnan(out[1]) and np.allclose(out[[0, 2]], [0.02, 0.04])
+
+
+def test_pairwise_wilcoxon():
+    df = make_runs()
+    out = S.pairwise_wilcoxon(df, value="test_acc")
+    assert len(out) == 6
+    assert list(out.columns) == ["method_a", "method_b", "n", "mean_diff", "median_diff", "statistic",
+                                 "pvalue", "pvalue_adj", "reject"]
+    wide = df.pivot(index="seed", columns="method", values="test_acc")
+    for _, r in out.iterrows():
+        ref = sps.wilcoxon(wide[r["method_a"]], wide[r["method_b"]])
+        assert r["pvalue"] == pytest.approx(ref.pvalue)
+        assert r["statistic"] == pytest.approx(ref.statistic)
+    assert np.allclose(out["pvalue_adj"], multipletests(out["pvalue"], method="holm")[1])
+    assert (out["reject"] == (out["pvalue_adj"] < 0.05)).all()
+
+
+# --------------------------------------------------------------------------- #
+# Friedman / CD
+# --------------------------------------------------------------------------- #
+def test_friedman_matches_scipy():
+    df = make_runs()
+    out = S.friedman_test(df, value="test_acc", method_col="method", block_col="seed")
+    wide = df.pivot(index="seed", columns="method", values="test_acc")
+    ref = sps.friedmanchisquare(*[wide[c] for c in wide.columns])
+    assert len(out) == 1
+    r = out.iloc[0]
+    assert r["statistic"] == pytest.approx(ref.statistic) and r["pvalue"] == pytest.approx(ref.pvalue)
+    assert r["k"] == 4 and r["n"] == 6
+
+
+def test_friedman_errors():
+    df = make_runs()
+    with pytest.raises(ValueError, match="at least 3 methods"):
+        S.friedman_test(df[df["method"].isin(["none", "ddc"])], value="test_acc")
+    with pytest.raises(ValueError, match="lack some"):
+        S.friedman_test(df.drop(index=0), value="test_acc")
+    out = S.friedman_test(df.drop(index=0), value="test_acc", on_incomplete="drop")
+    assert out["n"].iloc[0] == 5
+
+
+def test_demsar_2006_example():
+    df = demsar_df()
+    ranks, cliques, cd = S.critical_difference(
+        df, value="rank_value", method_col="method", block_col="dataset", higher_is_better=False
+    )
+    mr = dict(zip(ranks["method"], ranks["mean_rank"]))
+    published = {"C4.5": 3.143, "C4.5+m": 2.000, "C4.5+cf": 2.893, "C4.5+m+cf": 1.964}
+    for m, v in published.items():
+        assert mr[m] == pytest.approx(v, abs=5e-4)
+    assert list(ranks["method"]) == ["C4.5+m+cf", "C4.5+m", "C4.5+cf", "C4.5"]
+    # q_0.05 = 2.569, CD = 2.569 * sqrt(4*5 / (6*14)) = 1.25
+    assert S.nemenyi_cd(4, 1, 0.05) / np.sqrt(20 / 6) == pytest.approx(2.569, abs=5e-4)
+    assert cd == pytest.approx(1.25, abs=5e-3)
+    # At α=0.05 Nemenyi finds no difference: one clique with all four methods.
+    assert cliques == [["C4.5+m+cf", "C4.5+m", "C4.5+cf", "C4.5"]]
+    # At α=0.10 (q=2.291, CD=1.12) C4.5 is worse than C4.5+m and C4.5+m+cf.
+    _, cliques10, cd10 = S.critical_difference(
+        df, value="rank_value", method_col="method", block_col="dataset", higher_is_better=False, alpha=0.10
+    )
+    assert cd10 == pytest.approx(1.12, abs=5e-3)
+    assert cliques10 == [["C4.5+m+cf", "C4.5+m", "C4.5+cf"], ["C4.5+cf", "C4.5"]]
+    # Friedman without tie correction: χ²_F = 9.28, Iman–Davenport F_F = 3.69 (published).
+    fr = S.friedman_test(df, value="rank_value", method_col="method", block_col="dataset",
+                         tie_correction=False).iloc[0]
+    assert fr["statistic"] == pytest.approx(9.28, abs=5e-3)
+    assert fr["iman_davenport_F"] == pytest.approx(3.69, abs=5e-3)
+    assert fr["iman_davenport_p"] < 0.05  # F(3, 39) critical value is 2.85
+
+
+def test_critical_difference_wilcoxon_cliques_and_direction():
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(10):
+        for m, mu in [("a", 0.0), ("b", 0.001), ("c", 1.0)]:
+            rows.append({"method": m, "seed": s, "v": mu + rng.normal(0, 0.01)})
+    df = pd.DataFrame(rows)
+    ranks, cliques, _ = S.critical_difference(df, value="v", clique_method="wilcoxon")
+    assert ranks["method"].iloc[0] == "c"
+    assert cliques == [["b", "a"]] or cliques == [["a", "b"]]
+    ranks_low, _, _ = S.critical_difference(df, value="v", higher_is_better=False)
+    assert ranks_low["method"].iloc[-1] == "c"
+    with pytest.raises(ValueError, match="clique_method"):
+        S.critical_difference(df, value="v", clique_method="bogus")
+
+
+# --------------------------------------------------------------------------- #
+# linear models
+# --------------------------------------------------------------------------- #
+def make_grid(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in [0.1, 0.3, 0.5]:
+        for tau in [0.5, 1.0]:
+            for s in range(4):
+                acc = 0.8 + 0.1 * p - 0.02 * tau + 0.05 * p * tau + rng.normal(0, 0.01)
+                rows.append({"p_base": p, "tau": tau, "seed": s, "test_acc": acc})
+    return pd.DataFrame(rows)
+
+
+def test_anova_matches_statsmodels():
+    df = make_grid()
+    out = S.anova(df, value="test_acc", factors=["p_base", "tau"])
+    ref = sm.stats.anova_lm(smf.ols("test_acc ~ C(p_base) * C(tau)", data=df).fit(), typ=2)
+    assert list(out["term"]) == ["p_base", "tau", "p_base:tau", "Residual"]
+    assert np.allclose(out["sum_sq"], ref["sum_sq"])
+    assert np.allclose(out["F"].iloc[:3], ref["F"].iloc[:3])
+    assert np.allclose(out["pvalue"].iloc[:3], ref["PR(>F)"].iloc[:3])
+    main = S.anova(df, value="test_acc", factors=["p_base", "tau"], interactions=False)
+    assert list(main["term"]) == ["p_base", "tau", "Residual"]
+    t3 = S.anova(df, value="test_acc", factors=["p_base", "tau"], typ=3)
+    assert t3["term"].iloc[0] == "Intercept"
+    with pytest.raises(ValueError, match="lr"):
+        S.anova(df, value="test_acc", factors=["p_base", "lr"])
+    with pytest.raises(ValueError, match="typ"):
+        S.anova(df, value="test_acc", factors=["p_base"], typ=4)
+
+
+def test_variance_decomposition_balanced():
+    df = make_grid()
+    out = S.variance_decomposition(df, value="test_acc", factors=["p_base", "tau"])
+    assert out["term"].iloc[-1] == "Residual"
+    assert out["eta_sq"].sum() == pytest.approx(1.0)  # balanced design
+    y = df["test_acc"]
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    ss_res = out.set_index("term").loc["Residual", "sum_sq"]
+    row = out.set_index("term").loc["p_base"]
+    assert row["eta_sq"] == pytest.approx(row["sum_sq"] / ss_tot)
+    assert row["partial_eta_sq"] == pytest.approx(row["sum_sq"] / (row["sum_sq"] + ss_res))
+    assert out["eta_sq"].iloc[0] == out["eta_sq"].iloc[:-1].max()
+
+
+def test_mixed_model_matches_statsmodels():
+    df = make_runs(n_seeds=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = S.mixed_model(df, value="test_acc", factors=["method"], group="seed")
+        ref = smf.mixedlm("test_acc ~ C(method)", df, groups=df["seed"]).fit(reml=True)
+    assert list(out.columns) == ["term", "estimate", "std_err", "z", "pvalue", "ci_low", "ci_high"]
+    assert out["term"].iloc[-1] == "group_var"
+    assert "method[T.none]" in set(out["term"])
+    fe = out.iloc[:-1]
+    assert np.allclose(fe["estimate"], ref.fe_params.to_numpy(), atol=1e-8)
+    assert np.allclose(fe["std_err"], ref.bse_fe.to_numpy(), rtol=1e-4)
+    with pytest.raises(ValueError, match="group"):
+        S.mixed_model(df, value="test_acc", factors=["method"], group="nope")
+
+
+# --------------------------------------------------------------------------- #
+# summaries
+# --------------------------------------------------------------------------- #
+def test_summarize():
+    df = make_runs()
+    out = S.summarize(df, value="test_acc", by="method", rng=0, n_resamples=2000)
+    g = df.groupby("method")["test_acc"]
+    assert list(out["method"]) == sorted(METHODS)
+    assert np.allclose(out["mean"], g.mean().to_numpy())
+    assert np.allclose(out["std"], g.std(ddof=1).to_numpy())
+    assert (out["n"] == 6).all()
+    assert ((out["ci_low"] <= out["mean"]) & (out["mean"] <= out["ci_high"])).all()
+    # reproducible, and equal to scipy called directly for the first group
+    pd.testing.assert_frame_equal(out, S.summarize(df, value="test_acc", by="method", rng=0, n_resamples=2000))
+    first = df.loc[df["method"] == "ddc", "test_acc"].to_numpy()
+    ref = sps.bootstrap((first,), np.mean, n_resamples=2000, rng=np.random.default_rng(0)).confidence_interval
+    assert out["ci_low"].iloc[0] == pytest.approx(ref.low) and out["ci_high"].iloc[0] == pytest.approx(ref.high)
+    # multi-column grouping and singleton groups
+    one = S.summarize(df.head(7), value="test_acc", by=["dataset", "method"], rng=0, n_resamples=200)
+    assert list(one.columns[:2]) == ["dataset", "method"]
+    single = one[one["n"] == 1].iloc[0]
+    assert np.isnan(single["ci_low"]) and single["ci_method"] == "none"
+    with pytest.raises(ValueError, match="'group'"):
+        S.summarize(df, value="test_acc", by="group", rng=0)
+
+
+def test_practical_equivalence():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(8):
+        base = rng.normal(0, 0.01)
+        for p, mu in [(0.1, 0.90), (0.3, 0.899), (0.5, 0.80)]:
+            rows.append({"p_base": p, "seed": s, "acc": mu + base + rng.normal(0, 0.001)})
+    df = pd.DataFrame(rows)
+    out = S.practical_equivalence(df, value="acc", by="p_base", margin=0.01, rng=0, block_col="seed",
+                                  n_resamples=2000)
+    t = out.set_index("p_base")
+    assert t.loc[0.1, "is_best"] and t.loc[0.1, "diff"] == 0
+    assert bool(t.loc[0.3, "within_margin"]) and bool(t.loc[0.3, "not_worse_than_margin"])
+    assert not t.loc[0.5, "within_margin"] and not t.loc[0.5, "not_worse_than_margin"]
+    assert list(out["p_base"]) == [0.1, 0.3, 0.5]
+    # unpaired version, reproducible
+    a = S.practical_equivalence(df, value="acc", by="p_base", margin=0.01, rng=5, n_resamples=500)
+    b = S.practical_equivalence(df, value="acc", by="p_base", margin=0.01, rng=5, n_resamples=500)
+    pd.testing.assert_frame_equal(a, b)
+    # lower-is-better flips the best setting
+    low = S.practical_equivalence(df, value="acc", by="p_base", margin=0.01, rng=0, higher_is_better=False,
+                                  n_resamples=200)
+    assert low.loc[low["is_best"], "p_base"].item() == 0.5
+    with pytest.raises(ValueError, match="margin"):
+        S.practical_equivalence(df, value="acc", by="p_base", margin=-1, rng=0)
