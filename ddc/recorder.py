@@ -343,6 +343,29 @@ class Recorder:
             tensors[name] = entry
         return tensors
 
+    # ---- checkpoints ----------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the recording seamlessly."""
+        self._drain()
+        return {
+            "step": self._step,
+            "previous_drop": {k: v.cpu() for k, v in self._previous_drop.items()},
+            "drop_count": {k: v.cpu() for k, v in self._drop_count.items()},
+            "steps_counted": dict(self._steps_counted),
+            "subsets": {k: v.cpu() for k, v in self._subsets.items()},
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(iter(self.layers.values())).weight.device
+        self._step = state["step"]
+        self._previous_drop = {k: v.to(device) for k, v in state["previous_drop"].items()}
+        self._drop_count = {k: v.to(device) for k, v in state["drop_count"].items()}
+        self._steps_counted = dict(state["steps_counted"])
+        self._subsets = {k: v.to(device) for k, v in state["subsets"].items()}
+        self._generator.set_state(state["generator"])
+
     # ---- output ---------------------------------------------------------------
 
     def _drain(self) -> None:

@@ -1,0 +1,195 @@
+"""Trainer: validation, schedule, pairing, reproducibility, selection on validation, resume, CLI."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ddc import recipes, store, train
+from ddc.cli import main
+from ddc.train import TrainConfig
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tiny(**overrides):
+    fields = dict(
+        dataset="mnist1d",
+        model="mlp",
+        method="ddc",
+        epochs=3,
+        lr=0.05,
+        train_subset=300,
+        val_subset=200,
+        test_subset=200,
+        warmup_epochs=1,
+        progress=False,
+        record_every=2,
+    )
+    fields.update(overrides)
+    return TrainConfig.from_dict(fields)
+
+
+def test_unknown_field_and_bad_values_are_named():
+    with pytest.raises(ValueError, match="unknown config field.*'epoch'.*allowed fields: dataset"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="dataset='fmnist'.*'fashion_mnist'"):
+        TrainConfig.from_dict({"dataset": "fmnist"})
+    with pytest.raises(ValueError, match="epochs=0"):
+        TrainConfig.from_dict({"epochs": 0})
+    with pytest.raises(ValueError, match="p_base"):
+        TrainConfig.from_dict({"method": "ddc", "method_options": {"p_base": 2}})
+    with pytest.raises(ValueError, match="schedule='step'"):
+        TrainConfig.from_dict({"schedule": "step"})
+
+
+def test_warmup_cosine_schedule():
+    config = TrainConfig(epochs=10, lr=0.1, min_lr=0.001, warmup_epochs=2)
+    lrs = [train.learning_rate(config, e) for e in range(10)]
+    assert lrs[0] == pytest.approx(0.1 / 3) and lrs[1] == pytest.approx(0.2 / 3)
+    assert lrs[2] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.001)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    # the authors' MNIST recipe: lr equals the minimum, so the schedule is constant
+    mnist = TrainConfig(**{k: v for k, v in recipes.recipe("mnist-simplecnn1").items()})
+    assert {train.learning_rate(mnist, e) for e in range(75)} == {0.001}
+
+
+def test_run_id_is_stable_and_ignores_operational_fields():
+    a, b = tiny(), tiny(progress=True, num_threads=2, tag="x")
+    assert a.run_id() == b.run_id()
+    assert a.run_id() != tiny(seed=1).run_id() != tiny(method_options={"p_base": 0.2}).run_id()
+
+
+def test_methods_start_from_identical_weights_and_data():
+    states = []
+    for method in ("none", "dropout", "dropconnect", "standout", "ddc"):
+        splits, model, handle = train.build(tiny(method=method))
+        states.append(model.state_dict())
+        handle.remove()
+    for other in states[1:]:
+        assert all(torch.equal(states[0][k], other[k]) for k in states[0])
+
+
+def test_same_seed_same_numbers(tmp_path):
+    first = train.run(tiny(), tmp_path / "a")
+    second = train.run(tiny(), tmp_path / "b")
+    pd.testing.assert_frame_equal(pd.read_parquet(first / "metrics.parquet"), pd.read_parquet(second / "metrics.parquet"))
+    pd.testing.assert_frame_equal(store.load_records(first), store.load_records(second))
+
+
+def test_selection_is_on_validation(tmp_path):
+    path = train.run(tiny(epochs=4), tmp_path)
+    metrics = pd.read_parquet(path / "metrics.parquet")
+    summary = json.loads((path / "summary.json").read_text())
+    val = metrics.query("split == 'val' and metric == 'acc'").set_index("epoch").value
+    test = metrics.query("split == 'test' and metric == 'acc'").set_index("epoch").value
+    best = int(val.idxmax())  # idxmax keeps the first of ties, as the trainer
+    assert summary["best_epoch"] == best
+    assert summary["test_acc"] == test[best] and summary["final_test_acc"] == test[3]
+
+
+def test_finished_run_is_not_retrained(tmp_path):
+    path = train.run(tiny(epochs=1), tmp_path)
+    stamp = os.stat(path / "summary.json").st_mtime_ns
+    assert train.run(tiny(epochs=1), tmp_path) == path
+    assert os.stat(path / "summary.json").st_mtime_ns == stamp
+
+
+def test_interrupted_run_resumes_to_identical_result(tmp_path, monkeypatch):
+    reference = train.run(tiny(epochs=3), tmp_path / "ref")
+    calls = {"n": 0}
+    original = train.evaluate
+
+    def crash_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # val of epoch 2 (two evaluations per epoch)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny(epochs=3), tmp_path / "resumed")
+    assert store.run_dirs(tmp_path / "resumed") == []  # nothing half-published
+    assert (tmp_path / "resumed" / ".partial" / tiny().run_id() / "checkpoint.pt").exists()
+    monkeypatch.setattr(train, "evaluate", original)
+    resumed = train.run(tiny(epochs=3), tmp_path / "resumed")
+    pd.testing.assert_frame_equal(pd.read_parquet(reference / "metrics.parquet"), pd.read_parquet(resumed / "metrics.parquet"))
+    pd.testing.assert_frame_equal(store.load_records(reference), store.load_records(resumed))
+    assert not (tmp_path / "resumed" / ".partial" / tiny().run_id()).exists()
+
+
+def test_regression_run(tmp_path):
+    config = TrainConfig.from_dict({**recipes.recipe("synthetic-linreg2d", "smoke"), "method": "ddc", "progress": False})
+    summary = json.loads((train.run(config, tmp_path) / "summary.json").read_text())
+    assert "best_val_loss" in summary and summary["test_loss"] < 5.0
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_simplecnn1_ddc_learns(tmp_path):
+    config = TrainConfig.from_dict(
+        dict(
+            dataset="fashion_mnist",
+            model="simplecnn1",
+            method="ddc",
+            epochs=3,
+            lr=0.02,
+            warmup_epochs=1,
+            train_subset=2000,
+            val_subset=1000,
+            test_subset=2000,
+            record_every=5,
+            snapshot_every=20,
+            progress=False,
+        )
+    )
+    path = train.run(config, tmp_path)
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["test_acc"] > 0.5  # chance is 0.1
+    assert {p.name for p in path.iterdir()} == {"config.json", "metrics.parquet", "records", "snapshots", "summary.json", "model.pt"}
+    records = store.load_records(path)
+    assert {"drop_prob_mean", "realized_drop_rate", "mask_jaccard"} <= set(records.metric)
+    snapshot = torch.load(next((path / "snapshots").glob("*.pt")))
+    assert set(snapshot["linear1"]) >= {"weight", "signal", "drop_prob", "keep"}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_help_everywhere():
+    runner = CliRunner()
+    for args in (["--help"], ["train", "--help"], ["data", "--help"], ["data", "list", "--help"], ["runs", "ls", "--help"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert "--p-base" not in runner.invoke(main, ["train", "--help"]).output  # method options go through --opt
+    assert "--weight-decay" in runner.invoke(main, ["train", "--help"]).output
+
+
+def test_cli_typos_are_explained():
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--epocs", "3"])
+    assert result.exit_code == 2 and "Did you mean" in result.output and "--epochs" in result.output
+    result = runner.invoke(main, ["train", "--method", "ddc", "--opt", "p_bsae=0.2", "--dry-run"])
+    assert result.exit_code == 2 and "p_bsae" in result.output and "p_base" in result.output
+    result = runner.invoke(main, ["train", "--recipe", "mnist-cnn"])
+    assert result.exit_code != 0 and "mnist-simplecnn1" in str(result.exception or result.output)
+
+
+def test_cli_train_and_list_runs(tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: mnist1d\nmodel: mlp\nepochs: 1\ntrain_subset: 200\nval_subset: 100\ntest_subset: 100\n")
+    result = runner.invoke(
+        main,
+        ["train", "--config", str(config), "--method", "ddc", "--opt", "p_base=0.2", "--no-progress", "--root", str(tmp_path / "runs")],
+    )
+    assert result.exit_code == 0, result.output
+    runs = store.load_runs(tmp_path / "runs")
+    assert runs.p_base.tolist() == [0.2] and runs.epochs.tolist() == [1]
+    listing = runner.invoke(main, ["runs", "ls", str(tmp_path / "runs")])
+    assert "mnist1d-mlp-ddc" in listing.output
+    shown = runner.invoke(main, ["runs", "show", str(store.run_dirs(tmp_path / "runs")[0])])
+    assert shown.exit_code == 0 and "summary" in shown.output
