@@ -202,5 +202,74 @@ def runs_sql(query, root):
     click.echo(store.sql(query, root).to_string(index=False))
 
 
+@main.command()
+@click.argument("runs_paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--value", default="test_acc", show_default=True, help="Summary column to compare.")
+@click.option("--baseline", default="none", show_default=True, help="Label the other methods are compared with.")
+def report(runs_paths, out, value, baseline):
+    """Markdown report (tables with CIs, Holm-corrected tests, figures) from stored runs; trains nothing."""
+    from .report import build_report
+
+    try:
+        path = build_report(list(runs_paths), out, value=value, baseline=baseline)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"report written to {path}")
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+
+@main.group()
+def notebooks():
+    """The paper notebooks, executed headlessly with Papermill."""
+
+
+@notebooks.command("run")
+@click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True)
+@click.option("--only", multiple=True, help="Notebook name or prefix, e.g. 02 or baselines (repeatable).")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Notebook parameter override (repeatable).")
+@click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="Where executed notebooks and results go.")
+def notebooks_run(profile, only, params, output):
+    """Execute the notebooks in order; fail fast on an unknown parameter."""
+    from .notebooks import NotebookFailed, run_notebooks
+
+    try:
+        executed = run_notebooks(profile, only=only, parameters=_key_values(params, "--param"), output_root=Path(output))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except NotebookFailed as error:
+        raise click.ClickException(str(error)) from None
+    total = sum(e.seconds for e in executed)
+    click.echo(f"{len(executed)} notebook(s) in {total:.0f} s; index: {Path(output) / profile / 'INDEX.md'}")
+
+
+@notebooks.command("list")
+def notebooks_list():
+    """Each notebook and its parameters with defaults."""
+    from .notebooks import declared_parameters, discover
+
+    for notebook in discover():
+        declared = declared_parameters(notebook)
+        click.echo(notebook.stem)
+        for name, info in declared.items():
+            click.echo(f"    {name} = {info['default']}")
+
+
+@main.command()
+@click.option("--output", default="outputs", show_default=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True)
+def figures(output, profile):
+    """Regenerate every figure from stored results, without training."""
+    from . import paper
+    from .notebooks import write_index
+
+    base = Path(output) / profile
+    done = paper.regenerate_figures(base, log=click.echo)
+    write_index(base, [])
+    click.echo(f"{len(done)} figure file(s) written under {base}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -51,7 +51,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {**_AUTHORS, **_OURS}
 _QUICK = {
     "mnist": dict(train_subset=2000, val_subset=2000, test_subset=5000, epochs=30, lr=0.02, min_lr=0.001, warmup_epochs=2),
     "fashion_mnist": dict(train_subset=2000, val_subset=2000, test_subset=5000, epochs=30, lr=0.02, min_lr=0.001, warmup_epochs=2),
-    "mnist1d": dict(train_subset=2000, val_subset=1000, epochs=60, lr=0.02, min_lr=0.001, warmup_epochs=2),
+    "mnist1d": dict(train_subset=2000, epochs=60, lr=0.02, min_lr=0.001, warmup_epochs=2),
     "cifar10": dict(train_subset=2000, val_subset=1000, test_subset=2000, epochs=20, warmup_epochs=2),
     "cifar100": dict(train_subset=5000, val_subset=1000, test_subset=2000, epochs=20, warmup_epochs=2),
     "synthetic": dict(epochs=10),

@@ -287,14 +287,18 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
         if splits.task != "regression":
             epoch_metrics["train"]["acc"] = running_correct.item() / len(train_x)
         epoch_metrics["val"] = evaluate(model, *val, splits.task, config.eval_batch_size)
-        epoch_metrics["test"] = evaluate(model, *test, splits.task, config.eval_batch_size)
+        # Test numbers are only ever reported at the best-validation and the last
+        # epoch, so the test split is evaluated exactly then (never used to choose).
+        best = _better(state["best"], epoch, epoch_metrics, splits.task)
+        if best is not state["best"] or epoch == config.epochs - 1:
+            epoch_metrics["test"] = evaluate(model, *test, splits.task, config.eval_batch_size)
         for split, values in epoch_metrics.items():
             for metric, value in values.items():
                 state["metrics"].append(
                     {"run_id": run_id, "epoch": epoch, "step": state["step"], "split": split, "metric": metric, "value": value}
                 )
         state["metrics"].append({"run_id": run_id, "epoch": epoch, "step": state["step"], "split": "train", "metric": "lr", "value": lr})
-        state["best"] = _better(state["best"], epoch, epoch_metrics, splits.task)
+        state["best"], state["last"] = best, epoch_metrics
         state["epoch"] = epoch + 1
         bar.set_postfix(_postfix(epoch_metrics))
 
@@ -308,7 +312,7 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
     if recorder is not None:
         recorder.detach()
 
-    summary = _summary(config, state, epoch_metrics, splits)
+    summary = _summary(config, state, state["last"], splits)
     store.write_torch(run_dir.path / "model.pt", model.state_dict())
     checkpoint_path.unlink()
     handle.remove()

@@ -1,0 +1,348 @@
+"""The paper notebooks' experiments and figures, as importable functions.
+
+Notebooks call these so that their cells stay short, and ``ddc figures``
+calls the ``figures_*`` functions to regenerate every figure from what the
+notebooks stored (tables in ``<run_dir>/results`` and the shared run store),
+without training.
+
+Conventions for every notebook ``run_dir``:
+
+- ``results/``: the numbers, as parquet/JSON, written by the notebook;
+- ``figures/``: PNG and PDF, written by ``figures_<notebook>(run_dir)``;
+- ``<notebook>.ipynb``: the executed notebook (written by the driver).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .apply import apply
+
+# ----------------------------------------------------------------------------- common
+
+
+def results_dir(run_dir) -> Path:
+    path = Path(run_dir) / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(run_dir) -> Path:
+    path = Path(run_dir) / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_table(frame, run_dir, name: str) -> Path:
+    """Write a results table as parquet (atomic) and CSV (for reading by eye)."""
+    from .store import write_parquet
+
+    path = write_parquet(results_dir(run_dir) / f"{name}.parquet", frame)
+    frame.to_csv(results_dir(run_dir) / f"{name}.csv", index=False)
+    return path
+
+
+def load_table(run_dir, name: str):
+    import pandas as pd
+
+    return pd.read_parquet(Path(run_dir) / "results" / f"{name}.parquet")
+
+
+def save_json(obj, run_dir, name: str) -> Path:
+    from .store import write_json
+
+    return write_json(results_dir(run_dir) / f"{name}.json", obj)
+
+
+def load_json(run_dir, name: str):
+    return json.loads((Path(run_dir) / "results" / f"{name}.json").read_text())
+
+
+def _save(ax_or_fig, run_dir, name: str) -> List[str]:
+    import matplotlib.pyplot as plt
+    from analysis.figures import save_figure
+
+    paths = save_figure(ax_or_fig, figures_dir(run_dir) / name, formats=("png", "pdf"))
+    fig = ax_or_fig if hasattr(ax_or_fig, "savefig") else ax_or_fig.figure
+    plt.close(fig)
+    return [str(p) for p in paths]
+
+
+def format_ci(mean: float, low: float, high: float, digits: int = 4) -> str:
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+# ----------------------------------------------------------------------------- 01 synthetic regression
+
+SYNTHETIC_METHODS: Dict[str, dict] = {
+    "none": {"method": "none"},
+    "dropout": {"method": "dropout", "p": 0.5},
+    "dropconnect": {"method": "dropconnect", "p": 0.5},
+    "ddc": {"method": "ddc"},
+    "ddc_big": {"method": "ddc", "prefer": "big"},
+}
+
+
+def synthetic_trajectories(
+    methods: Dict[str, dict],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    init: Sequence[float] = (-1.0, 2.0),
+    n_train: Optional[int] = None,
+):
+    """Train the 2-weight regression with each method and seed; one row per step.
+
+    Every method starts from the same ``init`` and, for one seed, sees the same
+    mini-batches (the batch order comes from a generator seeded by the seed);
+    masks draw from their own generator. ``loss`` is the full training-set MSE
+    of the plain (unmasked) weights after the step.
+
+    Returns a DataFrame with columns ``method, seed, step, w1, w2, loss``.
+    """
+    import pandas as pd
+
+    from .data import load
+    from .models import LinearRegression2D
+
+    rows = []
+    for seed in seeds:
+        splits = load("synthetic", seed=seed, train_subset=n_train)
+        x, y = splits.train.tensors
+        for label, spec in methods.items():
+            options = {k: v for k, v in spec.items() if k != "method"}
+            model = LinearRegression2D()
+            with torch.no_grad():
+                model.linear.weight.copy_(torch.tensor([list(init)]))
+            handle = apply(model, spec["method"], layers=["linear"], seed=seed + 7919, **options)
+            opt = torch.optim.SGD(model.parameters(), lr=lr)
+            order_gen = torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(x), generator=order_gen)
+            position = 0
+            rows.append(_trajectory_row(label, seed, 0, model, x, y))
+            for step in range(1, steps + 1):
+                if position + batch_size > len(x):
+                    order, position = torch.randperm(len(x), generator=order_gen), 0
+                index = order[position : position + batch_size]
+                position += batch_size
+                model.train()
+                loss = nn.functional.mse_loss(model(x[index]), y[index])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rows.append(_trajectory_row(label, seed, step, model, x, y))
+            handle.remove()
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def _trajectory_row(label, seed, step, model, x, y) -> dict:
+    model.eval()
+    w1, w2 = model.linear.weight[0].tolist()
+    loss = nn.functional.mse_loss(model(x), y).item()
+    return {"method": label, "seed": seed, "step": step, "w1": w1, "w2": w2, "loss": loss}
+
+
+def steps_to_target(trajectories, target_loss: float):
+    """First step at which each (method, seed) reaches ``loss <= target_loss``.
+
+    Runs that never reach it get ``steps`` + 1 and ``reached = False``.
+    Columns: ``method, seed, steps_to_target, reached``.
+    """
+    import pandas as pd
+
+    rows = []
+    for (method, seed), group in trajectories.groupby(["method", "seed"], sort=False):
+        hit = group[group.loss <= target_loss]
+        reached = not hit.empty
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                "steps_to_target": int(hit.step.min()) if reached else int(group.step.max()) + 1,
+                "reached": reached,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def figures_01_synthetic_regression(run_dir) -> List[str]:
+    import seaborn as sns
+    from analysis import figures
+
+    from .data import SYNTHETIC_NOISE_STD, SYNTHETIC_WEIGHTS
+
+    trajectories = load_table(run_dir, "trajectories")
+    written = []
+    ax = figures.synthetic_contours(
+        trajectories, true_w=list(SYNTHETIC_WEIGHTS), cov=torch.eye(2).numpy(), noise_var=SYNTHETIC_NOISE_STD**2
+    )
+    ax.set_title("2-D linear regression: mean trajectories over seeds")
+    written += _save(ax, run_dir, "contours_trajectories")
+
+    ax = sns.lineplot(data=trajectories, x="step", y="loss", hue="method", errorbar=("ci", 95), seed=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("training MSE (plain weights)")
+    ax.set_title("Loss over steps, mean and 95% CI across seeds")
+    written += _save(ax, run_dir, "loss_curves")
+
+    summary = load_table(run_dir, "steps_to_target_summary")
+    ax = figures.method_comparison(summary, value="steps_to_target")
+    ax.set_ylabel("steps to reach the target loss")
+    written += _save(ax, run_dir, "steps_to_target")
+    return written
+
+
+# ----------------------------------------------------------------------------- regeneration
+
+
+def regenerate_figures(base, log=print) -> List[str]:
+    """Call every ``figures_<notebook>`` whose notebook has stored results under ``base``."""
+    base = Path(base)
+    written = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+        function = globals().get(f"figures_{folder.name}")
+        if function is None:
+            log(f"{folder.name}: no figure function, skipped")
+            continue
+        if not (folder / "results").exists():
+            log(f"{folder.name}: no stored results, skipped")
+            continue
+        paths = function(folder)
+        log(f"{folder.name}: {len(paths)} file(s)")
+        written += paths
+    return written
+
+
+# ----------------------------------------------------------------------------- shared: runs in the store
+
+
+def run_configs(base: dict, variants: Dict[str, dict], seeds: Iterable[int]):
+    """TrainConfigs for every (variant label, seed); a variant is ``{method, **options}``.
+
+    Returns ``[(label, seed, config)]``; the label is stored in the config's ``tag``.
+    """
+    from .train import TrainConfig
+
+    configs = []
+    for label, spec in variants.items():
+        spec = dict(spec)
+        method = spec.pop("method")
+        layers = spec.pop("layers", base.get("layers"))
+        for seed in seeds:
+            fields = {**base, "method": method, "method_options": spec, "layers": layers, "seed": seed, "tag": label}
+            configs.append((label, seed, TrainConfig.from_dict(fields)))
+    return configs
+
+
+def train_all(configs, runs_root, *, progress: bool = True) -> List[Path]:
+    """Train (or reuse) each config in this process; returns run directories in order."""
+    from tqdm.auto import tqdm
+
+    from .train import run
+
+    return [run(config, runs_root) for _, _, config in tqdm(configs, desc="runs", disable=None if progress else True)]
+
+
+def runs_frame(runs_root, run_ids: Sequence[str]):
+    """The runs table (config + summary columns) of exactly ``run_ids``."""
+    from .store import load_runs
+
+    paths = [Path(runs_root) / run_id for run_id in run_ids]
+    frame = load_runs(paths)
+    return frame.set_index("run_id").loc[list(run_ids)].reset_index()
+
+
+def run_paths(run_dir, runs) -> List[Path]:
+    """Run directories of ``runs``, found in the profile's store beside ``run_dir`` (so outputs can move)."""
+    store_root = Path(run_dir).parent / "runs"
+    return [store_root / run_id if (store_root / run_id).exists() else Path(path) for run_id, path in zip(runs.run_id, runs.path)]
+
+
+# ----------------------------------------------------------------------------- 04 dynamics
+
+
+def snapshot_table(run_path, layer: str):
+    """Per snapshot step: |signal|, cumulative drop frequency and drop probability of ``layer``, long.
+
+    Columns: ``step, edge, grad_abs, drop_freq, drop_prob`` (drop_prob NaN where absent).
+    """
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for path in sorted((Path(run_path) / "snapshots").glob("step-*.pt")):
+        step = int(path.stem.split("-")[1])
+        entry = torch.load(path)[layer]
+        if "signal" not in entry or "drop_count" not in entry:
+            continue
+        grad_abs = entry["signal"].abs().flatten().numpy()
+        freq = (entry["drop_count"].double() / max(entry["steps_counted"], 1)).flatten().numpy()
+        if freq.size != grad_abs.size:
+            continue  # output masks (dropout): no per-edge frequency
+        drop_prob = entry["drop_prob"].flatten().numpy() if entry.get("drop_prob") is not None and entry["drop_prob"].numel() == grad_abs.size else np.full(grad_abs.size, np.nan)
+        frames.append(pd.DataFrame({"step": step, "edge": np.arange(grad_abs.size), "grad_abs": grad_abs, "drop_freq": freq, "drop_prob": drop_prob}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "edge", "grad_abs", "drop_freq", "drop_prob"])
+
+
+def gradient_rank_stability(snapshots):
+    """Spearman correlation of per-edge |g| between consecutive snapshots (is |g| a stable proxy?)."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    steps = sorted(snapshots.step.unique())
+    rows = []
+    for earlier, later in zip(steps, steps[1:]):
+        a = snapshots[snapshots.step == earlier].sort_values("edge").grad_abs.to_numpy()
+        b = snapshots[snapshots.step == later].sort_values("edge").grad_abs.to_numpy()
+        rows.append({"step": later, "previous_step": earlier, "spearman": spearmanr(a, b).statistic})
+    return pd.DataFrame(rows)
+
+
+def figures_04_dynamics(run_dir) -> List[str]:
+    from analysis import figures
+
+    from .store import load_records
+
+    settings = load_json(run_dir, "settings")
+    runs = load_table(run_dir, "runs")
+    records = load_records(run_paths(run_dir, runs))
+    labels = runs[["run_id", "tag"]].rename(columns={"tag": "method"})
+    layer = settings["layer"]
+    written = []
+    ax = figures.drop_rate_dynamics(records, layer=layer, hue="method", runs=labels)
+    ax.set_title(f"{layer}: expected (solid) vs realised (dashed) drop rate")
+    written += _save(ax, run_dir, "drop_rate_dynamics")
+    ax = figures.mask_overlap(records, layer=layer, hue="method", runs=labels)
+    ax.set_title(f"{layer}: overlap of dropped edges between consecutive steps")
+    written += _save(ax, run_dir, "mask_overlap")
+    ddc_ids = runs.loc[runs.method == "ddc", "run_id"]
+    if len(ddc_ids):
+        ddc_records = records[records.run_id == ddc_ids.iloc[0]]
+        ax = figures.drop_prob_heatmap(ddc_records, layer=layer)
+        ax.set_title(f"DDC drop-probability quantiles over training ({layer})")
+        written += _save(ax, run_dir, "drop_prob_heatmap")
+        snapshots = load_table(run_dir, "ddc_snapshots")
+        last = snapshots[snapshots.step == snapshots.step.max()]
+        ax = figures.grad_vs_drop(last.grad_abs.to_numpy(), last.drop_freq.to_numpy())
+        ax.set_ylabel("cumulative drop frequency of the edge")
+        ax.set_title(f"DDC: |gradient| vs how often each edge was dropped (step {int(last.step.iloc[0])})")
+        written += _save(ax, run_dir, "grad_vs_drop_frequency")
+        stability = load_table(run_dir, "gradient_rank_stability")
+        if not stability.empty:
+            import seaborn as sns
+
+            ax = sns.lineplot(data=stability, x="step", y="spearman", marker="o")
+            ax.set_xlabel("step")
+            ax.set_ylabel("Spearman(|g| now, |g| at previous snapshot)")
+            ax.set_title("Is the gradient magnitude a stable per-edge proxy?")
+            written += _save(ax, run_dir, "gradient_rank_stability")
+    return written

@@ -1,0 +1,110 @@
+"""Paper notebooks: committed clean, parameterised, and executed at the smoke profile."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from ddc import paper
+from ddc.notebooks import check_parameters, discover, run_notebooks
+
+NOTEBOOKS = discover()
+COMMON = {"profile", "run_dir"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_without_outputs_and_with_one_parameters_cell(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+    source = tagged[0].source
+    for name in COMMON:
+        assert f"{name} =" in source
+    assert "MPLBACKEND" not in "".join(c.source for c in nb.cells)  # papermill would lose the figures
+
+
+def test_unknown_parameter_fails_fast_with_its_name(tmp_path):
+    with pytest.raises(ValueError, match="'seedz'.*parameters of the selected notebooks"):
+        run_notebooks("smoke", only=["01"], parameters={"seedz": [0]}, output_root=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing ran
+    with pytest.raises(ValueError, match="only: 'nope' matches no notebook"):
+        run_notebooks("smoke", only=["nope"], output_root=tmp_path)
+    assert check_parameters(NOTEBOOKS[:1], {"steps": 3})[NOTEBOOKS[0]] == {"steps": 3}
+
+
+@pytest.fixture(scope="module")
+def smoke_outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    executed = run_notebooks("smoke", output_root=root, log=lambda *_: None)
+    return root / "smoke", executed
+
+
+def test_every_notebook_runs_at_smoke(smoke_outputs):
+    base, executed = smoke_outputs
+    assert [e.notebook for e in executed] == [p.name for p in NOTEBOOKS]
+    for e in executed:
+        nb = nbformat.read(str(e.output), as_version=4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+        conclusions = json.loads((e.output.parent / "results" / "conclusions.json").read_text())
+        assert conclusions["conclusion"]
+    assert (base / "INDEX.md").exists()
+
+
+def test_synthetic_regression_data(smoke_outputs):
+    base, _ = smoke_outputs
+    run_dir = base / "01_synthetic_regression"
+    trajectories = pd.read_parquet(run_dir / "results" / "trajectories.parquet")
+    assert set(trajectories.method) == set(paper.SYNTHETIC_METHODS)
+    assert trajectories.groupby("method").seed.nunique().min() == 3
+    assert (trajectories.query("step == 0").groupby("seed")[["w1", "w2"]].nunique() == 1).all().all()  # same start
+    tests = pd.read_parquet(run_dir / "results" / "paired_tests.parquet")
+    assert {"p_wilcoxon_adj", "ci_low", "ci_high"} <= set(tests.columns)
+    conclusion = json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"]
+    summary = pd.read_parquet(run_dir / "results" / "steps_to_target_summary.parquet").set_index("method")
+    assert f"{summary.loc['ddc', 'mean']:.1f}" in conclusion  # the sentence quotes the stored number
+    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {
+        "contours_trajectories.png",
+        "loss_curves.png",
+        "steps_to_target.png",
+    }
+
+
+def test_dynamics_data(smoke_outputs):
+    base, _ = smoke_outputs
+    run_dir = base / "04_dynamics"
+    runs = pd.read_parquet(run_dir / "results" / "runs.parquet")
+    assert set(runs.tag) == {"none", "dropout", "dropconnect", "standout", "ddc"}
+    summary = pd.read_parquet(run_dir / "results" / "dynamics_summary.parquet")
+    ddc_rate = summary.query("tag == 'ddc' and metric == 'realized_drop_rate'")["mean"].item()
+    assert 0.3 < ddc_rate < 0.8
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 4
+
+
+def test_report_collects_everything(smoke_outputs):
+    base, _ = smoke_outputs
+    summary = (base / "05_report" / "summary.md").read_text()
+    for notebook in ("01_synthetic_regression", "04_dynamics"):
+        assert f"## {notebook}" in summary
+    assert "## fashion_mnist / simplecnn1" in (base / "05_report" / "report.md").read_text() or not Path(
+        "/usr/share/datasets/fashion-mnist"
+    ).exists()
+
+
+def test_figures_regenerate_without_training(smoke_outputs, tmp_path):
+    base, _ = smoke_outputs
+    copy = tmp_path / "smoke"
+    shutil.copytree(base, copy)
+    for figures in copy.glob("*/figures"):
+        shutil.rmtree(figures)
+    runs_before = sorted(p.name for p in (copy / "runs").iterdir())
+    written = paper.regenerate_figures(copy, log=lambda *_: None)
+    assert written and all(Path(p).stat().st_size > 0 for p in written)
+    assert (copy / "01_synthetic_regression" / "figures" / "contours_trajectories.png").exists()
+    assert sorted(p.name for p in (copy / "runs").iterdir()) == runs_before
