@@ -32,15 +32,20 @@ def _routed_forward(self, *args, **kwargs):
 
 def method_options(method: str) -> Tuple[str, ...]:
     """Names of the options ``method`` accepts (for error messages and CLIs)."""
+    return tuple(method_defaults(method))
+
+
+def method_defaults(method: str) -> Dict[str, object]:
+    """Every option of ``method`` with its default value."""
     check_choice("method", method, tuple(METHODS))
-    names = []
+    defaults = {}
     for cls in METHODS[method].__mro__:
         if cls is nn.Module or not issubclass(cls, LayerMethod):
             continue
         for param in inspect.signature(cls.__init__).parameters.values():
-            if param.kind is param.KEYWORD_ONLY and param.name != "rng" and param.name not in names:
-                names.append(param.name)
-    return tuple(names)
+            if param.kind is param.KEYWORD_ONLY and param.name != "rng":
+                defaults.setdefault(param.name, param.default)
+    return defaults
 
 
 def make_method(method: str, rng: Optional[MaskRNG] = None, **options) -> LayerMethod:

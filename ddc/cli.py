@@ -202,6 +202,15 @@ def runs_sql(query, root):
     click.echo(store.sql(query, root).to_string(index=False))
 
 
+def _register_sweep():
+    from .sweep import sweep_command
+
+    main.add_command(sweep_command, "sweep")
+
+
+_register_sweep()
+
+
 @main.command()
 @click.argument("runs_paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output folder.")

@@ -25,6 +25,14 @@ from .recipes import PROFILES
 
 KERNEL = "python3"
 
+#: notebooks executed more than once per profile, one output folder per variant
+#: (``<notebook>-<value>``); a ``-p`` override of the same parameter runs just that value
+VARIANTS = {
+    "smoke": {"03_ablation": ("factor", ["zscore"])},
+    "quick": {"03_ablation": ("factor", ["zscore", "tau", "p_base", "p_gradient"])},
+    "full": {"03_ablation": ("factor", ["zscore", "tau", "p_base", "p_gradient", "recalibration", "update", "signal_source"])},
+}
+
 
 def notebooks_dir() -> Path:
     """The repository's ``notebooks/`` folder (the package is installed from the repo)."""
@@ -113,12 +121,13 @@ def run_notebooks(
     overrides = check_parameters(notebooks, dict(parameters or {}))
     base = Path(output_root).resolve() / profile
     executed = []
-    for notebook in notebooks:
-        run_dir = base / notebook.stem
+    for notebook, suffix, extra in _plan(notebooks, profile, overrides):
+        run_dir = base / (notebook.stem + suffix)
         run_dir.mkdir(parents=True, exist_ok=True)
         declared = declared_parameters(notebook)
         values = {"profile": profile, "run_dir": str(run_dir), "runs_root": str(base / "runs")}
         values = {k: v for k, v in values.items() if k in declared}
+        values.update(extra)
         values.update(overrides[notebook])
         output = run_dir / notebook.name
         log(f"[{profile}] {notebook.name} -> {output}")
@@ -137,10 +146,24 @@ def run_notebooks(
                 f"{notebook.name} failed in cell {error.cell_index} (execution count {error.exec_count}): "
                 f"{error.ename}: {error.evalue}\nexecuted notebook kept at {output}"
             ) from None
-        executed.append(Executed(notebook.name, output, time.perf_counter() - started))
-        log(f"[{profile}] {notebook.name} done in {executed[-1].seconds:.0f} s")
+        executed.append(Executed(notebook.stem + suffix, output, time.perf_counter() - started))
+        log(f"[{profile}] {notebook.stem + suffix} done in {executed[-1].seconds:.0f} s")
     write_index(base, executed)
     return executed
+
+
+def _plan(notebooks, profile, overrides):
+    """(notebook, folder suffix, extra parameters) in execution order."""
+    for notebook in notebooks:
+        variant = VARIANTS[profile].get(notebook.stem)
+        if variant is None:
+            yield notebook, "", {}
+            continue
+        name, values = variant
+        if name in overrides[notebook]:
+            values = [overrides[notebook][name]]
+        for value in values:
+            yield notebook, f"-{value}", {name: value}
 
 
 def write_index(base: Path, executed: List[Executed]) -> Path:

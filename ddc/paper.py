@@ -209,7 +209,7 @@ def regenerate_figures(base, log=print) -> List[str]:
     base = Path(base)
     written = []
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()):
-        function = globals().get(f"figures_{folder.name}")
+        function = globals().get(f"figures_{folder.name.split('-')[0]}")
         if function is None:
             log(f"{folder.name}: no figure function, skipped")
             continue
@@ -223,42 +223,6 @@ def regenerate_figures(base, log=print) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- shared: runs in the store
-
-
-def run_configs(base: dict, variants: Dict[str, dict], seeds: Iterable[int]):
-    """TrainConfigs for every (variant label, seed); a variant is ``{method, **options}``.
-
-    Returns ``[(label, seed, config)]``; the label is stored in the config's ``tag``.
-    """
-    from .train import TrainConfig
-
-    configs = []
-    for label, spec in variants.items():
-        spec = dict(spec)
-        method = spec.pop("method")
-        layers = spec.pop("layers", base.get("layers"))
-        for seed in seeds:
-            fields = {**base, "method": method, "method_options": spec, "layers": layers, "seed": seed, "tag": label}
-            configs.append((label, seed, TrainConfig.from_dict(fields)))
-    return configs
-
-
-def train_all(configs, runs_root, *, progress: bool = True) -> List[Path]:
-    """Train (or reuse) each config in this process; returns run directories in order."""
-    from tqdm.auto import tqdm
-
-    from .train import run
-
-    return [run(config, runs_root) for _, _, config in tqdm(configs, desc="runs", disable=None if progress else True)]
-
-
-def runs_frame(runs_root, run_ids: Sequence[str]):
-    """The runs table (config + summary columns) of exactly ``run_ids``."""
-    from .store import load_runs
-
-    paths = [Path(runs_root) / run_id for run_id in run_ids]
-    frame = load_runs(paths)
-    return frame.set_index("run_id").loc[list(run_ids)].reset_index()
 
 
 def run_paths(run_dir, runs) -> List[Path]:
@@ -345,4 +309,148 @@ def figures_04_dynamics(run_dir) -> List[str]:
             ax.set_ylabel("Spearman(|g| now, |g| at previous snapshot)")
             ax.set_title("Is the gradient magnitude a stable per-edge proxy?")
             written += _save(ax, run_dir, "gradient_rank_stability")
+    return written
+
+
+# ----------------------------------------------------------------------------- 02 baselines / sweeps
+
+BASELINE_METHODS: Dict[str, dict] = {
+    "none": {"method": "none"},
+    "dropout": {"method": "dropout", "method_options": {"p": 0.5}},
+    "dropconnect": {"method": "dropconnect", "method_options": {"p": 0.5}},
+    "standout": {"method": "standout"},
+    "ddc": {"method": "ddc"},
+}
+
+
+def available_datasets() -> set:
+    from .data import describe
+
+    return {row["name"] for row in describe() if row["available"]}
+
+
+def sweep_spec(name: str, recipe: str, profile: str, methods: Dict[str, dict], seeds, **base) -> dict:
+    """A sweep spec over ``methods`` (labels kept in each run's ``tag``) for one recipe."""
+    variants = {label: {**spec, "tag": label} for label, spec in methods.items()}
+    return {
+        "name": name,
+        "base": {"recipe": recipe, "profile": profile, "progress": False, **base},
+        "methods": variants,
+        "seeds": list(seeds),
+    }
+
+
+def run_specs(specs: Sequence[dict], runs_root, *, workers=None, backend: str = "local", log=print):
+    """Run each sweep spec; raise with the failures' first lines if any run failed.
+
+    Returns the concatenated sweep frames (one row per run, ``sweep`` and
+    ``variant`` columns added).
+    """
+    import pandas as pd
+
+    from .sweep import run_sweep, sweep_frame
+
+    frames = []
+    for spec in specs:
+        result = run_sweep(spec, runs_root, workers=workers, backend=backend, progress=False)
+        log(f"{spec['name']}: {len(result.run_ids)} runs ({len(result.skipped)} reused)")
+        if result.failed:
+            details = "; ".join(f"{run_id}: {info.get('error', '')}" for run_id, info in result.failures().items())
+            raise RuntimeError(f"sweep {spec['name']}: {len(result.failed)} run(s) failed: {details}")
+        frames.append(sweep_frame(spec, runs_root))
+    return pd.concat(frames, ignore_index=True)
+
+
+def figures_02_baselines(run_dir) -> List[str]:
+    import matplotlib.pyplot as plt
+    from analysis import figures, stats
+
+    from .store import load_metrics
+
+    runs = load_table(run_dir, "runs")
+    metrics = load_metrics(run_paths(run_dir, runs))
+    written = []
+    for experiment, group in runs.groupby("sweep", sort=True):
+        name = experiment.removeprefix("02-")
+        ax = figures.method_comparison(group, value="test_acc", method_col="tag", rng=0)
+        ax.set_title(f"{name}: test accuracy at the best-validation epoch")
+        written += _save(ax, run_dir, f"{name}-test_acc")
+        group_metrics = metrics[metrics.run_id.isin(group.run_id)]
+        ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="val", hue="tag")
+        ax.set_title(f"{name}: validation accuracy (mean, 95% CI over seeds)")
+        written += _save(ax, run_dir, f"{name}-val_curves")
+        ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="train", hue="tag")
+        ax.set_title(f"{name}: training accuracy (overfitting regime check)")
+        written += _save(ax, run_dir, f"{name}-train_curves")
+        if group.seed.nunique() >= 2:
+            ranks, cliques, cd = stats.critical_difference(group, value="test_acc", method_col="tag", block_col="seed", on_incomplete="drop")
+            ax = figures.critical_difference_diagram(ranks, cliques, cd, method_col="tag")
+            ax.set_title(f"{name}: average ranks over seeds (CD = {cd:.2f})")
+            written += _save(ax, run_dir, f"{name}-critical_difference")
+        plt.close("all")
+    return written
+
+
+# ----------------------------------------------------------------------------- 03 ablation
+
+#: factor -> (axis of the factor, partner axis for a 2-D grid, the paper's default cell)
+ABLATION_GRIDS: Dict[str, dict] = {
+    "zscore": {"normalize": ["zscore", "none", "mean", "rank"], "scope": ["layer", "row"]},
+    "tau": {"tau": [0.3, 0.5, 0.7], "p_base": [0.2, 0.3, 0.4]},
+    "p_base": {"p_base": [0.1, 0.2, 0.3, 0.4], "p_signal": [0.25, 0.5]},
+    "p_gradient": {"p_signal": [0.0, 0.25, 0.5], "prefer": ["small", "big"]},
+    "recalibration": {"recalibration": ["realized", "expected", "per_edge", "none"], "update": ["autograd", "reference"]},
+    "update": {"update": ["autograd", "reference"], "signal_source": ["effective", "param"]},
+    "signal_source": {"signal_source": ["effective", "param"], "grad_ema": [0.0, 0.9]},
+}
+DDC_DEFAULTS = {
+    "normalize": "zscore",
+    "scope": "layer",
+    "tau": 0.5,
+    "p_base": 0.3,
+    "p_signal": 0.5,
+    "prefer": "small",
+    "recalibration": "realized",
+    "update": "autograd",
+    "signal_source": "effective",
+    "grad_ema": 0.0,
+}
+
+
+def ablation_spec(name: str, recipe: str, profile: str, grid: Dict[str, list], seeds, **base) -> dict:
+    """A DDC sweep over ``grid`` (method option -> levels)."""
+    return {
+        "name": name,
+        "base": {"recipe": recipe, "profile": profile, "progress": False, "method": "ddc", "tag": "ddc", **base},
+        "grid": {f"method_options.{axis}": list(levels) for axis, levels in grid.items()},
+        "seeds": list(seeds),
+    }
+
+
+def cell_label(frame, axes: Sequence[str]):
+    """One string per row naming its grid cell, e.g. ``normalize=zscore, scope=layer``."""
+    return frame[list(axes)].astype(str).apply(lambda row: ", ".join(f"{a}={v}" for a, v in zip(axes, row)), axis=1)
+
+
+def figures_03_ablation(run_dir) -> List[str]:
+    import matplotlib.pyplot as plt
+    from analysis import figures
+
+    settings = load_json(run_dir, "settings")
+    runs = load_table(run_dir, "runs")
+    axes = settings["axes"]
+    tests = load_table(run_dir, "versus_default")
+    written = []
+    if len(axes) == 2:
+        cells = runs.groupby(axes, as_index=False).test_acc.mean()
+        pvalues = tests[axes + ["p_wilcoxon_adj"]].rename(columns={"p_wilcoxon_adj": "pvalue"})
+        ax = figures.ablation_heatmap(cells.merge(pvalues, on=axes, how="left"), x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue")
+        ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm p < 0.05 vs the paper default)")
+        written += _save(ax, run_dir, "heatmap")
+    runs = runs.assign(cell=cell_label(runs, axes))
+    ax = figures.method_comparison(runs, value="test_acc", method_col="cell", rng=0)
+    ax.set_title(f"{settings['factor']}: test accuracy per setting (mean, 95% CI)")
+    ax.tick_params(axis="x", labelrotation=60)
+    written += _save(ax, run_dir, "settings")
+    plt.close("all")
     return written

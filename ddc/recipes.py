@@ -47,11 +47,13 @@ _OURS = {
 
 RECIPES: Dict[str, Dict[str, Any]] = {**_AUTHORS, **_OURS}
 
-# CPU profiles: (train subset, validation subset, test subset, epochs, lr).
+# CPU profiles. Calibrated on this 2-core machine (seed 0, SimpleCNN1): Fashion-MNIST
+# on 500 training images for 60 epochs reaches ~0.93 training vs ~0.75 test accuracy
+# without regularisation, MNIST-1D on 2000 for 60 epochs 1.00 vs ~0.94: both overfit.
 _QUICK = {
-    "mnist": dict(train_subset=2000, val_subset=2000, test_subset=5000, epochs=30, lr=0.02, min_lr=0.001, warmup_epochs=2),
-    "fashion_mnist": dict(train_subset=2000, val_subset=2000, test_subset=5000, epochs=30, lr=0.02, min_lr=0.001, warmup_epochs=2),
-    "mnist1d": dict(train_subset=2000, epochs=60, lr=0.02, min_lr=0.001, warmup_epochs=2),
+    "mnist": dict(train_subset=500, val_subset=1000, test_subset=2000, epochs=60, lr=0.05, min_lr=0.001, warmup_epochs=2),
+    "fashion_mnist": dict(train_subset=500, val_subset=1000, test_subset=2000, epochs=60, lr=0.05, min_lr=0.001, warmup_epochs=2),
+    "mnist1d": dict(train_subset=2000, epochs=60, lr=0.05, min_lr=0.001, warmup_epochs=2),
     "cifar10": dict(train_subset=2000, val_subset=1000, test_subset=2000, epochs=20, warmup_epochs=2),
     "cifar100": dict(train_subset=5000, val_subset=1000, test_subset=2000, epochs=20, warmup_epochs=2),
     "synthetic": dict(epochs=10),

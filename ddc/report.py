@@ -13,12 +13,33 @@ from pathlib import Path
 from typing import List, Sequence
 
 GROUP = ("dataset", "model")
+#: config fields that say *which* method a run is, or which repetition; all
+#: other fields define the experimental setting that runs are grouped by
+METHOD_FIELDS = ("method", "method_options", "layers", "seed", "tag")
 
 
-def _label_column(runs):
+def _label_and_setting(runs):
+    """``label``: the tag (or method), plus the method options that tell apart runs
+    sharing it; ``setting``: the remaining config, so one group is one experiment."""
+    import json
+
+    from .train import OPERATIONAL, TrainConfig
+
     runs = runs.copy()
-    tags = runs["tag"].fillna("") if "tag" in runs else ""
-    runs["label"] = [t if t else m for t, m in zip(tags, runs["method"])] if "tag" in runs else runs["method"]
+    configs = [json.loads((Path(p) / "config.json").read_text()) for p in runs.path]
+    base = [c.get("tag") or c["method"] for c in configs]
+    options = [c.get("method_options") or {} for c in configs]
+    keys = sorted({k for o in options for k in o})
+    varying = {}
+    for label in set(base):
+        members = [o for b, o in zip(base, options) if b == label]
+        varying[label] = [k for k in keys if len({json.dumps(m.get(k)) for m in members}) > 1]
+    runs["label"] = [
+        b + (" (" + ", ".join(f"{k}={o.get(k)}" for k in varying[b]) + ")" if varying[b] else "")
+        for b, o in zip(base, options)
+    ]
+    setting_fields = [f for f in TrainConfig.field_names() if f not in METHOD_FIELDS + OPERATIONAL]
+    runs["setting"] = [json.dumps({f: c.get(f) for f in setting_fields}, sort_keys=True) for c in configs]
     return runs
 
 
@@ -31,6 +52,16 @@ def _markdown_table(frame, digits: int = 4) -> str:
     rule = "|" + "---|" * len(frame.columns)
     rows = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
+
+
+def _setting_differences(setting: str, all_settings) -> str:
+    """The config fields in which ``setting`` differs from the other settings of its dataset/model."""
+    import json
+
+    mine = json.loads(setting)
+    others = [json.loads(s) for s in all_settings if s != setting]
+    keys = sorted({k for o in others for k in o if o.get(k) != mine.get(k)})
+    return ", ".join(f"{k}={mine.get(k)}" for k in keys)
 
 
 def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamples: int = 9999):
@@ -74,22 +105,24 @@ def build_report(
 
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
-    runs = _label_column(load_runs(paths))
+    runs = _label_and_setting(load_runs(paths))
     if runs.empty:
         raise ValueError(f"no finished runs under {paths}")
-    runs = runs.sort_values(["dataset", "model", "label", "seed"]).reset_index(drop=True)
+    runs = runs.sort_values(["dataset", "model", "setting", "label", "seed"]).reset_index(drop=True)
     metrics = load_metrics([Path(p) for p in runs.path])
     lines: List[str] = [f"# {title}", "", f"{len(runs)} runs; value: `{value}` (test metric at the best-validation epoch).", ""]
-    for (dataset, model), group in runs.groupby(list(GROUP), sort=True):
-        name = f"{dataset}-{model}"
-        lines += [f"## {dataset} / {model}", ""]
+    settings = {s: i for i, s in enumerate(dict.fromkeys(runs.setting))}
+    for (dataset, model, setting), group in runs.groupby([*GROUP, "setting"], sort=True):
+        name = f"{dataset}-{model}-{settings[setting]}"
+        differs = _setting_differences(setting, runs[(runs.dataset == dataset) & (runs.model == model)].setting.unique())
+        lines += [f"## {dataset} / {model}" + (f" ({differs})" if differs else ""), ""]
         if value not in group or group[value].isna().all():
             lines += [f"No `{value}` in these runs.", ""]
             continue
         summary, tests, friedman = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples)
         lines += ["Mean and 95% bootstrap CI over seeds:", "", _markdown_table(summary[["label", "n", "mean", "std", "ci_low", "ci_high"]]), ""]
         if tests is not None:
-            shown = tests[["method", "n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon_adj", "p_ttest_adj", "cohen_dz"]]
+            shown = tests[["label", "n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon_adj", "p_ttest_adj", "cohen_dz"]]
             lines += [f"Paired differences vs `{baseline}` (Holm-adjusted p-values):", "", _markdown_table(shown), ""]
         if friedman is not None:
             row = friedman.iloc[0]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import store
-from .apply import apply, make_method
+from .apply import apply, make_method, method_defaults
 from .functional import check_choice
 
 OPTIMIZERS = ("sgd", "adam")
@@ -100,6 +100,9 @@ class TrainConfig:
         if not isinstance(self.method_options, dict):
             raise ValueError(f"method_options={self.method_options!r} must be a mapping of option names to values")
         make_method(self.method, **self.method_options)  # checks the method and its options
+        # Spell out every option, so the stored config is complete and equal
+        # settings get equal run ids whether or not a default was written out.
+        self.method_options = {**method_defaults(self.method), **self.method_options}
         for name in ("epochs", "batch_size", "eval_batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup_epochs", "record_every", "snapshot_every", "seed"):

@@ -48,7 +48,8 @@ def smoke_outputs(tmp_path_factory):
 
 def test_every_notebook_runs_at_smoke(smoke_outputs):
     base, executed = smoke_outputs
-    assert [e.notebook for e in executed] == [p.name for p in NOTEBOOKS]
+    expected = [p.stem + ("-zscore" if p.stem == "03_ablation" else "") for p in NOTEBOOKS]
+    assert [e.notebook for e in executed] == expected
     for e in executed:
         nb = nbformat.read(str(e.output), as_version=4)
         assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
@@ -74,6 +75,36 @@ def test_synthetic_regression_data(smoke_outputs):
         "loss_curves.png",
         "steps_to_target.png",
     }
+
+
+def test_baselines_data(smoke_outputs):
+    base, _ = smoke_outputs
+    run_dir = base / "02_baselines"
+    runs = pd.read_parquet(run_dir / "results" / "runs.parquet")
+    assert set(runs.tag) == set(paper.BASELINE_METHODS)
+    for _, group in runs.groupby("sweep"):
+        # paired design: every method has every seed, and the same seed means the same split
+        assert group.groupby("tag").seed.apply(sorted).map(tuple).nunique() == 1
+    versus = pd.read_parquet(run_dir / "results" / "versus_none.parquet")
+    assert set(versus.method) == set(paper.BASELINE_METHODS) - {"none"}
+    assert versus.p_wilcoxon_adj.between(0, 1).all() and (versus.p_wilcoxon_adj >= versus.p_wilcoxon - 1e-12).all()
+    summary = pd.read_parquet(run_dir / "results" / "summary.parquet")
+    for row in summary.itertuples():
+        assert row.ci_low <= row.mean <= row.ci_high
+    assert any(p.name.endswith("critical_difference.png") for p in (run_dir / "figures").iterdir())
+
+
+def test_ablation_data(smoke_outputs):
+    base, _ = smoke_outputs
+    run_dir = base / "03_ablation-zscore"
+    runs = pd.read_parquet(run_dir / "results" / "runs.parquet")
+    assert set(runs.normalize) == {"zscore", "none"} and set(runs.scope) == {"layer", "row"}
+    assert len(runs) == 4 * 2  # 2 x 2 grid x 2 seeds
+    anova = pd.read_parquet(run_dir / "results" / "anova.parquet")
+    assert {"normalize", "scope", "normalize:scope", "Residual"} <= set(anova.term)
+    shares = pd.read_parquet(run_dir / "results" / "variance_shares.parquet")
+    assert shares.eta_sq.sum() == pytest.approx(1.0, abs=1e-6)  # balanced design
+    assert (run_dir / "figures" / "heatmap.png").exists()
 
 
 def test_dynamics_data(smoke_outputs):
