@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 PROFILE ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: help install test paper figures bench lab clean
+.PHONY: help install test paper openq figures bench lab clean
 
 help:
 	@echo "make test    # create $(VENV), install, run the test suite"
-	@echo "make paper   # run every paper notebook at PROFILE=$(PROFILE) and index the figures"
+	@echo "make paper   # run the paper notebooks 01-05 at PROFILE=$(PROFILE) and index the figures"
+	@echo "make openq   # run the open-question notebooks 06-09 (then the report again)"
 	@echo "make bench   # performance benchmarks (JSON into benchmarks/results)"
 	@echo "make lab     # JupyterLab on the same environment"
 
@@ -28,13 +29,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 paper: $(STAMP)
-	$(VENV)/bin/ddc notebooks run --profile $(PROFILE)
+	$(VENV)/bin/ddc notebooks run --suite paper --profile $(PROFILE)
+	@cat outputs/$(PROFILE)/INDEX.md
+
+openq: $(STAMP)
+	$(VENV)/bin/ddc notebooks run --suite openq --profile $(PROFILE)
 
 figures: $(STAMP)
-	$(VENV)/bin/ddc figures
+	$(VENV)/bin/ddc figures --profile $(PROFILE)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

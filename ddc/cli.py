@@ -237,13 +237,17 @@ def notebooks():
 
 @notebooks.command("run")
 @click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True)
+@click.option("--suite", type=click.Choice(["paper", "openq", "all"]), default=None, help="paper: 01-05 (the main job); openq: 06-09 then 05; all. Default: all, or --only.")
 @click.option("--only", multiple=True, help="Notebook name or prefix, e.g. 02 or baselines (repeatable).")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Notebook parameter override (repeatable).")
 @click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="Where executed notebooks and results go.")
-def notebooks_run(profile, only, params, output):
+def notebooks_run(profile, suite, only, params, output):
     """Execute the notebooks in order; fail fast on an unknown parameter."""
-    from .notebooks import NotebookFailed, run_notebooks
+    from .notebooks import SUITES, NotebookFailed, run_notebooks
 
+    if suite and only:
+        raise click.UsageError("give --suite or --only, not both")
+    only = SUITES[suite] if suite else (only or SUITES["all"])
     try:
         executed = run_notebooks(profile, only=only, parameters=_key_values(params, "--param"), output_root=Path(output))
     except ValueError as error:

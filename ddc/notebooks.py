@@ -25,6 +25,14 @@ from .recipes import PROFILES
 
 KERNEL = "python3"
 
+#: named selections: the paper notebooks (the main job), and the open questions
+#: followed by the report again so that it collects their conclusions too
+SUITES = {
+    "paper": ["01", "02", "03", "04", "05"],
+    "openq": ["06", "07", "08", "09", "05"],
+    "all": ["01", "02", "03", "04", "06", "07", "08", "09", "05"],
+}
+
 #: notebooks executed more than once per profile, one output folder per variant
 #: (``<notebook>-<value>``); a ``-p`` override of the same parameter runs just that value
 VARIANTS = {
@@ -48,6 +56,7 @@ def discover(directory: Optional[Path] = None) -> List[Path]:
 
 
 def select(notebooks: List[Path], only: Optional[Iterable[str]]) -> List[Path]:
+    """Notebooks named by ``only`` (stems, prefixes like ``02``, or names like ``baselines``), in that order."""
     if not only:
         return notebooks
     chosen = []

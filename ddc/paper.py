@@ -63,7 +63,8 @@ def load_json(run_dir, name: str):
     return json.loads((Path(run_dir) / "results" / f"{name}.json").read_text())
 
 
-def _save(ax_or_fig, run_dir, name: str) -> List[str]:
+def save_fig(ax_or_fig, run_dir, name: str) -> List[str]:
+    """Save a figure as PNG and PDF under ``run_dir/figures`` and close it; returns the paths."""
     import matplotlib.pyplot as plt
     from analysis.figures import save_figure
 
@@ -185,31 +186,52 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
         trajectories, true_w=list(SYNTHETIC_WEIGHTS), cov=torch.eye(2).numpy(), noise_var=SYNTHETIC_NOISE_STD**2
     )
     ax.set_title("2-D linear regression: mean trajectories over seeds")
-    written += _save(ax, run_dir, "contours_trajectories")
+    written += save_fig(ax, run_dir, "contours_trajectories")
 
     ax = sns.lineplot(data=trajectories, x="step", y="loss", hue="method", errorbar=("ci", 95), seed=0)
     ax.set_yscale("log")
     ax.set_xlabel("SGD step")
     ax.set_ylabel("training MSE (plain weights)")
     ax.set_title("Loss over steps, mean and 95% CI across seeds")
-    written += _save(ax, run_dir, "loss_curves")
+    written += save_fig(ax, run_dir, "loss_curves")
 
     summary = load_table(run_dir, "steps_to_target_summary")
     ax = figures.method_comparison(summary, value="steps_to_target")
     ax.set_ylabel("steps to reach the target loss")
-    written += _save(ax, run_dir, "steps_to_target")
+    written += save_fig(ax, run_dir, "steps_to_target")
     return written
 
 
 # ----------------------------------------------------------------------------- regeneration
 
 
+def figure_functions() -> Dict[str, callable]:
+    """Notebook stem -> its figure function: ``figures_<stem>`` here, ``figures`` in ``ddc.openq`` modules."""
+    import importlib
+
+    from . import openq
+
+    functions = {
+        name[len("figures_") :]: f for name, f in globals().items() if name.startswith("figures_") and name[8:10].isdigit()
+    }
+    for module_name in openq.MODULES:
+        try:
+            module = importlib.import_module(f"{openq.__name__}.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{openq.__name__}.{module_name}":
+                raise
+            continue
+        functions[module.NOTEBOOK] = module.figures
+    return functions
+
+
 def regenerate_figures(base, log=print) -> List[str]:
-    """Call every ``figures_<notebook>`` whose notebook has stored results under ``base``."""
+    """Call every notebook's figure function whose notebook has stored results under ``base``."""
     base = Path(base)
     written = []
+    functions = figure_functions()
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()):
-        function = globals().get(f"figures_{folder.name.split('-')[0]}")
+        function = functions.get(folder.name.split("-")[0])
         if function is None:
             log(f"{folder.name}: no figure function, skipped")
             continue
@@ -284,22 +306,22 @@ def figures_04_dynamics(run_dir) -> List[str]:
     written = []
     ax = figures.drop_rate_dynamics(records, layer=layer, hue="method", runs=labels)
     ax.set_title(f"{layer}: expected (solid) vs realised (dashed) drop rate")
-    written += _save(ax, run_dir, "drop_rate_dynamics")
+    written += save_fig(ax, run_dir, "drop_rate_dynamics")
     ax = figures.mask_overlap(records, layer=layer, hue="method", runs=labels)
     ax.set_title(f"{layer}: overlap of dropped edges between consecutive steps")
-    written += _save(ax, run_dir, "mask_overlap")
+    written += save_fig(ax, run_dir, "mask_overlap")
     ddc_ids = runs.loc[runs.method == "ddc", "run_id"]
     if len(ddc_ids):
         ddc_records = records[records.run_id == ddc_ids.iloc[0]]
         ax = figures.drop_prob_heatmap(ddc_records, layer=layer)
         ax.set_title(f"DDC drop-probability quantiles over training ({layer})")
-        written += _save(ax, run_dir, "drop_prob_heatmap")
+        written += save_fig(ax, run_dir, "drop_prob_heatmap")
         snapshots = load_table(run_dir, "ddc_snapshots")
         last = snapshots[snapshots.step == snapshots.step.max()]
         ax = figures.grad_vs_drop(last.grad_abs.to_numpy(), last.drop_freq.to_numpy())
         ax.set_ylabel("cumulative drop frequency of the edge")
         ax.set_title(f"DDC: |gradient| vs how often each edge was dropped (step {int(last.step.iloc[0])})")
-        written += _save(ax, run_dir, "grad_vs_drop_frequency")
+        written += save_fig(ax, run_dir, "grad_vs_drop_frequency")
         stability = load_table(run_dir, "gradient_rank_stability")
         if not stability.empty:
             import seaborn as sns
@@ -308,7 +330,7 @@ def figures_04_dynamics(run_dir) -> List[str]:
             ax.set_xlabel("step")
             ax.set_ylabel("Spearman(|g| now, |g| at previous snapshot)")
             ax.set_title("Is the gradient magnitude a stable per-edge proxy?")
-            written += _save(ax, run_dir, "gradient_rank_stability")
+            written += save_fig(ax, run_dir, "gradient_rank_stability")
     return written
 
 
@@ -374,19 +396,19 @@ def figures_02_baselines(run_dir) -> List[str]:
         name = experiment.removeprefix("02-")
         ax = figures.method_comparison(group, value="test_acc", method_col="tag", rng=0)
         ax.set_title(f"{name}: test accuracy at the best-validation epoch")
-        written += _save(ax, run_dir, f"{name}-test_acc")
+        written += save_fig(ax, run_dir, f"{name}-test_acc")
         group_metrics = metrics[metrics.run_id.isin(group.run_id)]
         ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="val", hue="tag")
         ax.set_title(f"{name}: validation accuracy (mean, 95% CI over seeds)")
-        written += _save(ax, run_dir, f"{name}-val_curves")
+        written += save_fig(ax, run_dir, f"{name}-val_curves")
         ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="train", hue="tag")
         ax.set_title(f"{name}: training accuracy (overfitting regime check)")
-        written += _save(ax, run_dir, f"{name}-train_curves")
+        written += save_fig(ax, run_dir, f"{name}-train_curves")
         if group.seed.nunique() >= 2:
             ranks, cliques, cd = stats.critical_difference(group, value="test_acc", method_col="tag", block_col="seed", on_incomplete="drop")
             ax = figures.critical_difference_diagram(ranks, cliques, cd, method_col="tag")
             ax.set_title(f"{name}: average ranks over seeds (CD = {cd:.2f})")
-            written += _save(ax, run_dir, f"{name}-critical_difference")
+            written += save_fig(ax, run_dir, f"{name}-critical_difference")
         plt.close("all")
     return written
 
@@ -446,11 +468,11 @@ def figures_03_ablation(run_dir) -> List[str]:
         pvalues = tests[axes + ["p_wilcoxon_adj"]].rename(columns={"p_wilcoxon_adj": "pvalue"})
         ax = figures.ablation_heatmap(cells.merge(pvalues, on=axes, how="left"), x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue")
         ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm p < 0.05 vs the paper default)")
-        written += _save(ax, run_dir, "heatmap")
+        written += save_fig(ax, run_dir, "heatmap")
     runs = runs.assign(cell=cell_label(runs, axes))
     ax = figures.method_comparison(runs, value="test_acc", method_col="cell", rng=0)
     ax.set_title(f"{settings['factor']}: test accuracy per setting (mean, 95% CI)")
     ax.tick_params(axis="x", labelrotation=60)
-    written += _save(ax, run_dir, "settings")
+    written += save_fig(ax, run_dir, "settings")
     plt.close("all")
     return written

@@ -13,6 +13,7 @@ from ddc.notebooks import check_parameters, discover, run_notebooks
 
 NOTEBOOKS = discover()
 COMMON = {"profile", "run_dir"}
+PAPER = ["01", "02", "03", "04", "05"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -42,13 +43,14 @@ def test_unknown_parameter_fails_fast_with_its_name(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_outputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
-    executed = run_notebooks("smoke", output_root=root, log=lambda *_: None)
+    # the open-question notebooks (06-09) are executed by their own test files
+    executed = run_notebooks("smoke", only=PAPER, output_root=root, log=lambda *_: None)
     return root / "smoke", executed
 
 
 def test_every_notebook_runs_at_smoke(smoke_outputs):
     base, executed = smoke_outputs
-    expected = [p.stem + ("-zscore" if p.stem == "03_ablation" else "") for p in NOTEBOOKS]
+    expected = [p.stem + ("-zscore" if p.stem == "03_ablation" else "") for p in NOTEBOOKS if p.stem[:2] in PAPER]
     assert [e.notebook for e in executed] == expected
     for e in executed:
         nb = nbformat.read(str(e.output), as_version=4)
