@@ -105,9 +105,10 @@ def build_report(
 
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
-    runs = _label_and_setting(load_runs(paths))
+    runs = load_runs(paths)
     if runs.empty:
         raise ValueError(f"no finished runs under {paths}")
+    runs = _label_and_setting(runs)
     runs = runs.sort_values(["dataset", "model", "setting", "label", "seed"]).reset_index(drop=True)
     metrics = load_metrics([Path(p) for p in runs.path])
     lines: List[str] = [f"# {title}", "", f"{len(runs)} runs; value: `{value}` (test metric at the best-validation epoch).", ""]

@@ -122,6 +122,17 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, monkeypatch):
     assert not (tmp_path / "resumed" / ".partial" / tiny().run_id()).exists()
 
 
+def test_recording_off_installs_nothing(tmp_path, monkeypatch):
+    import ddc.recorder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Recorder was created with recording off")
+
+    monkeypatch.setattr(ddc.recorder, "Recorder", refuse)
+    path = train.run(tiny(record_every=0, epochs=1), tmp_path)
+    assert not (path / "records").exists() and not (path / "snapshots").exists()
+
+
 def test_regression_run(tmp_path):
     config = TrainConfig.from_dict({**recipes.recipe("synthetic-linreg2d", "smoke"), "method": "ddc", "progress": False})
     summary = json.loads((train.run(config, tmp_path) / "summary.json").read_text())
