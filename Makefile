@@ -46,7 +46,7 @@ bench: $(STAMP)
 
 lab: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,lab]"
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache
