@@ -15,6 +15,7 @@ The functions reproduce the authors' reference implementation (see
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -157,11 +158,19 @@ def drop_probability(
     """
     check_drop_config(p_base, p_signal, tau)
     check_choice("prefer", prefer, PREFER)
-    z = normalized_signal(signal.abs(), normalize=normalize, scope=scope, eps=eps, stats=stats)
-    c = torch.sigmoid(z if prefer == "big" else -z)
-    # torch.where rather than c * (c > tau): a NaN score must give q = 0, not NaN.
-    q = torch.where(c > tau, c, torch.zeros((), dtype=c.dtype, device=c.device))
-    return q.mul_(p_signal).add_(p_base)
+    check_choice("normalize", normalize, NORMALIZE)
+    check_choice("scope", scope, SCOPE)
+    if normalize == "rank":
+        z = _rank_score(signal.abs(), scope)
+        c = torch.sigmoid(z if prefer == "big" else -z)
+        # torch.where rather than c * (c > tau): a NaN score must give q = 0, not NaN.
+        q = torch.where(c > tau, c, torch.zeros((), dtype=c.dtype, device=c.device))
+        return q.mul_(p_signal).add_(p_base)
+    prob, _, _ = drop_and_keep(
+        signal, p_base=p_base, p_signal=p_signal, tau=tau, prefer=prefer, normalize=normalize,
+        scope=scope, eps=eps, stats=stats, want_prob=True, draw=False,
+    )
+    return prob
 
 
 def keep_mask(
@@ -178,9 +187,31 @@ def keep_mask(
     than ``drop_prob`` that broadcasts against it, e.g. one mask per example
     ``(batch, out, in)`` for a weight-shaped ``drop_prob``.
     """
-    if uniform is None:
-        size = tuple(shape) if shape is not None else tuple(drop_prob.shape)
+    if uniform is not None:
+        return uniform > drop_prob
+    size = tuple(shape) if shape is not None else tuple(drop_prob.shape)
+    if drop_prob.device.type != "cpu":
         uniform = torch.rand(size, generator=generator, device=drop_prob.device, dtype=_float_dtype(drop_prob))
+        return uniform > drop_prob
+    # CPU: 16-bit uniforms from raw generator bits (see MASK_BITS), block by block.
+    udtype = _uniform_dtype(drop_prob)
+    if tuple(drop_prob.shape) == size or drop_prob.numel() == 1:
+        keep = torch.empty(torch.broadcast_shapes(size, drop_prob.shape), dtype=torch.bool)
+        flat_keep = keep.view(-1)
+        flat_p = drop_prob.reshape(-1) if drop_prob.numel() > 1 else drop_prob.reshape(())
+        ubuf = torch.empty(min(CHUNK, max(flat_keep.numel(), 1)), dtype=udtype)
+        for start in range(0, flat_keep.numel(), CHUNK):
+            stop = min(start + CHUNK, flat_keep.numel())
+            u = _uniform_block(stop - start, generator, ubuf)
+            p = flat_p[start:stop] if flat_p.dim() else flat_p
+            torch.gt(u, p, out=flat_keep[start:stop])
+        return keep
+    # A smaller drop_prob broadcast against ``shape``: draw every uniform, then compare.
+    uniform = torch.empty(size, dtype=udtype)
+    flat_u = uniform.view(-1)
+    for start in range(0, flat_u.numel(), CHUNK):
+        stop = min(start + CHUNK, flat_u.numel())
+        _uniform_block(stop - start, generator, flat_u[start:stop])
     return uniform > drop_prob
 
 
@@ -212,7 +243,16 @@ def keep_scale(
         return torch.ones((), dtype=dtype, device=keep.device)
     if mode == "realized":
         dims = tuple(range(batch_dims, keep.dim()))
-        rate = keep.to(dtype).mean(dim=dims, keepdim=True) if dims else keep.to(dtype)
+        if not dims:
+            return 1.0 / (keep.to(dtype) + eps)
+        # count_nonzero on the bool mask: the same value as keep.float().mean(),
+        # without materialising a float copy of the mask.
+        if len(dims) == keep.dim():
+            count = torch.count_nonzero(keep).to(dtype)  # the full reduction has a fast kernel
+        else:
+            count = torch.count_nonzero(keep, dim=dims).to(dtype)
+        n = math.prod(keep.shape[d] for d in dims)
+        rate = (count / n).reshape(tuple(1 if d in dims else keep.shape[d] for d in range(keep.dim())))
         return 1.0 / (rate + eps)
     if drop_prob is None:
         raise ValueError(f"recalibration={mode!r} needs drop_prob")
@@ -246,6 +286,278 @@ def recalibrate(
     return apply_keep(weight, keep_mask, scale)
 
 
-def apply_keep(weight: Tensor, keep_mask: Tensor, scale: Tensor) -> Tensor:
-    """``(weight * keep_mask) * scale``: the one place the masked weight is formed."""
+def apply_keep(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: Optional[Tensor] = None) -> Tensor:
+    """``(weight * keep_mask) * scale``: the one place the masked weight is formed.
+
+    On the CPU, for a bool mask of the weight's shape and a single scale, the
+    product is formed block by block (``CHUNK`` entries): the mask block is
+    read as ``uint8`` (a fast conversion; bool-consuming kernels such as
+    ``where`` are several times slower on the CPU), multiplied by ``scale``
+    and then into the weight block. Same values as the formula; one new
+    tensor and no full-size temporaries. (Outside autograd only, as inside
+    ``_MaskedWeight``; a differentiable call uses the formula.) ``out``, a
+    contiguous tensor of the weight's shape and dtype, receives the result on
+    that path (ignored elsewhere).
+    """
+    if (
+        weight.device.type == "cpu"
+        and keep_mask.dtype == torch.bool
+        and keep_mask.shape == weight.shape
+        and scale.numel() == 1
+        and weight.dtype in (torch.float32, torch.float64)
+        and torch.result_type(weight, scale) == weight.dtype
+        and not (torch.is_grad_enabled() and (weight.requires_grad or scale.requires_grad))
+    ):
+        w = weight.reshape(-1)
+        k8 = keep_mask.reshape(-1).view(torch.uint8)
+        s = scale.reshape(())
+        if out is None or out.shape != weight.shape or out.dtype != weight.dtype or not out.is_contiguous():
+            out = torch.empty(weight.shape, dtype=weight.dtype)
+        flat = out.view(-1)
+        buf = torch.empty(min(CHUNK, max(w.numel(), 1)), dtype=weight.dtype)
+        for start in range(0, w.numel(), CHUNK):
+            stop = min(start + CHUNK, w.numel())
+            factor = buf[: stop - start].copy_(k8[start:stop]).mul_(s)  # keep * scale: 0 or scale
+            torch.mul(w[start:stop], factor, out=flat[start:stop])
+        return out
     return (weight * keep_mask) * scale
+
+
+# --------------------------------------------------------------------------- fast path
+#
+# On the CPU a training step's mask costs more than its matrix products if it
+# is built the obvious way: every elementwise op allocates a weight-sized
+# temporary (fresh pages from the OS for large layers) and streams it through
+# memory, and ``torch.rand`` runs one Mersenne-Twister call plus a scalar
+# conversion per edge. The functions below
+#
+# * take the statistics in one streaming pass over ``|S|`` (shifted data, so
+#   a constant signal gives exactly z = 0, and a parallel merge of blocks);
+# * build drop probabilities and the mask block by block (``CHUNK`` edges, a few
+#   MiB), every op in place on cache-resident buffers, writing only the bool
+#   mask (and the drop probabilities when asked for) at full size;
+# * draw 16 random bits per edge from 64-bit generator words (four edges per
+#   word); see ``MASK_BITS``.
+#
+# Other devices take the same code in one block and keep ``torch.rand``.
+
+#: Random bits per edge of a CPU mask. The uniform is ``u = (k + 0.5) / 2**16``
+#: with ``k`` uniform on ``0 .. 2**16 - 1`` and the rule stays ``keep = u > p``,
+#: so an edge is dropped with probability ``round(p * 2**16) / 2**16``: within
+#: ``2**-17`` of ``p``; ``p = 0`` never drops and ``p = 1`` always drops.
+#: (``torch.rand`` has 24 bits, one generator call per edge; this uses a
+#: quarter of a 64-bit word per edge.)
+MASK_BITS = 16
+
+#: Edges per block of the CPU fast path (a multiple of 4: four edges per
+#: 64-bit word, so blocking never changes which bits an edge gets).
+CHUNK = 1 << 20
+
+
+def _uniform_dtype(drop_prob: Tensor) -> torch.dtype:
+    # (k + 0.5) / 2**16 needs 17 significant bits: exact in float32 and float64.
+    return drop_prob.dtype if drop_prob.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _uniform_block(n: int, generator: Optional[torch.Generator], out: Tensor) -> Tensor:
+    """``n`` CPU uniforms ``(k + 0.5) / 2**16`` into ``out[:n]`` (see ``MASK_BITS``)."""
+    words = torch.empty((n + 3) // 4, dtype=torch.int64)
+    words.random_(-(2**63), None, generator=generator)  # all 64 bits of each word
+    u = out[:n]
+    u.copy_(words.view(torch.int16)[:n])  # k - 32768, exact
+    # (k - 32768) * 2**-16 + (0.5 + 2**-17) = (k + 0.5) / 2**16, exact in float32 / float64.
+    return torch.add(_HALF_BIN.to(u.dtype), u, alpha=2.0**-16, out=u)
+
+
+_HALF_BIN = torch.tensor(0.5 + 2.0**-17, dtype=torch.float64)
+
+
+def _block_rows(rows: int, cols: int, device: torch.device) -> int:
+    """Rows per block: about CHUNK edges, and a multiple of 4 edges unless it is the last."""
+    if device.type != "cpu" or rows * cols <= CHUNK:
+        return max(rows, 1)
+    step = 4 // math.gcd(cols, 4)
+    return max(step, (CHUNK // max(cols, 1)) // step * step)
+
+
+def _blocks(x: Tensor, scope: str):
+    """Views of ``x`` block by block: flat ranges (layer scope) or row ranges (row scope)."""
+    if scope == "row" and x.dim() >= 2:
+        matrix = x.reshape(x.shape[0], -1)
+        step = _block_rows(matrix.shape[0], matrix.shape[1], x.device)
+        return [(i, matrix[i : i + step]) for i in range(0, matrix.shape[0], step)]
+    flat = x.reshape(-1)
+    step = flat.numel() if x.device.type != "cpu" else CHUNK
+    return [(i, flat[i : i + step]) for i in range(0, max(flat.numel(), 1), max(step, 1))]
+
+
+def _streamed_stats(signal: Tensor, scope: str, want_sd: bool):
+    """Mean and unbiased std of ``|signal|`` over the scope, without a full-size temporary.
+
+    Shifted data (the first edge of each scope is subtracted first, so a
+    constant signal gives exactly its own mean and std 0), a two-pass
+    mean/centred sum of squares per cache-sized block, and the parallel
+    (Chan et al.) merge of the blocks in float64. Layer scope: 0-dim results;
+    row scope: ``(rows, 1, ...)`` with the signal's number of dimensions.
+    """
+    row = scope == "row" and signal.dim() >= 2
+    dtype = signal.dtype
+    blocks = _blocks(signal, scope)
+    if row:
+        matrix = signal.reshape(signal.shape[0], -1)
+        cols = matrix.shape[1]
+        ref = matrix[:, :1].abs()
+        buf = torch.empty(blocks[0][1].numel(), dtype=dtype, device=signal.device)
+        means, m2s = [], []
+        for start, blk in blocks:
+            a = torch.abs(blk, out=buf[: blk.numel()].view(blk.shape))
+            a.sub_(ref[start : start + blk.shape[0]])
+            mu_b = a.mean(dim=1, keepdim=True)
+            means.append(mu_b)
+            if want_sd:
+                a.sub_(mu_b)
+                m2s.append(torch.linalg.vector_norm(a, dim=1, keepdim=True).square_())
+        mu = ref + torch.cat(means)
+        sd = torch.sqrt(torch.cat(m2s) / (cols - 1)) if want_sd else None
+        shape = (signal.shape[0],) + (1,) * (signal.dim() - 1)
+        return mu.reshape(shape), (sd.reshape(shape) if sd is not None else None)
+    flat = signal.reshape(-1)
+    n = flat.numel()
+    ref = flat[0].abs() if n else torch.zeros((), dtype=dtype, device=signal.device)
+    buf = torch.empty(blocks[0][1].numel(), dtype=dtype, device=signal.device)
+    means, m2s, counts = [], [], []
+    for _, blk in blocks:
+        a = torch.abs(blk, out=buf[: blk.numel()])
+        a.sub_(ref)
+        mu_b = a.mean()
+        means.append(mu_b)
+        counts.append(blk.numel())
+        if want_sd:
+            a.sub_(mu_b)
+            m2s.append(torch.dot(a, a) if a.is_floating_point() and a.dtype in (torch.float32, torch.float64) else (a * a).sum())
+    if len(means) == 1:
+        mu = ref + means[0]
+        sd = torch.sqrt(m2s[0] / (n - 1)) if want_sd else None
+        return mu, sd
+    # Parallel merge of the blocks (float64): mean and M2 of the union.
+    wide = torch.float64 if signal.device.type != "mps" else torch.float32
+    means_t = torch.stack(means).to(wide)
+    counts_t = torch.tensor(counts, dtype=wide, device=signal.device)
+    shift = (means_t * counts_t).sum() / n
+    mu = (ref.to(wide) + shift).to(dtype)
+    sd = None
+    if want_sd:
+        m2 = torch.stack(m2s).to(wide).sum() + (counts_t * (means_t - shift).square()).sum()
+        sd = torch.sqrt(m2 / (n - 1)).to(dtype)
+    return mu, sd
+
+
+def drop_and_keep(
+    signal: Tensor,
+    *,
+    p_base: float,
+    p_signal: float,
+    tau: float = 0.5,
+    prefer: str = "small",
+    normalize: str = "zscore",
+    scope: str = "layer",
+    eps: float = EPS,
+    stats: Optional[Tuple[Tensor, Tensor]] = None,
+    generator: Optional[torch.Generator] = None,
+    want_prob: bool = True,
+    draw: bool = True,
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """:func:`drop_probability` and :func:`keep_mask` in one blocked pass: ``(drop_prob, keep, mean)``.
+
+    The same values as ``p = drop_probability(signal, ...)`` followed by
+    ``keep_mask(p, generator=generator)`` (same generator state, same mask),
+    without full-size temporaries: ``drop_prob`` is only materialised when
+    ``want_prob`` (otherwise ``None``); ``keep`` is ``None`` unless ``draw``.
+    ``mean`` is the mean of ``|signal|`` used (``None`` for ``normalize="none"``),
+    for a finiteness check. ``normalize="rank"`` is not supported here.
+    Arguments are validated by the callers.
+    """
+    if normalize == "rank":
+        raise ValueError("drop_and_keep: normalize='rank' needs the full tensor; use drop_probability")
+    row = scope == "row" and signal.dim() >= 2
+    small = prefer == "small"
+    mu = sd = den = None
+    if normalize in ("zscore", "mean"):
+        if stats is None:
+            mu, sd = _streamed_stats(signal, scope, want_sd=normalize == "zscore")
+        else:
+            mu, sd = stats
+        if normalize == "zscore":
+            # (a - mu) / -(sd + eps) == -((a - mu) / (sd + eps)) exactly: sigmoid(-z) in one divide.
+            den = (sd + eps).neg_() if small else sd + eps
+        else:
+            den = (mu + eps).neg_() if small else mu + eps
+    dtype = signal.dtype
+    device = signal.device
+    prob = torch.empty(signal.shape, dtype=dtype, device=device) if want_prob else None
+    keep = torch.empty(signal.shape, dtype=torch.bool, device=device) if draw else None
+    blocks = _blocks(signal, scope)
+    size = blocks[0][1].numel()
+    buf = None if want_prob else torch.empty(size, dtype=dtype, device=device)
+    cond_buf = torch.empty(size, dtype=torch.bool, device=device)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    cpu = device.type == "cpu"
+    udtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    ubuf = torch.empty(size, dtype=udtype, device=device) if (draw and cpu) else None
+    prob_view = None if prob is None else (prob.reshape(signal.shape[0], -1) if row else prob.view(-1))
+    keep_view = None if keep is None else (keep.view(signal.shape[0], -1) if row else keep.view(-1))
+    if row and mu is not None:
+        mu_rows = mu.reshape(-1, 1) if mu.dim() else mu
+        den_rows = den.reshape(-1, 1) if den.dim() else den
+    # NaN scores only arise from a non-finite mean (normalize zscore/mean), and
+    # then for the whole scope. On the CPU, looking at the mean is free (no
+    # device queue to wait for): a finite mean lets one threshold op stand in
+    # for compare-and-select, and a non-finite one means p = p_base outright.
+    # Elsewhere (no host sync) a where() maps NaN scores to q = 0.
+    finite = None
+    if cpu and mu is not None and stats is None:
+        finite = bool(torch.isfinite(mu).all())
+    p_base_t = torch.full((), p_base, dtype=dtype, device=device)
+    for start, blk in blocks:
+        count = blk.numel()
+        stop = start + blk.shape[0]
+        out = prob_view[start:stop] if prob_view is not None else buf[:count].view(blk.shape)
+        if finite is False and not row:
+            a = out.fill_(p_base)
+        else:
+            a = _score_block(blk, out, normalize, small, row, start, stop, mu, den,
+                             mu_rows if row and mu is not None else None,
+                             den_rows if row and mu is not None else None)
+            if finite:
+                torch.nn.functional.threshold_(a, tau, 0.0)  # q = c * [c > tau]
+            else:
+                cond = torch.gt(a, tau, out=cond_buf[:count].view(blk.shape))
+                torch.where(cond, a, zero, out=a)  # q; a NaN score gives q = 0
+            torch.add(p_base_t, a, alpha=p_signal, out=a)  # p = p_base + p_signal * q
+        if draw:
+            kb = keep_view[start:stop]
+            if cpu:
+                u = _uniform_block(count, generator, ubuf).view(blk.shape)
+            else:
+                u = torch.rand(blk.shape, generator=generator, device=device, dtype=dtype)
+            if cpu:
+                # float compare, then float -> bool: both fast kernels (a bool-out compare is not).
+                kb.copy_(torch.gt(u, a, out=u))
+            else:
+                torch.gt(u, a, out=kb)
+    return prob, keep, mu
+
+
+def _score_block(blk, out, normalize, small, row, start, stop, mu, den, mu_rows, den_rows):
+    """``c = sigmoid(-z)`` (or ``sigmoid(z)`` for prefer="big") of one block, into ``out``."""
+    a = torch.abs(blk, out=out)
+    if normalize == "zscore":
+        m_b, d_b = (mu_rows[start:stop], den_rows[start:stop]) if row and mu_rows.dim() else (mu, den)
+        a.sub_(m_b).div_(d_b)
+    elif normalize == "mean":
+        d_b = den_rows[start:stop] if row and den_rows.dim() else den
+        # -(a / (mu + eps) - 1) == a / -(mu + eps) + 1 exactly.
+        a.div_(d_b).add_(1.0) if small else a.div_(d_b).sub_(1.0)
+    elif small:
+        a.neg_()
+    return a.sigmoid_()

@@ -28,42 +28,107 @@ from .functional import check_choice, check_probability
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+class _Recycled:
+    """A reusable CPU buffer for a large layer's masked weight.
+
+    Large CPU tensors come straight from the OS: every step's fresh
+    weight-sized tensor costs page faults (tens of milliseconds for a
+    4096 x 4096 layer). This hands out the same memory again, as a new tensor
+    object, but only when nothing else uses it any more: not a graph that
+    saved it for backward, not a ``.grad`` that holds it, not a reference kept
+    by the caller (checked through the storage's reference count). Otherwise
+    it makes a new buffer, so a result never aliases a live tensor.
+    """
+
+    MIN_NUMEL = F.CHUNK
+
+    def __init__(self):
+        self.buffer: Optional[Tensor] = None
+        self.count = 0
+
+    def take(self, like: Tensor) -> Optional[Tensor]:
+        if _storage_use_count is None or like.device.type != "cpu" or like.numel() < self.MIN_NUMEL:
+            return None
+        buffer = self.buffer
+        if (
+            buffer is None
+            or buffer.shape != like.shape
+            or buffer.dtype != like.dtype
+            or _storage_use_count(buffer.untyped_storage()._cdata) != self.count
+        ):
+            buffer = torch.empty(like.shape, dtype=like.dtype)
+            self.buffer = buffer
+            self.count = _storage_use_count(buffer.untyped_storage()._cdata)
+        return torch.empty(0, dtype=buffer.dtype).set_(buffer.untyped_storage(), 0, buffer.shape, buffer.stride())
+
+
+class _Workspace:
+    """The recycled buffer of one masked parameter: its ``W_eff``."""
+
+    def __init__(self):
+        self.weight = _Recycled()
+
+
 class _MaskedWeight(torch.autograd.Function):
     """``W_eff = W * keep * scale`` with a choice of backward rule.
 
     ``dense=False`` (``update="autograd"``): ``dL/dW = keep * scale * dL/dW_eff``.
     ``dense=True`` (``update="reference"``): ``dL/dW = dL/dW_eff``, the authors'
-    copy-in/copy-out update. ``sink(grad_effective, grad_param)`` receives both
+    copy-in/copy-out update. ``sink(grad_effective, grad_param)`` receives the
     gradients (summed over the batch for per-example masks) so the method can
-    keep its signal without a separate hook. ``keep=None`` is the identity,
+    keep its signal without a separate hook; ``grad_param`` is None when the
+    caller does not need it (``want_param_grad=False``: the sink then runs
+    before ``dL/dW`` is formed). ``workspace`` (large CPU layers) recycles the
+    memory of ``W_eff`` across steps, see :class:`_Recycled`. ``keep=None`` is the identity,
     used on the first step to capture a gradient before any mask exists.
     """
 
     @staticmethod
-    def forward(ctx, weight, keep, scale, dense, sink, want_param_grad):
+    def forward(ctx, weight, keep, scale, dense, sink, want_param_grad, workspace=None):
         ctx.dense, ctx.sink, ctx.want_param_grad = dense, sink, want_param_grad
+        ctx.workspace = workspace
         ctx.batched = keep is not None and keep.dim() > weight.dim()
         if keep is None:
             ctx.save_for_backward()
             return weight.clone()
         ctx.save_for_backward(keep, scale)
-        return F.apply_keep(weight, keep, scale)
+        out = workspace.weight.take(weight) if workspace is not None and not ctx.batched else None
+        return F.apply_keep(weight, keep, scale, out=out)
 
     @staticmethod
     def backward(ctx, grad_eff):
+        keep = scale = None
         if ctx.saved_tensors:
             keep, scale = ctx.saved_tensors
-            need_param = not ctx.dense or ctx.want_param_grad
-            grad_param = F.apply_keep(grad_eff, keep, scale) if need_param else None
-        else:
-            grad_param = grad_eff
+        need_param = keep is None or not ctx.dense or ctx.want_param_grad
         if ctx.batched:
+            grad_param = F.apply_keep(grad_eff, keep, scale) if need_param else None
             grad_eff = grad_eff.sum(0)
             grad_param = grad_param.sum(0) if grad_param is not None else None
-        if ctx.sink is not None:
-            ctx.sink(grad_eff, grad_param)
+            if ctx.sink is not None:
+                ctx.sink(grad_eff, grad_param)
+        else:
+            # The signal only needs dL/dW_eff (unless signal_source="param"): hand
+            # it over first, so the previous step's signal is released before
+            # dL/dW is allocated (one weight-sized tensor less at the peak).
+            early = ctx.sink is not None and not ctx.want_param_grad
+            if early:
+                ctx.sink(grad_eff, None)
+            if keep is None:
+                grad_param = grad_eff
+            elif need_param:
+                # A new tensor (it becomes .grad): a recycled buffer would sit idle
+                # through the next forward, raising the peak by a weight's size.
+                grad_param = F.apply_keep(grad_eff, keep, scale)
+            else:
+                grad_param = None
+            if ctx.sink is not None and not early:
+                ctx.sink(grad_eff, grad_param)
         grad_weight = grad_eff if ctx.dense else grad_param
-        return grad_weight, None, None, None, None, None
+        return grad_weight, None, None, None, None, None, None
 
 
 def _plain_forward(layer: nn.Module, *args, **kwargs):
@@ -287,6 +352,7 @@ class _WeightDrop(LayerMethod):
             raise ValueError(f"eps={eps!r} must be a small positive number (0 < eps < 1e-2)")
         self.mask, self.recalibration, self.update = mask, recalibration, update
         self.drop_bias, self.eps = bool(drop_bias), float(eps)
+        self._workspaces: dict = {}  # role -> _Workspace (large CPU layers only)
 
     def check_layer(self, layer, name):
         super().check_layer(layer, name)
@@ -312,30 +378,49 @@ class _WeightDrop(LayerMethod):
         """The tensor this step's drop probabilities came from (None: not signal-driven)."""
         return None
 
-    def _masked(self, param: Tensor, drop_prob: Optional[Tensor], role: str, batch: Optional[int]):
+    def draw_mask(self, role: str, param: Tensor, shape: Tuple[int, ...]) -> Optional[Tuple[Optional[Tensor], Tensor]]:
+        """``(drop_prob, keep)`` for this step, or None for "do not mask".
+
+        ``drop_prob`` may be None when nothing downstream needs it (no
+        recorder, realised re-calibration): the fast path then never
+        materialises it.
+        """
+        drop_prob = self.weight_drop_prob(param) if role == "weight" else self.bias_drop_prob(param)
+        if drop_prob is None:
+            return None
+        return drop_prob, F.keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
+
+    def _needs_drop_prob(self) -> bool:
+        return self.keep_last or self.recalibration in ("expected", "per_edge")
+
+    def _masked(self, param: Tensor, role: str, batch: Optional[int]):
         sink = self.gradient_sink(role)
         dense = self.update == "reference"
         want_param = getattr(self, "signal_source", "effective") == "param"
-        if drop_prob is None:
+        shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
+        drawn = self.draw_mask(role, param, shape)
+        if drawn is None:
             if sink is None:
                 return param, None
             return _MaskedWeight.apply(param, None, None, dense, sink, want_param), None
-        shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
-        keep = F.keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
+        drop_prob, keep = drawn
         scale = F.keep_scale(
             keep, mode=self.recalibration, drop_prob=drop_prob, eps=self.eps, batch_dims=0 if batch is None else 1
         )
-        masked = _MaskedWeight.apply(param, keep, scale, dense, sink, want_param)
+        workspace = None
+        if param.device.type == "cpu" and param.numel() >= _Recycled.MIN_NUMEL:
+            workspace = self._workspaces.setdefault(role, _Workspace())
+        masked = _MaskedWeight.apply(param, keep, scale, dense, sink, want_param, workspace)
         return masked, (drop_prob, keep, scale)
 
     def forward(self, layer, x, *args, **kwargs):
         if not layer.training:
             return _plain_forward(layer, x, *args, **kwargs)
         batch = x.shape[0] if self.mask == "sample" else None
-        weight, drawn = self._masked(layer.weight, self.weight_drop_prob(layer.weight), "weight", batch)
+        weight, drawn = self._masked(layer.weight, "weight", batch)
         bias = layer.bias
         if self.drop_bias and bias is not None:
-            bias, _ = self._masked(bias, self.bias_drop_prob(bias), "bias", batch)
+            bias, _ = self._masked(bias, "bias", batch)
         if self.keep_last:
             self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
             self.last["signal"] = self.signal_tensor("weight", layer.weight)
@@ -483,6 +568,38 @@ class DynamicDropConnect(_WeightDrop):
 
     # ---- drop probability ---------------------------------------------------
 
+    def draw_mask(self, role, param, shape):
+        """Fast path: drop probabilities and mask in one blocked pass (:func:`ddc.functional.drop_and_keep`).
+
+        Same masks as ``keep_mask(weight_drop_prob(...), generator=...)``; the
+        drop probabilities are only materialised when a recorder or the
+        re-calibration needs them. Rank normalisation and per-example masks
+        take the general path.
+        """
+        signal = self.signal_tensor(role, param)
+        if signal is None or self.normalize == "rank" or tuple(shape) != tuple(param.shape):
+            return super().draw_mask(role, param, shape)
+        with torch.no_grad():
+            stats = None
+            if self.normalize in ("zscore", "mean") and self.global_stats is not None and role == "weight":
+                stats = self.global_stats.get()
+            drop_prob, keep, mean = F.drop_and_keep(
+                signal.detach(),
+                p_base=self.p_base,
+                p_signal=self.p_signal,
+                tau=self.tau,
+                prefer=self.prefer,
+                normalize=self.normalize,
+                scope="layer" if self.scope == "global" else self.scope,
+                eps=self.eps,
+                stats=stats,
+                generator=self.rng(param.device),
+                want_prob=self._needs_drop_prob(),
+            )
+            if mean is not None:
+                self._check_finite(mean)
+        return drop_prob, keep
+
     def _drop_prob(self, role: str, param: Tensor) -> Optional[Tensor]:
         signal = self.signal_tensor(role, param)
         if signal is None:
@@ -490,16 +607,16 @@ class DynamicDropConnect(_WeightDrop):
                 return None
             return torch.full((), self.p_base, dtype=param.dtype, device=param.device)
         with torch.no_grad():
-            magnitude = signal.abs()
+            scope = "layer" if self.scope == "global" else self.scope
             stats = None
             if self.normalize in ("zscore", "mean"):
                 if self.global_stats is not None and role == "weight":
                     stats = self.global_stats.get()
                 else:
-                    stats = F.signal_stats(magnitude, self.scope)
+                    stats = F._streamed_stats(signal.detach(), scope, want_sd=self.normalize == "zscore")
                 self._check_finite(stats[0])
             return F.drop_probability(
-                magnitude,
+                signal.detach(),
                 p_base=self.p_base,
                 p_signal=self.p_signal,
                 tau=self.tau,

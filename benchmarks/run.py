@@ -1,0 +1,363 @@
+"""Training-step speed and peak memory of the regularisers: ``python -m benchmarks.run``.
+
+For each case, every variant gets its own copy of the model (same initial
+weights, same batch, SGD with momentum) in ONE process, and the variants are
+timed INTERLEAVED: after a warm-up, round after round, each round runs one full
+training step (``zero_grad``, forward, loss, backward, ``opt.step()``) of every
+variant, in an order that rotates from round to round. Reported per variant:
+median step time, its interquartile range, the ratio of medians to ``plain``
+and the median of the per-round ratios (each variant against the plain step
+of the same round, which cancels slow drifts of a noisy machine).
+
+Variants: ``plain`` (no method), ``dropout`` (output of the masked layers),
+``dropconnect`` (p=0.5), ``ddc`` (our implementation, default options),
+``ddc+recorder`` (DDC with ``ddc.recorder.Recorder(model, every=1)`` attached,
+``recorder.step()`` after every step: all scalar metrics every step), and
+``baseline`` (the authors' copy-in/copy-out DDC, :mod:`benchmarks.baseline`).
+
+Peak memory: torch's CPU allocations are invisible to ``tracemalloc``, so each
+variant runs again in a fresh subprocess: after building the model, the
+optimizer and the batch, the process's resident-set high-water mark is reset
+(``echo 5 > /proc/self/clear_refs``) and its current RSS read; after the
+measured steps the high-water mark ``VmHWM`` is read. ``peak_mb`` is the
+difference: what the training steps (gradients, momentum buffers, activations,
+masks, method state) add at their peak over the state before the first step.
+(Without ``clear_refs`` the fallback is ``ru_maxrss`` minus the RSS before the
+steps.)
+
+Results go to ``benchmarks/results/<case>.json`` (machine, torch version,
+threads, per-variant numbers) and a markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+import ddc
+from ddc.models import ResNet20, SimpleCNN1
+from ddc.recorder import Recorder
+
+from .baseline import CopyInCopyOut
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("plain", "dropout", "dropconnect", "ddc", "ddc+recorder", "baseline")
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def _linear() -> nn.Module:
+    return nn.Linear(4096, 4096)
+
+
+CASES: Dict[str, dict] = {
+    "linear4096": dict(
+        title="nn.Linear(4096, 4096), batch 128, loss mean(out^2); methods on the layer",
+        build=_linear,
+        input=(4096,),
+        classes=None,
+        layers=[nn.Linear],
+        batch=128,
+        repeats=20,
+        quick_repeats=5,
+    ),
+    "simplecnn1": dict(
+        title="SimpleCNN1 on 1x28x28, batch 128, cross-entropy; methods on the paper layer linear1",
+        build=lambda: SimpleCNN1(in_channels=1, num_classes=10, input_size=28),
+        input=(1, 28, 28),
+        classes=10,
+        layers=["linear1"],
+        batch=128,
+        repeats=40,
+        quick_repeats=8,
+    ),
+    "resnet20": dict(
+        title="ResNet-20 on 3x32x32, batch 128, cross-entropy; methods on every Conv2d",
+        build=lambda: ResNet20(num_classes=10, in_channels=3),
+        input=(3, 32, 32),
+        classes=10,
+        layers=[nn.Conv2d],
+        batch=128,
+        repeats=10,
+        quick_repeats=3,
+    ),
+}
+
+
+class Runner:
+    """One variant of one case: model, optimizer, batch and a ``step()``."""
+
+    def __init__(self, case: dict, variant: str, seed: int = 0):
+        torch.manual_seed(seed)
+        self.model = case["build"]()
+        self.model.train()
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.x = torch.randn((case["batch"], *case["input"]), generator=gen)
+        self.y = torch.randint(0, case["classes"], (case["batch"],), generator=gen) if case["classes"] else None
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.recorder = None
+        self.baseline = None
+        self.variant = variant
+        selected = ddc.select_layers(self.model, case["layers"], method="ddc")
+        self.masked_weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in selected.values())
+        if variant in ("dropout", "dropconnect"):
+            ddc.apply(self.model, variant, layers=case["layers"], seed=seed)
+        elif variant in ("ddc", "ddc+recorder"):
+            ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed)
+            if variant == "ddc+recorder":
+                self.recorder = Recorder(self.model, every=1).attach()
+        elif variant == "baseline":
+            self.baseline = CopyInCopyOut(selected.values(), generator=torch.Generator().manual_seed(seed))
+        elif variant != "plain":
+            raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        self.last_loss = float("nan")
+
+    def loss(self, out: torch.Tensor) -> torch.Tensor:
+        if self.y is None:
+            return out.square().mean()
+        return nn.functional.cross_entropy(out, self.y)
+
+    def step(self) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.baseline is not None:
+            self.baseline.before_forward()
+        loss = self.loss(self.model(self.x))
+        loss.backward()
+        if self.baseline is not None:
+            self.baseline.after_backward()
+        self.optimizer.step()
+        if self.recorder is not None:
+            self.recorder.step()
+        return loss.detach()
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _quantile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def time_case(case: dict, variants, repeats: int, warmup: int) -> Dict[str, dict]:
+    runners = {v: Runner(case, v) for v in variants}
+    for _ in range(warmup):
+        for runner in runners.values():
+            runner.step()
+    times: Dict[str, List[float]] = {v: [] for v in variants}
+    order = list(variants)
+    for round_ in range(repeats):
+        rotated = order[round_ % len(order) :] + order[: round_ % len(order)]
+        for v in rotated:
+            start = time.perf_counter()
+            loss = runners[v].step()
+            times[v].append(time.perf_counter() - start)
+            runners[v].last_loss = loss
+    out = {}
+    for v in variants:
+        t = times[v]
+        entry = {
+            "median_ms": 1e3 * statistics.median(t),
+            "p25_ms": 1e3 * _quantile(t, 0.25),
+            "p75_ms": 1e3 * _quantile(t, 0.75),
+            "min_ms": 1e3 * min(t),
+            "steps": len(t),
+            "final_loss": float(runners[v].last_loss),
+            "masked_weight_bytes": runners[v].masked_weight_bytes,
+        }
+        if "plain" in times:
+            entry["ratio_to_plain"] = statistics.median(t) / statistics.median(times["plain"])
+            entry["paired_ratio_to_plain"] = statistics.median(a / b for a, b in zip(t, times["plain"]))
+        out[v] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_probe(case_name: str, variant: str, steps: int, threads: int) -> dict:
+    """Runs in a fresh process: peak RSS the training steps add over the state before them."""
+    torch.set_num_threads(threads)
+    runner = Runner(CASES[case_name], variant)
+    gc.collect()
+    method = "clear_refs+VmHWM"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kb("VmRSS")
+    except OSError:
+        method = "ru_maxrss"
+        before = _status_kb("VmRSS") if Path("/proc/self/status").exists() else 0
+    for _ in range(steps):
+        runner.step()
+    if method == "ru_maxrss":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    else:
+        peak = _status_kb("VmHWM")
+    return {"peak_mb": (peak - before) / 1024, "memory_method": method, "memory_steps": steps}
+
+
+def measure_memory(case_name: str, variant: str, steps: int, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.run", "--memory-probe", case_name, variant, "--memory-steps", str(steps), "--threads", str(threads)]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"peak_mb": None, "memory_error": done.stderr.strip().splitlines()[-1:] }
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": threads,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def markdown(case_name: str, result: dict) -> str:
+    rows = [
+        f"### {case_name}: {result['title']}",
+        "",
+        "| variant | median ms | IQR ms | x plain (medians) | x plain (paired) | peak MB over start |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for v, e in result["variants"].items():
+        peak = e.get("peak_mb")
+        rows.append(
+            f"| {v} | {e['median_ms']:.1f} | {e['p25_ms']:.1f}-{e['p75_ms']:.1f} | "
+            f"{e.get('ratio_to_plain', float('nan')):.2f} | {e.get('paired_ratio_to_plain', float('nan')):.2f} | "
+            f"{'-' if peak is None else f'{peak:.0f}'} |"
+        )
+    weight_mb = next(iter(result["variants"].values()))["masked_weight_bytes"] / 2**20
+    rows.append("")
+    rows.append(f"masked layers' weights: {weight_mb:.2f} MB; {result['machine']['cpu']}, "
+                f"torch {result['machine']['torch']}, {result['machine']['threads']} threads")
+    checks = result.get("checks")
+    if checks:
+        rows.append("")
+        rows.extend(f"- {name}: {'met' if ok else 'MISSED'} ({detail})" for name, (ok, detail) in checks.items())
+    return "\n".join(rows)
+
+
+TARGETS = {
+    "linear4096": {"ddc_over_plain": 2.5, "baseline_over_ddc": 2.0},
+    "simplecnn1": {"ddc_over_plain": 1.10},
+    "resnet20": {"ddc_over_plain": 1.25},
+}
+
+
+def checks(case_name: str, variants: dict) -> dict:
+    out = {}
+    target = TARGETS.get(case_name, {})
+    d, p = variants.get("ddc"), variants.get("plain")
+    if d and p and "ddc_over_plain" in target:
+        r = d["paired_ratio_to_plain"]
+        out["ddc <= %.2fx plain" % target["ddc_over_plain"]] = (r <= target["ddc_over_plain"], f"paired {r:.2f}x, medians {d['ratio_to_plain']:.2f}x")
+    b = variants.get("baseline")
+    if d and b and "baseline_over_ddc" in target:
+        r = b["median_ms"] / d["median_ms"]
+        out["ddc >= %.1fx faster than baseline" % target["baseline_over_ddc"]] = (r >= target["baseline_over_ddc"], f"{r:.2f}x")
+    rec = variants.get("ddc+recorder")
+    if d and rec:
+        r = rec["median_ms"] / d["median_ms"] - 1
+        out["recorder adds <= 5% over ddc"] = (r <= 0.05, f"+{100 * r:.1f}%")
+    if d and p and d.get("peak_mb") is not None and p.get("peak_mb") is not None:
+        budget = p["peak_mb"] + 3 * d["masked_weight_bytes"] / 2**20
+        out["ddc peak <= plain + 3 x masked weights"] = (d["peak_mb"] <= budget, f"{d['peak_mb']:.0f} MB vs budget {budget:.0f} MB")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default: per case)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--quick", action="store_true", help="few rounds, short memory probes: a smoke run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-steps", type=int, default=None, help="steps per memory probe (default 4, quick 3)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for <case>.json (default benchmarks/results)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_probe:
+        steps = args.memory_steps or 4
+        print(json.dumps(memory_probe(*args.memory_probe, steps=steps, threads=args.threads)))
+        return 0
+
+    torch.set_num_threads(args.threads)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    memory_steps = args.memory_steps or (3 if args.quick else 4)
+    started = time.perf_counter()
+    for case_name in args.cases:
+        case = CASES[case_name]
+        repeats = args.repeats or (case["quick_repeats"] if args.quick else case["repeats"])
+        t0 = time.perf_counter()
+        variants = time_case(case, args.variants, repeats, warmup)
+        if not args.no_memory:
+            for v in args.variants:
+                variants[v].update(measure_memory(case_name, v, memory_steps, args.threads))
+        result = {
+            "case": case_name,
+            "title": case["title"],
+            "batch": case["batch"],
+            "repeats": repeats,
+            "warmup": warmup,
+            "quick": args.quick,
+            "machine": machine_info(args.threads),
+            "variants": variants,
+            "seconds": time.perf_counter() - t0,
+        }
+        result["checks"] = checks(case_name, variants)
+        print(markdown(case_name, result), flush=True)
+        print(flush=True)
+        if not args.no_write:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{case_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"total {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
