@@ -30,9 +30,12 @@ Recorded metrics (long format ``run_id, step, epoch, layer, metric, value``):
 - ``weight_norm`` and, with an optimizer, ``update_norm`` (Frobenius norm of
   this step's change of the weight).
 
-Quantiles and rank correlations of layers with more than ``max_edges`` edges
-are taken on a fixed random subset of edges (drawn once, from the recorder's
-own generator).
+Layers with more than ``max_edges`` edges (default 65,536): the distribution
+statistics (mean, std and quantiles of |g| and of the drop probability, rank
+correlation, spread of drop frequencies) come from a fixed random subset of
+``max_edges`` edges, drawn once from the recorder's own generator, so that
+recording every step stays cheap; counts and rates (realised drop rate, mask
+overlap, drop frequencies' mean and max, norms) are always exact.
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ class Recorder:
         snapshot_fn: Optional[Callable[[int, dict], object]] = None,
         optimizer: Optional[torch.optim.Optimizer] = None,
         quantiles: Sequence[float] = QUANTILES,
-        max_edges: int = 1 << 20,
+        max_edges: int = 1 << 16,
         flush_every: int = 50,
         seed: int = 0,
     ):
@@ -165,8 +168,9 @@ class Recorder:
         self._pending: List[tuple] = []
         self._handles: list = []
         self._attached = False
-        self._previous_drop: Dict[str, Tensor] = {}
-        self._drop_count: Dict[str, Tensor] = {}
+        self._previous_keep: Dict[str, Tensor] = {}
+        self._previous_kept: Dict[str, Tensor] = {}
+        self._kept_count: Dict[str, Tensor] = {}
         self._steps_counted: Dict[str, int] = {}
         self._before_update: Dict[str, Tensor] = {}
         self._subsets: Dict[tuple, Tensor] = {}
@@ -234,28 +238,29 @@ class Recorder:
         self._step += 1
 
     def _count_drops(self, name: str, method: LayerMethod) -> None:
+        """Per-edge count of steps the edge was kept (one add over the mask per step)."""
         keep = method.last.get("keep")
         if keep is None:
             return
-        dropped = ~keep
-        if dropped.dim() > self.layers[name].weight.dim():
-            dropped = dropped.sum(0)
+        count = 1
+        if keep.dim() > self.layers[name].weight.dim():
             count = keep.shape[0]
-        else:
-            count = 1
-        if name not in self._drop_count or self._drop_count[name].shape != dropped.shape:
-            self._drop_count[name] = torch.zeros(dropped.shape, dtype=torch.int64, device=dropped.device)
+            keep = keep.sum(0, dtype=torch.int32)
+        if name not in self._kept_count or self._kept_count[name].shape != keep.shape:
+            self._kept_count[name] = torch.zeros(keep.shape, dtype=torch.int32, device=keep.device)
             self._steps_counted[name] = 0
-        self._drop_count[name] += dropped
+        self._kept_count[name] += keep
         self._steps_counted[name] += count
 
-    def _subset(self, name: str, numel: int, device) -> Optional[Tensor]:
-        if numel <= self.max_edges:
-            return None
-        key = (name, numel)
+    def _sample(self, name: str, tensor: Tensor) -> Tensor:
+        """``tensor`` flattened, or its fixed random subset of ``max_edges`` entries when larger."""
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() <= self.max_edges:
+            return flat
+        key = (name, flat.numel())
         if key not in self._subsets:
-            self._subsets[key] = torch.randperm(numel, generator=self._generator)[: self.max_edges].to(device)
-        return self._subsets[key]
+            self._subsets[key] = torch.randperm(flat.numel(), generator=self._generator)[: self.max_edges].to(flat.device)
+        return flat[self._subsets[key]]
 
     def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
@@ -268,27 +273,31 @@ class Recorder:
         if drop_prob is not None:
             self._drop_prob_stats(name, drop_prob, out)
             if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
-                out["frac_q_positive"] = (drop_prob > method.p_base).float().mean()
+                out["frac_q_positive"] = torch.count_nonzero(drop_prob > method.p_base) / drop_prob.numel()
             used = last.get("signal")
             if used is not None and drop_prob.shape == used.shape:
-                subset = self._subset(name, used.numel(), used.device)
-                a, b = used.abs().flatten(), drop_prob.flatten()
-                if subset is not None:
-                    a, b = a[subset], b[subset]
-                out["rank_corr_grad_drop"] = spearman(a, b)
+                out["rank_corr_grad_drop"] = spearman(self._sample(name, used).abs(), self._sample(name, drop_prob))
         if keep is not None:
-            dropped = ~keep
-            out["realized_drop_rate"] = dropped.float().mean()
+            n = keep.numel()
+            kept = torch.count_nonzero(keep)
+            out["realized_drop_rate"] = 1.0 - kept / n
             out["recal_keep_rate"] = (1.0 / scale.float()).mean()
-            previous = self._previous_drop.get(name)
-            if previous is not None and previous.shape == dropped.shape:
-                union = (dropped | previous).sum()
-                out["mask_jaccard"] = (dropped & previous).sum() / union.clamp_min(1)
-            self._previous_drop[name] = dropped.clone()
-        if name in self._drop_count:
-            freq = self._drop_count[name].double() / max(self._steps_counted[name], 1)
-            out["drop_freq_mean"], out["drop_freq_max"] = freq.mean(), freq.max()
-            out["drop_freq_std"] = freq.std() if freq.numel() > 1 else torch.zeros((), dtype=freq.dtype)
+            previous = self._previous_keep.get(name)
+            if previous is not None and previous.shape == keep.shape:
+                # Dropped sets D = ~K: |D & D'| = n - |K| - |K'| + |K & K'|, |D | D'| = n - |K & K'|.
+                both_kept = torch.count_nonzero(keep & previous)
+                kept_before = self._previous_kept[name]
+                inter = n - kept - kept_before + both_kept
+                out["mask_jaccard"] = inter / (n - both_kept).clamp_min(1)
+            self._previous_keep[name] = keep.clone()
+            self._previous_kept[name] = kept
+        if name in self._kept_count:
+            steps = max(self._steps_counted[name], 1)
+            kept_count = self._kept_count[name]
+            out["drop_freq_mean"] = 1.0 - kept_count.sum() / (kept_count.numel() * steps)
+            out["drop_freq_max"] = 1.0 - kept_count.min() / steps
+            freq = 1.0 - self._sample(name, kept_count).float() / steps
+            out["drop_freq_std"] = freq.std() if freq.numel() > 1 else torch.zeros(())
         out["weight_norm"] = torch.linalg.vector_norm(weight)
         if name in self._before_update:
             out["update_norm"] = torch.linalg.vector_norm(weight - self._before_update[name])
@@ -303,24 +312,22 @@ class Recorder:
         return layer.weight.grad
 
     def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor]) -> None:
-        magnitude = signal.detach().abs().flatten().double()
+        magnitude = self._sample(name, signal).abs()
         sd, mu = torch.std_mean(magnitude)
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
-        subset = self._subset(name, magnitude.numel(), magnitude.device)
-        sample = magnitude if subset is None else magnitude[subset]
-        quantiles = _quantiles(sample, self.quantiles)
+        quantiles = _quantiles(magnitude, self.quantiles)
         z_quantiles = (quantiles - mu) / (sd + 1e-9)  # z is increasing in |g|: quantiles map through
         for label, value, z in zip(self.quantile_names, quantiles, z_quantiles):
             out[f"grad_abs_{label}"], out[f"zscore_{label}"] = value, z
 
     def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor]) -> None:
-        values = drop_prob.detach().flatten().double()
-        out["drop_prob_mean"] = values.mean()
-        out["drop_prob_std"] = values.std() if values.numel() > 1 else torch.zeros((), dtype=values.dtype)
-        out["drop_prob_min"], out["drop_prob_max"] = values.min(), values.max()
-        subset = self._subset(name, values.numel(), values.device)
-        sample = values if subset is None else values[subset]
-        for label, value in zip(self.quantile_names, _quantiles(sample, self.quantiles)):
+        values = self._sample(name, drop_prob)
+        if values.numel() > 1:
+            out["drop_prob_std"], out["drop_prob_mean"] = torch.std_mean(values)
+        else:
+            out["drop_prob_std"], out["drop_prob_mean"] = torch.zeros(()), values.mean()
+        out["drop_prob_min"], out["drop_prob_max"] = torch.aminmax(values)
+        for label, value in zip(self.quantile_names, _quantiles(values, self.quantiles)):
             out[f"drop_prob_{label}"] = value
 
     def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:
@@ -337,8 +344,8 @@ class Recorder:
             for key in ("drop_prob", "keep"):
                 if last.get(key) is not None:
                     entry[key] = last[key].detach().cpu().clone()
-            if name in self._drop_count:
-                entry["drop_count"] = self._drop_count[name].cpu().clone()
+            if name in self._kept_count:
+                entry["drop_count"] = (self._steps_counted[name] - self._kept_count[name]).cpu()
                 entry["steps_counted"] = self._steps_counted[name]
             tensors[name] = entry
         return tensors
@@ -350,8 +357,9 @@ class Recorder:
         self._drain()
         return {
             "step": self._step,
-            "previous_drop": {k: v.cpu() for k, v in self._previous_drop.items()},
-            "drop_count": {k: v.cpu() for k, v in self._drop_count.items()},
+            "previous_keep": {k: v.cpu() for k, v in self._previous_keep.items()},
+            "previous_kept": {k: v.cpu() for k, v in self._previous_kept.items()},
+            "kept_count": {k: v.cpu() for k, v in self._kept_count.items()},
             "steps_counted": dict(self._steps_counted),
             "subsets": {k: v.cpu() for k, v in self._subsets.items()},
             "generator": self._generator.get_state(),
@@ -360,8 +368,9 @@ class Recorder:
     def load_state_dict(self, state: dict) -> None:
         device = next(iter(self.layers.values())).weight.device
         self._step = state["step"]
-        self._previous_drop = {k: v.to(device) for k, v in state["previous_drop"].items()}
-        self._drop_count = {k: v.to(device) for k, v in state["drop_count"].items()}
+        self._previous_keep = {k: v.to(device) for k, v in state["previous_keep"].items()}
+        self._previous_kept = {k: v.to(device) for k, v in state["previous_kept"].items()}
+        self._kept_count = {k: v.to(device) for k, v in state["kept_count"].items()}
         self._steps_counted = dict(state["steps_counted"])
         self._subsets = {k: v.to(device) for k, v in state["subsets"].items()}
         self._generator.set_state(state["generator"])
