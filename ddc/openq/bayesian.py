@@ -1,0 +1,454 @@
+"""Open question 08: the Bayesian reading of DDC (Monte-Carlo DDC at test time).
+
+Models are trained with the trainer (``ddc.train.run`` through
+``ddc.paper.run_specs``, so they land in the run store and are shared with
+``02_baselines``), then reloaded from their ``model.pt`` and evaluated
+
+* deterministically (eval mode, the plain network), and
+* by Monte Carlo: the method that regularised the layer keeps sampling masks
+  at test time and ``T`` softmax outputs are averaged (MC-Dropout,
+  MC-DropConnect, MC-DDC). Only the regularised layer samples; every other
+  module stays in eval mode. DDC's drop probabilities need a gradient signal,
+  which a trained model does not store: we use the dense gradient of the mean
+  training loss over the whole training subset at the final weights (the
+  gradient DDC would see at its next step, without mini-batch noise). The
+  signal is set once and never updated (no backward pass at test time).
+
+Scores: accuracy, NLL, Brier score, expected calibration error (equal-width
+confidence bins) with reliability diagrams, and out-of-distribution detection
+as the AUROC of the predictive entropy, in-distribution test inputs against
+corrupted ones (additive Gaussian noise, 90-degree rotation). A held-out-class
+split (train on classes 0-7) would need a class filter in the trainer's data
+loading, which it does not have; corruptions need none.
+
+The variational view: with keep ~ Bernoulli(1 - p) and a scale s, a weight's
+effective value is the two-point mixture {0 with prob. p, s*w with prob. 1-p}.
+Its mean is (1-p) s w, its standard deviation sqrt(p (1-p)) s |w|, so the
+signal-to-noise ratio |E w| / sd(w) = sqrt((1-p)/p) depends on the edge only
+through p. DropConnect's uniform p = 0.5 gives SNR 1 on every edge; DDC gives
+each edge its own SNR, low for small-gradient edges (like a Gaussian-dropout
+posterior with per-edge alpha = p / (1-p)).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+from .. import functional as F
+
+NOTEBOOK = "08_oq_bayesian"
+
+#: trained methods: the same specs as ``ddc.paper.BASELINE_METHODS`` (so 02's runs are reused)
+TRAIN_METHODS: Dict[str, dict] = {
+    "none": {"method": "none"},
+    "dropout": {"method": "dropout", "method_options": {"p": 0.5}},
+    "dropconnect": {"method": "dropconnect", "method_options": {"p": 0.5}},
+    "ddc": {"method": "ddc"},
+}
+#: metrics where lower is better
+LOWER_IS_BETTER = ("nll", "brier", "ece")
+METRICS = ("acc", "nll", "brier", "ece", "auroc_noise", "auroc_rotation")
+PROB_FLOOR = 1e-12
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the targets under predictive probabilities ``(N, C)``."""
+    picked = probs.gather(1, targets.view(-1, 1)).squeeze(1)
+    return float(-picked.clamp_min(PROB_FLOOR).log().double().mean())
+
+
+def brier(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Multi-class Brier score: mean over examples of ``sum_c (p_c - onehot_c)^2``."""
+    onehot = TF.one_hot(targets, probs.shape[1]).to(probs.dtype)
+    return float(((probs - onehot) ** 2).sum(1).double().mean())
+
+
+def reliability(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15):
+    """Equal-width confidence bins on (0, 1]: per bin count, mean confidence and accuracy.
+
+    Bin ``b`` holds confidences in ``(b/n, (b+1)/n]``. Returns a DataFrame with
+    ``bin, lower, upper, count, confidence, accuracy`` (NaN for empty bins).
+    """
+    import pandas as pd
+
+    confidence, predicted = probs.max(1)
+    correct = (predicted == targets).double()
+    confidence = confidence.double()
+    index = (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()
+    counts = torch.bincount(index, minlength=n_bins).double()
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, index, confidence)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, index, correct)
+    safe = counts.clamp_min(1)
+    empty = counts == 0
+    return pd.DataFrame(
+        {
+            "bin": np.arange(n_bins),
+            "lower": np.arange(n_bins) / n_bins,
+            "upper": np.arange(1, n_bins + 1) / n_bins,
+            "count": counts.numpy().astype(int),
+            "confidence": torch.where(empty, torch.nan, conf_sum / safe).numpy(),
+            "accuracy": torch.where(empty, torch.nan, acc_sum / safe).numpy(),
+        }
+    )
+
+
+def ece(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error: ``sum_b n_b / N * |accuracy_b - confidence_b|``."""
+    table = reliability(probs, targets, n_bins)
+    used = table[table["count"] > 0]
+    return float((used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / len(targets))
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy (nats) per example."""
+    return -(probs * probs.clamp_min(PROB_FLOOR).log()).sum(1)
+
+
+def auroc(scores_in, scores_out) -> float:
+    """AUROC of ``score`` for telling OOD (positive) from in-distribution inputs.
+
+    ``P(score_out > score_in) + P(tie) / 2``, from the Mann-Whitney U statistic
+    with mid-ranks.
+    """
+    from scipy.stats import rankdata
+
+    a = np.asarray(scores_in, dtype=float)
+    b = np.asarray(scores_out, dtype=float)
+    ranks = rankdata(np.concatenate([a, b]))
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2
+    return float(u / (len(a) * len(b)))
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+
+def corrupt(x: torch.Tensor, kind: str, *, seed: int = 0, noise_sd: float = 1.0) -> torch.Tensor:
+    """OOD versions of (normalised) images ``(N, C, H, W)``: ``noise`` or ``rotation`` (90 degrees)."""
+    if kind == "noise":
+        generator = torch.Generator().manual_seed(seed)
+        return x + noise_sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    if kind == "rotation":
+        return torch.rot90(x, 1, dims=(-2, -1))
+    raise ValueError(f"kind={kind!r}: choose 'noise' or 'rotation'")
+
+
+# ----------------------------------------------------------------------------- trained models
+
+
+def train_specs(recipe: str, profile: str, seeds: Sequence[int], device: str = "cpu", methods=None) -> List[dict]:
+    from .. import paper
+
+    return [paper.sweep_spec(f"08-{recipe}", recipe, profile, methods or TRAIN_METHODS, seeds, device=device)]
+
+
+def load_trained(run_path, cache: Optional[dict] = None):
+    """``(config, splits, model)`` of a finished run: the run's own data splits and weights (eval mode).
+
+    ``cache`` (a dict) keeps loaded splits, so runs that differ only in the method share them.
+    """
+    from .. import data, models
+
+    run_path = Path(run_path)
+    config = json.loads((run_path / "config.json").read_text())
+    keys = ("dataset", "data_root", "val_fraction", "seed", "train_subset", "val_subset", "test_subset")
+    key = tuple(str(config.get(k)) for k in keys)
+    if cache is not None and key in cache:
+        splits = cache[key]
+    else:
+        splits = data.load(
+            config["dataset"],
+            root=config.get("data_root"),
+            val_fraction=config["val_fraction"],
+            seed=config["seed"],
+            train_subset=config["train_subset"],
+            val_subset=config["val_subset"],
+            test_subset=config["test_subset"],
+        )
+        if cache is not None:
+            cache[key] = splits
+    model = models.build(config["model"], input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model.load_state_dict(torch.load(run_path / "model.pt", weights_only=True))
+    model.eval()
+    return config, splits, model
+
+
+def _check_head(model) -> None:
+    if not all(hasattr(model, name) for name in ("linear1", "act4", "linear2")):
+        raise ValueError(f"{type(model).__name__}: MC evaluation here needs SimpleCNN1's head linear1 -> act4 -> linear2")
+
+
+def head(model, h: torch.Tensor) -> torch.Tensor:
+    """SimpleCNN1 from ``linear1``'s input to the logits (where every method acts)."""
+    return model.linear2(model.act4(model.linear1(h)))
+
+
+@torch.no_grad()
+def head_inputs(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The input of ``linear1`` (flattened conv features) in eval mode, computed once."""
+    _check_head(model)
+    captured = []
+    hook = model.linear1.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    try:
+        model.eval()
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size])
+    finally:
+        hook.remove()
+    return torch.cat(captured)
+
+
+def gradient_signal(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dense gradient of the mean training loss w.r.t. ``linear1.weight`` (no mask), from cached inputs."""
+    weight = model.linear1.weight
+    weight.grad = None
+    with torch.enable_grad():
+        loss = TF.cross_entropy(head(model, h), targets)
+        (grad,) = torch.autograd.grad(loss, weight)
+    return grad.detach()
+
+
+@torch.no_grad()
+def mc_probabilities(
+    model, h: torch.Tensor, method: str, options: dict, *, samples: int, seed: int, signal=None
+) -> torch.Tensor:
+    """Mean softmax over ``samples`` masked forward passes of the head.
+
+    ``method`` is put on ``linear1`` with ``ddc.apply`` (its own seeded
+    generator); only ``linear1`` is switched to train mode, so only it samples.
+    For ``ddc`` the gradient ``signal`` is loaded into the method and is never
+    updated (no backward pass). ``method="none"`` gives the deterministic output.
+    """
+    from ..apply import apply
+
+    _check_head(model)
+    model.eval()
+    if method == "none" or samples <= 0:
+        return torch.softmax(head(model, h), 1)
+    handle = apply(model, method, layers=["linear1"], seed=seed, **options)
+    try:
+        if method == "ddc":
+            if signal is None:
+                raise ValueError("method='ddc' needs the gradient signal")
+            handle.methods["linear1"].weight_signal = signal.clone()
+        model.linear1.train()
+        total = torch.zeros(len(h), model.linear2.out_features, dtype=torch.float64)
+        for _ in range(samples):
+            total += torch.softmax(head(model, h), 1).double()
+        return (total / samples).to(h.dtype)
+    finally:
+        model.linear1.eval()
+        handle.remove()
+
+
+def evaluate_run(run_path, *, label: str, samples: int, noise_sd: float = 1.0, n_bins: int = 15, cache=None):
+    """Deterministic and (for a masking method) MC scores of one run.
+
+    Returns ``(scores, reliability, posterior)``: one row per inference mode,
+    the reliability bins per mode, and for DDC runs the per-edge implied
+    posterior of ``linear1`` (else None).
+    """
+    import pandas as pd
+
+    config, splits, model = load_trained(run_path, cache)
+    seed = int(config["seed"])
+    x_test, y_test = splits.test.tensors
+    inputs = {"clean": head_inputs(model, x_test)}
+    for kind in ("noise", "rotation"):
+        inputs[kind] = head_inputs(model, corrupt(x_test, kind, seed=seed, noise_sd=noise_sd))
+    from ..apply import method_defaults
+
+    method = config["method"]
+    options = {**method_defaults(method), **config["method_options"]}
+    signal = None
+    if method == "ddc":
+        h_train = head_inputs(model, splits.train.tensors[0])
+        signal = gradient_signal(model, h_train, splits.train.tensors[1])
+    modes = [("deterministic", "none")] + ([("mc", method)] if method != "none" else [])
+    rows, bins = [], []
+    for inference, used in modes:
+        probs = {
+            kind: mc_probabilities(model, h, used, options, samples=samples, seed=seed + 17 * i, signal=signal)
+            for i, (kind, h) in enumerate(inputs.items())
+        }
+        clean = probs["clean"]
+        ent = {kind: entropy(p).numpy() for kind, p in probs.items()}
+        row = {
+            "run_id": config["run_id"], "seed": seed, "train_method": label, "inference": inference,
+            "model": f"{'mc' if inference == 'mc' else 'det'}:{label}", "samples": samples if inference == "mc" else 1,
+            "acc": float((clean.argmax(1) == y_test).double().mean()),
+            "nll": nll(clean, y_test), "brier": brier(clean, y_test), "ece": ece(clean, y_test, n_bins),
+            "auroc_noise": auroc(ent["clean"], ent["noise"]), "auroc_rotation": auroc(ent["clean"], ent["rotation"]),
+            "entropy_clean": float(ent["clean"].mean()), "entropy_noise": float(ent["noise"].mean()),
+            "entropy_rotation": float(ent["rotation"].mean()),
+        }
+        rows.append(row)
+        bins.append(reliability(clean, y_test, n_bins).assign(seed=seed, model=row["model"]))
+    posterior = None
+    if method == "ddc":
+        posterior = implied_posterior(model.linear1.weight.detach(), signal, options).assign(seed=seed, run_id=config["run_id"])
+    return pd.DataFrame(rows), pd.concat(bins, ignore_index=True), posterior
+
+
+def evaluate_runs(runs, run_paths, *, samples: int, noise_sd: float = 1.0, n_bins: int = 15, log=print):
+    """:func:`evaluate_run` over a runs table (``tag`` = method label); the three tables concatenated."""
+    import pandas as pd
+
+    scores, bins, posteriors, cache = [], [], [], {}
+    for (_, run), path in zip(runs.iterrows(), run_paths):
+        s, b, post = evaluate_run(path, label=run["tag"], samples=samples, noise_sd=noise_sd, n_bins=n_bins, cache=cache)
+        scores.append(s)
+        bins.append(b)
+        if post is not None:
+            posteriors.append(post)
+        log(f"{run['tag']} seed {run['seed']}: evaluated")
+    posterior = pd.concat(posteriors, ignore_index=True) if posteriors else pd.DataFrame()
+    return pd.concat(scores, ignore_index=True), pd.concat(bins, ignore_index=True), posterior
+
+
+# ----------------------------------------------------------------------------- implied posterior
+
+
+def mixture_moments(weight: torch.Tensor, drop_prob: torch.Tensor, scale) -> Dict[str, torch.Tensor]:
+    """Mean, standard deviation and SNR of the two-point mixture {0: p, scale*w: 1-p}, per edge."""
+    p = drop_prob.double()
+    w = weight.double()
+    s = torch.as_tensor(scale, dtype=torch.float64)
+    mean = (1 - p) * s * w
+    sd = torch.sqrt(p * (1 - p)) * s * w.abs()
+    snr = torch.sqrt((1 - p) / p.clamp_min(PROB_FLOOR))
+    return {"mean": mean, "sd": sd, "snr": snr, "mean_ratio": (1 - p) * s * torch.ones_like(w)}
+
+
+def implied_posterior(weight: torch.Tensor, signal: torch.Tensor, options: dict):
+    """Per-edge implied weight distribution of a DDC layer (one row per edge).
+
+    Drop probabilities from ``signal`` with the run's DDC options; the scale is
+    the expected recalibration ``1 / (1 - mean p)`` (the realised keep fraction
+    of a large layer is within a fraction of a percent of it). Columns
+    ``grad_abs, weight_abs, z_grad, z_weight, drop_prob, mean, sd, snr,
+    mean_ratio`` (``mean_ratio = E[w_eff] / w``), plus ``snr_dropconnect`` (1
+    for DropConnect at p = 0.5).
+    """
+    import pandas as pd
+
+    keys = ("p_base", "p_signal", "tau", "prefer", "normalize")
+    kwargs = {k: options[k] for k in keys if k in options}
+    drop_prob = F.drop_probability(signal, **kwargs)
+    scale = 1.0 / (1.0 - drop_prob.double().mean())
+    moments = mixture_moments(weight, drop_prob, scale)
+    g, w = signal.abs().double(), weight.abs().double()
+    z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
+    return pd.DataFrame(
+        {
+            "edge": np.arange(weight.numel()),
+            "grad_abs": g.flatten().numpy(), "weight_abs": w.flatten().numpy(),
+            "z_grad": z(g).flatten().numpy(), "z_weight": z(w).flatten().numpy(),
+            "drop_prob": drop_prob.double().flatten().numpy(),
+            **{k: v.flatten().numpy() for k, v in moments.items()},
+            "snr_dropconnect": 1.0,
+        }
+    )
+
+
+def posterior_correlations(posterior):
+    """Per seed: Spearman correlation of the implied SNR with |g| and with |w|, and the SNR range."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rows = []
+    for seed, group in posterior.groupby("seed", sort=True):
+        rows.append(
+            {
+                "seed": seed,
+                "rho_snr_grad": float(spearmanr(group.snr, group.grad_abs).statistic),
+                "rho_snr_weight": float(spearmanr(group.snr, group.weight_abs).statistic),
+                "snr_mean": float(group.snr.mean()),
+                "snr_min": float(group.snr.min()),
+                "snr_max": float(group.snr.max()),
+                "mean_drop_prob": float(group.drop_prob.mean()),
+                "frac_above_dropconnect": float((group.snr > 1.0).mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def posterior_grid(posterior, bins: int = 8):
+    """Mean implied SNR in quantile bins of (|g|, |w|), pooled over seeds (for the heatmap)."""
+    import pandas as pd
+
+    frame = posterior.assign(
+        grad_bin=pd.qcut(posterior.grad_abs.rank(method="first"), bins, labels=False),
+        weight_bin=pd.qcut(posterior.weight_abs.rank(method="first"), bins, labels=False),
+    )
+    return frame.groupby(["grad_bin", "weight_bin"], as_index=False).agg(
+        snr=("snr", "mean"), drop_prob=("drop_prob", "mean"), z_grad=("z_grad", "mean"), z_weight=("z_weight", "mean"), n=("snr", "size")
+    )
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figures(run_dir) -> List[str]:
+    """Rebuild every figure of the notebook from ``run_dir/results``."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from analysis import figures as afig
+
+    from ..paper import load_table, save_fig
+
+    written = []
+    scores = load_table(run_dir, "scores")
+    bins = load_table(run_dir, "reliability")
+    order = sorted(scores.model.unique())
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    pooled = bins.assign(conf_sum=bins.confidence.fillna(0) * bins["count"], acc_sum=bins.accuracy.fillna(0) * bins["count"])
+    pooled = pooled.groupby(["model", "bin"], as_index=False)[["count", "conf_sum", "acc_sum"]].sum()
+    pooled = pooled[pooled["count"] > 0]
+    for name in order:
+        part = pooled[pooled.model == name]
+        ax.plot(part.conf_sum / part["count"], part.acc_sum / part["count"], marker="o", ms=3,
+                ls="--" if name.startswith("det:") else "-", label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1)
+    ax.set_xlabel("confidence (bin mean)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram, pooled over seeds (det: eval mode, mc: MC average)")
+    ax.legend(fontsize=7)
+    written += save_fig(ax, run_dir, "reliability")
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    for ax, metric in zip(axes, ("nll", "ece", "auroc_noise", "auroc_rotation")):
+        afig.method_comparison(scores, value=metric, method_col="model", rng=0, order=order, ax=ax)
+        ax.set_title(f"{metric} (mean, 95% CI over seeds)")
+        ax.tick_params(axis="x", labelrotation=60)
+    written += save_fig(fig, run_dir, "scores")
+
+    posterior = load_table(run_dir, "posterior")
+    if not posterior.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        shown = posterior.sample(min(len(posterior), 20000), random_state=0)
+        points = axes[0].scatter(shown.z_grad, shown.snr, c=shown.z_weight.clip(-2, 3), s=3, cmap="viridis", alpha=0.5)
+        fig.colorbar(points, ax=axes[0], label="z(|w|) (clipped to [-2, 3])")
+        axes[0].axhline(1.0, color="red", ls="--", label="DropConnect p = 0.5: SNR 1")
+        axes[0].set_xlabel("z(|g|) (DDC's normalised gradient magnitude)")
+        axes[0].set_ylabel("implied SNR  |E w| / sd(w)  = sqrt((1-p)/p)")
+        axes[0].set_title("DDC's implied per-edge signal-to-noise ratio")
+        axes[0].legend()
+        grid = load_table(run_dir, "posterior_grid")
+        table = grid.pivot(index="weight_bin", columns="grad_bin", values="snr").sort_index(ascending=False)
+        sns.heatmap(table, ax=axes[1], cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6})
+        axes[1].set_xlabel("|g| quantile bin (low -> high)")
+        axes[1].set_ylabel("|w| quantile bin")
+        axes[1].set_title("mean implied SNR by |g| and |w| bin")
+        written += save_fig(fig, run_dir, "implied_posterior")
+    plt.close("all")
+    return written

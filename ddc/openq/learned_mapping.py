@@ -1,0 +1,541 @@
+"""Open question 07: a learned gradient -> drop-rate mapping, against DDC's fixed formula.
+
+DDC turns each edge's normalised gradient magnitude ``z`` into a drop
+probability with a fixed curve, ``p = p_base + p_signal * c * [c > tau]``,
+``c = sigmoid(-z)``. Here a small network ``f_phi`` over per-edge features
+
+    (z(|g|), z(|w|), z(EMA of |g|), layer index)
+
+outputs a logit per edge, and the drop probability is
+``p = sigmoid(f_phi(x) + b)``, where the scalar shift ``b`` is solved at every
+step so that **the mean drop probability equals the mean of DDC's formula on the
+same gradient signal** (a matched drop budget; DDC only decides how to spread
+it). ``phi`` is trained on held-out batches by a one-step look-ahead
+(hypergradient): a relaxed-Bernoulli (Concrete) keep mask ``m(p)`` gives
+``W_eff = W * m / mean(m)``, one SGD step ``W' = W - lr * dL_train(W_eff)/dW``
+is taken inside the graph, and the held-out loss ``L_meta(W')`` is
+back-propagated to ``phi``.
+
+Scope (CPU budget): the mapping acts on the classifier head (``fc`` of
+ResNet-20, 64 x 10 edges; ``linear2`` of SimpleCNN1 for the MNIST-1D
+fallback), so the look-ahead only needs the head's (detached) input features.
+The last layer of ``f_phi`` starts at zero, so the learned mapping starts as
+DropConnect at DDC's matched rate (method ``uniform`` keeps it there: the
+control that separates "which edges" from "how many").
+
+Held-out data: the validation split is halved with a seeded permutation; the
+``meta`` half trains ``phi`` (learned method only), the ``select`` half picks
+the best epoch for every method. The learned method therefore sees labels
+(of the meta half) that the others do not, through one scalar per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from torch import Tensor, nn
+
+from .. import functional as F
+from ..methods import _WeightDrop
+
+NOTEBOOK = "07_oq_learned_mapping"
+FEATURES = ("z_grad", "z_weight", "z_ema", "layer")
+METHODS = ("none", "uniform", "ddc", "learned")
+MASK_SEED_OFFSET = 1_000_003
+EPS = 1e-9
+P_CLAMP = 1e-4
+
+
+# ----------------------------------------------------------------------------- maths
+
+
+def zscore(a: Tensor) -> Tensor:
+    """``(a - mean) / (std + eps)`` over the whole tensor (DDC's layer scope)."""
+    sd, mu = torch.std_mean(a)
+    return (a - mu) / (sd + EPS)
+
+
+def edge_features(signal: Tensor, weight: Tensor, ema: Tensor, layer_index: int = 0) -> Tensor:
+    """Per-edge features ``(numel, 4)``: z(|g|), z(|w|), z(EMA |g|), layer index."""
+    columns = [zscore(signal.abs()), zscore(weight.abs()), zscore(ema.abs()), torch.full_like(weight, float(layer_index))]
+    return torch.stack([c.reshape(-1) for c in columns], 1)
+
+
+class Mapping(nn.Module):
+    """``features (n, 4) -> logit (n,)``: a tanh MLP whose last layer starts at zero."""
+
+    def __init__(self, hidden: int = 16, *, seed: int = 0):
+        super().__init__()
+        self.hidden_layer = nn.Linear(len(FEATURES), hidden)
+        self.out = nn.Linear(hidden, 1)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(len(FEATURES))
+            self.hidden_layer.weight.copy_((torch.rand(self.hidden_layer.weight.shape, generator=generator) * 2 - 1) * bound)
+            self.hidden_layer.bias.copy_((torch.rand(hidden, generator=generator) * 2 - 1) * bound)
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.hidden_layer(features))).squeeze(-1)
+
+
+def matched_shift(logits: Tensor, target: float, iterations: int = 60) -> Tensor:
+    """The scalar ``b`` with ``mean(sigmoid(logits + b)) = target``, differentiable in ``logits``.
+
+    Bisection (no gradient) to float precision, then one Newton step inside
+    the graph: at the root its derivative is the implicit-function one,
+    ``db/dl_i = -s_i (1 - s_i) / sum_j s_j (1 - s_j)``.
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target={target!r} must lie in (0, 1)")
+    with torch.no_grad():
+        flat = logits.detach().double().reshape(-1)
+        low = math.log(target / (1 - target)) - float(flat.max()) - 1.0
+        high = math.log(target / (1 - target)) - float(flat.min()) + 1.0
+        for _ in range(iterations):
+            mid = 0.5 * (low + high)
+            if float(torch.sigmoid(flat + mid).mean()) < target:
+                low = mid
+            else:
+                high = mid
+        b0 = torch.tensor(0.5 * (low + high), dtype=logits.dtype)
+    s = torch.sigmoid(logits + b0)
+    slope = (s * (1 - s)).mean().clamp_min(EPS)
+    return b0 - (s.mean() - target) / slope
+
+
+def matched_probability(logits: Tensor, target: float) -> Tensor:
+    """Drop probabilities ``sigmoid(logits + b)`` whose mean is ``target``."""
+    return torch.sigmoid(logits + matched_shift(logits, target))
+
+
+def relaxed_keep(drop_prob: Tensor, temperature: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Relaxed-Bernoulli (Concrete) keep mask with keep probability ``1 - drop_prob``.
+
+    ``sigmoid((log((1-p)/p) + log(u/(1-u))) / temperature)``, ``u ~ U(0, 1)``.
+    ``P(m > 1/2) = 1 - p`` exactly at every temperature; as the temperature
+    goes to 0 the mask becomes the Bernoulli one.
+    """
+    p = drop_prob.clamp(P_CLAMP, 1 - P_CLAMP)
+    u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(p.device).clamp(EPS, 1 - EPS)
+    return torch.sigmoid((torch.log1p(-p) - torch.log(p) + torch.log(u) - torch.log1p(-u)) / temperature)
+
+
+def ddc_target(signal: Tensor, p_base: float, p_signal: float, tau: float) -> float:
+    """Mean of DDC's drop probability on ``signal``: the budget the learned mapping must match."""
+    return float(F.drop_probability(signal, p_base=p_base, p_signal=p_signal, tau=tau).double().mean())
+
+
+def ddc_curve(z: np.ndarray, p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5) -> np.ndarray:
+    """DDC's fixed curve ``p(z) = p_base + p_signal * c * [c > tau]``, ``c = sigmoid(-z)``."""
+    c = 1.0 / (1.0 + np.exp(np.asarray(z, dtype=float)))
+    return p_base + p_signal * np.where(c > tau, c, 0.0)
+
+
+# ----------------------------------------------------------------------------- the method module
+
+
+class LearnedDropConnect(_WeightDrop):
+    """DropConnect whose per-edge drop probability comes from a :class:`Mapping`.
+
+    Mean drop probability pinned to DDC's on the same signal (see
+    :func:`matched_probability`). The gradient signal is DDC's (dense
+    ``dL/dW_eff`` of the last step); ``ema`` keeps ``EMA(|g|)``. No mask before
+    the first gradient (DDC's passthrough). The mapping is held outside the
+    module tree, so the model's parameters and ``state_dict`` stay plain.
+    """
+
+    name = "learned"
+
+    def __init__(self, mapping: Mapping, *, layer_index: int = 0, ema_decay: float = 0.9,
+                 p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5, **options):
+        super().__init__(**options)
+        F.check_drop_config(p_base, p_signal, tau)
+        self.__dict__["mapping"] = mapping  # not a submodule: the model's optimiser never sees it
+        self.layer_index, self.ema_decay = int(layer_index), float(ema_decay)
+        self.p_base, self.p_signal, self.tau = float(p_base), float(p_signal), float(tau)
+        self.register_buffer("weight_signal", None, persistent=False)
+        self.register_buffer("ema_signal", None, persistent=False)
+        self.target = float("nan")
+        self.shift = float("nan")
+        self.mean_drop = float("nan")
+
+    def gradient_sink(self, role):
+        return self._store if role == "weight" else None
+
+    @torch.no_grad()
+    def _store(self, grad_eff: Tensor, grad_param) -> None:
+        magnitude = grad_eff.detach().abs()
+        self.weight_signal = grad_eff.detach()
+        self.ema_signal = magnitude if self.ema_signal is None else torch.lerp(magnitude, self.ema_signal, self.ema_decay)
+
+    def signal_tensor(self, role, param):
+        return self.weight_signal if role == "weight" else None
+
+    def features(self, weight: Tensor) -> Tensor:
+        return edge_features(self.weight_signal, weight.detach(), self.ema_signal, self.layer_index)
+
+    def drop_prob(self, weight: Tensor) -> Tensor:
+        """Differentiable (in the mapping) drop probabilities of the current signal, mean pinned."""
+        self.target = ddc_target(self.weight_signal, self.p_base, self.p_signal, self.tau)
+        logits = self.mapping(self.features(weight)).reshape(weight.shape)
+        shift = matched_shift(logits, self.target)
+        self.shift = float(shift.detach())
+        return torch.sigmoid(logits + shift)
+
+    def weight_drop_prob(self, weight):
+        if self.weight_signal is None:
+            return None
+        with torch.no_grad():
+            p = self.drop_prob(weight)
+        self.mean_drop = float(p.double().mean())
+        return p
+
+    def bias_drop_prob(self, bias):
+        return None
+
+
+def attach(layer: nn.Module, method: LearnedDropConnect):
+    """Put ``method`` on ``layer`` the way :func:`ddc.apply` does; returns a function that removes it."""
+    from ..apply import ATTR, _attach
+
+    method.check_layer(layer, "layer")
+    _attach(layer, method)
+
+    def remove():
+        del layer._modules[ATTR]
+        del layer.__dict__["forward"]
+
+    return remove
+
+
+def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_meta, y_meta, *, lr: float,
+              optimizer: torch.optim.Optimizer, temperature: float, generator: torch.Generator) -> float:
+    """One hypergradient update of the mapping; returns the look-ahead held-out loss."""
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    bias = layer.bias.detach() if layer.bias is not None else None
+    p = method.drop_prob(weight)
+    keep = relaxed_keep(p, temperature, generator)
+    effective = weight * keep / keep.mean()
+    loss_train = TF.cross_entropy(TF.linear(h_train, effective, bias), y_train)
+    (grad,) = torch.autograd.grad(loss_train, weight, create_graph=True)
+    loss_meta = TF.cross_entropy(TF.linear(h_meta, weight - lr * grad, bias), y_meta)
+    optimizer.zero_grad(set_to_none=True)
+    loss_meta.backward()
+    optimizer.step()
+    return float(loss_meta.detach())
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "fashion_mnist"
+    model: str = "resnet20"
+    layer: str = "fc"
+    train_subset: int = 400
+    val_subset: int = 500
+    test_subset: int = 1000
+    epochs: int = 6
+    batch_size: int = 50
+    lr: float = 0.05
+    min_lr: float = 0.001
+    warmup_epochs: int = 1
+    weight_decay: float = 5e-4
+    p_base: float = 0.3
+    p_signal: float = 0.5
+    tau: float = 0.5
+    hidden: int = 16
+    meta_lr: float = 0.01
+    meta_batch: int = 50
+    meta_every: int = 1
+    temperature: float = 0.5
+    ema_decay: float = 0.9
+    eval_batch_size: int = 500
+    record_every: int = 1
+
+
+def _hold_out(splits, seed: int):
+    """The validation split halved with a seeded permutation: (meta, select)."""
+    x, y = splits.val.tensors
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 4242))
+    half = len(x) // 2
+    return (x[order[:half]], y[order[:half]]), (x[order[half:]], y[order[half:]])
+
+
+@torch.no_grad()
+def _accuracy_loss(model, x, y, batch_size):
+    model.eval()
+    correct, total = 0, 0.0
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size])
+        total += float(TF.cross_entropy(out, y[start : start + batch_size], reduction="sum"))
+        correct += int((out.argmax(1) == y[start : start + batch_size]).sum())
+    return correct / len(x), total / len(x)
+
+
+def load_splits(config: RunConfig, seed: int):
+    from .. import data
+
+    return data.load(config.dataset, seed=seed, train_subset=config.train_subset,
+                     val_subset=config.val_subset, test_subset=config.test_subset)
+
+
+def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu", splits=None):
+    """Train one model with ``method`` (none | uniform | ddc | learned) on the head layer.
+
+    Same initial weights, data order and held-out split for every method of a
+    seed. Returns ``(summary, trajectory, edges, grid)``: one summary row, a
+    per-step record, the final per-edge probabilities (ddc/uniform/learned),
+    and the learned mapping on a (z(|g|), z(|w|)) grid (learned only).
+    """
+    from .. import models
+    from ..apply import apply
+    from ..train import TrainConfig, learning_rate
+
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
+    splits = load_splits(config, seed) if splits is None else splits
+    (x_meta, y_meta), (x_sel, y_sel) = [(x.to(device), y.to(device)) for x, y in _hold_out(splits, seed)]
+    x_train, y_train = (t.to(device) for t in splits.train.tensors)
+    x_test, y_test = (t.to(device) for t in splits.test.tensors)
+    torch.manual_seed(seed)  # the same initial weights for every method
+    model = models.build(config.model, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
+    layer = model.get_submodule(config.layer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    schedule = TrainConfig(epochs=config.epochs, lr=config.lr, min_lr=config.min_lr, warmup_epochs=config.warmup_epochs)
+    remove, learned, mapping = None, None, None
+    ddc_options = dict(p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
+    if method == "ddc":
+        remove = apply(model, "ddc", layers=[config.layer], seed=seed + MASK_SEED_OFFSET, **ddc_options).remove
+    elif method in ("uniform", "learned"):
+        mapping = Mapping(config.hidden, seed=seed + 1).to(device)
+        learned = LearnedDropConnect(mapping, ema_decay=config.ema_decay, rng=_rng(seed), **ddc_options)
+        remove = attach(layer, learned)
+    meta_optimizer = torch.optim.Adam(mapping.parameters(), lr=config.meta_lr) if method == "learned" else None
+    meta_generator = torch.Generator().manual_seed(seed + 2)
+    order_generator = torch.Generator().manual_seed(seed)
+    captured = {}
+    hook = layer.register_forward_pre_hook(lambda module, args: captured.__setitem__("h", args[0].detach()))
+
+    trajectory, best, step = [], None, 0
+    for epoch in range(config.epochs):
+        lr = learning_rate(schedule, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = torch.randperm(len(x_train), generator=order_generator).to(device)
+        correct = 0
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            x, y = x_train[index], y_train[index]
+            model.train()
+            out = model(x)
+            loss = TF.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            correct += int((out.detach().argmax(1) == y).sum())
+            row = {"method": method, "seed": seed, "step": step, "epoch": epoch, "train_loss": float(loss.detach())}
+            if learned is not None:
+                row.update(mean_drop=learned.mean_drop, target=learned.target)
+            elif method == "ddc":
+                signal = model.get_submodule(config.layer).ddc_method.weight_signal
+                row.update(target=ddc_target(signal, **ddc_options) if signal is not None else float("nan"))
+                row["mean_drop"] = row["target"]
+            if method == "learned" and learned.weight_signal is not None and step % config.meta_every == 0:
+                h_train = captured["h"]
+                pick = torch.randint(len(x_meta), (config.meta_batch,), generator=meta_generator)
+                model.eval()
+                with torch.no_grad():
+                    model(x_meta[pick])
+                h_meta = captured["h"]
+                row["meta_loss"] = meta_step(learned, layer, h_train, y, h_meta, y_meta[pick], lr=lr,
+                                             optimizer=meta_optimizer, temperature=config.temperature,
+                                             generator=meta_generator)
+            if config.record_every and step % config.record_every == 0:
+                trajectory.append(row)
+            step += 1
+        val_acc, val_loss = _accuracy_loss(model, x_sel, y_sel, config.eval_batch_size)
+        if best is None or val_acc > best["val_acc"]:
+            best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        last_train_acc = correct / len(x_train)
+    hook.remove()
+
+    edges, grid = _edges_and_grid(method, seed, model, layer, learned, config)
+    final_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best["state"])
+    test_acc, test_loss = _accuracy_loss(model, x_test, y_test, config.eval_batch_size)
+    model.load_state_dict(final_state)
+    if remove is not None:
+        remove()
+    mean_drop = [r["mean_drop"] for r in trajectory if "mean_drop" in r and np.isfinite(r["mean_drop"])]
+    summary = {
+        "method": method, "seed": seed, "best_epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
+        "test_acc": test_acc, "test_loss": test_loss, "final_train_acc": last_train_acc, "steps": step,
+        "mean_drop_rate": float(np.mean(mean_drop)) if mean_drop else 0.0,
+    }
+    return summary, trajectory, edges, grid
+
+
+def _rng(seed):
+    from ..methods import MaskRNG
+
+    return MaskRNG(seed=seed + MASK_SEED_OFFSET)
+
+
+@torch.no_grad()
+def _edges_and_grid(method, seed, model, layer, learned, config: RunConfig):
+    import pandas as pd
+
+    weight = layer.weight.detach()
+    if method == "ddc":
+        signal = layer.ddc_method.weight_signal
+        ema = signal.abs()
+    elif learned is not None:
+        signal, ema = learned.weight_signal, learned.ema_signal
+    else:
+        return None, None
+    if signal is None:
+        return None, None
+    features = edge_features(signal, weight, ema)
+    p_ddc = F.drop_probability(signal, p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
+    edges = pd.DataFrame({"method": method, "seed": seed, "edge": np.arange(weight.numel()),
+                          **{name: features[:, i].cpu().numpy() for i, name in enumerate(FEATURES[:3])},
+                          "p_ddc": p_ddc.reshape(-1).double().cpu().numpy()})
+    grid = None
+    if learned is not None:
+        edges["p_learned"] = learned.drop_prob(weight).reshape(-1).double().cpu().numpy()
+    if method == "learned":
+        zg, zw = np.meshgrid(np.linspace(-1.5, 4.0, 45), np.linspace(-1.5, 3.0, 37))
+        inputs = torch.tensor(np.stack([zg.ravel(), zw.ravel(), zg.ravel(), np.zeros(zg.size)], 1), dtype=weight.dtype)
+        p_grid = torch.sigmoid(learned.mapping(inputs.to(weight.device)) + learned.shift).double().cpu().numpy()
+        grid = pd.DataFrame({"method": method, "seed": seed, "z_grad": zg.ravel(), "z_weight": zw.ravel(),
+                             "p_learned": p_grid, "p_ddc": ddc_curve(zg.ravel(), config.p_base, config.p_signal, config.tau)})
+    return edges, grid
+
+
+def run_all(methods: Sequence[str], seeds: Sequence[int], config: RunConfig, *, device: str = "cpu", log=print):
+    """Every (method, seed): four DataFrames ``runs, trajectory, edges, grid``."""
+    import time
+
+    import pandas as pd
+
+    runs, trajectories, edges, grids = [], [], [], []
+    for seed in seeds:
+        splits = load_splits(config, seed)
+        for method in methods:
+            started = time.perf_counter()
+            summary, trajectory, edge_table, grid = train_run(method, seed, config, device=device, splits=splits)
+            summary["seconds"] = time.perf_counter() - started
+            runs.append(summary)
+            trajectories += trajectory
+            edges += [edge_table] if edge_table is not None else []
+            grids += [grid] if grid is not None else []
+            log(f"{method} seed {seed}: test_acc {summary['test_acc']:.4f} ({summary['seconds']:.0f} s)")
+    empty = pd.DataFrame()
+    return (pd.DataFrame(runs), pd.DataFrame(trajectories),
+            pd.concat(edges, ignore_index=True) if edges else empty, pd.concat(grids, ignore_index=True) if grids else empty)
+
+
+def mapping_shape(edges):
+    """Per (method, seed): how drop probability depends on z(|g|) and z(|w|) on the final edges.
+
+    Spearman correlations of the method's probability with z(|g|) and
+    z(|w|), its spread (sd), and its correlation with DDC's formula on the
+    same edges. ``p`` is ``p_learned`` for learned/uniform and ``p_ddc`` for ddc.
+    """
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rows = []
+    for (method, seed), group in edges.groupby(["method", "seed"], sort=True):
+        p = group.p_learned if "p_learned" in group and group.p_learned.notna().all() else group.p_ddc
+        constant = float(p.std()) < 1e-9
+
+        def rho(other):
+            return 0.0 if constant else float(spearmanr(p, other).statistic)
+
+        rows.append({"method": method, "seed": seed, "mean_p": float(p.mean()), "sd_p": float(p.std()),
+                     "rho_z_grad": rho(group.z_grad), "rho_z_weight": rho(group.z_weight),
+                     "rho_p_ddc": rho(group.p_ddc)})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figures(run_dir) -> List[str]:
+    """Rebuild every figure of the notebook from ``run_dir/results``."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from analysis import figures as afig
+
+    from ..paper import load_json, load_table, save_fig
+
+    written = []
+    settings = load_json(run_dir, "settings")
+    runs = load_table(run_dir, "runs")
+    ax = afig.method_comparison(runs, value="test_acc", method_col="method", rng=0)
+    ax.set_title(f"{settings['model']} on {settings['dataset']}: test accuracy (best-validation epoch)")
+    written += save_fig(ax, run_dir, "test_acc")
+
+    trajectory = load_table(run_dir, "trajectory")
+    if "mean_drop" in trajectory:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        sns.lineplot(data=trajectory.dropna(subset=["mean_drop"]), x="step", y="mean_drop", hue="method", ax=axes[0], errorbar=None)
+        axes[0].set_ylabel("mean drop probability of the head")
+        axes[0].set_title("Matched drop budget: every masked method follows DDC's mean")
+        if "meta_loss" in trajectory and trajectory.meta_loss.notna().any():
+            meta = trajectory.dropna(subset=["meta_loss"])
+            sns.lineplot(data=meta, x="step", y="meta_loss", hue="seed", ax=axes[1], palette="tab10")
+            axes[1].set_ylabel("look-ahead held-out loss")
+            axes[1].set_title("Mapping training (learned method)")
+        written += save_fig(fig, run_dir, "training")
+
+    grid = load_table(run_dir, "mapping_grid")
+    if not grid.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+        mean_grid = grid.groupby(["z_weight", "z_grad"], as_index=False).p_learned.mean()
+        table = mean_grid.pivot(index="z_weight", columns="z_grad", values="p_learned").sort_index(ascending=False)
+        image = axes[0].imshow(table.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1,
+                               extent=[table.columns.min(), table.columns.max(), table.index.min(), table.index.max()])
+        fig.colorbar(image, ax=axes[0], label="learned drop probability (mean over seeds)")
+        axes[0].set_xlabel("z(|g|)  (EMA feature set equal)")
+        axes[0].set_ylabel("z(|w|)")
+        axes[0].set_title("Learned mapping p(z(|g|), z(|w|)), final shift")
+        z = np.sort(grid.z_grad.unique())
+        axes[1].plot(z, ddc_curve(z, settings["p_base"], settings["p_signal"], settings["tau"]), color="black", lw=2,
+                     label="DDC: p_base + p_signal sigmoid(-z) [> tau]")
+        for level in (-1.0, 0.0, 1.0):
+            nearest = grid.z_weight.unique()[np.argmin(np.abs(grid.z_weight.unique() - level))]
+            part = grid[grid.z_weight == nearest].groupby("z_grad", as_index=False).p_learned.mean()
+            axes[1].plot(part.z_grad, part.p_learned, label=f"learned, z(|w|) = {nearest:.2f}")
+        axes[1].set_xlabel("z(|g|)")
+        axes[1].set_ylabel("drop probability")
+        axes[1].set_ylim(0, 1)
+        axes[1].set_title("Learned mapping vs DDC's fixed curve")
+        axes[1].legend(fontsize=7)
+        written += save_fig(fig, run_dir, "mapping")
+
+    edges = load_table(run_dir, "edges")
+    if not edges.empty and "p_learned" in edges:
+        learned = edges[edges.method == "learned"]
+        if not learned.empty:
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            ax.scatter(learned.z_grad, learned.p_learned, s=4, alpha=0.4, label="learned (final edges, all seeds)")
+            ax.scatter(learned.z_grad, learned.p_ddc, s=4, alpha=0.4, label="DDC formula on the same edges")
+            ax.set_xlabel("z(|g|)")
+            ax.set_ylabel("drop probability")
+            ax.set_title("Per-edge drop probability at the end of training")
+            ax.legend(fontsize=7)
+            written += save_fig(ax, run_dir, "edges")
+    plt.close("all")
+    return written
