@@ -1,0 +1,407 @@
+"""Open question 4 (notebook ``09_oq_robustness``): how robust is DDC to its hyperparameters?
+
+DDC's three numbers, ``tau``, ``p_base`` and ``p_signal`` (the paper's
+p_gradient), are varied
+
+- **independently**: a one-at-a-time (OAT) design around the paper's default
+  (tau 0.5, p_base 0.3, p_signal 0.5), each factor over its levels with the
+  others at their default;
+- **jointly**: a small full-factorial grid.
+
+Every setting must satisfy ``0 < tau < 1`` and ``p_base + p_signal <= 1``
+(:func:`valid`); invalid grid points are dropped and reported.
+
+Analysis per experiment (architecture x dataset): the variance of test
+accuracy each factor and interaction explains (type-II ANOVA on the joint
+grid; one-way per factor on the OAT slices), the region of settings within a
+practical-equivalence margin of the best one
+(:func:`analysis.stats.practical_equivalence`, paired by seed), and whether
+the best region transfers between experiments (:func:`transfer`: Spearman
+correlation of the setting means, the accuracy lost in one experiment by
+using the other's best setting, overlap of the regions).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .. import paper
+
+NOTEBOOK = "09_oq_robustness"
+FACTORS = ("tau", "p_base", "p_signal")
+DEFAULT = {"tau": 0.5, "p_base": 0.3, "p_signal": 0.5}
+
+
+# ----------------------------------------------------------------------------- the design
+
+
+def valid(setting: Dict[str, float]) -> bool:
+    """``0 < tau < 1``, ``p_base, p_signal >= 0`` and ``p_base + p_signal <= 1``."""
+    tau, p_base, p_signal = (float(setting[f]) for f in FACTORS)
+    return 0.0 < tau < 1.0 and p_base >= 0.0 and p_signal >= 0.0 and p_base + p_signal <= 1.0 + 1e-12
+
+
+def setting_label(setting: Dict[str, float]) -> str:
+    return ",".join(f"{f}={float(setting[f]):g}" for f in FACTORS)
+
+
+def design(oat: Dict[str, Sequence[float]], joint: Dict[str, Sequence[float]], default: Optional[Dict[str, float]] = None):
+    """The settings to train: OAT around ``default`` plus the full grid of ``joint``.
+
+    Factors missing from ``joint`` stay at their default there. Returns
+    ``(settings, dropped)``: a DataFrame with one row per distinct valid setting
+    (``label, tau, p_base, p_signal, is_default, oat_factor`` (the factor an OAT
+    point varies; ``"default"`` for the centre; None when not an OAT point),
+    ``in_joint``), and the list of invalid settings that were left out.
+    """
+    import pandas as pd
+
+    default = {**DEFAULT, **(default or {})}
+    unknown = sorted((set(oat) | set(joint)) - set(FACTORS))
+    if unknown:
+        raise ValueError(f"unknown factor(s) {unknown}; factors: {', '.join(FACTORS)}")
+    rows: Dict[str, dict] = {}
+    dropped: List[dict] = []
+
+    def add(setting, **flags):
+        setting = {f: float(setting[f]) for f in FACTORS}
+        if not valid(setting):
+            if setting not in dropped:
+                dropped.append(setting)
+            return
+        row = rows.setdefault(setting_label(setting), {"label": setting_label(setting), **setting, "is_default": setting == default,
+                                                       "oat_factor": None, "in_joint": False})
+        if flags.get("oat_factor") and row["oat_factor"] is None:
+            row["oat_factor"] = flags["oat_factor"]
+        row["in_joint"] |= flags.get("in_joint", False)
+
+    add(default, oat_factor="default")
+    for factor, levels in oat.items():
+        for level in levels:
+            point = {**default, factor: level}
+            add(point, oat_factor="default" if point == default else factor)
+    axes = [joint.get(f, [default[f]]) for f in FACTORS]
+    for values in itertools.product(*axes):
+        add(dict(zip(FACTORS, values)), in_joint=True)
+    return pd.DataFrame(list(rows.values())), dropped
+
+
+def check_resnet_on_mnist1d() -> str:
+    """Whether ResNet-20 accepts MNIST-1D's (1, 40) input through ``ddc.models.build``, in words."""
+    from ..models import build
+
+    try:
+        build("resnet20", input_shape=(1, 40), num_classes=10)
+    except ValueError as error:
+        return f"ResNet-20 does not accept MNIST-1D: {error}"
+    return "ResNet-20 accepts MNIST-1D"
+
+
+def spec(experiment: str, fields: dict, profile: str, settings, seeds, *, device: str = "cpu") -> dict:
+    """One sweep per experiment: DDC at every setting (variant label = setting label)."""
+    recipe = fields["recipe"]
+    overrides = {k: v for k, v in fields.items() if k != "recipe"}
+    methods = {
+        row.label: {"method": "ddc", "method_options": {f: float(getattr(row, f)) for f in FACTORS}}
+        for row in settings.itertuples()
+    }
+    return paper.sweep_spec(f"09-{experiment}", recipe, profile, methods, seeds, device=device, **overrides)
+
+
+def annotate(runs, settings):
+    """Add ``experiment`` and the design flags (joined on the setting label)."""
+    runs = runs.copy()
+    runs["experiment"] = runs["sweep"].str.removeprefix("09-")
+    runs = runs.rename(columns={"variant": "label"})
+    flags = settings[["label", "is_default", "oat_factor", "in_joint"]]
+    return runs.drop(columns=[c for c in ("is_default", "oat_factor", "in_joint") if c in runs], errors="ignore").merge(flags, on="label", how="left")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _varying(frame, factors=FACTORS) -> List[str]:
+    return [f for f in factors if frame[f].nunique() > 1]
+
+
+def joint_decomposition(runs, *, value: str = "test_acc"):
+    """Per experiment, on the joint grid: type-II ANOVA variance shares with all interactions
+    (main effects only when there are no replicate seeds). Columns: ``experiment, term, sum_sq,
+    df, eta_sq, partial_eta_sq, omega_sq, pvalue``."""
+    import pandas as pd
+    from analysis import stats
+
+    frames = []
+    for experiment, group in runs[runs.in_joint].groupby("experiment", sort=True):
+        factors = _varying(group)
+        if not factors:
+            continue
+        frames.append(_decompose(group, value, factors).assign(experiment=experiment))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _decompose(frame, value, factors):
+    from analysis import stats
+
+    for interactions in (True, False):
+        try:
+            shares = stats.variance_decomposition(frame, value=value, factors=factors, interactions=interactions)
+            table = stats.anova(frame, value=value, factors=factors, interactions=interactions)
+        except ValueError:
+            continue
+        return shares.merge(table[["term", "pvalue"]], on="term", how="left").assign(interactions=interactions)
+    raise ValueError(f"no ANOVA possible for factors {factors} on {len(frame)} rows")
+
+
+def pooled_decomposition(runs, *, value: str = "test_acc"):
+    """Joint grid pooled over experiments, accuracy centred within each experiment: the
+    ``experiment:factor`` interactions measure how much the factors' effects differ between
+    experiments (effects that do not transfer)."""
+    joint = runs[runs.in_joint].copy()
+    joint["centred"] = joint[value] - joint.groupby("experiment")[value].transform("mean")
+    factors = ["experiment", *_varying(joint)]
+    return _decompose(joint, "centred", factors)
+
+
+def oat_effects(runs, *, value: str = "test_acc", rng=0, n_resamples: int = 9999):
+    """Per experiment and factor, on its OAT slice (the factor varied, the others at default):
+    the one-way variance share, and every level against the default paired by seed
+    (Holm-adjusted within the experiment). Returns ``(shares, versus_default)``."""
+    import numpy as np
+    import pandas as pd
+    from analysis import stats
+
+    gen = np.random.default_rng(rng)
+    shares, versus = [], []
+    for experiment, group in runs[runs.oat_factor.notna()].groupby("experiment", sort=True):
+        for factor in FACTORS:
+            part = group[group.oat_factor.isin([factor, "default"])]
+            if part[factor].nunique() < 2:
+                continue
+            table = _decompose(part, value, [factor])
+            row = table[table.term == factor].iloc[0]
+            shares.append({"experiment": experiment, "factor": factor, "levels": int(part[factor].nunique()), "n": len(part),
+                           "eta_sq": row.eta_sq, "omega_sq": row.omega_sq, "pvalue": row.pvalue,
+                           "range_of_means": float(part.groupby(factor)[value].mean().agg(lambda m: m.max() - m.min()))})
+        default_label = group.loc[group.is_default, "label"]
+        if default_label.empty or group.seed.nunique() < 2 or group.label.nunique() < 2:
+            continue
+        table = stats.paired_comparison(group, value=value, method_col="label", baseline=default_label.iloc[0], rng=gen,
+                                        n_resamples=n_resamples, on_unpaired="drop")
+        factor_of = group.drop_duplicates("label").set_index("label")
+        versus.append(table.assign(experiment=experiment, factor=table.label.map(factor_of.oat_factor),
+                                   **{f: table.label.map(factor_of[f]) for f in FACTORS}))
+    return pd.DataFrame(shares), (pd.concat(versus, ignore_index=True) if versus else pd.DataFrame())
+
+
+def equivalence(runs, *, margin: float, value: str = "test_acc", rng=0, n_resamples: int = 9999):
+    """Per experiment: :func:`analysis.stats.practical_equivalence` over every setting, paired by seed."""
+    import numpy as np
+    import pandas as pd
+    from analysis import stats
+
+    gen = np.random.default_rng(rng)
+    frames = []
+    for experiment, group in runs.groupby("experiment", sort=True):
+        table = stats.practical_equivalence(group, value=value, by=list(FACTORS), margin=margin, rng=gen, block_col="seed",
+                                            n_resamples=n_resamples)
+        frames.append(table.assign(experiment=experiment, label=[setting_label(r) for r in table[list(FACTORS)].to_dict("records")]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def relation(a: str, b: str) -> str:
+    """How two ``dataset-model`` experiments differ."""
+    (da, ma), (db, mb) = a.rsplit("-", 1), b.rsplit("-", 1)
+    if da == db:
+        return "same dataset, other architecture"
+    if ma == mb:
+        return "same architecture, other dataset"
+    return "other dataset and architecture"
+
+
+def spearman_ci(rho: float, n: int, confidence_level: float = 0.95) -> Tuple[float, float]:
+    """Confidence interval of Spearman's rho by Fisher's z with the Bonett-Wright (2000) standard error
+    ``sqrt((1 + rho^2 / 2) / (n - 3))``; NaN for ``n <= 3``."""
+    import numpy as np
+    from scipy.stats import norm
+
+    if n <= 3 or not np.isfinite(rho):
+        return float("nan"), float("nan")
+    z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+    half = norm.ppf(0.5 + confidence_level / 2) * np.sqrt((1 + rho**2 / 2) / (n - 3))
+    return float(np.tanh(z - half)), float(np.tanh(z + half))
+
+
+def transfer(runs, equivalence_table, *, value: str = "test_acc"):
+    """Does the best region of one experiment carry over to another? One row per pair (a, b).
+
+    ``spearman`` (with ``p_spearman`` and a 95% CI, :func:`spearman_ci`) of the
+    setting means over the settings both trained; ``regret_a_in_b``: accuracy
+    lost in b by using a's best setting instead of b's (``-diff`` of a's best in
+    b's equivalence table, with its CI bounds ``regret_a_in_b_low/high``), and
+    the same the other way; ``best_a_in_region_b`` (a's best is within b's
+    margin, strict non-inferiority / lenient); Jaccard overlap of the two regions.
+    """
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    means = runs.groupby(["experiment", "label"])[value].mean().unstack("experiment")
+    eq = {e: t.set_index("label") for e, t in equivalence_table.groupby("experiment")}
+    rows = []
+    for a, b in itertools.combinations(sorted(eq), 2):
+        common = means[[a, b]].dropna()
+        row = {"a": a, "b": b, "relation": relation(a, b), "n_settings": len(common)}
+        if len(common) >= 3 and common[a].nunique() > 1 and common[b].nunique() > 1:
+            result = spearmanr(common[a], common[b])
+            row["spearman"], row["p_spearman"] = float(result.statistic), float(result.pvalue)
+            row["spearman_ci_low"], row["spearman_ci_high"] = spearman_ci(row["spearman"], len(common))
+        else:
+            row.update(spearman=np.nan, p_spearman=np.nan, spearman_ci_low=np.nan, spearman_ci_high=np.nan)
+        ea, eb = eq[a], eq[b]
+        best_a, best_b = ea.index[ea.is_best][0], eb.index[eb.is_best][0]
+        row.update(best_a=best_a, best_b=best_b)
+        for source, target, best, table in (("a", "b", best_a, eb), ("b", "a", best_b, ea)):
+            hit = table.loc[best] if best in table.index else None
+            key = f"regret_{source}_in_{target}"
+            row[key] = 0.0 - float(hit["diff"]) if hit is not None else np.nan  # 0.0 - x: no negative zero
+            row[f"{key}_low"] = 0.0 - float(hit.ci_high) if hit is not None else np.nan
+            row[f"{key}_high"] = 0.0 - float(hit.ci_low) if hit is not None else np.nan
+            row[f"best_{source}_in_region_{target}"] = bool(hit.within_margin) if hit is not None else False
+            row[f"best_{source}_not_worse_in_{target}"] = bool(hit.not_worse_than_margin) if hit is not None else False
+        shared = ea.index.intersection(eb.index)
+        for column, name in (("within_margin", "jaccard_within"), ("not_worse_than_margin", "jaccard_not_worse")):
+            ra, rb = set(ea.index[ea[column]]) & set(shared), set(eb.index[eb[column]]) & set(shared)
+            row[name] = len(ra & rb) / len(ra | rb) if ra | rb else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- conclusions
+
+
+def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float) -> List[str]:
+    """Sentences built from the stored tables (every number quoted from them)."""
+    texts = []
+    for experiment, eq in equivalence_table.groupby("experiment", sort=True):
+        s = summary[summary.experiment == experiment].set_index("label")
+        best = eq[eq.is_best].iloc[0]
+        b = s.loc[best.label]
+        default = s[s.is_default] if "is_default" in s else s.iloc[:0]
+        text = (f"{experiment}: best setting {best.label} with test accuracy {paper.format_ci(b['mean'], b.ci_low, b.ci_high)}"
+                f" ({int(b.n)} seeds)")
+        if len(default):
+            d = default.iloc[0]
+            text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
+        text += (f". {int(eq.within_margin.sum())} of {len(eq)} settings are shown within {margin:g} of the best "
+                 f"(90% CI of the paired difference above -{margin:g}), {int(eq.not_worse_than_margin.sum())} are not shown to be worse by more.")
+        j = joint[joint.experiment == experiment] if len(joint) else joint
+        if len(j):
+            effects = j[j.term != "Residual"].sort_values("eta_sq", ascending=False)
+            top = effects.iloc[0]
+            residual = j[j.term == "Residual"].iloc[0]
+            text += (f" Joint grid: {top.term} explains the most variance ({100 * top.eta_sq:.1f}%, p = {top.pvalue:.3g}); "
+                     + ", ".join(f"{r.term} {100 * r.eta_sq:.1f}%" for r in effects.iloc[1:].itertuples())
+                     + f"; seeds (residual) {100 * residual.eta_sq:.1f}%.")
+        o = oat[oat.experiment == experiment] if len(oat) else oat
+        if len(o):
+            text += " One at a time: " + ", ".join(
+                f"{r.factor} {100 * r.eta_sq:.1f}% (range of means {r.range_of_means:.4f})" for r in o.itertuples()) + "."
+        texts.append(text)
+    if len(pooled):
+        effects = pooled[(pooled.term != "Residual") & (pooled.term != "experiment")]
+        non_transfer = effects[effects.term.str.startswith("experiment:")]
+        text = (f"Pooled over experiments (accuracy centred per experiment), the factors' main effects explain "
+                f"{100 * effects[~effects.term.str.contains('experiment')].eta_sq.sum():.1f}% of the variance and their interactions with "
+                f"the experiment {100 * non_transfer.eta_sq.sum():.1f}% (effects that differ between experiments); seeds "
+                f"{100 * pooled[pooled.term == 'Residual'].eta_sq.iloc[0]:.1f}%.")
+        texts.append(text)
+    for r in transfer_table.itertuples():
+        rho = (f"Spearman {r.spearman:+.2f} [{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}] over {r.n_settings} settings"
+               if r.spearman == r.spearman else f"no rank correlation ({r.n_settings} settings)")
+        texts.append(
+            f"{r.a} vs {r.b} ({r.relation}): {rho}; a's best setting costs {r.regret_a_in_b:.4f} "
+            f"[{r.regret_a_in_b_low:.4f}, {r.regret_a_in_b_high:.4f}] accuracy in b "
+            f"({'inside' if r.best_a_in_region_b else 'not shown inside'} b's region), b's best costs {r.regret_b_in_a:.4f} "
+            f"[{r.regret_b_in_a_low:.4f}, {r.regret_b_in_a_high:.4f}] in a; overlap of the lenient regions (Jaccard) {r.jaccard_not_worse:.2f}.")
+    return texts
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figures(run_dir) -> List[str]:
+    """Every figure of notebook 09, from its stored tables."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    runs = paper.load_table(run_dir, "runs")
+    settings = paper.load_json(run_dir, "settings")
+    margin = settings["margin"]
+    written = []
+
+    oat = runs[runs.oat_factor.notna()]
+    if len(oat):
+        experiments = sorted(oat.experiment.unique())
+        fig, axes = plt.subplots(1, len(FACTORS), figsize=(4 * len(FACTORS), 3.6), squeeze=False)
+        for ax, factor in zip(axes[0], FACTORS):
+            part = oat[oat.oat_factor.isin([factor, "default"])]
+            sns.lineplot(data=part, x=factor, y="test_acc", hue="experiment", hue_order=experiments, marker="o",
+                         errorbar=("ci", 95), seed=0, ax=ax, legend=factor == FACTORS[0])
+            ax.axvline(DEFAULT[factor], color="grey", lw=0.8, ls=":")
+            ax.set_title(f"{factor} varied, others at default")
+        axes[0][0].legend(fontsize="x-small")
+        fig.tight_layout()
+        written += paper.save_fig(fig, run_dir, "one_at_a_time")
+
+    joint = runs[runs.in_joint]
+    for experiment, group in joint.groupby("experiment", sort=True):
+        levels = sorted(group.p_signal.unique())
+        fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.4), squeeze=False)
+        for ax, level in zip(axes[0], levels):
+            cells = group[group.p_signal == level].pivot_table(index="p_base", columns="tau", values="test_acc", aggfunc="mean")
+            sns.heatmap(cells, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar=False)
+            ax.set_title(f"p_signal = {level:g}")
+        fig.suptitle(f"{experiment}: mean test accuracy on the joint grid")
+        written += paper.save_fig(fig, run_dir, f"{experiment}-joint_grid")
+
+    eq = paper.load_table(run_dir, "equivalence")
+    for experiment, group in eq.groupby("experiment", sort=True):
+        group = group.reset_index(drop=True)
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(group) + 1.5))
+        y = np.arange(len(group))
+        colors = np.where(group.within_margin, "tab:green", np.where(group.not_worse_than_margin, "tab:orange", "tab:red"))
+        ax.errorbar(group["diff"], y, xerr=[group["diff"] - group.ci_low, group.ci_high - group["diff"]], fmt="none", ecolor="grey")
+        ax.scatter(group["diff"], y, c=colors, zorder=3)
+        ax.axvline(-margin, color="black", ls="--", lw=0.8)
+        ax.set_yticks(y, group.label, fontsize="x-small")
+        ax.invert_yaxis()
+        ax.set_xlabel("test accuracy minus the best setting's (paired, 90% CI)")
+        ax.set_title(f"{experiment}: within margin {margin:g} (green), not shown worse (orange)")
+        written += paper.save_fig(fig, run_dir, f"{experiment}-equivalence")
+
+    shares = paper.load_table(run_dir, "joint_variance")
+    if len(shares):
+        wide = shares.pivot_table(index="experiment", columns="term", values="eta_sq", aggfunc="first").fillna(0.0)
+        ax = wide.plot.bar(stacked=True, figsize=(8, 4), colormap="tab20")
+        ax.set_ylabel("share of variance (eta squared)")
+        ax.set_title("Joint grid: variance of test accuracy explained per term")
+        ax.legend(fontsize="x-small", bbox_to_anchor=(1.0, 1.0))
+        ax.tick_params(axis="x", labelrotation=20)
+        written += paper.save_fig(ax, run_dir, "variance_shares")
+
+    table = paper.load_table(run_dir, "transfer")
+    if len(table):
+        names = sorted(set(table.a) | set(table.b))
+        matrix = np.eye(len(names))
+        for r in table.itertuples():
+            i, j = names.index(r.a), names.index(r.b)
+            matrix[i, j] = matrix[j, i] = r.spearman
+        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 1.3 * len(names) + 1.5))
+        sns.heatmap(matrix, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="coolwarm", xticklabels=names, yticklabels=names, ax=ax)
+        ax.set_title("Transfer: Spearman correlation of setting means")
+        written += paper.save_fig(fig, run_dir, "transfer_spearman")
+    plt.close("all")
+    return written
