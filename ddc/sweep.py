@@ -483,10 +483,30 @@ class Executor:
 
 
 def _init_worker(threads: Optional[int]) -> None:
+    _die_with_parent()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the sweep process dies, even by SIGKILL.
+
+    Otherwise orphaned workers would keep training until their current run
+    ends. The run itself is safe either way (published whole or resumed).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # pragma: no cover - no libc: workers simply outlive the parent
+        pass
 
 
 class LocalExecutor(Executor):
