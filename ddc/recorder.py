@@ -30,12 +30,14 @@ Recorded metrics (long format ``run_id, step, epoch, layer, metric, value``):
 - ``weight_norm`` and, with an optimizer, ``update_norm`` (Frobenius norm of
   this step's change of the weight).
 
-Layers with more than ``max_edges`` edges (default 65,536): the distribution
-statistics (mean, std and quantiles of |g| and of the drop probability, rank
-correlation, spread of drop frequencies) come from a fixed random subset of
-``max_edges`` edges, drawn once from the recorder's own generator, so that
-recording every step stays cheap; counts and rates (realised drop rate, mask
-overlap, drop frequencies' mean and max, norms) are always exact.
+Recording every step has to stay cheap, so for large layers the distribution
+statistics come from a fixed random subset of edges, drawn once from the
+recorder's own generator: means and standard deviations (of |g|, the drop
+probability, drop frequencies) from ``max_edges`` edges (default 65,536), and
+the statistics that need a sort (quantiles, rank correlation) from the first
+``sort_edges`` of them (default 4,096). Layers up to those sizes are exact.
+Counts and rates (realised drop rate, mask overlap, drop frequencies' mean and
+max, norms) are always exact.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class Recorder:
         optimizer: Optional[torch.optim.Optimizer] = None,
         quantiles: Sequence[float] = QUANTILES,
         max_edges: int = 1 << 16,
+        sort_edges: int = 4096,
         flush_every: int = 50,
         seed: int = 0,
     ):
@@ -162,6 +165,7 @@ class Recorder:
         self.quantiles = tuple(quantiles)
         self.quantile_names = [f"q{round(q * 100):02d}" for q in self.quantiles]
         self.max_edges = max_edges
+        self.sort_edges = sort_edges
         self.flush_every = flush_every
         self._generator = torch.Generator().manual_seed(seed)
         self.rows: List[tuple] = []
@@ -252,15 +256,21 @@ class Recorder:
         self._kept_count[name] += keep
         self._steps_counted[name] += count
 
-    def _sample(self, name: str, tensor: Tensor) -> Tensor:
-        """``tensor`` flattened, or its fixed random subset of ``max_edges`` entries when larger."""
+    def _sample(self, name: str, tensor: Tensor, limit: Optional[int] = None) -> Tensor:
+        """``tensor`` flattened, or its fixed random subset of ``limit`` entries when larger.
+
+        Subsets of one layer are nested: the first ``sort_edges`` of the
+        ``max_edges`` subset, so every statistic looks at the same edges.
+        """
+        limit = self.max_edges if limit is None else limit
         flat = tensor.detach().reshape(-1)
-        if flat.numel() <= self.max_edges:
+        if flat.numel() <= limit:
             return flat
         key = (name, flat.numel())
         if key not in self._subsets:
-            self._subsets[key] = torch.randperm(flat.numel(), generator=self._generator)[: self.max_edges].to(flat.device)
-        return flat[self._subsets[key]]
+            size = max(self.max_edges, self.sort_edges)
+            self._subsets[key] = torch.randperm(flat.numel(), generator=self._generator)[:size].to(flat.device)
+        return flat[self._subsets[key][:limit]]
 
     def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
@@ -276,7 +286,9 @@ class Recorder:
                 out["frac_q_positive"] = torch.count_nonzero(drop_prob > method.p_base) / drop_prob.numel()
             used = last.get("signal")
             if used is not None and drop_prob.shape == used.shape:
-                out["rank_corr_grad_drop"] = spearman(self._sample(name, used).abs(), self._sample(name, drop_prob))
+                out["rank_corr_grad_drop"] = spearman(
+                    self._sample(name, used, self.sort_edges).abs(), self._sample(name, drop_prob, self.sort_edges)
+                )
         if keep is not None:
             n = keep.numel()
             kept = torch.count_nonzero(keep)
@@ -315,7 +327,7 @@ class Recorder:
         magnitude = self._sample(name, signal).abs()
         sd, mu = torch.std_mean(magnitude)
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
-        quantiles = _quantiles(magnitude, self.quantiles)
+        quantiles = _quantiles(self._sample(name, signal, self.sort_edges).abs(), self.quantiles)
         z_quantiles = (quantiles - mu) / (sd + 1e-9)  # z is increasing in |g|: quantiles map through
         for label, value, z in zip(self.quantile_names, quantiles, z_quantiles):
             out[f"grad_abs_{label}"], out[f"zscore_{label}"] = value, z
@@ -327,7 +339,8 @@ class Recorder:
         else:
             out["drop_prob_std"], out["drop_prob_mean"] = torch.zeros(()), values.mean()
         out["drop_prob_min"], out["drop_prob_max"] = torch.aminmax(values)
-        for label, value in zip(self.quantile_names, _quantiles(values, self.quantiles)):
+        ordered = self._sample(name, drop_prob, self.sort_edges)
+        for label, value in zip(self.quantile_names, _quantiles(ordered, self.quantiles)):
             out[f"drop_prob_{label}"] = value
 
     def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:

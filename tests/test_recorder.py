@@ -186,3 +186,25 @@ def test_writer_bounded_memory_over_10000_steps(tmp_path):
 
     frame = pd.concat(pd.read_parquet(p) for p in parts)
     assert frame.step.nunique() == 10_000 and set(frame.columns) == {"run_id", "step", "epoch", "layer", "metric", "value"}
+
+
+def test_large_layers_use_one_fixed_nested_subset():
+    torch.manual_seed(0)
+    layer = nn.Linear(300, 100)
+    ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+    recorder = Recorder(layer, max_edges=5000, sort_edges=1000).attach()
+    x = torch.randn(8, 300)
+    for step in range(3):
+        layer(x).pow(2).mean().backward()
+        recorder.step(step)
+        layer.weight.grad = None
+    recorder.detach()
+    (perm,) = recorder._subsets.values()
+    assert len(perm) == 5000 and len(set(perm.tolist())) == 5000
+    got = _values(recorder.to_frame(), 2, "")
+    method = next(iter(ddc.regularized_layers(layer).values()))
+    g = method.weight_signal.abs().flatten().double().numpy()
+    idx = perm.numpy()
+    assert got["grad_abs_mean"] == pytest.approx(g[idx].mean(), rel=1e-5)
+    assert got["grad_abs_q50"] == pytest.approx(np.quantile(g[idx[:1000]], 0.5), rel=1e-5)
+    assert got["realized_drop_rate"] == pytest.approx(recorder._previous_keep[""].logical_not().float().mean().item())
