@@ -465,9 +465,9 @@ def figures_03_ablation(run_dir) -> List[str]:
     written = []
     if len(axes) == 2:
         cells = runs.groupby(axes, as_index=False).test_acc.mean()
-        pvalues = tests[axes + ["p_wilcoxon_adj"]].rename(columns={"p_wilcoxon_adj": "pvalue"})
+        pvalues = tests[axes + ["p_ttest_adj"]].rename(columns={"p_ttest_adj": "pvalue"})
         ax = figures.ablation_heatmap(cells.merge(pvalues, on=axes, how="left"), x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue")
-        ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm p < 0.05 vs the paper default)")
+        ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm paired-t p < 0.05 vs the paper default)")
         written += save_fig(ax, run_dir, "heatmap")
     runs = runs.assign(cell=cell_label(runs, axes))
     ax = figures.method_comparison(runs, value="test_acc", method_col="cell", rng=0)
