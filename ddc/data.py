@@ -555,14 +555,37 @@ def _load_cifar(name: str, directory: pathlib.Path, verify: bool) -> _RawData:
     )
 
 
+def generated_cache_dir() -> pathlib.Path:
+    """Where generated datasets are cached: ``$DDC_DATA/generated`` or ``~/.cache/ddc``."""
+    env_dir = os.environ.get("DDC_DATA")
+    return pathlib.Path(env_dir) / "generated" if env_dir else pathlib.Path.home() / ".cache" / "ddc"
+
+
 @functools.lru_cache(maxsize=4)
 def _mnist1d_arrays(seed: int):
-    """MNIST-1D arrays made by ``mnist1d.data.make_dataset`` with ``seed``; global RNGs restored."""
+    """MNIST-1D arrays made by ``mnist1d.data.make_dataset`` with ``seed``; global RNGs restored.
+
+    Generating takes seconds, and every worker of a sweep needs it, so the
+    arrays are cached on disk (:func:`generated_cache_dir`), keyed by the seed
+    and the mnist1d version, written atomically and read without pickle.
+    """
+    import importlib.metadata
+    import json
     import random
+    import tempfile
 
     import numpy as np
     from mnist1d.data import get_dataset_args, make_dataset
 
+    keys = ("x", "y", "x_test", "y_test")
+    version = importlib.metadata.version("mnist1d")
+    cache = generated_cache_dir() / "mnist1d" / f"seed-{seed}-mnist1d-{version}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as stored:
+                return tuple(stored[k] for k in keys), json.loads(str(stored["args"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: generate again and overwrite it
     args = get_dataset_args()
     args.seed = seed
     numpy_state, python_state = np.random.get_state(), random.getstate()
@@ -571,10 +594,20 @@ def _mnist1d_arrays(seed: int):
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
-    missing = {"x", "y", "x_test", "y_test"} - set(dataset)
+    missing = set(keys) - set(dataset)
     if missing:
         raise ValueError(f"mnist1d.data.make_dataset returned no {sorted(missing)}; got keys {sorted(dataset)}")
-    return tuple(np.asarray(dataset[key]) for key in ("x", "y", "x_test", "y_test")), dict(vars(args))
+    arrays = tuple(np.asarray(dataset[key]) for key in keys)
+    args_dict = {k: v for k, v in vars(args).items()}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".npz", dir=cache.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **dict(zip(keys, arrays)), args=np.array(json.dumps(args_dict, default=str)))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home: no cache, same data
+    return arrays, args_dict
 
 
 def _load_mnist1d(seed: int) -> _RawData:

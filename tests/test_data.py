@@ -519,3 +519,21 @@ def test_real_fashion_mnist(monkeypatch):
     assert stats["mean"][0] == pytest.approx(0.286, abs=0.002)
     assert stats["std"][0] == pytest.approx(0.353, abs=0.002)
     assert torch.bincount(splits.test.tensors[1]).tolist() == [1000] * 10
+
+
+def test_mnist1d_disk_cache_gives_the_generated_arrays(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("DDC_DATA", str(tmp_path))
+    data._mnist1d_arrays.cache_clear()
+    fresh = data.load("mnist1d", seed=3)
+    cached_files = list((tmp_path / "generated" / "mnist1d").glob("seed-3-*.npz"))
+    assert len(cached_files) == 1
+    data._mnist1d_arrays.cache_clear()
+    again = data.load("mnist1d", seed=3)  # from the file this time
+    for a, b in zip(fresh.train.tensors + fresh.test.tensors, again.train.tensors + again.test.tensors):
+        assert torch.equal(a, b)
+    cached_files[0].write_bytes(b"not an npz")
+    data._mnist1d_arrays.cache_clear()
+    assert torch.equal(data.load("mnist1d", seed=3).train.tensors[0], fresh.train.tensors[0])
+    data._mnist1d_arrays.cache_clear()
