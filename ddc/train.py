@@ -290,16 +290,12 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
         if splits.task != "regression":
             epoch_metrics["train"]["acc"] = running_correct.item() / len(train_x)
         epoch_metrics["val"] = evaluate(model, *val, splits.task, config.eval_batch_size)
-        # Test numbers are only ever reported at the best-validation and the last
-        # epoch, so the test split is evaluated exactly then (never used to choose).
         best = _better(state["best"], epoch, epoch_metrics, splits.task)
-        if best is not state["best"] or epoch == config.epochs - 1:
-            epoch_metrics["test"] = evaluate(model, *test, splits.task, config.eval_batch_size)
-        for split, values in epoch_metrics.items():
-            for metric, value in values.items():
-                state["metrics"].append(
-                    {"run_id": run_id, "epoch": epoch, "step": state["step"], "split": split, "metric": metric, "value": value}
-                )
+        if best is not state["best"]:
+            # Test numbers are reported only for the best-validation and the last
+            # epoch: keep the best weights and evaluate the test split once, at the end.
+            state["best_model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state["metrics"] += _metric_rows(run_id, epoch, state["step"], epoch_metrics)
         state["metrics"].append({"run_id": run_id, "epoch": epoch, "step": state["step"], "split": "train", "metric": "lr", "value": lr})
         state["best"], state["last"] = best, epoch_metrics
         state["epoch"] = epoch + 1
@@ -315,11 +311,30 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
     if recorder is not None:
         recorder.detach()
 
+    final_test = evaluate(model, *test, splits.task, config.eval_batch_size)
+    model.load_state_dict(state["best_model"])
+    best_test = final_test if state["best"]["epoch"] == config.epochs - 1 else evaluate(model, *test, splits.task, config.eval_batch_size)
+    state["best"]["metrics"]["test"], state["last"]["test"] = best_test, final_test
+    for epoch, values in sorted({state["best"]["epoch"]: best_test, config.epochs - 1: final_test}.items()):
+        state["metrics"] += _metric_rows(run_id, epoch, None, {"test": values}, state["metrics"])
+    run_dir.write_metrics(state["metrics"])
     summary = _summary(config, state, state["last"], splits)
+    # the weights the reported test accuracy belongs to: the best-validation epoch's
     store.write_torch(run_dir.path / "model.pt", model.state_dict())
     checkpoint_path.unlink()
     handle.remove()
     return run_dir.finish(summary)
+
+
+def _metric_rows(run_id, epoch, step, metrics, previous=None):
+    """Long-format rows of one epoch's ``{split: {metric: value}}``; ``step=None`` reuses the epoch's step."""
+    if step is None:
+        step = next(r["step"] for r in previous if r["epoch"] == epoch)
+    return [
+        {"run_id": run_id, "epoch": epoch, "step": step, "split": split, "metric": metric, "value": value}
+        for split, values in metrics.items()
+        for metric, value in values.items()
+    ]
 
 
 def _recorder(config, run_dir, model, optimizer, run_id, state):
