@@ -518,7 +518,7 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles) -> List[str]
                     f"(Gaussian approximation {rate.gaussian_rate:.3f}), so Dropout/DropConnect ran at p = {rate.p_matched:.3f}; "
                     f"test accuracy {paper.format_ci(ddc_row['mean'], ddc_row.ci_low, ddc_row.ci_high)}")
             mine = tests[(tests.experiment == experiment) & (tests.placement == placement) & (tests.method == "ddc")] if len(tests) else tests
-            diffs = [f"vs {r.baseline} {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] (Holm p = {r.p_wilcoxon_adj:.3g})"
+            diffs = [f"vs {r.baseline} {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] (Holm p: paired t {r.p_ttest_adj:.3g}, Wilcoxon {r.p_wilcoxon_adj:.3g})"
                      for r in mine.itertuples()]
             text += ("; DDC " + ", ".join(diffs)) if diffs else ""
             texts_bn = bn_summary[(bn_summary.experiment == experiment) & (bn_summary.placement == placement)] if len(bn_summary) else bn_summary
