@@ -568,6 +568,18 @@ class DynamicDropConnect(_WeightDrop):
 
     # ---- drop probability ---------------------------------------------------
 
+    def _formula(self) -> dict:
+        """The options of :func:`ddc.functional.drop_probability` this layer uses."""
+        return dict(
+            p_base=self.p_base,
+            p_signal=self.p_signal,
+            tau=self.tau,
+            prefer=self.prefer,
+            normalize=self.normalize,
+            scope="layer" if self.scope == "global" else self.scope,
+            eps=self.eps,
+        )
+
     def draw_mask(self, role, param, shape):
         """Fast path: drop probabilities and mask in one blocked pass (:func:`ddc.functional.drop_and_keep`).
 
@@ -585,13 +597,7 @@ class DynamicDropConnect(_WeightDrop):
                 stats = self.global_stats.get()
             drop_prob, keep, mean = F.drop_and_keep(
                 signal.detach(),
-                p_base=self.p_base,
-                p_signal=self.p_signal,
-                tau=self.tau,
-                prefer=self.prefer,
-                normalize=self.normalize,
-                scope="layer" if self.scope == "global" else self.scope,
-                eps=self.eps,
+                **self._formula(),
                 stats=stats,
                 generator=self.rng(param.device),
                 want_prob=self._needs_drop_prob(),
@@ -615,17 +621,7 @@ class DynamicDropConnect(_WeightDrop):
                 else:
                     stats = F._streamed_stats(signal.detach(), scope, want_sd=self.normalize == "zscore")
                 self._check_finite(stats[0])
-            return F.drop_probability(
-                signal.detach(),
-                p_base=self.p_base,
-                p_signal=self.p_signal,
-                tau=self.tau,
-                prefer=self.prefer,
-                normalize=self.normalize,
-                scope="layer" if self.scope == "global" else self.scope,
-                eps=self.eps,
-                stats=stats,
-            )
+            return F.drop_probability(signal.detach(), **self._formula(), stats=stats)
 
     def _check_finite(self, mean: Tensor) -> None:
         bad = ~torch.isfinite(mean).all()
