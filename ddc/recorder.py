@@ -94,22 +94,40 @@ def as_schedule(value: Union[int, Schedule, None]) -> Schedule:
 # ----------------------------------------------------------------------------- quantities
 
 
+def sorted_summary(values: Tensor, quantiles: Sequence[float]):
+    """Quantiles (linear interpolation, as ``torch.quantile``) and average ranks from one sort.
+
+    Average ranks give ties the mean of their positions, as scipy's ``rankdata``.
+    """
+    ordered, order = torch.sort(values)
+    n = ordered.numel()
+    position = torch.tensor(quantiles, dtype=torch.float64, device=values.device) * (n - 1)
+    low = position.floor().long()
+    high = position.ceil().long()
+    fraction = (position - low).to(ordered.dtype)
+    quantile_values = ordered[low] + (ordered[high] - ordered[low]) * fraction
+    _, group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average = ends - (counts.double() + 1) / 2
+    ranks = torch.empty(n, dtype=torch.float64, device=values.device)
+    ranks[order] = average[group]
+    return quantile_values, ranks
+
+
 def _quantiles(values: Tensor, quantiles: Sequence[float]) -> Tensor:
-    q = torch.tensor(quantiles, dtype=values.dtype, device=values.device)
-    return torch.quantile(values, q)
+    return sorted_summary(values, quantiles)[0]
 
 
 def _ranks(values: Tensor) -> Tensor:
-    """Average ranks (ties share the mean of their positions), as scipy's rankdata."""
-    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(values.dtype)
-    average = ends - (counts.to(values.dtype) + 1) / 2
-    return average[inverse]
+    return sorted_summary(values, (0.5,))[1]
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation with average ranks for ties; NaN for a constant input."""
-    ra, rb = _ranks(a.double()), _ranks(b.double())
+    return _rank_correlation(_ranks(a), _ranks(b))
+
+
+def _rank_correlation(ra: Tensor, rb: Tensor) -> Tensor:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return (ra * rb).sum() / torch.sqrt((ra * ra).sum() * (rb * rb).sum())
 
@@ -281,14 +299,14 @@ class Recorder:
         last = method.last if method is not None else {}
         drop_prob, keep, scale = last.get("drop_prob"), last.get("keep"), last.get("scale")
         if drop_prob is not None:
-            self._drop_prob_stats(name, drop_prob, out)
+            drop_ranks = self._drop_prob_stats(name, drop_prob, out)
             if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
                 out["frac_q_positive"] = torch.count_nonzero(drop_prob > method.p_base) / drop_prob.numel()
             used = last.get("signal")
             if used is not None and drop_prob.shape == used.shape:
-                out["rank_corr_grad_drop"] = spearman(
-                    self._sample(name, used, self.sort_edges).abs(), self._sample(name, drop_prob, self.sort_edges)
-                )
+                # ``used`` is the signal this step's drop probabilities came from (usually not the current one)
+                _, used_ranks = sorted_summary(self._sample(name, used, self.sort_edges).abs(), (0.5,))
+                out["rank_corr_grad_drop"] = _rank_correlation(used_ranks, drop_ranks)
         if keep is not None:
             n = keep.numel()
             kept = torch.count_nonzero(keep)
@@ -332,16 +350,18 @@ class Recorder:
         for label, value, z in zip(self.quantile_names, quantiles, z_quantiles):
             out[f"grad_abs_{label}"], out[f"zscore_{label}"] = value, z
 
-    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor]) -> None:
+    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor]) -> Tensor:
+        """Moments and quantiles of the drop probability; returns the sample's average ranks."""
         values = self._sample(name, drop_prob)
         if values.numel() > 1:
             out["drop_prob_std"], out["drop_prob_mean"] = torch.std_mean(values)
         else:
             out["drop_prob_std"], out["drop_prob_mean"] = torch.zeros(()), values.mean()
         out["drop_prob_min"], out["drop_prob_max"] = torch.aminmax(values)
-        ordered = self._sample(name, drop_prob, self.sort_edges)
-        for label, value in zip(self.quantile_names, _quantiles(ordered, self.quantiles)):
+        quantiles, ranks = sorted_summary(self._sample(name, drop_prob, self.sort_edges), self.quantiles)
+        for label, value in zip(self.quantile_names, quantiles):
             out[f"drop_prob_{label}"] = value
+        return ranks
 
     def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:
         """Full tensors per layer (on the CPU): drop probability, mask, signal, weight, drop counts."""

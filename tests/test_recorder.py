@@ -208,3 +208,15 @@ def test_large_layers_use_one_fixed_nested_subset():
     assert got["grad_abs_mean"] == pytest.approx(g[idx].mean(), rel=1e-5)
     assert got["grad_abs_q50"] == pytest.approx(np.quantile(g[idx[:1000]], 0.5), rel=1e-5)
     assert got["realized_drop_rate"] == pytest.approx(recorder._previous_keep[""].logical_not().float().mean().item())
+
+
+def test_sorted_summary_matches_torch_quantile_and_scipy_ranks():
+    from scipy.stats import rankdata
+
+    from ddc.recorder import sorted_summary
+
+    gen = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.rand(500, generator=gen), torch.full((300,), 0.3), torch.rand(7, generator=gen)])
+    quantiles, ranks = sorted_summary(values, (0.0, 0.1, 0.25, 0.5, 0.9, 1.0))
+    torch.testing.assert_close(quantiles, torch.quantile(values, torch.tensor([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])))
+    np.testing.assert_allclose(ranks.numpy(), rankdata(values.numpy()) - 1)
