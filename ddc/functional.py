@@ -439,17 +439,27 @@ def _streamed_stats(signal: Tensor, scope: str, want_sd: bool):
         mu = ref + means[0]
         sd = torch.sqrt(m2s[0] / (n - 1)) if want_sd else None
         return mu, sd
-    # Parallel merge of the blocks (float64): mean and M2 of the union.
     wide = torch.float64 if signal.device.type != "mps" else torch.float32
-    means_t = torch.stack(means).to(wide)
-    counts_t = torch.tensor(counts, dtype=wide, device=signal.device)
-    shift = (means_t * counts_t).sum() / n
+    shift, m2 = merge_moments(means, m2s if want_sd else None, counts, dtype=wide)
     mu = (ref.to(wide) + shift).to(dtype)
-    sd = None
-    if want_sd:
-        m2 = torch.stack(m2s).to(wide).sum() + (counts_t * (means_t - shift).square()).sum()
-        sd = torch.sqrt(m2 / (n - 1)).to(dtype)
+    sd = torch.sqrt(m2 / (n - 1)).to(dtype) if want_sd else None
     return mu, sd
+
+
+def merge_moments(means, m2s, counts, *, dtype: torch.dtype = torch.float64):
+    """Mean and centred sum of squares (M2) of a union of groups, from each group's.
+
+    The parallel formula of Chan et al.: ``mean = sum(n_i mean_i) / n`` and
+    ``M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2)``, computed in ``dtype``.
+    ``m2s=None`` returns only the mean (and None).
+    """
+    means_t = torch.stack(list(means)).to(dtype)
+    counts_t = torch.tensor(list(counts), dtype=dtype, device=means_t.device)
+    mean = (means_t * counts_t).sum() / counts_t.sum()
+    if m2s is None:
+        return mean, None
+    m2 = torch.stack(list(m2s)).to(dtype).sum() + (counts_t * (means_t - mean).square()).sum()
+    return mean, m2
 
 
 def drop_and_keep(

@@ -678,26 +678,20 @@ class GlobalStats:
         return self._cached
 
     def _compute(self) -> Tuple[Tensor, Tensor]:
-        count, mean, m2 = 0, None, None
+        means, m2s, counts = [], [], []
         for method in self.methods:
             if method.weight_signal is None:
                 continue
             magnitude = method.weight_signal.abs()
-            n = magnitude.numel()
-            var_i, mean_i = torch.var_mean(magnitude, correction=0)
-            m2_i = var_i * n
-            if mean is None:
-                count, mean, m2 = n, mean_i, m2_i
-                continue
-            delta = mean_i - mean
-            total = count + n
-            mean = mean + delta * (n / total)
-            m2 = m2 + m2_i + delta * delta * (count * n / total)
-            count = total
-        if mean is None:
+            var, mean = torch.var_mean(magnitude, correction=0)
+            means.append(mean)
+            m2s.append(var * magnitude.numel())
+            counts.append(magnitude.numel())
+        if not means:
             raise RuntimeError("GlobalStats.get() called before any layer has a gradient signal")
-        sd = torch.sqrt(m2 / max(count - 1, 1))
-        return mean, sd
+        mean, m2 = F.merge_moments(means, m2s, counts)
+        sd = torch.sqrt(m2 / max(sum(counts) - 1, 1))
+        return mean.to(means[0].dtype), sd.to(means[0].dtype)
 
 
 class NoMethod(LayerMethod):
