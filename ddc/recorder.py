@@ -114,17 +114,9 @@ def sorted_summary(values: Tensor, quantiles: Sequence[float]):
     return quantile_values, ranks
 
 
-def _quantiles(values: Tensor, quantiles: Sequence[float]) -> Tensor:
-    return sorted_summary(values, quantiles)[0]
-
-
-def _ranks(values: Tensor) -> Tensor:
-    return sorted_summary(values, (0.5,))[1]
-
-
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation with average ranks for ties; NaN for a constant input."""
-    return _rank_correlation(_ranks(a), _ranks(b))
+    return _rank_correlation(sorted_summary(a, (0.5,))[1], sorted_summary(b, (0.5,))[1])
 
 
 def _rank_correlation(ra: Tensor, rb: Tensor) -> Tensor:
@@ -345,7 +337,7 @@ class Recorder:
         magnitude = self._sample(name, signal).abs()
         sd, mu = torch.std_mean(magnitude)
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
-        quantiles = _quantiles(self._sample(name, signal, self.sort_edges).abs(), self.quantiles)
+        quantiles, _ = sorted_summary(self._sample(name, signal, self.sort_edges).abs(), self.quantiles)
         z_quantiles = (quantiles - mu) / (sd + 1e-9)  # z is increasing in |g|: quantiles map through
         for label, value, z in zip(self.quantile_names, quantiles, z_quantiles):
             out[f"grad_abs_{label}"], out[f"zscore_{label}"] = value, z
