@@ -36,14 +36,21 @@ recorder's own generator: means and standard deviations (of |g|, the drop
 probability, drop frequencies) from ``max_edges`` edges (default 65,536), and
 the statistics that need a sort (quantiles, rank correlation) from the first
 ``sort_edges`` of them (default 4,096). Layers up to those sizes are exact.
-Counts and rates (realised drop rate, mask overlap, drop frequencies' mean and
-max, norms) are always exact.
+Counts and rates (realised drop rate, recalibration keep rate, mask overlap,
+share of edges with a signal term, drop frequencies' mean and max) are exact
+for layers of up to ``exact_edges`` edges (default 4,194,304); above that they
+come from the same ``max_edges`` subset (standard error at most
+``0.5 / sqrt(max_edges)``, 0.002 by default), because even one exact count per
+step is a measurable share of a step on such a layer. ``exact_edges=None``
+makes them exact everywhere. Norms are always exact, and so are the per-edge
+drop counts that snapshots carry.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -94,24 +101,34 @@ def as_schedule(value: Union[int, Schedule, None]) -> Schedule:
 # ----------------------------------------------------------------------------- quantities
 
 
-def sorted_summary(values: Tensor, quantiles: Sequence[float]):
+@lru_cache(maxsize=256)
+def _quantile_positions(n: int, quantiles: Tuple[float, ...], device: str, dtype: torch.dtype):
+    """Indices below/above and interpolation weights of ``quantiles`` in a sorted vector of ``n``."""
+    position = torch.tensor(quantiles, dtype=torch.float64) * (n - 1)
+    low = position.floor().long()
+    high = position.ceil().long()
+    return low.to(device), high.to(device), (position - low).to(dtype).to(device)
+
+
+def sorted_summary(values: Tensor, quantiles: Sequence[float], ranks: bool = True):
     """Quantiles (linear interpolation, as ``torch.quantile``) and average ranks from one sort.
 
     Average ranks give ties the mean of their positions, as scipy's ``rankdata``.
+    With ``ranks=False`` the second value is ``None``.
     """
     ordered, order = torch.sort(values)
     n = ordered.numel()
-    position = torch.tensor(quantiles, dtype=torch.float64, device=values.device) * (n - 1)
-    low = position.floor().long()
-    high = position.ceil().long()
-    fraction = (position - low).to(ordered.dtype)
-    quantile_values = ordered[low] + (ordered[high] - ordered[low]) * fraction
+    low, high, fraction = _quantile_positions(n, tuple(quantiles), str(values.device), ordered.dtype)
+    below = ordered[low]
+    quantile_values = below + (ordered[high] - below) * fraction
+    if not ranks:
+        return quantile_values, None
     _, group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()
     average = ends - (counts.double() + 1) / 2
-    ranks = torch.empty(n, dtype=torch.float64, device=values.device)
-    ranks[order] = average[group]
-    return quantile_values, ranks
+    ranked = torch.empty(n, dtype=torch.float64, device=values.device)
+    ranked[order] = average[group]
+    return quantile_values, ranked
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
@@ -145,6 +162,8 @@ class Recorder:
         snapshot_every: schedule of full-tensor snapshots; ``snapshot_fn(step, tensors)`` stores them.
         optimizer: when given, ``update_norm`` is recorded via step hooks.
         flush_every: recorded steps held on the device before one host transfer.
+        max_edges, sort_edges: sizes of the fixed edge subsets behind moments and order statistics.
+        exact_edges: largest layer whose counts and rates are exact (``None``: all layers).
     """
 
     def __init__(
@@ -160,9 +179,15 @@ class Recorder:
         quantiles: Sequence[float] = QUANTILES,
         max_edges: int = 1 << 16,
         sort_edges: int = 4096,
+        exact_edges: Optional[int] = 1 << 22,
         flush_every: int = 50,
         seed: int = 0,
     ):
+        for field, value in (("max_edges", max_edges), ("sort_edges", sort_edges), ("flush_every", flush_every)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Recorder: {field}={value!r} must be a positive int")
+        if exact_edges is not None and (not isinstance(exact_edges, int) or exact_edges < 1):
+            raise ValueError(f"Recorder: exact_edges={exact_edges!r} must be a positive int or None (all exact)")
         self.model = model
         self.writer = writer
         self.layers = _weight_layers(model, layers)
@@ -176,15 +201,19 @@ class Recorder:
         self.quantile_names = [f"q{round(q * 100):02d}" for q in self.quantiles]
         self.max_edges = max_edges
         self.sort_edges = sort_edges
+        self.exact_edges = exact_edges
         self.flush_every = flush_every
         self._generator = torch.Generator().manual_seed(seed)
         self.rows: List[tuple] = []
         self._pending: List[tuple] = []
+        self._pending_steps = 0
         self._handles: list = []
         self._attached = False
         self._previous_keep: Dict[str, Tensor] = {}
         self._previous_kept: Dict[str, Tensor] = {}
-        self._kept_count: Dict[str, Tensor] = {}
+        self._kept_count: Dict[str, Tensor] = {}  # int32 per-edge kept counts, folded from ...
+        self._kept_partial: Dict[str, Tensor] = {}  # ... uint8 counts of up to 255 recent steps (no cast per step)
+        self._partial_steps: Dict[str, int] = {}
         self._steps_counted: Dict[str, int] = {}
         self._before_update: Dict[str, Tensor] = {}
         self._subsets: Dict[tuple, Tensor] = {}
@@ -242,29 +271,56 @@ class Recorder:
             self._count_drops(name, method)
         if self.schedule(self._step):
             for name, layer in self.layers.items():
-                values = self._layer_quantities(name, layer, methods.get(name))
-                self._pending.append((self._step, epoch, name, values))
+                names, values = self._layer_quantities(name, layer, methods.get(name))
+                self._pending.append((self._step, epoch, name, names, values))
             self._before_update = {}
-            if len(self._pending) >= self.flush_every:
+            self._pending_steps += 1
+            if self._pending_steps >= self.flush_every:
                 self._drain()
         if self.snapshot_schedule(self._step):
             self.snapshot_fn(self._step, self.snapshot(methods))
         self._step += 1
 
     def _count_drops(self, name: str, method: LayerMethod) -> None:
-        """Per-edge count of steps the edge was kept (one add over the mask per step)."""
+        """Per-edge count of steps the edge was kept.
+
+        One byte-wide add of the mask per step; every 255 steps the bytes are
+        folded into the int32 counts (an int32 += bool add casts the whole
+        mask, which on a 16.8M-edge layer costs a quarter of a plain step).
+        """
         keep = method.last.get("keep")
         if keep is None:
             return
-        count = 1
-        if keep.dim() > self.layers[name].weight.dim():
-            count = keep.shape[0]
-            keep = keep.sum(0, dtype=torch.int32)
-        if name not in self._kept_count or self._kept_count[name].shape != keep.shape:
-            self._kept_count[name] = torch.zeros(keep.shape, dtype=torch.int32, device=keep.device)
+        per_sample = keep.dim() > self.layers[name].weight.dim()
+        shape = keep.shape[1:] if per_sample else keep.shape
+        if name not in self._kept_count or self._kept_count[name].shape != shape:
+            self._kept_count[name] = torch.zeros(shape, dtype=torch.int32, device=keep.device)
+            self._kept_partial[name] = torch.zeros(shape, dtype=torch.uint8, device=keep.device)
+            self._partial_steps[name] = 0
             self._steps_counted[name] = 0
-        self._kept_count[name] += keep
-        self._steps_counted[name] += count
+        if per_sample:
+            self._kept_count[name] += keep.sum(0, dtype=torch.int32)
+            self._steps_counted[name] += keep.shape[0]
+            return
+        self._kept_partial[name] += keep.view(torch.uint8) if keep.dtype == torch.bool else keep.to(torch.uint8)
+        self._partial_steps[name] += 1
+        self._steps_counted[name] += 1
+        if self._partial_steps[name] == 255:
+            self._fold(name)
+
+    def _fold(self, name: str) -> None:
+        if self._partial_steps.get(name):
+            self._kept_count[name] += self._kept_partial[name]
+            self._kept_partial[name].zero_()
+            self._partial_steps[name] = 0
+
+    def _kept_counts(self, name: str) -> Tensor:
+        """The per-edge kept counts (int32), with the recent byte counts folded in."""
+        self._fold(name)
+        return self._kept_count[name]
+
+    def _large(self, tensor: Tensor) -> bool:
+        return self.exact_edges is not None and tensor.numel() > self.exact_edges
 
     def _sample(self, name: str, tensor: Tensor, limit: Optional[int] = None) -> Tensor:
         """``tensor`` flattened, or its fixed random subset of ``limit`` entries when larger.
@@ -282,50 +338,77 @@ class Recorder:
             self._subsets[key] = torch.randperm(flat.numel(), generator=self._generator)[:size].to(flat.device)
         return flat[self._subsets[key][:limit]]
 
-    def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Dict[str, Tensor]:
+    def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Tuple[tuple, Tensor]:
+        """This step's quantities of one layer: their names and one float64 vector on the device."""
         out: Dict[str, Tensor] = {}
+        vectors: List[Tuple[List[str], Tensor]] = []
         weight = layer.weight.detach()
         signal = self._signal(layer, method)
         if signal is not None:
-            self._signal_stats(name, signal, out)
+            self._signal_stats(name, signal, out, vectors)
         last = method.last if method is not None else {}
         drop_prob, keep, scale = last.get("drop_prob"), last.get("keep"), last.get("scale")
         if drop_prob is not None:
-            drop_ranks = self._drop_prob_stats(name, drop_prob, out)
+            drop_ranks = self._drop_prob_stats(name, drop_prob, out, vectors)
             if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
-                out["frac_q_positive"] = torch.count_nonzero(drop_prob > method.p_base) / drop_prob.numel()
+                values = self._sample(name, drop_prob) if self._large(drop_prob) else drop_prob
+                out["frac_q_positive"] = torch.count_nonzero(values > method.p_base) / values.numel()
             used = last.get("signal")
             if used is not None and drop_prob.shape == used.shape:
                 # ``used`` is the signal this step's drop probabilities came from (usually not the current one)
                 _, used_ranks = sorted_summary(self._sample(name, used, self.sort_edges).abs(), (0.5,))
                 out["rank_corr_grad_drop"] = _rank_correlation(used_ranks, drop_ranks)
         if keep is not None:
-            n = keep.numel()
-            kept = torch.count_nonzero(keep)
-            out["realized_drop_rate"] = 1.0 - kept / n
-            out["recal_keep_rate"] = (1.0 / scale.float()).mean()
-            previous = self._previous_keep.get(name)
-            if previous is not None and previous.shape == keep.shape:
-                # Dropped sets D = ~K: |D & D'| = n - |K| - |K'| + |K & K'|, |D | D'| = n - |K & K'|.
-                both_kept = torch.count_nonzero(keep & previous)
-                kept_before = self._previous_kept[name]
-                inter = n - kept - kept_before + both_kept
-                out["mask_jaccard"] = inter / (n - both_kept).clamp_min(1)
-            self._previous_keep[name] = keep.clone()
-            self._previous_kept[name] = kept
+            self._mask_stats(name, keep, scale, out)
         if name in self._kept_count:
-            steps = max(self._steps_counted[name], 1)
-            kept_count = self._kept_count[name]
-            out["drop_freq_mean"] = 1.0 - kept_count.sum() / (kept_count.numel() * steps)
-            out["drop_freq_max"] = 1.0 - kept_count.min() / steps
-            freq = 1.0 - self._sample(name, kept_count).float() / steps
-            out["drop_freq_std"] = freq.std() if freq.numel() > 1 else torch.zeros(())
+            self._drop_freq_stats(name, out)
         out["weight_norm"] = torch.linalg.vector_norm(weight)
         if name in self._before_update:
             out["update_norm"] = torch.linalg.vector_norm(weight - self._before_update[name])
         if isinstance(method, DynamicDropConnect):
             out["nonfinite_steps"] = method.nonfinite_steps
-        return out
+        names = list(out)
+        pieces = [torch.stack(list(out.values())).to(torch.float64)]
+        for labels, vector in vectors:
+            names += labels
+            pieces.append(vector.to(torch.float64))
+        return tuple(names), torch.cat(pieces)
+
+    def _mask_stats(self, name: str, keep: Tensor, scale: Tensor, out: Dict[str, Tensor]) -> None:
+        """Realised drop rate, recalibration keep rate and the overlap with the last recorded mask."""
+        if self._large(keep):
+            keep = self._sample(name, keep)
+        n = keep.numel()
+        kept = torch.count_nonzero(keep)
+        out["realized_drop_rate"] = 1.0 - kept / n
+        if scale.numel() > 1:
+            scale = self._sample(name, scale) if self._large(scale) else scale
+        out["recal_keep_rate"] = scale.float().reciprocal().mean()
+        previous = self._previous_keep.get(name)
+        if previous is not None and previous.shape == keep.shape:
+            # Dropped sets D = ~K: |D & D'| = n - |K| - |K'| + |K & K'|, |D | D'| = n - |K & K'|.
+            both_kept = torch.count_nonzero(keep & previous)
+            kept_before = self._previous_kept[name]
+            inter = n - kept - kept_before + both_kept
+            out["mask_jaccard"] = inter / (n - both_kept).clamp_min(1)
+        if previous is not None and previous.shape == keep.shape:
+            previous.copy_(keep)
+        else:
+            self._previous_keep[name] = keep.clone()
+        self._previous_kept[name] = kept
+
+    def _drop_freq_stats(self, name: str, out: Dict[str, Tensor]) -> None:
+        """Mean, max and spread of the per-edge drop frequency since attach."""
+        steps = max(self._steps_counted[name], 1)
+        total = self._kept_count[name]
+        if self._large(total):
+            counts = self._sample(name, total) + self._sample(name, self._kept_partial[name])
+        else:
+            counts = self._kept_counts(name)
+        out["drop_freq_mean"] = 1.0 - counts.sum() / (counts.numel() * steps)
+        out["drop_freq_max"] = 1.0 - counts.min() / steps
+        freq = 1.0 - self._sample(name, counts).float() / steps
+        out["drop_freq_std"] = freq.std() if freq.numel() > 1 else torch.zeros((), device=freq.device)
 
     @staticmethod
     def _signal(layer: nn.Module, method: Optional[LayerMethod]) -> Optional[Tensor]:
@@ -333,26 +416,25 @@ class Recorder:
             return method.weight_signal
         return layer.weight.grad
 
-    def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor]) -> None:
+    def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor], vectors: list) -> None:
         magnitude = self._sample(name, signal).abs()
         sd, mu = torch.std_mean(magnitude)
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
-        quantiles, _ = sorted_summary(self._sample(name, signal, self.sort_edges).abs(), self.quantiles)
+        quantiles, _ = sorted_summary(self._sample(name, signal, self.sort_edges).abs(), self.quantiles, ranks=False)
         z_quantiles = (quantiles - mu) / (sd + 1e-9)  # z is increasing in |g|: quantiles map through
-        for label, value, z in zip(self.quantile_names, quantiles, z_quantiles):
-            out[f"grad_abs_{label}"], out[f"zscore_{label}"] = value, z
+        vectors.append(([f"grad_abs_{label}" for label in self.quantile_names], quantiles))
+        vectors.append(([f"zscore_{label}" for label in self.quantile_names], z_quantiles))
 
-    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor]) -> Tensor:
+    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor], vectors: list) -> Tensor:
         """Moments and quantiles of the drop probability; returns the sample's average ranks."""
         values = self._sample(name, drop_prob)
         if values.numel() > 1:
             out["drop_prob_std"], out["drop_prob_mean"] = torch.std_mean(values)
         else:
-            out["drop_prob_std"], out["drop_prob_mean"] = torch.zeros(()), values.mean()
+            out["drop_prob_std"], out["drop_prob_mean"] = torch.zeros((), device=values.device), values.mean()
         out["drop_prob_min"], out["drop_prob_max"] = torch.aminmax(values)
         quantiles, ranks = sorted_summary(self._sample(name, drop_prob, self.sort_edges), self.quantiles)
-        for label, value in zip(self.quantile_names, quantiles):
-            out[f"drop_prob_{label}"] = value
+        vectors.append(([f"drop_prob_{label}" for label in self.quantile_names], quantiles))
         return ranks
 
     def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:
@@ -370,7 +452,7 @@ class Recorder:
                 if last.get(key) is not None:
                     entry[key] = last[key].detach().cpu().clone()
             if name in self._kept_count:
-                entry["drop_count"] = (self._steps_counted[name] - self._kept_count[name]).cpu()
+                entry["drop_count"] = (self._steps_counted[name] - self._kept_counts(name)).cpu()
                 entry["steps_counted"] = self._steps_counted[name]
             tensors[name] = entry
         return tensors
@@ -380,6 +462,8 @@ class Recorder:
     def state_dict(self) -> dict:
         """What a resumed run needs to continue the recording seamlessly."""
         self._drain()
+        for name in self._kept_count:
+            self._fold(name)
         return {
             "step": self._step,
             "previous_keep": {k: v.cpu() for k, v in self._previous_keep.items()},
@@ -396,6 +480,8 @@ class Recorder:
         self._previous_keep = {k: v.to(device) for k, v in state["previous_keep"].items()}
         self._previous_kept = {k: v.to(device) for k, v in state["previous_kept"].items()}
         self._kept_count = {k: v.to(device) for k, v in state["kept_count"].items()}
+        self._kept_partial = {k: torch.zeros(v.shape, dtype=torch.uint8, device=device) for k, v in self._kept_count.items()}
+        self._partial_steps = {k: 0 for k in self._kept_count}
         self._steps_counted = dict(state["steps_counted"])
         self._subsets = {k: v.to(device) for k, v in state["subsets"].items()}
         self._generator.set_state(state["generator"])
@@ -406,14 +492,14 @@ class Recorder:
         """Move pending device values to the host in one transfer and emit rows."""
         if not self._pending:
             return
-        flat = [v.detach().reshape(()).double() for *_, values in self._pending for v in values.values()]
-        host = torch.stack(flat).cpu().tolist() if flat else []
+        host = torch.cat([values for *_, values in self._pending]).cpu().tolist()
         position = 0
-        for step, epoch, layer, values in self._pending:
-            for metric in values:
+        for step, epoch, layer, names, _ in self._pending:
+            for metric in names:
                 self._emit(step, epoch, layer, metric, host[position])
                 position += 1
         self._pending = []
+        self._pending_steps = 0
 
     def _emit(self, step, epoch, layer, metric, value) -> None:
         if self.writer is not None:

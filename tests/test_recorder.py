@@ -220,3 +220,74 @@ def test_sorted_summary_matches_torch_quantile_and_scipy_ranks():
     quantiles, ranks = sorted_summary(values, (0.0, 0.1, 0.25, 0.5, 0.9, 1.0))
     torch.testing.assert_close(quantiles, torch.quantile(values, torch.tensor([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])))
     np.testing.assert_allclose(ranks.numpy(), rankdata(values.numpy()) - 1)
+
+
+def test_per_edge_counts_stay_exact_across_the_byte_folds():
+    """Kept counts accumulate in bytes and fold into int32 every 255 steps: no step is lost."""
+    torch.manual_seed(0)
+    layer = nn.Linear(12, 5)
+    handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=1)
+    method = next(iter(handle.methods.values()))
+    recorder = Recorder(layer, every=0).attach()
+    expected = torch.zeros(5, 12, dtype=torch.int64)
+    x = torch.randn(4, 12)
+    steps = 0
+    for step in range(600):
+        layer(x).pow(2).mean().backward()
+        if "keep" in method.last:  # DDC draws no mask before it has a gradient signal
+            expected += method.last["keep"]
+            steps += 1
+        recorder.step(step)
+        layer.weight.grad = None
+        if step == 300:  # a checkpoint taken mid-way restores the same counts
+            state = recorder.state_dict()
+            resumed = Recorder(layer, every=0)
+            resumed.load_state_dict(state)
+            assert torch.equal(resumed._kept_counts(""), expected.int())
+    entry = recorder.snapshot()[""]
+    recorder.detach()
+    assert entry["steps_counted"] == steps >= 599
+    assert torch.equal(entry["drop_count"], (steps - expected).int())
+
+
+def test_counts_of_layers_above_exact_edges_come_from_the_subset():
+    def record(**options):
+        torch.manual_seed(0)
+        layer = nn.Linear(300, 100)
+        ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+        recorder = Recorder(layer, max_edges=5000, sort_edges=1000, **options).attach()
+        x = torch.randn(8, 300)
+        keeps = []
+        method = next(iter(ddc.regularized_layers(layer).values()))
+        for step in range(4):
+            layer(x).pow(2).mean().backward()
+            if "keep" in method.last:  # none before the first gradient signal
+                keeps.append(method.last["keep"].clone())
+            recorder.step(step)
+            layer.weight.grad = None
+        recorder.detach()
+        return recorder, keeps
+
+    sampled, keeps = record(exact_edges=10_000)
+    exact, same_keeps = record(exact_edges=None)
+    assert all(torch.equal(a, b) for a, b in zip(keeps, same_keeps))
+    (perm,) = sampled._subsets.values()
+    idx = perm.numpy()
+    dropped = [~k.flatten().numpy() for k in keeps]
+    assert len(dropped) == 3
+    got, want = _values(sampled.to_frame(), 3, ""), _values(exact.to_frame(), 3, "")
+    assert got["realized_drop_rate"] == pytest.approx(dropped[2][idx].mean())
+    assert want["realized_drop_rate"] == pytest.approx(dropped[2].mean())
+    jaccard = (dropped[2][idx] & dropped[1][idx]).sum() / (dropped[2][idx] | dropped[1][idx]).sum()
+    assert got["mask_jaccard"] == pytest.approx(jaccard)
+    assert got["drop_freq_mean"] == pytest.approx(np.mean(dropped, axis=0)[idx].mean())
+    assert want["drop_freq_mean"] == pytest.approx(np.mean(dropped, axis=0).mean())
+    assert got["weight_norm"] == want["weight_norm"]  # norms stay exact
+
+
+@pytest.mark.parametrize("field", ["max_edges", "sort_edges", "exact_edges", "flush_every"])
+def test_recorder_sizes_are_validated(field):
+    model = make_net()
+    ddc.apply(model, "ddc", layers=["fc1"])
+    with pytest.raises(ValueError, match=field):
+        Recorder(model, **{field: 0})
