@@ -12,8 +12,12 @@ of the same round, which cancels slow drifts of a noisy machine).
 Variants: ``plain`` (no method), ``dropout`` (output of the masked layers),
 ``dropconnect`` (p=0.5), ``ddc`` (our implementation, default options),
 ``ddc+recorder`` (DDC with ``ddc.recorder.Recorder(model, every=1)`` attached,
-``recorder.step()`` after every step: all scalar metrics every step), and
-``baseline`` (the authors' copy-in/copy-out DDC, :mod:`benchmarks.baseline`).
+``recorder.step()`` after every step: all scalar metrics every step),
+``ddc+recorder-exact`` (the same with ``exact_edges=None``: exact counts and
+rates on every layer, however large), ``ddc+compile`` (DDC with the
+``torch.compile`` path of :func:`ddc.functional.drop_and_keep` on; compiled
+during the warm-up), and ``baseline`` (the authors' copy-in/copy-out DDC,
+:mod:`benchmarks.baseline`).
 
 Peak memory: torch's CPU allocations are invisible to ``tracemalloc``, so each
 variant runs again in a fresh subprocess: after building the model, the
@@ -49,13 +53,14 @@ import torch
 from torch import nn
 
 import ddc
+from ddc import functional as F
 from ddc.models import ResNet20, SimpleCNN1
 from ddc.recorder import Recorder
 
 from .baseline import CopyInCopyOut
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("plain", "dropout", "dropconnect", "ddc", "ddc+recorder", "baseline")
+VARIANTS = ("plain", "dropout", "dropconnect", "ddc", "ddc+recorder", "ddc+recorder-exact", "ddc+compile", "baseline")
 
 
 # ----------------------------------------------------------------------------- cases
@@ -117,10 +122,14 @@ class Runner:
         self.masked_weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in selected.values())
         if variant in ("dropout", "dropconnect"):
             ddc.apply(self.model, variant, layers=case["layers"], seed=seed)
-        elif variant in ("ddc", "ddc+recorder"):
+        elif variant.startswith("ddc"):
             ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed)
             if variant == "ddc+recorder":
                 self.recorder = Recorder(self.model, every=1).attach()
+            elif variant == "ddc+recorder-exact":
+                self.recorder = Recorder(self.model, every=1, exact_edges=None).attach()
+            elif variant not in ("ddc", "ddc+compile"):
+                raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         elif variant == "baseline":
             self.baseline = CopyInCopyOut(selected.values(), generator=torch.Generator().manual_seed(seed))
         elif variant != "plain":
@@ -133,6 +142,12 @@ class Runner:
         return nn.functional.cross_entropy(out, self.y)
 
     def step(self) -> torch.Tensor:
+        if self.variant == "ddc+compile":
+            with F.compiled():
+                return self._step()
+        return self._step()
+
+    def _step(self) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         if self.baseline is not None:
             self.baseline.before_forward()
@@ -300,6 +315,14 @@ def checks(case_name: str, variants: dict) -> dict:
     if d and rec:
         r = rec["median_ms"] / d["median_ms"] - 1
         out["recorder adds <= 5% over ddc"] = (r <= 0.05, f"+{100 * r:.1f}%")
+    exact = variants.get("ddc+recorder-exact")
+    if d and exact:  # reported, no target: exact counts on every layer
+        r = exact["median_ms"] / d["median_ms"] - 1
+        out["(info) exact-count recorder over ddc"] = (True, f"+{100 * r:.1f}%")
+    fused = variants.get("ddc+compile")
+    if d and fused:
+        r = fused["median_ms"] / d["median_ms"]
+        out["(info) ddc with the compile path over ddc"] = (True, f"{r:.2f}x")
     if d and p and d.get("peak_mb") is not None and p.get("peak_mb") is not None:
         budget = p["peak_mb"] + 3 * d["masked_weight_bytes"] / 2**20
         out["ddc peak <= plain + 3 x masked weights"] = (d["peak_mb"] <= budget, f"{d['peak_mb']:.0f} MB vs budget {budget:.0f} MB")
