@@ -326,7 +326,9 @@ class Recorder:
         """``tensor`` flattened, or its fixed random subset of ``limit`` entries when larger.
 
         Subsets of one layer are nested: the first ``sort_edges`` of the
-        ``max_edges`` subset, so every statistic looks at the same edges.
+        ``max_edges`` subset, so every statistic looks at the same edges. The
+        indices of each part are kept in ascending order: a gather in memory
+        order is tens of times faster on a large layer than a random one.
         """
         limit = self.max_edges if limit is None else limit
         flat = tensor.detach().reshape(-1)
@@ -335,8 +337,17 @@ class Recorder:
         key = (name, flat.numel())
         if key not in self._subsets:
             size = max(self.max_edges, self.sort_edges)
-            self._subsets[key] = torch.randperm(flat.numel(), generator=self._generator)[:size].to(flat.device)
-        return flat[self._subsets[key][:limit]]
+            perm = torch.randperm(flat.numel(), generator=self._generator)[:size]
+            head, tail = perm[: self.sort_edges], perm[self.sort_edges :]
+            self._subsets[key] = torch.cat([head.sort().values, tail.sort().values]).to(flat.device)
+        return flat.index_select(0, self._subsets[key][:limit])
+
+    def _samples(self, name: str, tensor: Tensor):
+        """``(_sample(tensor), _sample(tensor, sort_edges))``, the second cut from the first when it can be."""
+        big = self._sample(name, tensor)
+        if big.numel() > self.sort_edges and tensor.numel() > self.max_edges and self.sort_edges <= self.max_edges:
+            return big, big[: self.sort_edges]
+        return big, self._sample(name, tensor, self.sort_edges)
 
     def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Tuple[tuple, Tensor]:
         """This step's quantities of one layer: their names and one float64 vector on the device."""
@@ -417,23 +428,24 @@ class Recorder:
         return layer.weight.grad
 
     def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor], vectors: list) -> None:
-        magnitude = self._sample(name, signal).abs()
+        big, small = self._samples(name, signal)
+        magnitude = big.abs()
         sd, mu = torch.std_mean(magnitude)
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
-        quantiles, _ = sorted_summary(self._sample(name, signal, self.sort_edges).abs(), self.quantiles, ranks=False)
+        quantiles, _ = sorted_summary(small.abs(), self.quantiles, ranks=False)
         z_quantiles = (quantiles - mu) / (sd + 1e-9)  # z is increasing in |g|: quantiles map through
         vectors.append(([f"grad_abs_{label}" for label in self.quantile_names], quantiles))
         vectors.append(([f"zscore_{label}" for label in self.quantile_names], z_quantiles))
 
     def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor], vectors: list) -> Tensor:
         """Moments and quantiles of the drop probability; returns the sample's average ranks."""
-        values = self._sample(name, drop_prob)
+        values, small = self._samples(name, drop_prob)
         if values.numel() > 1:
             out["drop_prob_std"], out["drop_prob_mean"] = torch.std_mean(values)
         else:
             out["drop_prob_std"], out["drop_prob_mean"] = torch.zeros((), device=values.device), values.mean()
         out["drop_prob_min"], out["drop_prob_max"] = torch.aminmax(values)
-        quantiles, ranks = sorted_summary(self._sample(name, drop_prob, self.sort_edges), self.quantiles)
+        quantiles, ranks = sorted_summary(small, self.quantiles)
         vectors.append(([f"drop_prob_{label}" for label in self.quantile_names], quantiles))
         return ranks
 
