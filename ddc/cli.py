@@ -55,7 +55,7 @@ def _field_options(command):
     """Decorate ``command`` with one option per TrainConfig field (except the structured ones)."""
     for f in reversed(dataclasses.fields(TrainConfig)):
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("method_options", "layers"):
+        if f.name in ("method_options", "layers", "classes"):
             continue
         if f.type == "bool":
             command = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=f"[{f.default}]")(command)
@@ -76,10 +76,11 @@ def main():
 @click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="full", show_default=True, help="Recipe profile.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. --opt p_base=0.3 (repeatable).")
 @click.option("--layers", default=None, help="Comma-separated layer names or glob patterns (default: the model's paper layer).")
+@click.option("--classes", default=None, help="Comma-separated class ids to keep, relabelled 0..k-1 (default: all).")
 @click.option("--root", default=DEFAULT_ROOT, show_default=True, type=click.Path(file_okay=False), help="Run store root.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and run id, train nothing.")
 @_field_options
-def train(config_file, recipe_name, profile, opts, layers, root, dry_run, **fields):
+def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_run, **fields):
     """Train one run and write it into the run store."""
     from . import recipes
     from .train import run
@@ -94,6 +95,11 @@ def train(config_file, recipe_name, profile, opts, layers, root, dry_run, **fiel
         values["method_options"] = {**values.get("method_options", {}), **_key_values(opts, "--opt")}
     if layers:
         values["layers"] = [x.strip() for x in layers.split(",") if x.strip()]
+    if classes:
+        try:
+            values["classes"] = [int(x) for x in classes.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{classes!r} must be comma-separated integers", param_hint="--classes") from None
     try:
         config = TrainConfig.from_dict(values)
     except ValueError as error:

@@ -65,6 +65,7 @@ __all__ = [
     "md5sum",
     "split_indices",
     "select_subset",
+    "check_classes",
 ]
 
 DATASETS: tuple[str, ...] = ("synthetic", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -181,6 +182,14 @@ class DataSplits:
     shape ``(N,)`` for classification and float32 of shape ``(N, 1)`` for
     regression. ``num_classes`` is 0 for regression. ``info`` records where the
     data came from, the normalisation statistics, sizes and the split settings.
+
+    With a class filter (``load(classes=...)``) the three splits hold only the
+    kept classes, relabelled ``0..k-1`` in ascending order of the original ids
+    (``info["classes"]`` maps new label ``i`` to original id ``classes[i]``),
+    ``num_classes`` is ``k``, and ``heldout`` holds the official test examples
+    of the other classes (normalised like the rest, labels the original ids):
+    inputs of classes the model never saw, for out-of-distribution tests.
+    Without a filter ``heldout`` is None.
     """
 
     train: TensorDataset
@@ -191,6 +200,7 @@ class DataSplits:
     task: str
     name: str
     info: dict = field(default_factory=dict)
+    heldout: TensorDataset | None = None
 
 
 @dataclass
@@ -239,6 +249,35 @@ def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     return seed
+
+
+def check_classes(name: str, classes) -> tuple[int, ...] | None:
+    """Canonical class filter of dataset ``name``: a sorted tuple of class ids, or None for all classes.
+
+    ``classes`` must be None or a list/tuple of at least two distinct integers in
+    ``[0, number of classes)``; a list naming every class is the same as None
+    (same data, same labels), so it comes back as None. Raises ``ValueError``
+    naming ``classes`` and the allowed values.
+    """
+    if classes is None:
+        return None
+    name = _check_name(name)
+    num_classes = NUM_CLASSES[name]
+    if num_classes == 0:
+        raise ValueError(f"classes={classes!r}: {name} is a regression dataset; classes must be None for it")
+    allowed = f"a list of at least 2 distinct integers in [0, {num_classes - 1}] (the classes of {name}), or None for all"
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple)):
+        raise ValueError(f"classes={classes!r} must be {allowed}")
+    values = list(classes)
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in values):
+        raise ValueError(f"classes={classes!r} must be {allowed}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"classes={classes!r} repeats a class; it must be {allowed}")
+    if len(values) < 2:
+        raise ValueError(f"classes={classes!r} keeps fewer than 2 classes; it must be {allowed}")
+    if len(values) == num_classes:
+        return None
+    return tuple(sorted(values))
 
 
 def _dashed(name: str) -> str:
@@ -735,6 +774,7 @@ def load(
     normalize: bool = True,
     download: bool = False,
     verify: bool = True,
+    classes: list[int] | tuple[int, ...] | None = None,
 ) -> DataSplits:
     """Load ``name`` and split it into train / validation / test.
 
@@ -746,6 +786,15 @@ def load(
       are subtracted/divided from all three splits and recorded in ``info``.
       Images are scaled to [0, 1] first. ``synthetic`` is never normalised
       (its inputs are already N(0, I) and the true weights stay interpretable).
+    * ``classes`` (classification only) keeps only those class ids, in every
+      split; see :func:`check_classes` and :class:`DataSplits`. The validation
+      split is drawn from the whole official training set first (the same
+      examples as without a filter), then every split drops the other classes,
+      then the subsets are taken, so ``train_subset`` etc. count kept-class
+      examples. Labels become ``0..k-1`` in ascending order of the original
+      ids; the other classes' test examples (``test_subset`` of them at most,
+      seeded and stratified) come back as ``heldout`` with their original ids.
+      ``None`` (the default) keeps every class and changes nothing.
     * ``seed`` also seeds the generation of ``synthetic`` and ``mnist1d``.
     * ``download=True`` calls :func:`fetch` when the files are not found.
     * ``verify=False`` skips the MD5 check of CIFAR pickles before unpickling.
@@ -757,22 +806,47 @@ def load(
     name = _check_name(name)
     val_fraction = _check_val_fraction(val_fraction)
     seed = _check_seed(seed)
+    classes = check_classes(name, classes)
     raw = _load_raw(name, root, seed, download, verify)
     task = "regression" if name == "synthetic" else "classification"
     stratify_by = raw.train_y if task == "classification" else None
     test_stratify_by = raw.test_y if task == "classification" else None
 
     train_idx, val_idx = split_indices(len(raw.train_x), val_fraction, seed)
-    train_idx = select_subset(train_idx, train_subset, stratify_by, _generator(seed, "train"), "train_subset")
-    val_idx = select_subset(val_idx, val_subset, stratify_by, _generator(seed, "val"), "val_subset")
     test_idx = torch.arange(len(raw.test_x))
-    test_idx = select_subset(test_idx, test_subset, test_stratify_by, _generator(seed, "test"), "test_subset")
+    heldout_idx = None
+    if classes is not None:
+        kept = torch.tensor(classes, dtype=raw.train_y.dtype)
+        train_idx = train_idx[torch.isin(raw.train_y[train_idx], kept)]
+        val_idx = val_idx[torch.isin(raw.train_y[val_idx], kept)]
+        in_test = torch.isin(raw.test_y, kept)
+        heldout_idx, test_idx = test_idx[~in_test], test_idx[in_test]
+        for split, indices in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+            if len(indices) == 0:
+                raise ValueError(f"classes={list(classes)!r}: the {split} split holds no example of these classes")
+    try:
+        train_idx = select_subset(train_idx, train_subset, stratify_by, _generator(seed, "train"), "train_subset")
+        val_idx = select_subset(val_idx, val_subset, stratify_by, _generator(seed, "val"), "val_subset")
+        test_idx = select_subset(test_idx, test_subset, test_stratify_by, _generator(seed, "test"), "test_subset")
+    except ValueError as error:
+        if classes is None:
+            raise
+        raise ValueError(f"{error} (the split holds only the examples of classes {list(classes)})") from None
 
     splits = {
         "train": (_as_float(raw.train_x[train_idx], raw.x_scale), raw.train_y[train_idx]),
         "val": (_as_float(raw.train_x[val_idx], raw.x_scale), raw.train_y[val_idx]),
         "test": (_as_float(raw.test_x[test_idx], raw.x_scale), raw.test_y[test_idx]),
     }
+    if classes is not None:
+        # original id -> rank among the kept classes; held-out examples keep their ids
+        relabel = torch.full((NUM_CLASSES[name],), -1, dtype=torch.int64)
+        relabel[list(classes)] = torch.arange(len(classes))
+        splits = {key: (x, relabel[y]) for key, (x, y) in splits.items()}
+        if len(heldout_idx):
+            size = None if test_subset is None else min(test_subset, len(heldout_idx))
+            heldout_idx = select_subset(heldout_idx, size, test_stratify_by, _generator(seed, "heldout"), "test_subset")
+        splits["heldout"] = (_as_float(raw.test_x[heldout_idx], raw.x_scale), raw.test_y[heldout_idx])
     normalization = None
     if normalize and name != "synthetic":
         mean, std = _channel_stats(splits["train"][0])
@@ -789,15 +863,19 @@ def load(
         "subsets": {"train": train_subset, "val": val_subset, "test": test_subset},
         **raw.extra_info,
     }
+    if classes is not None:
+        info["classes"] = list(classes)
+        info["heldout_classes"] = [c for c in range(NUM_CLASSES[name]) if c not in classes]
     return DataSplits(
         train=TensorDataset(*splits["train"]),
         val=TensorDataset(*splits["val"]),
         test=TensorDataset(*splits["test"]),
-        num_classes=NUM_CLASSES[name],
+        num_classes=NUM_CLASSES[name] if classes is None else len(classes),
         input_shape=tuple(raw.train_x.shape[1:]),
         task=task,
         name=name,
         info=info,
+        heldout=TensorDataset(*splits["heldout"]) if classes is not None else None,
     )
 
 

@@ -36,6 +36,10 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("warmup_cosine", "cosine", "constant")
 #: fields that do not change a run's numbers, so they stay out of its id
 OPERATIONAL = ("data_root", "num_threads", "progress", "tag")
+#: fields added after run ids were first published, with the default that
+#: reproduces the earlier behaviour: while a field holds it, it stays out of the
+#: id, so every earlier run keeps its id (and its stored results)
+LATER_FIELDS = {"classes": None}
 MASK_SEED_OFFSET = 1_000_003
 
 
@@ -64,6 +68,9 @@ class TrainConfig:
     train_subset: Optional[int] = None
     val_subset: Optional[int] = None
     test_subset: Optional[int] = None
+    #: class ids to keep (train, val and test), relabelled 0..k-1 in ascending
+    #: order; None keeps every class. See ``ddc.data.load(classes=...)``.
+    classes: Optional[List[int]] = None
     record_every: int = 0
     snapshot_every: int = 0
     data_root: Optional[str] = None
@@ -90,10 +97,13 @@ class TrainConfig:
         return config
 
     def validate(self) -> "TrainConfig":
-        from .data import DATASETS
+        from .data import DATASETS, check_classes
         from .models import MODELS
 
         check_choice("dataset", self.dataset, DATASETS)
+        # canonical: sorted, and None when every class is named (the same data)
+        kept = check_classes(self.dataset, self.classes)
+        self.classes = None if kept is None else list(kept)
         check_choice("model", self.model, tuple(MODELS))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -127,7 +137,11 @@ class TrainConfig:
 
     def run_id(self) -> str:
         """Stable id: readable prefix plus a hash of every field that affects the numbers."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL}
+        identity = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in OPERATIONAL and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.model}-{self.method}-s{self.seed}-{digest}"
 
@@ -173,6 +187,7 @@ def build(config: TrainConfig, splits=None):
             train_subset=config.train_subset,
             val_subset=config.val_subset,
             test_subset=config.test_subset,
+            classes=config.classes,
         )
     torch.manual_seed(config.seed)  # the same initial weights for every method
     model = models.build(config.model, input_shape=splits.input_shape, num_classes=splits.num_classes)

@@ -413,6 +413,85 @@ def test_subset_sizes_and_stratification(isolated):
     assert torch.bincount(splits.test.tensors[1], minlength=10).tolist() == [3] * 10
 
 
+# --------------------------------------------------------------------------- class filter
+
+
+def test_class_filter_keeps_relabels_and_holds_out(isolated):
+    arrays = write_fake_idx_dataset(isolated / "d" / "mnist", n_train=400, n_test=100, size=6)
+    full = data.load("mnist", root=isolated / "d", normalize=False, seed=2)
+    kept = data.load("mnist", root=isolated / "d", normalize=False, seed=2, classes=[7, 2, 5])
+    assert kept.num_classes == 3 and full.num_classes == 10
+    assert kept.info["classes"] == [2, 5, 7] and kept.info["heldout_classes"] == [0, 1, 3, 4, 6, 8, 9]
+    original = torch.tensor([2, 5, 7])
+    as_rows = lambda images: [tuple((x.flatten() * 255).round().int().tolist()) for x in images]  # noqa: E731
+    for split in ("train", "val", "test"):
+        x, y = getattr(kept, split).tensors
+        fx, fy = getattr(full, split).tensors
+        assert set(y.tolist()) == {0, 1, 2}  # labels 0..k-1 in ascending order of the original ids
+        # the same examples as the unfiltered split restricted to the kept classes, in the same order
+        mask = torch.isin(fy, original)
+        assert torch.equal(x, fx[mask]) and torch.equal(original[y], fy[mask])
+    # held out: every test image of the other classes, with its original label
+    hx, hy = kept.heldout.tensors
+    assert sorted(set(hy.tolist())) == kept.info["heldout_classes"] and len(hy) == 70
+    test_labels = dict(zip(as_rows(torch.from_numpy(arrays["test_images"]).float() / 255), arrays["test_labels"].tolist()))
+    assert [test_labels[row] for row in as_rows(hx)] == hy.tolist()
+    assert full.heldout is None
+
+
+def test_class_filter_subsets_count_kept_examples_and_normalise_on_kept_train(isolated):
+    write_fake_idx_dataset(isolated / "d" / "mnist", n_train=400, n_test=100)
+    splits = data.load("mnist", root=isolated / "d", classes=[0, 1, 2, 3], train_subset=40, val_subset=8, test_subset=12)
+    assert [len(splits.train), len(splits.val), len(splits.test), len(splits.heldout)] == [40, 8, 12, 12]
+    counts = torch.bincount(splits.train.tensors[1]).tolist()
+    assert len(counts) == 4 and min(counts) >= 9 and max(counts) <= 11  # stratified over the kept classes
+    assert splits.info["sizes"] == {"train": 40, "val": 8, "test": 12, "heldout": 12}
+    raw = data.load("mnist", root=isolated / "d", classes=[0, 1, 2, 3], train_subset=40, normalize=False)
+    mean = raw.train.tensors[0].double().mean().item()
+    assert splits.info["normalization"]["mean"] == pytest.approx([mean], rel=1e-5)
+    assert splits.heldout.tensors[0].shape[1:] == splits.test.tensors[0].shape[1:]
+
+
+def test_class_filter_default_and_all_classes_change_nothing(isolated):
+    write_fake_idx_dataset(isolated / "d" / "mnist", n_train=200, n_test=40)
+    kwargs = dict(root=isolated / "d", seed=1, train_subset=50, val_subset=10, test_subset=20)
+    default, everything = data.load("mnist", **kwargs), data.load("mnist", classes=list(range(10)), **kwargs)
+    for split in ("train", "val", "test"):
+        for a, b in zip(getattr(default, split).tensors, getattr(everything, split).tensors):
+            assert torch.equal(a, b)
+    assert everything.heldout is None and everything.info == default.info and "classes" not in default.info
+
+
+def test_class_filter_on_generated_datasets():
+    pytest.importorskip("mnist1d", reason="mnist1d package not installed")
+    splits = data.load("mnist1d", seed=0, classes=[3, 4], train_subset=100, test_subset=50)
+    assert splits.num_classes == 2 and set(splits.train.tensors[1].tolist()) == {0, 1}
+    assert len(splits.heldout) == 50 and not set(splits.heldout.tensors[1].tolist()) & {3, 4}
+    with pytest.raises(ValueError, match="classes=.*regression dataset"):
+        data.load("synthetic", classes=[0, 1])
+
+
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ([0], "fewer than 2"),
+        ([1, 1, 2], "repeats"),
+        ([0, 10], r"\[0, 9\]"),
+        ([-1, 2], r"\[0, 9\]"),
+        ([0, 1.0], r"\[0, 9\]"),
+        ([True, 2], r"\[0, 9\]"),
+        ("01", "classes='01'"),
+        (3, "classes=3"),
+    ],
+)
+def test_bad_class_filters_name_the_field_and_the_allowed_values(classes, message):
+    with pytest.raises(ValueError, match=message) as error:
+        data.check_classes("fashion_mnist", classes)
+    assert "classes=" in str(error.value) and "fashion_mnist" in str(error.value)
+    assert data.check_classes("cifar100", [99, 0]) == (0, 99)
+    assert data.check_classes("mnist", None) is None
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [

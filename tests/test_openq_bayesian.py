@@ -24,17 +24,30 @@ def test_scores_table(run_dir):
     scores = paper.load_table(run_dir, "scores")
     assert set(scores.model) == {"det:none", "det:dropout", "det:dropconnect", "det:ddc", "mc:dropout", "mc:dropconnect", "mc:ddc"}
     assert scores.groupby("model").seed.nunique().min() == 2
-    for metric in B.METRICS:
+    for metric in B.METRICS:  # auroc_heldout included: the notebook holds classes 8 and 9 out by default
         assert scores[metric].notna().all()
-    assert scores[["acc", "ece", "auroc_noise", "auroc_rotation"]].stack().between(0, 1).all()
+    assert scores[["acc", "ece", "auroc_noise", "auroc_rotation", "auroc_heldout"]].stack().between(0, 1).all()
     assert (scores.query("inference == 'mc'").samples > 1).all()
+    assert (scores.n_heldout > 0).all() and (scores.n_test > 0).all()
+
+
+def test_models_were_trained_on_the_kept_classes_only(run_dir):
+    runs = paper.load_table(run_dir, "runs")
+    settings = json.loads((run_dir / "results" / "settings.json").read_text())
+    assert settings["heldout_classes"] == [8, 9] and settings["train_classes"] == list(range(8))
+    for path in paper.run_paths(run_dir, runs):
+        config, splits, model = B.load_trained(path)
+        assert config["classes"] == list(range(8))
+        assert model.linear2.out_features == 8 == splits.num_classes
+        assert set(splits.test.tensors[1].tolist()) <= set(range(8))
+        assert set(splits.heldout.tensors[1].tolist()) == {8, 9}
 
 
 def test_statistics_and_intervals(run_dir):
     summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
     versus = paper.load_table(run_dir, "mc_versus_ddc")
-    assert set(versus.model) == {"mc:dropout", "mc:dropconnect"}
+    assert set(versus.model) == {"mc:dropout", "mc:dropconnect", "det:none"}
     assert set(versus.metric) == set(B.METRICS)
     assert {"p_wilcoxon_adj", "ci_low", "ci_high", "mean_diff"} <= set(versus.columns)
     # the paired difference is recomputable from the stored scores
@@ -69,7 +82,13 @@ def test_conclusion_quotes_stored_numbers(run_dir):
     assert f"{summary.loc[('nll', 'mc:ddc'), 'mean']:.4f}" in text
     post = paper.load_table(run_dir, "posterior_summary").set_index("metric")
     assert f"{post.loc['rho_snr_grad', 'mean']:.4f}" in text
-    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {"reliability.png", "scores.png", "implied_posterior.png"}
+    assert f"{summary.loc[('auroc_heldout', 'mc:ddc'), 'mean']:.4f}" in text
+    assert "held out" in text and "Overfitting regime" in text
+    overfit = paper.load_table(run_dir, "overfitting").set_index(["metric", "tag"])
+    assert f"{overfit.loc[('generalization_gap', 'none'), 'mean']:.4f}" in text
+    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {
+        "reliability.png", "scores.png", "entropy.png", "implied_posterior.png"
+    }
     assert B.figures(run_dir)  # rebuilt from the stored tables alone
 
 
@@ -134,3 +153,20 @@ def test_entropy_and_corruptions():
     assert torch.equal(B.corrupt(x, "noise", seed=4), B.corrupt(x, "noise", seed=4))
     with pytest.raises(ValueError):
         B.corrupt(x, "blur")
+
+
+def test_kept_classes():
+    assert B.kept_classes(10, [8, 9]) == list(range(8))
+    assert B.kept_classes(10, []) is None
+    for bad in ([10], [8, 8], list(range(9)), [True]):
+        with pytest.raises(ValueError, match="heldout_classes"):
+            B.kept_classes(10, bad)
+
+
+def test_train_specs_lay_overrides_over_the_recipe():
+    from ddc.sweep import load_spec
+
+    (spec,) = B.train_specs("fashion_mnist-simplecnn1", "smoke", [0], classes=[0, 1, 2], epochs=1, train_subset=None)
+    configs = load_spec(spec).expand()
+    assert len(configs) == len(B.TRAIN_METHODS)
+    assert all(c.classes == [0, 1, 2] and c.epochs == 1 and c.train_subset == 256 for c in configs)

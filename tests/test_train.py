@@ -64,6 +64,61 @@ def test_run_id_is_stable_and_ignores_operational_fields():
     assert a.run_id() != tiny(seed=1).run_id() != tiny(method_options={"p_base": 0.2}).run_id()
 
 
+def test_run_ids_published_before_the_class_filter_are_unchanged():
+    # ids computed by the trainer before ``classes`` existed (commit df3e44f)
+    assert TrainConfig.from_dict({}).run_id() == "fashion_mnist-simplecnn1-none-s0-ad286c1ac8"
+    assert tiny(progress=False).run_id() == "mnist1d-mlp-ddc-s0-ff4c710344"
+    dropout = TrainConfig.from_dict({"method": "dropout", "method_options": {"p": 0.5}, "seed": 2})
+    assert dropout.run_id() == "fashion_mnist-simplecnn1-dropout-s2-bdf5e9045b"
+    # naming every class is the same data and labels as no filter: the same id
+    assert tiny(classes=list(range(10))).run_id() == tiny().run_id()
+    assert tiny(classes=list(range(10))).classes is None
+
+
+def test_class_filter_is_canonical_and_part_of_the_id():
+    a, b = tiny(classes=[7, 0, 3]), tiny(classes=[0, 3, 7])
+    assert a.classes == [0, 3, 7] and a.run_id() == b.run_id()
+    assert a.run_id() != tiny().run_id() != tiny(classes=[0, 3]).run_id()
+    assert TrainConfig.from_dict(a.to_dict()).run_id() == a.run_id()  # survives config.json
+
+
+@pytest.mark.parametrize(
+    "classes, message",
+    [([4], "fewer than 2"), ([2, 2], "repeats"), ([0, 10], r"\[0, 9\]"), ("0,1", "classes='0,1'"), ([0.0, 1], r"\[0, 9\]")],
+)
+def test_bad_class_filter_is_named(classes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(classes=classes)
+    with pytest.raises(ValueError, match="classes=.*regression"):
+        TrainConfig.from_dict({"dataset": "synthetic", "model": "linreg2d", "classes": [0, 1]})
+
+
+def test_class_filter_run_trains_a_k_class_model(tmp_path):
+    with pytest.raises(ValueError, match=r"val_subset must be an integer in \[1, \d+\].*classes \[2, 5, 8\]"):
+        train.build(tiny(classes=[2, 5, 8]))  # val_subset=200 > the val examples of three classes
+    config = tiny(classes=[2, 5, 8], epochs=1, record_every=0, val_subset=100, test_subset=100)
+    splits, model, handle = train.build(config)
+    handle.remove()
+    assert splits.num_classes == 3 and model(splits.test.tensors[0][:2]).shape == (2, 3)
+    assert set(splits.train.tensors[1].tolist()) == {0, 1, 2} and set(splits.heldout.tensors[1].tolist()).isdisjoint({2, 5, 8})
+    path = train.run(config, tmp_path)
+    stored = json.loads((path / "config.json").read_text())
+    assert stored["classes"] == [2, 5, 8] and stored["data_info"]["classes"] == [2, 5, 8]
+    assert stored["run_id"] == config.run_id() == path.name
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["n_test"] == len(splits.test) == 100 and summary["n_val"] == 100
+    runs = store.load_runs(tmp_path)
+    assert runs.classes.tolist() == ["[2, 5, 8]"]
+
+
+def test_cli_class_filter(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--dataset", "mnist1d", "--model", "mlp", "--classes", "3,1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert '"classes": [\n    1,\n    3\n  ]' in result.output or "[1, 3]" in result.output
+    result = CliRunner().invoke(main, ["train", "--dataset", "mnist1d", "--classes", "1,x", "--dry-run"])
+    assert result.exit_code == 2 and "--classes" in result.output
+
+
 def test_methods_start_from_identical_weights_and_data():
     states = []
     for method in ("none", "dropout", "dropconnect", "standout", "ddc"):

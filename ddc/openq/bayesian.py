@@ -17,9 +17,12 @@ Models are trained with the trainer (``ddc.train.run`` through
 Scores: accuracy, NLL, Brier score, expected calibration error (equal-width
 confidence bins) with reliability diagrams, and out-of-distribution detection
 as the AUROC of the predictive entropy, in-distribution test inputs against
-corrupted ones (additive Gaussian noise, 90-degree rotation). A held-out-class
-split (train on classes 0-7) would need a class filter in the trainer's data
-loading, which it does not have; corruptions need none.
+
+* corrupted ones (additive Gaussian noise, 90-degree rotation), and
+* held-out classes: models trained with a class filter (``TrainConfig.classes``,
+  e.g. Fashion-MNIST classes 0-7) are shown the official test images of the
+  classes they never saw (``DataSplits.heldout``, normalised with the training
+  statistics). Runs without a filter have no ``auroc_heldout`` column.
 
 The variational view: with keep ~ Bernoulli(1 - p) and a scale s, a weight's
 effective value is the two-point mixture {0 with prob. p, s*w with prob. 1-p}.
@@ -53,7 +56,10 @@ TRAIN_METHODS: Dict[str, dict] = {
 }
 #: metrics where lower is better
 LOWER_IS_BETTER = ("nll", "brier", "ece")
-METRICS = ("acc", "nll", "brier", "ece", "auroc_noise", "auroc_rotation")
+#: every score; ``auroc_heldout`` only exists for runs trained on a class subset
+METRICS = ("acc", "nll", "brier", "ece", "auroc_noise", "auroc_rotation", "auroc_heldout")
+#: the out-of-distribution inputs: corruptions of the test images, then held-out classes
+OOD_KINDS = ("noise", "rotation", "heldout")
 PROB_FLOOR = 1e-12
 
 
@@ -144,10 +150,32 @@ def corrupt(x: torch.Tensor, kind: str, *, seed: int = 0, noise_sd: float = 1.0)
 # ----------------------------------------------------------------------------- trained models
 
 
-def train_specs(recipe: str, profile: str, seeds: Sequence[int], device: str = "cpu", methods=None) -> List[dict]:
+def train_specs(recipe: str, profile: str, seeds: Sequence[int], device: str = "cpu", methods=None, **overrides) -> List[dict]:
+    """The notebook's sweep: ``methods`` (default :data:`TRAIN_METHODS`) x ``seeds`` on ``recipe`` at ``profile``.
+
+    ``overrides`` are TrainConfig fields laid over the recipe (``classes``,
+    ``epochs``, ``train_subset``, ...); ``None`` values are dropped (the recipe's
+    value stands).
+    """
     from .. import paper
 
-    return [paper.sweep_spec(f"08-{recipe}", recipe, profile, methods or TRAIN_METHODS, seeds, device=device)]
+    base = {"device": device, **{k: v for k, v in overrides.items() if v is not None}}
+    return [paper.sweep_spec(f"08-{recipe}", recipe, profile, methods or TRAIN_METHODS, seeds, **base)]
+
+
+def kept_classes(num_classes: int, heldout: Sequence[int]) -> Optional[List[int]]:
+    """The training classes when ``heldout`` classes are left out: ``None`` (all) for an empty ``heldout``.
+
+    Raises ``ValueError`` for ids outside ``[0, num_classes)``, repeats, or
+    fewer than two classes left.
+    """
+    heldout = list(heldout or [])
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in heldout) or len(set(heldout)) != len(heldout):
+        raise ValueError(f"heldout_classes={heldout!r} must be distinct integers in [0, {num_classes - 1}]")
+    kept = [c for c in range(num_classes) if c not in heldout]
+    if len(kept) < 2:
+        raise ValueError(f"heldout_classes={heldout!r} leaves {len(kept)} class(es); at least 2 must remain")
+    return kept if heldout else None
 
 
 def load_trained(run_path, cache: Optional[dict] = None):
@@ -159,7 +187,7 @@ def load_trained(run_path, cache: Optional[dict] = None):
 
     run_path = Path(run_path)
     config = json.loads((run_path / "config.json").read_text())
-    keys = ("dataset", "data_root", "val_fraction", "seed", "train_subset", "val_subset", "test_subset")
+    keys = ("dataset", "data_root", "val_fraction", "seed", "train_subset", "val_subset", "test_subset", "classes")
     key = tuple(str(config.get(k)) for k in keys)
     if cache is not None and key in cache:
         splits = cache[key]
@@ -172,6 +200,7 @@ def load_trained(run_path, cache: Optional[dict] = None):
             train_subset=config["train_subset"],
             val_subset=config["val_subset"],
             test_subset=config["test_subset"],
+            classes=config.get("classes"),  # absent in configs written before the class filter
         )
         if cache is not None:
             cache[key] = splits
@@ -264,6 +293,8 @@ def evaluate_run(run_path, *, label: str, samples: int, noise_sd: float = 1.0, n
     inputs = {"clean": head_inputs(model, x_test)}
     for kind in ("noise", "rotation"):
         inputs[kind] = head_inputs(model, corrupt(x_test, kind, seed=seed, noise_sd=noise_sd))
+    if splits.heldout is not None and len(splits.heldout):
+        inputs["heldout"] = head_inputs(model, splits.heldout.tensors[0])
     from ..apply import method_defaults
 
     method = config["method"]
@@ -286,9 +317,9 @@ def evaluate_run(run_path, *, label: str, samples: int, noise_sd: float = 1.0, n
             "model": f"{'mc' if inference == 'mc' else 'det'}:{label}", "samples": samples if inference == "mc" else 1,
             "acc": float((clean.argmax(1) == y_test).double().mean()),
             "nll": nll(clean, y_test), "brier": brier(clean, y_test), "ece": ece(clean, y_test, n_bins),
-            "auroc_noise": auroc(ent["clean"], ent["noise"]), "auroc_rotation": auroc(ent["clean"], ent["rotation"]),
-            "entropy_clean": float(ent["clean"].mean()), "entropy_noise": float(ent["noise"].mean()),
-            "entropy_rotation": float(ent["rotation"].mean()),
+            **{f"auroc_{kind}": auroc(ent["clean"], ent[kind]) for kind in OOD_KINDS if kind in ent},
+            **{f"entropy_{kind}": float(values.mean()) for kind, values in ent.items()},
+            "n_test": len(y_test), **({"n_heldout": len(ent["heldout"])} if "heldout" in ent else {}),
         }
         rows.append(row)
         bins.append(reliability(clean, y_test, n_bins).assign(seed=seed, model=row["model"]))
@@ -425,12 +456,25 @@ def figures(run_dir) -> List[str]:
     ax.legend(fontsize=7)
     written += save_fig(ax, run_dir, "reliability")
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
-    for ax, metric in zip(axes, ("nll", "ece", "auroc_noise", "auroc_rotation")):
+    shown_metrics = [m for m in ("nll", "ece", "auroc_heldout", "auroc_noise", "auroc_rotation") if m in scores]
+    fig, axes = plt.subplots(1, len(shown_metrics), figsize=(4.5 * len(shown_metrics), 4.5))
+    for ax, metric in zip(axes, shown_metrics):
         afig.method_comparison(scores, value=metric, method_col="model", rng=0, order=order, ax=ax)
-        ax.set_title(f"{metric} (mean, 95% CI over seeds)")
+        ax.set_title(f"{metric}\n(mean, 95% CI over seeds)")
         ax.tick_params(axis="x", labelrotation=60)
     written += save_fig(fig, run_dir, "scores")
+
+    kinds = ["clean"] + [k for k in OOD_KINDS if f"entropy_{k}" in scores]
+    long = scores.melt(id_vars=["model", "seed"], value_vars=[f"entropy_{k}" for k in kinds], var_name="inputs", value_name="entropy")
+    long["inputs"] = long["inputs"].str.removeprefix("entropy_")
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(order)), 4))
+    sns.barplot(long, x="model", y="entropy", hue="inputs", order=order, hue_order=kinds, errorbar=None, alpha=0.6, ax=ax)
+    sns.stripplot(long, x="model", y="entropy", hue="inputs", order=order, hue_order=kinds, dodge=True, palette="dark:black",
+                  size=3, legend=False, ax=ax)
+    ax.set_ylabel("mean predictive entropy (nats)")
+    ax.set_title("Predictive entropy by input: in-distribution test vs OOD (bars: mean over seeds; dots: seeds)")
+    ax.tick_params(axis="x", labelrotation=60)
+    written += save_fig(fig, run_dir, "entropy")
 
     posterior = load_table(run_dir, "posterior")
     if not posterior.empty:
