@@ -1,6 +1,8 @@
 """07_oq_learned_mapping: the notebook at smoke (its stored data) and the module's maths."""
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -31,6 +33,14 @@ def test_runs_and_matched_budget(run_dir):
     assert len(masked.query("method == 'learned'")) > 0
     assert np.allclose(masked.mean_drop, masked.target, atol=1e-4)  # the learned mapping's mean is pinned to DDC's
     assert trajectory.query("method == 'learned'").meta_loss.notna().any()
+    # one learning-curve point per (method, seed, epoch), on the epoch's last step
+    curve = trajectory.dropna(subset=["val_acc"])
+    assert len(curve) == len(runs) * 2 and curve.groupby(["method", "seed"]).epoch.nunique().eq(2).all()
+    # the fit of the training set and the time split are recorded per run
+    assert runs.train_acc.between(0, 1).all()
+    assert np.allclose(runs.generalization_gap, runs.train_acc - runs.test_acc)
+    assert (runs[["seconds_train", "seconds_eval"]] > 0).all().all()
+    assert (runs.query("method == 'learned'").seconds_meta > 0).all() and (runs.query("method == 'ddc'").seconds_meta == 0).all()
 
 
 def test_statistics_and_intervals(run_dir):
@@ -41,6 +51,10 @@ def test_statistics_and_intervals(run_dir):
     runs = paper.load_table(run_dir, "runs").pivot(index="seed", columns="method", values="test_acc")
     assert row.mean_diff == pytest.approx((runs["learned"] - runs["ddc"]).mean())
     assert row.ci_low <= row.mean_diff <= row.ci_high
+    regime = paper.load_table(run_dir, "regime").set_index("metric")
+    assert regime.loc["test_acc", "n"] == len(paper.load_table(run_dir, "runs"))
+    timing = paper.load_table(run_dir, "timing")
+    assert set(timing.method) == {"ddc", "learned"} and (timing.steps > 0).all()
 
 
 def test_edges_grid_and_shape(run_dir):
@@ -63,6 +77,7 @@ def test_conclusion_quotes_stored_numbers(run_dir):
     assert f"{shape.loc[('rho_z_grad', 'learned'), 'mean']:.4f}" in conclusion
     assert {p.name for p in (run_dir / "figures").glob("*.png")} == {"test_acc.png", "training.png", "mapping.png", "edges.png"}
     assert L.figures(run_dir)
+    assert "Regime (" in conclusion and "Time per run" in conclusion
 
 
 # ----------------------------------------------------------------------------- maths
@@ -126,3 +141,27 @@ def test_learned_method_on_a_layer():
     assert torch.equal(model(x), plain)  # eval mode is the plain layer
     remove()
     assert "ddc_method" not in model[2]._modules
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs=0 must be an integer >= 1"),
+    ("batch_size", 2.5, "batch_size=2.5 must be an integer >= 1"),
+    ("val_subset", 1, "val_subset=1 must be an integer >= 2"),
+    ("temperature", 0.0, "temperature=0.0 must be a positive number"),
+    ("ema_decay", 1.0, "ema_decay=1.0 must lie in [0, 1)"),
+    ("dataset", "imagenet", "dataset='imagenet' is not allowed; choose one of"),
+    ("model", "resnet21", "model='resnet21' is not allowed; choose one of"),
+    ("p_base", 0.8, "exceeds 1"),
+])
+def test_run_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        L.RunConfig(**{field: value})
+
+
+def test_train_run_rejects_bad_method_and_layer():
+    config = L.RunConfig(dataset="mnist1d", model="simplecnn1", layer="linear2", train_subset=20, val_subset=10,
+                         test_subset=10, epochs=1, batch_size=10)
+    with pytest.raises(ValueError, match=r"method='dropout': choose one of none, uniform, ddc, learned"):
+        L.train_run("dropout", 0, config)
+    with pytest.raises(ValueError, match=r"layer='conv1' must name a Linear layer of simplecnn1: one of"):
+        L.train_run("learned", 0, dataclasses.replace(config, layer="conv1"))
