@@ -5,13 +5,15 @@ qualified module name (``model.get_submodule(name)``):
 
 * ``ddc_layers``: where DDC / DropConnect act (the first fully connected layer
   after the feature extractor, ``linear1``; ``fc`` for the ResNets; ``linear``
-  for the 2-D regression).
+  for the 2-D regression; every attention and MLP projection for the Vision
+  Transformer, whose names depend on its depth, so each instance spells them out).
 * ``dropout_layers``: where the Dropout baseline masks the *output* (the same
   layer; the paper puts ``nn.Dropout`` after that layer's output, before the ReLU).
 
 Initialisation follows the authors' recipe (:func:`init_weights`): Xavier-uniform
-weights for Linear / Conv / locally connected layers, zero biases, BatchNorm
-weight 1 and bias 0. None of the models contains a Dropout layer of its own.
+weights for Linear / Conv / locally connected layers, zero biases, BatchNorm and
+LayerNorm weight 1 and bias 0 (the ViT's class token and position embedding:
+normal with std 0.02). None of the models contains a Dropout layer of its own.
 
 Input shapes match :mod:`ddc.data`: images ``(C, H, W)``, MNIST-1D ``(1, 40)``
 (``(40,)`` is accepted too), the synthetic regression ``(2,)``. Use
@@ -36,6 +38,7 @@ __all__ = [
     "VGG13BN",
     "ResNet18",
     "ResNet20",
+    "VisionTransformer",
     "MODELS",
     "build",
     "init_weights",
@@ -110,9 +113,10 @@ def init_weights(model: nn.Module) -> nn.Module:
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and module.weight is not None:
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, LocallyConnected2d):
             module.reset_parameters()
     return model
@@ -459,6 +463,146 @@ class ResNet20(_CifarResNet):
         super().__init__((16, 32, 64), (3, 3, 3), "A", num_classes, in_channels)
 
 
+# --------------------------------------------------------------------------- Vision Transformer
+
+
+class PatchEmbedding(nn.Module):
+    """Cut ``(N, C, H, H)`` images into non-overlapping ``patch_size`` squares and map each
+    flattened patch (``C * patch_size**2`` values) to ``dim`` with one ``nn.Linear`` named ``proj``.
+
+    Output ``(N, (H // patch_size)**2, dim)``, patches in row-major order.
+    """
+
+    def __init__(self, in_channels: int, input_size: int, patch_size: int, dim: int):
+        super().__init__()
+        if patch_size < 1 or input_size % patch_size:
+            raise ValueError(
+                f"patch_size must divide the image size; got patch_size={patch_size} for {input_size}x{input_size} images"
+            )
+        self.in_channels, self.input_size, self.patch_size = in_channels, input_size, patch_size
+        self.num_patches = (input_size // patch_size) ** 2
+        self.proj = nn.Linear(in_channels * patch_size * patch_size, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-3:] != (self.in_channels, self.input_size, self.input_size):
+            raise ValueError(
+                f"PatchEmbedding built for {self.in_channels}x{self.input_size}x{self.input_size} inputs; "
+                f"got {tuple(x.shape[-3:])}"
+            )
+        patches = F.unfold(x, self.patch_size, stride=self.patch_size)  # (N, C*p*p, L)
+        return self.proj(patches.transpose(1, 2))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with explicit projections: ``qkv`` (one ``nn.Linear(dim, 3*dim)``)
+    and the output projection ``proj`` (``nn.Linear(dim, dim)``). The attention product is
+    :func:`torch.nn.functional.scaled_dot_product_attention` (no attention dropout)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"heads must divide dim; got heads={heads} for dim={dim}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, T, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class FeedForward(nn.Module):
+    """The transformer MLP: ``fc1`` (dim -> hidden) -> GELU -> ``fc2`` (hidden -> dim)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadSelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def vit_projection_layers(depth: int) -> tuple[str, ...]:
+    """Qualified names of the attention (``qkv``, ``proj``) and MLP (``fc1``, ``fc2``) projections
+    of a :class:`VisionTransformer` with ``depth`` blocks, in model order."""
+    return tuple(
+        f"blocks.{index}.{name}" for index in range(depth) for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    )
+
+
+class VisionTransformer(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al. 2021) for 28x28 / 32x32 images.
+
+    ``patch_embed`` (a Linear over flattened ``patch_size`` patches) -> prepend a learned
+    class token -> add a learned position embedding -> ``depth`` pre-norm
+    :class:`TransformerBlock` s (``blocks.K.attn.qkv``, ``blocks.K.attn.proj``,
+    ``blocks.K.mlp.fc1``, ``blocks.K.mlp.fc2``) -> LayerNorm ``norm`` of the class
+    token -> ``head`` (Linear to the classes). No dropout of its own.
+
+    Defaults (``dim=64``, ``depth=4``, ``heads=4``, ``mlp_hidden=128``, ``patch_size=4``):
+    49 patches + the class token for 1x28x28, about 0.14M parameters.
+    ``ddc_layers`` / ``dropout_layers`` are every attention and MLP projection
+    (:func:`vit_projection_layers`); the class attribute names those of the default depth.
+    """
+
+    DEFAULT_DEPTH = 4
+    ddc_layers: tuple[str, ...] = vit_projection_layers(DEFAULT_DEPTH)
+    dropout_layers: tuple[str, ...] = vit_projection_layers(DEFAULT_DEPTH)
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        patch_size: int = 4,
+        dim: int = 64,
+        depth: int = DEFAULT_DEPTH,
+        heads: int = 4,
+        mlp_hidden: int = 128,
+    ):
+        super().__init__()
+        for name, value in (("dim", dim), ("depth", depth), ("mlp_hidden", mlp_hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        self.patch_embed = PatchEmbedding(in_channels, input_size, patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, dim))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_hidden) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.depth = depth
+        self.ddc_layers = self.dropout_layers = vit_projection_layers(depth)
+        init_weights(self)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x)
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens[:, 0]))
+
+
 # --------------------------------------------------------------------------- registry
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -470,6 +614,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "vgg13bn": VGG13BN,
     "resnet18": ResNet18,
     "resnet20": ResNet20,
+    "vit": VisionTransformer,
 }
 
 
@@ -534,6 +679,13 @@ def _build_resnet(model_class: type[nn.Module], name: str):
     return build_resnet
 
 
+def _build_vit(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    channels, size = _image_shape("vit", shape)
+    if size % 4:
+        raise ValueError(f"model 'vit' cuts 4x4 patches, so the image size must be a multiple of 4; got {shape}")
+    return VisionTransformer(_classification_classes("vit", num_classes), in_channels=channels, input_size=size)
+
+
 _BUILDERS = {
     "linreg2d": _build_linreg2d,
     "mlp": _build_mlp,
@@ -543,6 +695,7 @@ _BUILDERS = {
     "vgg13bn": _build_vgg13bn,
     "resnet18": _build_resnet(ResNet18, "resnet18"),
     "resnet20": _build_resnet(ResNet20, "resnet20"),
+    "vit": _build_vit,
 }
 
 

@@ -18,7 +18,9 @@ from ddc.models import (
     ResNet20,
     SimpleCNN1,
     SimpleCNN2,
+    VisionTransformer,
     build,
+    vit_projection_layers,
 )
 
 
@@ -38,6 +40,8 @@ SUPPORTED = [
     ("resnet18", (1, 28, 28)),
     ("resnet20", (3, 32, 32)),
     ("resnet20", (1, 28, 28)),
+    ("vit", (1, 28, 28)),
+    ("vit", (3, 32, 32)),
 ]
 
 
@@ -63,7 +67,7 @@ def check_init(model: nn.Module) -> None:
             assert module.weight.abs().max() <= bound
             if module.weight.numel() >= 100:  # uniform over the whole range, not a narrower default
                 assert module.weight.abs().max() > 0.8 * bound
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
             assert torch.all(module.weight == 1) and torch.count_nonzero(module.bias) == 0
 
 
@@ -221,7 +225,7 @@ def test_mlp_hidden_widths():
 
 
 def test_every_registered_model_declares_layers():
-    assert set(MODELS) == {"linreg2d", "mlp", "simplecnn1", "simplecnn2", "alexnet", "vgg13bn", "resnet18", "resnet20"}
+    assert set(MODELS) == {"linreg2d", "mlp", "simplecnn1", "simplecnn2", "alexnet", "vgg13bn", "resnet18", "resnet20", "vit"}
     for model_class in MODELS.values():
         assert isinstance(model_class.ddc_layers, tuple) and model_class.ddc_layers
         assert model_class.dropout_layers == model_class.ddc_layers
@@ -249,6 +253,9 @@ def test_init_is_seeded():
         ({"name": "mlp", "input_shape": (0, 28), "num_classes": 10}, "input_shape must be"),
         ({"name": "simplecnn1", "input_shape": (1, 8, 8), "num_classes": 10}, "input_size must be at least 15"),
         ({"name": "simplecnn2", "input_shape": (3, 5, 5), "num_classes": 10}, "input_size must be at least 7"),
+        ({"name": "vit", "input_shape": (1, 40), "num_classes": 10}, "model 'vit' needs a square image"),
+        ({"name": "vit", "input_shape": (1, 30, 30), "num_classes": 10}, "multiple of 4"),
+        ({"name": "vit", "input_shape": (1, 28, 28), "num_classes": 0}, "num_classes must be >= 1"),
     ],
 )
 def test_build_errors(kwargs, match):
@@ -259,3 +266,105 @@ def test_build_errors(kwargs, match):
 
 def test_build_is_case_insensitive():
     assert isinstance(build("ResNet20", input_shape=(3, 32, 32), num_classes=10), ResNet20)
+
+
+# ----------------------------------------------------------------------------- Vision Transformer
+
+
+def test_vit_layout_names_and_parameter_count():
+    torch.manual_seed(0)
+    model = build("vit", input_shape=(1, 28, 28), num_classes=10)
+    assert isinstance(model, VisionTransformer) and len(model.blocks) == VisionTransformer.DEFAULT_DEPTH == 4
+    assert model.patch_embed.num_patches == 49 and model.pos_embed.shape == (1, 50, 64)
+    assert model.patch_embed.proj.in_features == 16 and model.head.out_features == 10
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    per_block = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+    assert linears == ["patch_embed.proj", *[f"blocks.{b}.{n}" for b in range(4) for n in per_block], "head"]
+    assert model.ddc_layers == model.dropout_layers == tuple(linears[1:-1]) == vit_projection_layers(4)
+    assert VisionTransformer.ddc_layers == vit_projection_layers(4)
+    # patch 1*4*4 -> 64, class token, 50 positions, 4 blocks of (2 LayerNorms, qkv, proj, fc1, fc2), final LayerNorm, head
+    block = 2 * 128 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
+    assert parameter_count(model) == (16 * 64 + 64) + 64 + 50 * 64 + 4 * block + 128 + (64 * 10 + 10) == 139_018
+    assert not any(isinstance(m, (nn.Dropout, nn.BatchNorm2d)) for m in model.modules())
+    assert 0 < model.pos_embed.std() < 0.05 and 0 < model.cls_token.std() < 0.05
+
+
+def test_vit_custom_depth_declares_its_own_layers():
+    model = VisionTransformer(num_classes=3, in_channels=3, input_size=32, patch_size=8, dim=32, depth=2, heads=2, mlp_hidden=48)
+    assert model.ddc_layers == vit_projection_layers(2) and len(model.ddc_layers) == 8
+    assert model.patch_embed.num_patches == 16
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="heads must divide dim"):
+        VisionTransformer(dim=30, heads=4)
+    with pytest.raises(ValueError, match="patch_size must divide"):
+        VisionTransformer(input_size=28, patch_size=5)
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        VisionTransformer(depth=0)
+    with pytest.raises(ValueError, match="built for 1x28x28"):
+        VisionTransformer()(torch.randn(1, 1, 32, 32))
+
+
+def test_vit_patches_and_attention_match_a_direct_computation():
+    torch.manual_seed(0)
+    model = VisionTransformer(num_classes=4, in_channels=2, input_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_hidden=16)
+    x = torch.randn(3, 2, 8, 8)
+    # patch k (row-major over the 2x2 grid) is the flattened (channel, row, column) block
+    patches = torch.stack([x[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].reshape(3, -1) for i in range(2) for j in range(2)], 1)
+    torch.testing.assert_close(model.patch_embed(x), model.patch_embed.proj(patches))
+    attn = model.blocks[0].attn
+    tokens = torch.randn(3, 5, 8)
+    q, k, v = attn.qkv(tokens).split(8, dim=-1)
+    heads = [torch.softmax(q[..., h * 4 : h * 4 + 4] @ k[..., h * 4 : h * 4 + 4].transpose(1, 2) / 2.0, -1) @ v[..., h * 4 : h * 4 + 4]
+             for h in range(2)]
+    torch.testing.assert_close(attn(tokens), attn.proj(torch.cat(heads, -1)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, options", [("ddc", {}), ("dropconnect", {"p": 0.3}), ("dropout", {"p": 0.3})])
+def test_vit_takes_methods_on_its_projections_and_trains(method, options):
+    from ddc.apply import apply
+
+    torch.manual_seed(0)
+    model = build("vit", input_shape=(1, 28, 28), num_classes=10)
+    layers = [name for name in model.ddc_layers if ".attn." in name]
+    handle = apply(model, method, layers=layers, seed=1, **options)
+    assert list(handle.methods) == layers == [f"blocks.{b}.attn.{n}" for b in range(4) for n in ("qkv", "proj")]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.train()
+    for _ in range(2):  # DDC's first step passes through to capture a gradient; the second masks
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if p.grad is not None)
+    assert not torch.equal(before["blocks.0.attn.qkv.weight"], model.blocks[0].attn.qkv.weight)
+    model.eval()
+    with torch.no_grad():
+        masked_eval = model(x)
+        handle.remove()
+        torch.testing.assert_close(masked_eval, model(x))  # eval mode computes the plain network
+    assert "ddc_method" not in dict(model.named_modules())["blocks.0.attn.qkv"]._modules
+
+
+def test_vit_default_placement_via_apply():
+    from ddc.apply import apply
+
+    model = build("vit", input_shape=(1, 28, 28), num_classes=10)
+    handle = apply(model, "ddc")  # layers=None: the model's declared projections
+    assert tuple(handle.methods) == vit_projection_layers(4)
+    handle.remove()
+
+
+def test_vit_recipe_keeps_adam_rates_at_every_profile():
+    from ddc import recipes
+    from ddc.train import TrainConfig, learning_rate
+
+    for profile in recipes.PROFILES:
+        fields = recipes.recipe("fashion_mnist-vit", profile)
+        assert fields["model"] == "vit" and fields["optimizer"] == "adam"
+        assert fields["lr"] == 1e-3 and fields["min_lr"] < fields["lr"]  # a cosine schedule, not a constant one
+        config = TrainConfig.from_dict({**fields, "progress": False})
+        assert learning_rate(config, config.epochs - 1) < learning_rate(config, config.warmup_epochs)
+    assert recipes.recipe("fashion_mnist-resnet18", "quick")["lr"] == 0.01

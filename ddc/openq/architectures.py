@@ -7,6 +7,16 @@ carry DDC at one of three placements:
 - ``last_stage``: every convolution of the last stage (shortcut projections included);
 - ``all_conv``: every convolution, the stem included.
 
+The extension, a small Vision Transformer (:class:`ddc.models.VisionTransformer`:
+patch embedding, class token, pre-norm blocks, LayerNorm instead of BatchNorm),
+carries it on
+
+- ``attn``: the attention projections of every block (``qkv`` and the output ``proj``);
+- ``mlp``: the MLP projections of every block (``fc1``, ``fc2``);
+- ``attn_mlp``: both (the model's declared default).
+
+:func:`placements_for` says which placements a model takes.
+
 They are compared with no drop, Dropout and DropConnect at a **matched mean
 drop rate**: a first sweep trains DDC with the recorder on; for every
 (experiment, placement) the expected drop rate DDC realised is the
@@ -23,6 +33,8 @@ for every BN layer the per-channel variance of its input on a fixed batch of
 training images in train mode (masks on, batch statistics) and in eval mode
 (masks off), against its running variance; for every residual block the
 standard deviation of the residual branch against the shortcut, in both modes.
+The ViT has no BatchNorm; its two residual branches per block (attention, MLP)
+are measured the same way against the residual stream they are added to.
 """
 
 from __future__ import annotations
@@ -38,7 +50,15 @@ from torch import nn
 from .. import paper
 
 NOTEBOOK = "06_oq_architectures"
-PLACEMENTS = ("fc", "last_stage", "all_conv")
+#: placements per model family, in display order
+RESNET_PLACEMENTS = ("fc", "last_stage", "all_conv")
+VIT_PLACEMENTS = ("attn", "mlp", "attn_mlp")
+MODEL_PLACEMENTS = {"resnet18": RESNET_PLACEMENTS, "resnet20": RESNET_PLACEMENTS, "vit": VIT_PLACEMENTS}
+#: every placement, in display order
+PLACEMENTS = RESNET_PLACEMENTS + VIT_PLACEMENTS
+#: DDC's per-layer drop rate compared between two layer roles (role, baseline role), per placement:
+#: the conv feeding the skip addition vs the block's first conv; the MLP vs the attention projections
+ROLE_CONTRASTS = {"all_conv": ("conv2", "conv1"), "attn_mlp": ("mlp", "attn")}
 METHOD_ORDER = ("none", "dropout", "dropconnect", "ddc")
 #: (method, baseline) contrasts tested per placement, paired by seed
 CONTRASTS = (("ddc", "none"), ("ddc", "dropconnect"), ("ddc", "dropout"), ("dropconnect", "none"), ("dropout", "none"))
@@ -53,10 +73,21 @@ def input_shape(dataset: str) -> Tuple[int, int, int]:
 
 def experiment_model(fields: dict) -> Tuple[str, str]:
     """(dataset, model) of an experiment's fields (``recipe`` plus overrides)."""
+    from ..functional import check_choice
     from ..recipes import RECIPES
 
+    if not isinstance(fields, dict) or "recipe" not in fields:
+        raise ValueError(f"experiment fields must be a mapping with a 'recipe' key (plus TrainConfig overrides); got {fields!r}")
+    check_choice("recipe", fields["recipe"], tuple(RECIPES))
     recipe = RECIPES[fields["recipe"]]
     return fields.get("dataset", recipe["dataset"]), fields.get("model", recipe["model"])
+
+
+def placements_for(model: str) -> Tuple[str, ...]:
+    """The placements ``model`` takes (ResNets: ``fc, last_stage, all_conv``; ViT: ``attn, mlp, attn_mlp``)."""
+    if model not in MODEL_PLACEMENTS:
+        raise ValueError(f"model={model!r} has no placements in notebook 06; choose one of {', '.join(MODEL_PLACEMENTS)}")
+    return MODEL_PLACEMENTS[model]
 
 
 def _build(model: str, dataset: str) -> nn.Module:
@@ -66,10 +97,14 @@ def _build(model: str, dataset: str) -> nn.Module:
 
 
 def placement_layers(model: str, placement: str, dataset: str = "fashion_mnist") -> List[str]:
-    """Qualified names of the layers of ``model`` that ``placement`` regularises."""
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement={placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    """Qualified names of the layers of ``model`` that ``placement`` regularises (model order)."""
+    allowed = placements_for(model)
+    if placement not in allowed:
+        raise ValueError(f"placement={placement!r} does not apply to model {model!r}; choose one of {', '.join(allowed)}")
     net = _build(model, dataset)
+    if model == "vit":
+        part = {"attn": (".attn.",), "mlp": (".mlp.",), "attn_mlp": (".attn.", ".mlp.")}[placement]
+        return [name for name in net.ddc_layers if any(p in name for p in part)]
     if placement == "fc":
         return ["fc"]
     convs = [name for name, module in net.named_modules() if isinstance(module, nn.Conv2d)]
@@ -114,7 +149,7 @@ def annotate(runs):
 # ----------------------------------------------------------------------------- sweeps
 
 
-PLAN_KEYS = ("recipe", "placements", "seeds")
+PLAN_KEYS = ("recipe", "placements", "seeds", "ddc_options")
 
 
 def _split_fields(fields: dict) -> Tuple[str, dict]:
@@ -122,33 +157,66 @@ def _split_fields(fields: dict) -> Tuple[str, dict]:
     return fields["recipe"], overrides
 
 
-def plan(experiments: Dict[str, dict], placements: Sequence[str], seeds: Sequence[int], available: Iterable[str], log=print):
+def plan(experiments: Dict[str, dict], placements: Optional[Sequence[str]], seeds: Sequence[int], available: Iterable[str],
+         log=print):
     """``[(experiment, fields, placements, seeds)]`` for the experiments whose dataset is available.
 
     ``fields``: a ``recipe`` plus TrainConfig overrides; optional ``placements`` /
     ``seeds`` keys replace the notebook-wide ones for that experiment (seeds are
-    cut to the notebook's seeds when those are fewer). Experiments whose dataset
+    cut to the notebook's seeds when those are fewer), an optional
+    ``ddc_options`` mapping is laid over the notebook-wide DDC options for that
+    experiment's DDC runs (see :func:`ddc_spec`). Notebook-wide
+    ``placements``: ``None`` gives every model its own (:func:`placements_for`);
+    a list is cut, per experiment, to the placements its model takes, and an
+    experiment left with none is skipped with a note. Experiments whose dataset
     is missing are skipped with a printed note.
     """
+    if placements is not None:
+        if isinstance(placements, str) or not list(placements):
+            raise ValueError(f"placements must be None or a non-empty list drawn from {', '.join(PLACEMENTS)}; got {placements!r}")
+        unknown = [p for p in placements if p not in PLACEMENTS]
+        if unknown:
+            raise ValueError(f"placements: {', '.join(map(repr, unknown))} unknown; choose from {', '.join(PLACEMENTS)}")
     available = set(available)
     chosen = []
     for experiment, fields in experiments.items():
-        dataset, _ = experiment_model(fields)
+        dataset, model = experiment_model(fields)
+        allowed = placements_for(model)
+        if "placements" in fields:
+            own = list(fields["placements"])
+            wrong = [p for p in own if p not in allowed]
+            if wrong or not own:
+                raise ValueError(f"experiment {experiment!r}: placements {own!r} must be a non-empty list drawn from "
+                                 f"{', '.join(allowed)} (model {model!r})")
+        else:
+            own = list(allowed) if placements is None else [p for p in placements if p in allowed]
+            if not own:
+                log(f"{experiment}: none of the placements {list(placements)} applies to model {model!r} "
+                    f"(its placements: {', '.join(allowed)}), skipped")
+                continue
         if dataset not in available:
             log(f"{experiment}: dataset {dataset!r} is not available here (see `ddc data list`), skipped")
             continue
         own_seeds = [s for s in fields.get("seeds", seeds) if s in set(seeds)] or list(seeds)
-        chosen.append((experiment, fields, list(fields.get("placements", placements)), own_seeds))
+        chosen.append((experiment, fields, own, own_seeds))
     return chosen
 
 
 def ddc_spec(experiment: str, fields: dict, profile: str, placements: Sequence[str], seeds, *, record_every: int,
              device: str = "cpu", ddc_options: Optional[dict] = None) -> dict:
-    """Sweep 1: DDC at every placement, recorded every ``record_every`` steps."""
+    """Sweep 1: DDC at every placement, recorded every ``record_every`` steps.
+
+    DDC's options: ``ddc_options`` (notebook-wide), overridden key by key by the
+    experiment's own ``fields["ddc_options"]``.
+    """
     recipe, overrides = _split_fields(fields)
     dataset, model = experiment_model(fields)
+    own = fields.get("ddc_options") or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"experiment {experiment!r}: ddc_options must be a mapping of DDC option names to values; got {own!r}")
+    options = {**dict(ddc_options or {}), **own}
     methods = {
-        label("ddc", pl): {"method": "ddc", "method_options": dict(ddc_options or {}), "layers": placement_layers(model, pl, dataset)}
+        label("ddc", pl): {"method": "ddc", "method_options": dict(options), "layers": placement_layers(model, pl, dataset)}
         for pl in placements
     }
     return paper.sweep_spec(f"06-{experiment}-ddc", recipe, profile, methods, seeds, device=device,
@@ -177,6 +245,9 @@ def baseline_spec(experiment: str, fields: dict, profile: str, placements: Seque
 # ----------------------------------------------------------------------------- matched drop rate
 
 
+GAUSSIAN_OPTIONS = ("p_base", "p_signal", "tau")
+
+
 def gaussian_drop_rate(p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5, points: int = 200001) -> float:
     """DDC's mean drop probability if the layer z-scores were standard normal:
     ``p_base + p_signal * E[c 1(c > tau)]`` with ``c = sigmoid(-z)``, ``z ~ N(0, 1)`` (numerical integral)."""
@@ -200,7 +271,8 @@ def run_drop_rates(runs, run_dir):
     """Per run: edge-weighted mean over its layers of the recorded expected (``drop_prob_mean``)
     and realised (``realized_drop_rate``) drop rate, averaged over recorded steps after step 0.
 
-    Columns: ``run_id, experiment, placement, seed, expected_rate, realized_rate, recorded_steps``.
+    Columns: ``run_id, experiment, placement, seed, [p_base, p_signal, tau,] expected_rate,
+    realized_rate, recorded_steps`` (the DDC options where the runs table has them).
     """
     import pandas as pd
 
@@ -213,7 +285,8 @@ def run_drop_rates(runs, run_dir):
         dataset, model = run.dataset, run.model
         sizes = layer_sizes(model, layers, dataset)
         mine = per_layer[per_layer.run_id == run.run_id]
-        row = {"run_id": run.run_id, "experiment": run.experiment, "placement": run.placement, "seed": run.seed}
+        row = {"run_id": run.run_id, "experiment": run.experiment, "placement": run.placement, "seed": run.seed,
+               **{k: float(getattr(run, k)) for k in GAUSSIAN_OPTIONS if hasattr(run, k)}}
         for metric, name in (("drop_prob_mean", "expected_rate"), ("realized_drop_rate", "realized_rate")):
             values = mine[mine.metric == metric].set_index("layer")["mean"]
             weights = pd.Series(sizes).reindex(values.index)
@@ -225,7 +298,11 @@ def run_drop_rates(runs, run_dir):
 
 def matched_rates(per_run, *, rng=0, n_resamples: int = 9999, digits: int = 3, ddc_options: Optional[dict] = None):
     """Per (experiment, placement): DDC's mean expected drop rate over seeds with a bootstrap CI,
-    the realised rate, the Gaussian approximation and ``p_matched`` (the mean, rounded)."""
+    the realised rate, the Gaussian approximation and ``p_matched`` (the mean, rounded).
+
+    The Gaussian approximation uses the runs' own ``p_base, p_signal, tau`` where
+    ``per_run`` has them, else ``ddc_options`` over the paper's defaults.
+    """
     import numpy as np
     from analysis import stats
 
@@ -234,8 +311,13 @@ def matched_rates(per_run, *, rng=0, n_resamples: int = 9999, digits: int = 3, d
     realized = per_run.groupby(["experiment", "placement"], as_index=False).realized_rate.mean()
     out = summary.merge(realized, on=["experiment", "placement"])
     out = out.rename(columns={"mean": "expected_rate"})
-    options = {"p_base": 0.3, "p_signal": 0.5, "tau": 0.5, **{k: v for k, v in (ddc_options or {}).items() if k in ("p_base", "p_signal", "tau")}}
-    out["gaussian_rate"] = gaussian_drop_rate(**options)
+    options = {"p_base": 0.3, "p_signal": 0.5, "tau": 0.5, **{k: v for k, v in (ddc_options or {}).items() if k in GAUSSIAN_OPTIONS}}
+    if set(GAUSSIAN_OPTIONS) <= set(per_run.columns):
+        own = per_run.groupby(["experiment", "placement"])[list(GAUSSIAN_OPTIONS)].first()
+        out["gaussian_rate"] = [gaussian_drop_rate(**own.loc[(e, pl)].to_dict()) for e, pl in zip(out.experiment, out.placement)]
+        out = out.merge(own.reset_index(), on=["experiment", "placement"])
+    else:
+        out["gaussian_rate"] = gaussian_drop_rate(**options)
     out["p_matched"] = out["expected_rate"].round(digits)
     return out
 
@@ -262,8 +344,43 @@ def _bn_parent_conv(bn_name: str) -> str:
     return f"{parent}.{conv}" if parent else conv
 
 
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> float:
+    """Ratio of the channel sums of two per-channel variances (NaN if the denominator is 0).
+
+    Not the mean of per-channel ratios: a channel that masks silence in train
+    mode has a variance near 0 there, and its ratio would swamp the layer's."""
+    total = denominator.sum().item()
+    return numerator.sum().item() / total if total > 0 else float("nan")
+
+
 def _channel_var(x: torch.Tensor) -> torch.Tensor:
     return x.detach().double().transpose(0, 1).flatten(1).var(dim=1, correction=1)
+
+
+def residual_branches(model: nn.Module) -> Dict[str, tuple]:
+    """Every residual addition of ``model``: ``{name: (branch module, shortcut module, "output" | "input")}``.
+
+    The residual branch's value is the branch module's output. The shortcut's is
+    the shortcut module's output (``"output"``) or its input (``"input"``: the
+    residual stream, read where the pre-norm block reads it). ResNet
+    :class:`~ddc.models.BasicBlock` ``X``: branch ``X.bn2``, shortcut ``X.shortcut``.
+    ViT :class:`~ddc.models.TransformerBlock` ``X``: ``X.attn`` (branch ``X.attn``,
+    stream at ``X.norm1``'s input) and ``X.mlp`` (branch ``X.mlp``, stream at ``X.norm2``'s input).
+    """
+    from ..models import BasicBlock, TransformerBlock
+
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BasicBlock):
+            out[name] = (module.bn2, module.shortcut, "output")
+        elif isinstance(module, TransformerBlock):
+            out[f"{name}.attn"] = (module.attn, module.norm1, "input")
+            out[f"{name}.mlp"] = (module.mlp, module.norm2, "input")
+    return out
+
+
+def _std(x: torch.Tensor) -> float:
+    return x.detach().double().std().item()
 
 
 @torch.no_grad()
@@ -272,9 +389,12 @@ def _forward_with_hooks(model, x, bn_layers, blocks):
     handles = []
     for name, bn in bn_layers.items():
         handles.append(bn.register_forward_pre_hook(lambda m, args, name=name: captured.setdefault(name, {}).update(var=_channel_var(args[0]))))
-    for name, block in blocks.items():
-        handles.append(block.bn2.register_forward_hook(lambda m, args, out, name=name: captured.setdefault(name, {}).update(branch=out.detach().double().std().item())))
-        handles.append(block.shortcut.register_forward_hook(lambda m, args, out, name=name: captured.setdefault(name, {}).update(shortcut=out.detach().double().std().item())))
+    for name, (branch, shortcut, kind) in blocks.items():
+        handles.append(branch.register_forward_hook(lambda m, args, out, name=name: captured.setdefault(name, {}).update(branch=_std(out))))
+        if kind == "output":
+            handles.append(shortcut.register_forward_hook(lambda m, args, out, name=name: captured.setdefault(name, {}).update(shortcut=_std(out))))
+        else:
+            handles.append(shortcut.register_forward_pre_hook(lambda m, args, name=name: captured.setdefault(name, {}).update(shortcut=_std(args[0]))))
     try:
         model(x)
     finally:
@@ -296,11 +416,15 @@ def batchnorm_shift(runs, run_dir, *, n_images: int = 128):
     Returns ``(bn, skip)``. ``bn``: one row per (run, BN layer) with
     ``running_var`` (channel mean), ``train_var``, ``eval_var`` (channel means of
     the unbiased per-channel variance of the BN input), ``eval_over_running``,
-    ``train_over_running`` and ``eval_over_train`` (channel means of the
-    per-channel ratios; ``eval_over_train < 1`` is the variance shift), and
+    ``train_over_running`` and ``eval_over_train`` (ratios of the per-channel
+    variances summed over channels, see :func:`_ratio`; ``eval_over_train < 1``
+    is the variance shift), and
     ``after_masked`` (the BN input comes from a masked layer). ``skip``: one row
-    per (run, block) with the std of the residual branch (after ``bn2``) and of
-    the shortcut, in both modes, and their ratios.
+    per (run, residual addition, see :func:`residual_branches`) with the std of
+    the residual branch (ResNet: after ``bn2``; ViT: the attention or MLP
+    output) and of the shortcut (ViT: the residual stream it is added to), in
+    both modes, and their ratios; ``stage`` is the ResNet stage (None for the
+    ViT). A model without BatchNorm (the ViT) adds no ``bn`` rows.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the sweep workers: on a shared machine, more threads are slower
@@ -314,7 +438,6 @@ def _batchnorm_shift(runs, run_dir, n_images):
     import pandas as pd
 
     from ..data import load
-    from ..models import BasicBlock
     from ..train import build
 
     split_cache: Dict[tuple, object] = {}
@@ -331,7 +454,7 @@ def _batchnorm_shift(runs, run_dir, n_images):
         x, y = splits.train.tensors
         x, y = x[:n_images].to(config.device), y[:n_images].to(config.device)
         bn_layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-        blocks = {n: m for n, m in model.named_modules() if isinstance(m, BasicBlock)}
+        blocks = residual_branches(model)
         masked = set(handle.methods)
         running = {n: m.running_var.detach().double().clone() for n, m in bn_layers.items()}
 
@@ -352,11 +475,12 @@ def _batchnorm_shift(runs, run_dir, n_images):
             r, tr, ev = running[name], at_train[name]["var"], at_eval[name]["var"]
             bn_rows.append({**base, "bn_layer": name, "bn_index": depth, "after_masked": _bn_parent_conv(name) in masked,
                             "running_var": r.mean().item(), "train_var": tr.mean().item(), "eval_var": ev.mean().item(),
-                            "eval_over_running": (ev / r).mean().item(), "train_over_running": (tr / r).mean().item(),
-                            "eval_over_train": (ev / tr).mean().item()})
+                            "eval_over_running": _ratio(ev, r), "train_over_running": _ratio(tr, r),
+                            "eval_over_train": _ratio(ev, tr)})
         for index, name in enumerate(blocks):
             t, e = at_train[name], at_eval[name]
-            skip_rows.append({**base, "block": name, "block_index": index, "stage": int(name.split(".")[0].removeprefix("layer")),
+            stage = int(name.split(".")[0].removeprefix("layer")) if name.startswith("layer") else None
+            skip_rows.append({**base, "block": name, "block_index": index, "stage": stage,
                               "branch_std_train": t["branch"], "shortcut_std_train": t["shortcut"],
                               "branch_std_eval": e["branch"], "shortcut_std_eval": e["shortcut"],
                               "ratio_train": t["branch"] / t["shortcut"], "ratio_eval": e["branch"] / e["shortcut"]})
@@ -412,13 +536,20 @@ def drop_dynamics(runs, run_dir):
 
 
 def layer_role(name: str) -> str:
-    """``stem``, ``conv1`` / ``conv2`` (first/second conv of a block; conv2 feeds the skip addition), ``shortcut``, ``fc``."""
-    if name == "fc":
-        return "fc"
+    """ResNets: ``stem``, ``conv1`` / ``conv2`` (first/second conv of a block; conv2 feeds the skip
+    addition), ``shortcut``, ``fc``. ViT: ``attn`` (``qkv``, ``proj``), ``mlp`` (``fc1``, ``fc2``),
+    ``patch_embed``, ``head``."""
+    if name in ("fc", "head"):
+        return name
     if name == "conv1":
         return "stem"
     if ".shortcut" in name:
         return "shortcut"
+    if name.startswith("patch_embed"):
+        return "patch_embed"
+    for part in ("attn", "mlp"):
+        if f".{part}." in name:
+            return part
     return name.rsplit(".", 1)[-1]
 
 
@@ -430,22 +561,35 @@ def layer_drop_summary(dynamics):
 
 
 def role_contrast(layer_summary, *, rng=0, n_resamples: int = 9999):
-    """DDC on all convolutions: per experiment, mean drop rate of block ``conv2`` minus ``conv1``
-    (the conv feeding the skip addition vs the first one), per seed, with a bootstrap CI over seeds."""
+    """DDC's drop rate in one layer role minus another, per seed, paired, with a bootstrap CI over seeds.
+
+    Per experiment and placement of :data:`ROLE_CONTRASTS`: on all convolutions,
+    block ``conv2`` (feeding the skip addition) minus ``conv1``; on the ViT's
+    attention and MLP projections, ``mlp`` minus ``attn``. Each side is the mean
+    over its layers of the per-layer mean drop rate. Columns: ``experiment,
+    placement, role, baseline, n, mean_diff, ci_low, ci_high, p_wilcoxon, p_ttest, ...``.
+    """
     import numpy as np
     import pandas as pd
     from analysis import stats
 
-    d = layer_summary[(layer_summary.method == "ddc") & (layer_summary.placement == "all_conv") & layer_summary.role.isin(["conv1", "conv2"])]
-    if d.empty:
-        return pd.DataFrame(columns=["experiment", "n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon"])
+    columns = ["experiment", "placement", "role", "baseline", "n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "p_ttest"]
+    gen = np.random.default_rng(rng)
     rows = []
-    for experiment, group in d.groupby("experiment"):
-        per_seed = group.groupby(["seed", "role"], as_index=False).drop_rate.mean()
-        table = stats.paired_comparison(per_seed, value="drop_rate", method_col="role", baseline="conv1",
-                                        rng=np.random.default_rng(rng), n_resamples=n_resamples)
-        rows.append(table.assign(experiment=experiment))
-    return pd.concat(rows, ignore_index=True)
+    for placement, (role, baseline) in ROLE_CONTRASTS.items():
+        d = layer_summary[(layer_summary.method == "ddc") & (layer_summary.placement == placement)
+                          & layer_summary.role.isin([role, baseline])]
+        for experiment, group in d.groupby("experiment", sort=True):
+            per_seed = group.groupby(["seed", "role"], as_index=False).drop_rate.mean()
+            if per_seed.role.nunique() < 2:
+                continue
+            table = stats.paired_comparison(per_seed, value="drop_rate", method_col="role", baseline=baseline,
+                                            rng=gen, n_resamples=n_resamples)
+            rows.append(table.assign(experiment=experiment, placement=placement))
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(rows, ignore_index=True)
+    return out[columns + [c for c in out.columns if c not in columns]]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -504,17 +648,49 @@ def contrasts(frame, *, value: str, rng=0, n_resamples: int = 9999, pairs=CONTRA
 # ----------------------------------------------------------------------------- conclusions
 
 
-def conclusions(summary, tests, rates, bn_summary, bn_tests, roles) -> List[str]:
+def regime_summary(runs, *, rng=0, n_resamples: int = 9999):
+    """The overfitting check, per experiment, over the no-drop runs' seeds: mean and bootstrap CI of
+    ``final_train_acc`` (training accuracy after the last epoch), ``test_acc`` and
+    ``generalization_gap`` (training minus test accuracy at the best-validation epoch).
+
+    Long: ``experiment, metric, n, mean, ci_low, ci_high, ...``.
+    """
+    import numpy as np
+    from analysis import stats
+
+    none = runs[runs.method_label == "none"]
+    long = none.melt(id_vars=["experiment", "seed"], value_vars=["final_train_acc", "test_acc", "generalization_gap"],
+                     var_name="metric", value_name="value")
+    return stats.summarize(long, value="value", by=["experiment", "metric"], rng=np.random.default_rng(rng),
+                           n_resamples=n_resamples)
+
+
+ROLE_TEXT = {
+    "all_conv": "With DDC on all convolutions, the second conv of each block (feeding the skip addition) had a mean drop rate",
+    "attn_mlp": "With DDC on the attention and MLP projections, the MLP projections had a mean drop rate",
+}
+ROLE_BASELINE_TEXT = {"all_conv": "the first", "attn_mlp": "the attention projections"}
+
+
+def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None) -> List[str]:
     """One paragraph per experiment, every number taken from the tables passed in."""
     texts = []
     for experiment, s in summary.groupby("experiment", sort=True):
         s = s.set_index("variant")
         parts = [f"{experiment}: no-drop test accuracy {paper.format_ci(*s.loc['none', ['mean', 'ci_low', 'ci_high']])} "
                  f"({int(s.loc['none', 'n'])} seeds)."]
+        mine_regime = regime[regime.experiment == experiment].set_index("metric") if regime is not None and len(regime) else None
+        if mine_regime is not None and {"final_train_acc", "generalization_gap"} <= set(mine_regime.index):
+            train, gap = mine_regime.loc["final_train_acc"], mine_regime.loc["generalization_gap"]
+            parts.append(f"Overfitting check: without a regulariser the final training accuracy was "
+                         f"{paper.format_ci(train['mean'], train.ci_low, train.ci_high)} and the train - test gap at the "
+                         f"best-validation epoch {paper.format_ci(gap['mean'], gap.ci_low, gap.ci_high)}.")
         for placement in [p for p in PLACEMENTS if label("ddc", p) in s.index]:
             rate = rates[(rates.experiment == experiment) & (rates.placement == placement)].iloc[0]
             ddc_row = s.loc[label("ddc", placement)]
-            text = (f"DDC on {placement}: mean expected drop rate {paper.format_ci(rate.expected_rate, rate.ci_low, rate.ci_high, 3)} "
+            options = (f" (p_base {rate.p_base:g}, p_signal {rate.p_signal:g}, tau {rate.tau:g})"
+                       if all(k in rates.columns for k in GAUSSIAN_OPTIONS) else "")
+            text = (f"DDC on {placement}{options}: mean expected drop rate {paper.format_ci(rate.expected_rate, rate.ci_low, rate.ci_high, 3)} "
                     f"(Gaussian approximation {rate.gaussian_rate:.3f}), so Dropout/DropConnect ran at p = {rate.p_matched:.3f}; "
                     f"test accuracy {paper.format_ci(ddc_row['mean'], ddc_row.ci_low, ddc_row.ci_high)}")
             mine = tests[(tests.experiment == experiment) & (tests.placement == placement) & (tests.method == "ddc")] if len(tests) else tests
@@ -533,10 +709,9 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles) -> List[str]
                     text += f" (DDC - none {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}])"
             parts.append(text + ".")
         role = roles[roles.experiment == experiment] if len(roles) else roles
-        if len(role):
-            r = role.iloc[0]
-            parts.append(f"With DDC on all convolutions, the second conv of each block (feeding the skip addition) had a mean drop rate "
-                         f"{r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] relative to the first.")
+        for r in role.itertuples():
+            parts.append(f"{ROLE_TEXT[r.placement]} {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] relative to "
+                         f"{ROLE_BASELINE_TEXT[r.placement]} ({r.n} seeds).")
         texts.append(" ".join(parts))
     return texts
 
@@ -598,10 +773,34 @@ def figures(run_dir) -> List[str]:
         long["mode"] = long["mode"].str.removeprefix("ratio_")
         fig, ax = plt.subplots(figsize=(8, 4))
         sns.lineplot(data=long, x="block_index", y="ratio", hue="variant", style="mode", errorbar=None, ax=ax)
-        ax.set_xlabel("residual block (model order)")
+        ax.set_xlabel("residual branch (model order; ViT: attention and MLP branches alternate)")
         ax.set_ylabel("std(residual branch) / std(shortcut)")
         ax.set_title(f"{experiment}: branch vs skip, train (solid) and eval (dashed)")
         ax.legend(fontsize="x-small", ncol=2)
         written += paper.save_fig(ax, run_dir, f"{experiment}-skip_ratio")
+    tests = paper.load_table(run_dir, "contrasts")
+    tests = tests[tests.method == "ddc"]
+    if len(tests):
+        rows = [(e, pl) for e in sorted(tests.experiment.unique()) for pl in PLACEMENTS if ((tests.experiment == e) & (tests.placement == pl)).any()]
+        baselines = [b for b in METHOD_ORDER if b in set(tests.baseline)]
+        fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+        for j, baseline in enumerate(baselines):
+            mine = tests[tests.baseline == baseline].set_index(["experiment", "placement"])
+            ys, xs, lo, hi = [], [], [], []
+            for i, key in enumerate(rows):
+                if key in mine.index:
+                    r = mine.loc[key]
+                    ys.append(i + (j - (len(baselines) - 1) / 2) * 0.2)
+                    xs.append(r.mean_diff)
+                    lo.append(r.mean_diff - r.ci_low)
+                    hi.append(r.ci_high - r.mean_diff)
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", capsize=3, label=f"DDC - {baseline}")
+        ax.axvline(0.0, color="grey", lw=0.8, ls=":")
+        ax.set_yticks(range(len(rows)), [f"{e} / {pl}" for e, pl in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("test accuracy difference, paired by seed (mean, 95% bootstrap CI)")
+        ax.set_title("DDC against no drop and the matched-rate baselines, every architecture and placement")
+        ax.legend(fontsize="small")
+        written += paper.save_fig(fig, run_dir, "ddc_contrasts")
     plt.close("all")
     return written
