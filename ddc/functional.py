@@ -478,6 +478,7 @@ def drop_and_keep(
     generator: Optional[torch.Generator] = None,
     want_prob: bool = True,
     draw: bool = True,
+    stats_out: Optional[list] = None,
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """:func:`drop_probability` and :func:`keep_mask` in one blocked pass: ``(drop_prob, keep, mean)``.
 
@@ -487,6 +488,9 @@ def drop_and_keep(
     ``want_prob`` (otherwise ``None``); ``keep`` is ``None`` unless ``draw``.
     ``mean`` is the mean of ``|signal|`` used (``None`` for ``normalize="none"``),
     for a finiteness check. ``normalize="rank"`` is not supported here.
+    ``stats_out``, a list, receives the ``(mean, sd)`` the scores used (either
+    may be None), from which :func:`drop_probability` with ``stats=`` gives
+    the same probabilities for any part of the signal later.
     Arguments are validated by the callers.
     """
     if normalize == "rank":
@@ -504,6 +508,8 @@ def drop_and_keep(
             den = (sd + eps).neg_() if small else sd + eps
         else:
             den = (mu + eps).neg_() if small else mu + eps
+    if stats_out is not None:
+        stats_out.extend((mu, sd))
     dtype = signal.dtype
     device = signal.device
     prob = torch.empty(signal.shape, dtype=dtype, device=device) if want_prob else None

@@ -585,25 +585,39 @@ class DynamicDropConnect(_WeightDrop):
 
         Same masks as ``keep_mask(weight_drop_prob(...), generator=...)``; the
         drop probabilities are only materialised when a recorder or the
-        re-calibration needs them. Rank normalisation and per-example masks
-        take the general path.
+        re-calibration needs them. For a recorder on a layer of at least
+        :data:`LAZY_DROP_PROB_NUMEL` edges they come as a
+        :class:`LazyDropProb` instead (a recorder there only reads a subset).
+        Rank normalisation and per-example masks take the general path.
         """
         signal = self.signal_tensor(role, param)
         if signal is None or self.normalize == "rank" or tuple(shape) != tuple(param.shape):
             return super().draw_mask(role, param, shape)
+        formula = self._formula()
+        lazy = (
+            self.keep_last
+            and self.recalibration in ("realized", "none")
+            and self.signal == "grad"  # a weight signal changes in place after the step
+            and formula["scope"] == "layer"
+            and param.numel() >= LAZY_DROP_PROB_NUMEL
+        )
         with torch.no_grad():
             stats = None
             if self.normalize in ("zscore", "mean") and self.global_stats is not None and role == "weight":
                 stats = self.global_stats.get()
+            used = [] if lazy else None
             drop_prob, keep, mean = F.drop_and_keep(
                 signal.detach(),
-                **self._formula(),
+                **formula,
                 stats=stats,
                 generator=self.rng(param.device),
-                want_prob=self._needs_drop_prob(),
+                want_prob=self._needs_drop_prob() and not lazy,
+                stats_out=used,
             )
             if mean is not None:
                 self._check_finite(mean)
+        if lazy:
+            drop_prob = LazyDropProb(signal.detach(), used, formula)
         return drop_prob, keep
 
     def _drop_prob(self, role: str, param: Tensor) -> Optional[Tensor]:
@@ -656,6 +670,43 @@ class DynamicDropConnect(_WeightDrop):
             if name in state:
                 setattr(self, name, state.pop(name))
         super().load_method_state(state)
+
+
+#: Layers from this many edges up hand a recorder a :class:`LazyDropProb`.
+LAZY_DROP_PROB_NUMEL = 1 << 22
+
+
+class LazyDropProb:
+    """A layer's drop probabilities, computed on demand from the signal and the statistics used.
+
+    ``take(index)`` gives the probabilities of the flat edges ``index`` (what
+    a recorder's subset needs: a few thousand edges, not a pass over the
+    layer), ``materialize()`` the full tensor; both equal what
+    :func:`ddc.functional.drop_probability` gave when the mask was drawn
+    (same signal tensor, same mean and sd). Only for layer-scope statistics.
+    """
+
+    def __init__(self, signal: Tensor, stats, formula: dict):
+        self.signal = signal
+        mu, sd = stats if stats else (None, None)
+        self.stats = None if mu is None else (mu, sd)
+        self.formula = dict(formula)
+        self.shape, self.dtype, self.device = signal.shape, signal.dtype, signal.device
+
+    def numel(self) -> int:
+        return self.signal.numel()
+
+    def is_floating_point(self) -> bool:
+        return True
+
+    def _probability(self, signal: Tensor) -> Tensor:
+        return F.drop_probability(signal, **self.formula, stats=self.stats)
+
+    def take(self, index: Tensor) -> Tensor:
+        return self._probability(self.signal.reshape(-1).index_select(0, index))
+
+    def materialize(self) -> Tensor:
+        return self._probability(self.signal)
 
 
 class GlobalStats:

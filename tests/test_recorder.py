@@ -20,7 +20,8 @@ def run(method, steps=4, record=True, **options):
     model = make_net()
     handle = ddc.apply(model, method, layers=["fc1", "conv"] if method != "standout" else ["fc1"], seed=3, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    recorder = Recorder(model, optimizer=opt, snapshot_every=1, snapshot_fn=lambda s, t: snaps.append((s, t))) if record else None
+    # sort_edges above the layer sizes: every statistic is exact and can be recomputed
+    recorder = Recorder(model, optimizer=opt, snapshot_every=1, snapshot_fn=lambda s, t: snaps.append((s, t)), sort_edges=1 << 14) if record else None
     snaps, losses = [], []
     if recorder:
         recorder.attach()
@@ -291,3 +292,37 @@ def test_recorder_sizes_are_validated(field):
     ddc.apply(model, "ddc", layers=["fc1"])
     with pytest.raises(ValueError, match=field):
         Recorder(model, **{field: 0})
+
+
+def test_large_layers_hand_the_recorder_lazy_drop_probabilities(monkeypatch):
+    """Above LAZY_DROP_PROB_NUMEL the method keeps no full drop-probability tensor; the recorder's
+    subset values, snapshots and the masks are the same as with a materialised one."""
+    from ddc import methods as M
+
+    def record(threshold):
+        monkeypatch.setattr(M, "LAZY_DROP_PROB_NUMEL", threshold)
+        torch.manual_seed(0)
+        layer = nn.Linear(300, 100)
+        handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+        method = next(iter(handle.methods.values()))
+        recorder = Recorder(layer, max_edges=5000, sort_edges=1000, exact_edges=10_000).attach()
+        x = torch.randn(8, 300)
+        kinds, keeps = [], []
+        for step in range(4):
+            layer(x).pow(2).mean().backward()
+            kinds.append(type(method.last.get("drop_prob")).__name__)
+            keeps.append(method.last.get("keep"))
+            recorder.step(step)
+            layer.weight.grad = None
+        snapshot = recorder.snapshot()[""]
+        recorder.detach()
+        return recorder.to_frame(), snapshot, kinds, keeps
+
+    lazy, lazy_snap, lazy_kinds, lazy_keeps = record(1)
+    full, full_snap, full_kinds, full_keeps = record(1 << 40)
+    assert lazy_kinds[1:] == ["LazyDropProb"] * 3 and full_kinds[1:] == ["Tensor"] * 3
+    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(lazy_keeps, full_keeps))
+    torch.testing.assert_close(lazy_snap["drop_prob"], full_snap["drop_prob"], rtol=0, atol=1e-7)
+    merged = lazy.merge(full, on=["step", "layer", "metric"], suffixes=("_lazy", "_full"))
+    assert len(merged) == len(full) and len(full) > 50
+    np.testing.assert_allclose(merged.value_lazy, merged.value_full, rtol=1e-6, atol=1e-7)
