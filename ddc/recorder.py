@@ -394,6 +394,14 @@ class Recorder:
         if isinstance(method, DynamicDropConnect):
             out["nonfinite_steps"] = method.nonfinite_steps
         names = list(out)
+        if weight.device.type == "cpu":
+            # On the CPU reading a value is no synchronisation: take Python floats now
+            # rather than paying a dozen tensor ops to gather them into one vector.
+            values = [v.item() if isinstance(v, Tensor) else float(v) for v in out.values()]
+            for labels, vector in vectors:
+                names += labels
+                values += vector.tolist()
+            return tuple(names), values
         pieces = [torch.stack(list(out.values())).to(torch.float64)]
         for labels, vector in vectors:
             names += labels
@@ -522,12 +530,15 @@ class Recorder:
         """Move pending device values to the host in one transfer and emit rows."""
         if not self._pending:
             return
-        host = torch.cat([values for *_, values in self._pending]).cpu().tolist()
+        on_device = [values for *_, values in self._pending if isinstance(values, Tensor)]
+        host = torch.cat(on_device).cpu().tolist() if on_device else []
         position = 0
-        for step, epoch, layer, names, _ in self._pending:
-            for metric in names:
-                self._emit(step, epoch, layer, metric, host[position])
-                position += 1
+        for step, epoch, layer, names, values in self._pending:
+            if isinstance(values, Tensor):
+                values = host[position : position + len(names)]
+                position += len(names)
+            for metric, value in zip(names, values):
+                self._emit(step, epoch, layer, metric, value)
         self._pending = []
         self._pending_steps = 0
 
