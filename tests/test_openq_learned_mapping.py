@@ -165,3 +165,192 @@ def test_train_run_rejects_bad_method_and_layer():
         L.train_run("dropout", 0, config)
     with pytest.raises(ValueError, match=r"layer='conv1' must name a Linear layer of simplecnn1: one of"):
         L.train_run("learned", 0, dataclasses.replace(config, layer="conv1"))
+
+
+# ----------------------------------------------------------------------------- where the methods act
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(layers="conv"), "layers='conv' is not allowed; choose one of 'fc', 'last_stage', 'fc+last_stage'"),
+    (dict(layers="last_stage", model="simplecnn1"), "layers='last_stage' needs a CIFAR ResNet"),
+    (dict(layers="fc+last_stage", model="simplecnn1"), "model='simplecnn1' has no residual stages"),
+])
+def test_run_config_rejects_bad_layers(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        L.RunConfig(**overrides)
+
+
+def test_mapped_layers_and_positions():
+    from ddc import models
+
+    model = models.build("resnet20", input_shape=(1, 28, 28), num_classes=10)
+    stage = [f"layer3.{block}.conv{i}" for block in range(3) for i in (1, 2)]
+    assert L.mapped_layers(model, "fc", "fc") == ["fc"]
+    assert L.mapped_layers(model, "last_stage", "fc") == stage
+    assert L.mapped_layers(model, "fc+last_stage", "fc") == stage + ["fc"]
+    positions = L.layer_positions(stage + ["fc"])
+    assert positions["layer3.0.conv1"] == 0 and positions["fc"] == 1 and positions["layer3.1.conv1"] == pytest.approx(2 / 6)
+    assert L.layer_positions(["fc"]) == {"fc": 0.0}  # one layer: the head-only feature, unchanged
+
+
+def _resnet_with_signals(names, seed=0):
+    """A ResNet-20 with learned methods on ``names`` after two training steps (signals present)."""
+    from ddc import models
+
+    torch.manual_seed(seed)
+    model = models.build("resnet20", input_shape=(1, 28, 28), num_classes=10)
+    mapping = L.Mapping(8, seed=seed)
+    with torch.no_grad():  # a non-trivial mapping (its last layer starts at zero)
+        mapping.out.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed))
+    rng = ddc.methods.MaskRNG(seed=seed)
+    positions = L.layer_positions(names)
+    methods = {name: L.LearnedDropConnect(mapping, layer_index=positions[name], rng=rng) for name in names}
+    for name in names:
+        L.attach(model.get_submodule(name), methods[name])
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(10, (8,))
+    model.train()
+    for _ in range(2):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+    return model, mapping, methods, x, y
+
+
+def _reference_meta_loss(model, methods, x, y, x_meta, y_meta, lr, temperature, generator):
+    """The look-ahead through the whole network (functional_call on the model, no captured features)."""
+    from torch.func import functional_call
+
+    weights = {name: model.get_submodule(name).weight.detach().clone().requires_grad_(True) for name in methods}
+    effective = {}
+    for name, method in methods.items():
+        keep = L.relaxed_keep(method.drop_prob(weights[name]), temperature, generator)
+        effective[name] = weights[name] * keep / keep.mean()
+    params = {name: value.detach() for name, value in model.named_parameters()}
+    buffers = {name: value.clone() for name, value in model.named_buffers() if "ddc_method" not in name}
+    with L._plain_layers([model.get_submodule(name) for name in methods]):
+        model.train()
+        out = functional_call(model, {**params, **buffers, **{f"{n}.weight": w for n, w in effective.items()}}, (x,))
+        grads = torch.autograd.grad(nn.functional.cross_entropy(out, y), list(weights.values()), create_graph=True)
+        model.eval()
+        updated = {f"{n}.weight": weights[n] - lr * g for n, g in zip(weights, grads)}
+        return nn.functional.cross_entropy(functional_call(model, {**params, **updated}, (x_meta,)), y_meta)
+
+
+def test_meta_step_over_convolutions_matches_the_whole_network_and_leaves_the_model_alone():
+    names = [f"layer3.{block}.conv{i}" for block in range(3) for i in (1, 2)] + ["fc"]
+    model, mapping, methods, x, y = _resnet_with_signals(names)
+    x_meta, y_meta = torch.randn(6, 1, 28, 28), torch.randint(10, (6,))
+    captured = {}
+    hook = model.layer3.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0].detach()))
+    with L._plain_layers([model.get_submodule(n) for n in names]), torch.no_grad():
+        model.train()
+        model(x)  # (this forward moves the running statistics; the snapshot below is taken after it)
+        h_train = captured["h"]
+        model.eval()
+        model(x_meta)
+        h_meta = captured["h"]
+    hook.remove()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    signals = {n: m.weight_signal.clone() for n, m in methods.items()}
+    routed = {n: model.get_submodule(n).__dict__.get("forward") for n in names}
+
+    reference = _reference_meta_loss(model, methods, x, y, x_meta, y_meta, 0.05, 0.5, torch.Generator().manual_seed(9))
+    expected = torch.autograd.grad(reference, list(mapping.parameters()))
+    optimizer = torch.optim.SGD(mapping.parameters(), lr=0.0)  # lr 0: the step leaves phi where it is
+    loss = L.meta_step_layers(methods, model, "layer3", "fc", h_train, y, h_meta, y_meta, lr=0.05, optimizer=optimizer,
+                              temperature=0.5, generator=torch.Generator().manual_seed(9))
+    assert loss == pytest.approx(float(reference.detach()), rel=1e-5)
+    got = [p.grad for p in mapping.parameters()]
+    assert all(g is not None for g in got) and float(mapping.out.weight.grad.abs().sum()) > 0  # phi learns from the meta loss
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    # nothing of the model moved: parameters, BatchNorm running statistics, signals, routing
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(methods[n].weight_signal, signals[n]) for n in names)
+    assert all(model.get_submodule(n).__dict__.get("forward") is routed[n] for n in names)
+    assert all(model.get_submodule(n).weight.grad is not None for n in names)  # the model's own gradients kept
+
+
+def _fashion_mnist():
+    if "fashion_mnist" not in paper.available_datasets():
+        pytest.skip("Fashion-MNIST is not available")
+
+
+TINY = dict(train_subset=48, val_subset=48, test_subset=48, epochs=2, batch_size=24, meta_batch=24, eval_batch_size=48)
+
+
+@pytest.fixture(scope="module")
+def multi_layer_runs():
+    _fashion_mnist()
+    config = L.RunConfig(layers="fc+last_stage", **TINY)
+    splits = L.load_splits(config, 0)
+    return {method: L.train_run(method, 0, config, splits=splits) for method in ("none", "uniform", "ddc", "learned")}
+
+
+def test_multi_layer_runs_complete_with_the_budget_matched_per_layer(multi_layer_runs):
+    import pandas as pd
+
+    names = [f"layer3.{block}.conv{i}" for block in range(3) for i in (1, 2)] + ["fc"]
+    for method, (summary, trajectory, edges, grid) in multi_layer_runs.items():
+        assert 0 <= summary["test_acc"] <= 1 and summary["steps"] == 4
+        if method == "none":
+            assert edges is None and grid is None
+            continue
+        trajectory = pd.DataFrame(trajectory)
+        assert list(dict.fromkeys(edges.layer)) == names  # every masked method acts on the same layers
+        masked = trajectory.dropna(subset=["mean_drop"])
+        assert len(masked) >= 2
+        for name in names:  # the learned (and uniform) mapping's mean is pinned to DDC's, layer by layer
+            assert np.allclose(masked[f"mean_drop[{name}]"], masked[f"target[{name}]"], atol=1e-4)
+        sizes = edges.groupby("layer", sort=False).size()[names].to_numpy()
+        weighted = masked[[f"target[{name}]" for name in names]].to_numpy() @ sizes / sizes.sum()
+        assert np.allclose(masked.target, weighted)  # the step's target: edge-weighted over the layers
+        if method != "ddc":
+            means = edges.groupby("layer")[["p_learned", "p_ddc"]].mean()
+            assert np.allclose(means.p_learned, means.p_ddc, atol=1e-4)
+    learned_trajectory = pd.DataFrame(multi_layer_runs["learned"][1])
+    assert learned_trajectory.meta_loss.notna().sum() >= 2 and multi_layer_runs["learned"][0]["seconds_meta"] > 0
+    grid = multi_layer_runs["learned"][3]
+    assert grid.groupby("layer").layer_index.first().to_dict() == L.layer_positions(names)
+    shape = L.mapping_shape(pd.concat([r[2] for r in multi_layer_runs.values() if r[2] is not None]))
+    assert set(shape.layer) == {"all", *names} and len(shape.query("layer == 'all'")) == 3
+
+
+def test_multi_layer_learned_mapping_moves_away_from_uniform(multi_layer_runs):
+    edges = multi_layer_runs["learned"][2]
+    assert edges.groupby("layer").p_learned.std().gt(0).all()  # phi was trained: the probabilities vary per edge
+    uniform = multi_layer_runs["uniform"][2]
+    assert uniform.groupby("layer").p_learned.std().lt(1e-6).all()  # uniform: DropConnect at DDC's rate per layer
+
+
+def test_head_only_path_is_unchanged():
+    """``layers="fc"``: the numbers of the head-only implementation before ``layers`` existed (pinned)."""
+    _fashion_mnist()
+    summary, trajectory, edges, grid = L.train_run("learned", 0, L.RunConfig(layers="fc", **TINY))
+    meta = [row["meta_loss"] for row in trajectory if "meta_loss" in row]
+    assert meta == pytest.approx([2.3565285205841064, 2.501248598098755, 8.743332862854004, 15.926129341125488], rel=1e-3)
+    assert set(edges.layer) == {"fc"} and set(grid.layer_index) == {0.0}
+    assert not any(key.startswith("mean_drop[") for key in trajectory[-1])
+
+
+@pytest.fixture(scope="module")
+def multi_layer_run_dir(tmp_path_factory):
+    _fashion_mnist()
+    root = tmp_path_factory.mktemp("outputs_multi")
+    run_notebooks("smoke", only=["07"], parameters={"layers": "fc+last_stage"}, output_root=root, log=lambda *_: None)
+    return root / "smoke" / "07_oq_learned_mapping"
+
+
+def test_notebook_with_several_layers(multi_layer_run_dir):
+    run_dir = multi_layer_run_dir
+    assert paper.load_json(run_dir, "settings")["layers"] == "fc+last_stage"
+    edges = paper.load_table(run_dir, "edges")
+    names = list(dict.fromkeys(edges.layer))
+    assert len(names) == 7 and names[-1] == "fc"
+    conclusion = " ".join(json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"])
+    assert "fc+last_stage (7 layers" in conclusion and "edge-weighted" in conclusion
+    by_layer = paper.load_table(run_dir, "mapping_shape_layers").set_index(["metric", "layer", "method"])
+    for name in names:  # every layer's shape is quoted from the stored table
+        assert f"{by_layer.loc[('sd_p', name, 'learned'), 'mean']:.4f}" in conclusion
+    summary = paper.load_table(run_dir, "mapping_shape_summary").set_index(["metric", "method"])
+    assert summary.loc[("rho_z_grad", "ddc"), "n"] == 2  # pooled over layers: one row per run
+    assert {p.name for p in (run_dir / "figures").glob("*.png")} == {"test_acc.png", "training.png", "mapping.png", "edges.png"}

@@ -16,9 +16,41 @@ it). ``phi`` is trained on held-out batches by a one-step look-ahead
 is taken inside the graph, and the held-out loss ``L_meta(W')`` is
 back-propagated to ``phi``.
 
-Scope (CPU budget): the mapping acts on the classifier head (``fc`` of
-ResNet-20, 64 x 10 edges; ``linear2`` of SimpleCNN1 for the MNIST-1D
-fallback), so the look-ahead only needs the head's (detached) input features.
+Where the methods act (``RunConfig.layers``; every masked method, ``ddc``,
+``uniform`` and ``learned``, acts on the same layers, so the comparison stays
+matched):
+
+- ``"fc"`` (default): the classifier head named by ``RunConfig.layer`` (``fc``
+  of ResNet-20, 64 x 10 edges; ``linear2`` of SimpleCNN1 for the MNIST-1D
+  fallback). The look-ahead only needs the head's (detached) input features
+  (:func:`meta_step`, the fast path).
+- ``"last_stage"``: the convolutions of the last residual stage
+  (``layer3.*.conv*`` of ResNet-20: 6 layers, 202,752 edges; CIFAR ResNets only).
+- ``"fc+last_stage"``: both (7 layers).
+
+With several layers one mapping ``f_phi`` is shared by all of them and the
+layer feature is the layer's normalised position in model order,
+``position / (number of layers - 1)`` (0 for the first, 1 for the last; 0 with
+one layer, so ``"fc"`` keeps a constant feature). **The budget is matched per
+layer**: every layer has its own scalar shift ``b_l`` that pins that layer's
+mean drop probability to the mean of DDC's formula on that layer's signal
+(DDC z-scores per layer, so it sets a budget per layer). The recorded
+``mean_drop`` / ``target`` of a step are the edge-weighted means over the
+mapped layers (the fraction of mapped edges dropped); per-layer values are
+recorded as ``mean_drop[<layer>]`` / ``target[<layer>]`` when there are
+several layers.
+
+The look-ahead over convolutions (:func:`meta_step_layers`): the input of the
+last stage is captured (detached) on the training batch during the real step
+and on the meta batch in an eval-mode forward; the one-step-updated weights
+``W'`` of the mapped layers are formed inside the graph and only the tail of
+the network (last stage, pooling, head) is re-run with
+``torch.func.functional_call``, every other parameter detached. BatchNorm:
+batch statistics on the training side (as in the real step), on copies of the
+running statistics so the model's own are never written; **eval mode** (running
+statistics) on the meta side, as the head-only path and model selection do,
+so the held-out loss does not depend on the meta batch's composition.
+
 The last layer of ``f_phi`` starts at zero, so the learned mapping starts as
 DropConnect at DDC's matched rate (method ``uniform`` keeps it there: the
 control that separates "which edges" from "how many").
@@ -39,12 +71,18 @@ Cost (measured, 1 CPU thread, CPU time): a ResNet-20 training step on 50
 Fashion-MNIST images takes about 0.14 s; an eval-mode forward about 1 ms per
 image, so a learned-mapping meta step (a 50-image backbone forward and a
 head-sized look-ahead) adds about 30 %. Evaluating the select half (250
-images) once per epoch costs about a tenth of an epoch of 1000 images.
+images) once per epoch costs about a tenth of an epoch of 1000 images. With
+``layers="fc+last_stage"`` (measured the same way, batches of 50, both settings in one
+process on a busy machine, so as a ratio) a learned step costs about 2.4 times a
+head-only learned step (0.43 s against 0.18 s: the look-ahead over the last stage
+is 0.24 s of it), and a uniform step about 1.25 times a head-only one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fnmatch
 import math
 import time
 from dataclasses import dataclass
@@ -61,6 +99,8 @@ from ..methods import _WeightDrop
 NOTEBOOK = "07_oq_learned_mapping"
 FEATURES = ("z_grad", "z_weight", "z_ema", "layer")
 METHODS = ("none", "uniform", "ddc", "learned")
+#: where the methods act: the head, the last residual stage's convolutions, or both
+LAYER_SETS = ("fc", "last_stage", "fc+last_stage")
 MASK_SEED_OFFSET = 1_000_003
 EPS = 1e-9
 P_CLAMP = 1e-4
@@ -75,8 +115,8 @@ def zscore(a: Tensor) -> Tensor:
     return (a - mu) / (sd + EPS)
 
 
-def edge_features(signal: Tensor, weight: Tensor, ema: Tensor, layer_index: int = 0) -> Tensor:
-    """Per-edge features ``(numel, 4)``: z(|g|), z(|w|), z(EMA |g|), layer index."""
+def edge_features(signal: Tensor, weight: Tensor, ema: Tensor, layer_index: float = 0) -> Tensor:
+    """Per-edge features ``(numel, 4)``: z(|g|), z(|w|), z(EMA |g|), layer index (normalised position)."""
     columns = [zscore(signal.abs()), zscore(weight.abs()), zscore(ema.abs()), torch.full_like(weight, float(layer_index))]
     return torch.stack([c.reshape(-1) for c in columns], 1)
 
@@ -167,12 +207,12 @@ class LearnedDropConnect(_WeightDrop):
 
     name = "learned"
 
-    def __init__(self, mapping: Mapping, *, layer_index: int = 0, ema_decay: float = 0.9,
+    def __init__(self, mapping: Mapping, *, layer_index: float = 0, ema_decay: float = 0.9,
                  p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5, **options):
         super().__init__(**options)
         F.check_drop_config(p_base, p_signal, tau)
         self.__dict__["mapping"] = mapping  # not a submodule: the model's optimiser never sees it
-        self.layer_index, self.ema_decay = int(layer_index), float(ema_decay)
+        self.layer_index, self.ema_decay = float(layer_index), float(ema_decay)
         self.p_base, self.p_signal, self.tau = float(p_base), float(p_signal), float(tau)
         self.register_buffer("weight_signal", None, persistent=False)
         self.register_buffer("ema_signal", None, persistent=False)
@@ -246,6 +286,111 @@ def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_
     return float(loss_meta.detach())
 
 
+def layer_positions(names: Sequence[str]) -> Dict[str, float]:
+    """The layer feature: each mapped layer's position in model order over (number of layers - 1); 0 for one layer."""
+    last = max(len(names) - 1, 1)
+    return {name: index / last for index, name in enumerate(names)}
+
+
+def mapped_layers(model: nn.Module, layers: str, head: str) -> List[str]:
+    """Qualified names of the layers ``layers`` (one of :data:`LAYER_SETS`) selects, in model order.
+
+    ``fc`` is the head ``head`` (a Linear layer); ``last_stage`` the
+    convolutions ``conv1``/``conv2`` of every block of a CIFAR ResNet's last
+    stage (``layer3.*.conv*`` for ResNet-20; projection shortcuts excluded).
+    """
+    from ..models import _CifarResNet
+
+    F.check_choice("layers", layers, LAYER_SETS)
+    names = []
+    if "last_stage" in layers.split("+"):
+        if not isinstance(model, _CifarResNet):
+            raise ValueError(f"layers={layers!r} needs a CIFAR ResNet (resnet20, resnet18); "
+                             f"{type(model).__name__} has no residual stages: use layers='fc'")
+        pattern = f"layer{model.num_stages}.*.conv*"
+        names += [name for name, module in model.named_modules()
+                  if isinstance(module, nn.Conv2d) and fnmatch.fnmatchcase(name, pattern)]
+    if "fc" in layers.split("+"):
+        linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        if head not in linear:
+            raise ValueError(f"layer={head!r} must name a Linear layer of {type(model).__name__}: one of {', '.join(linear)}")
+        names.append(head)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(names, key=order.__getitem__)
+
+
+@contextlib.contextmanager
+def _plain_layers(layers: Sequence[nn.Module]):
+    """Bypass the attached methods (the layers compute their plain function) inside the block."""
+    routed = [(layer, layer.__dict__.pop("forward", None)) for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, forward in routed:
+            if forward is not None:
+                layer.__dict__["forward"] = forward
+
+
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _tail(model: nn.Module, entry: str, head: str, weights: Dict[str, Tensor], h: Tensor, *, train: bool) -> Tensor:
+    """A CIFAR ResNet's forward from the last stage ``entry`` on (stage, pooling, head), as logits.
+
+    ``weights`` substitutes the mapped layers' weights (qualified names); every
+    other parameter enters detached. ``train``: BatchNorm with batch statistics,
+    on copies of the running statistics (the model's own are left untouched);
+    otherwise eval mode (running statistics).
+    """
+    stage = model.get_submodule(entry)
+    prefix = entry + "."
+    state = {name: value.detach() for name, value in stage.named_parameters()}
+    state.update({name[len(prefix):] + ".weight": w for name, w in weights.items() if name.startswith(prefix)})
+    if train:
+        state.update({name: value.clone() for name, value in stage.named_buffers() if name.rsplit(".", 1)[-1] in _BN_BUFFERS})
+    was_training = stage.training
+    stage.train(train)
+    try:
+        out = torch.func.functional_call(stage, state, (h,))
+    finally:
+        stage.train(was_training)
+    out = model.flatten(model.avgpool(out))
+    layer = model.get_submodule(head)
+    bias = layer.bias.detach() if layer.bias is not None else None
+    return TF.linear(out, weights[head] if head in weights else layer.weight.detach(), bias)
+
+
+def meta_step_layers(methods: Dict[str, LearnedDropConnect], model: nn.Module, entry: str, head: str,
+                     h_train, y_train, h_meta, y_meta, *, lr: float, optimizer: torch.optim.Optimizer,
+                     temperature: float, generator: torch.Generator) -> float:
+    """One hypergradient update of the mapping over several layers (last stage and/or head).
+
+    ``h_train`` / ``h_meta``: the (detached) inputs of the last stage ``entry``
+    on the training and meta batches. Each mapped layer gets its relaxed mask
+    (its own matched shift); ``W' = W - lr * dL_train(W_eff)/dW`` is formed in
+    the graph for all of them at once, and the held-out loss of the tail with
+    ``W'`` is back-propagated to the mapping. Returns that loss.
+    """
+    layers = {name: model.get_submodule(name) for name in methods}
+    weights = {name: layer.weight.detach().clone().requires_grad_(True) for name, layer in layers.items()}
+    effective = {}
+    for name, method in methods.items():
+        keep = relaxed_keep(method.drop_prob(weights[name]), temperature, generator)
+        effective[name] = weights[name] * keep / keep.mean()
+    with _plain_layers(list(layers.values())):
+        # training side: batch statistics, as in the real step (on copies of the running statistics)
+        loss_train = TF.cross_entropy(_tail(model, entry, head, effective, h_train, train=True), y_train)
+        grads = torch.autograd.grad(loss_train, list(weights.values()), create_graph=True)
+        updated = {name: weights[name] - lr * grad for name, grad in zip(weights, grads)}
+        # meta side: eval mode (running statistics), as the head-only path, model selection and testing;
+        # the held-out loss then does not depend on how the meta batch normalises itself
+        loss_meta = TF.cross_entropy(_tail(model, entry, head, updated, h_meta, train=False), y_meta)
+    optimizer.zero_grad(set_to_none=True)
+    loss_meta.backward(inputs=list(optimizer.param_groups[0]["params"]))
+    optimizer.step()
+    return float(loss_meta.detach())
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -253,7 +398,8 @@ def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_
 class RunConfig:
     dataset: str = "fashion_mnist"
     model: str = "resnet20"
-    layer: str = "fc"
+    layer: str = "fc"  # the head: what ``layers`` calls "fc"
+    layers: str = "fc"  # where every method acts: one of LAYER_SETS
     train_subset: int = 400
     val_subset: int = 500
     test_subset: int = 1000
@@ -284,6 +430,12 @@ class RunConfig:
         F.check_choice("model", self.model, tuple(models.MODELS))
         if not isinstance(self.layer, str) or not self.layer:
             raise ValueError(f"layer={self.layer!r} must be the qualified name of a Linear layer (e.g. 'fc')")
+        F.check_choice("layers", self.layers, LAYER_SETS)
+        if "last_stage" in self.layers.split("+"):
+            resnets = tuple(name for name, cls in models.MODELS.items() if issubclass(cls, models._CifarResNet))
+            if self.model not in resnets:
+                raise ValueError(f"layers={self.layers!r} needs a CIFAR ResNet (model one of {', '.join(resnets)}); "
+                                 f"model={self.model!r} has no residual stages: use layers='fc'")
         positive = ("epochs", "batch_size", "hidden", "meta_batch", "meta_every", "eval_batch_size", "eval_every")
         for name in positive + ("train_subset", "val_subset", "test_subset", "record_every"):
             value = getattr(self, name)
@@ -336,12 +488,13 @@ def load_splits(config: RunConfig, seed: int):
 
 
 def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu", splits=None):
-    """Train one model with ``method`` (none | uniform | ddc | learned) on the head layer.
+    """Train one model with ``method`` (none | uniform | ddc | learned) on the layers ``config.layers``.
 
     Same initial weights, data order and held-out split for every method of a
     seed. Returns ``(summary, trajectory, edges, grid)``: one summary row, a
-    per-step record, the final per-edge probabilities (ddc/uniform/learned),
-    and the learned mapping on a (z(|g|), z(|w|)) grid (learned only).
+    per-step record, the final per-edge probabilities (ddc/uniform/learned;
+    a ``layer`` column names each edge's layer), and the learned mapping on a
+    (z(|g|), z(|w|)) grid per mapped layer (learned only).
     """
     from .. import models
     from ..apply import apply
@@ -358,22 +511,43 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if config.layer not in linear:
         raise ValueError(f"layer={config.layer!r} must name a Linear layer of {config.model}: one of {', '.join(linear)}")
-    layer = model.get_submodule(config.layer)
+    names = mapped_layers(model, config.layers, config.layer)
+    head_only = config.layers == "fc"  # the fast path: the look-ahead needs only the head's input features
+    layers = {name: model.get_submodule(name) for name in names}
+    sizes = np.array([layers[name].weight.numel() for name in names], dtype=float)
+    positions = layer_positions(names)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     schedule = TrainConfig(epochs=config.epochs, lr=config.lr, min_lr=config.min_lr, warmup_epochs=config.warmup_epochs)
-    remove, learned, mapping = None, None, None
+    remove, learned, mapping = None, {}, None
     ddc_options = dict(p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
     if method == "ddc":
-        remove = apply(model, "ddc", layers=[config.layer], seed=seed + MASK_SEED_OFFSET, **ddc_options).remove
+        remove = apply(model, "ddc", layers=names, seed=seed + MASK_SEED_OFFSET, **ddc_options).remove
     elif method in ("uniform", "learned"):
         mapping = Mapping(config.hidden, seed=seed + 1).to(device)
-        learned = LearnedDropConnect(mapping, ema_decay=config.ema_decay, rng=_rng(seed), **ddc_options)
-        remove = attach(layer, learned)
+        rng = _rng(seed)  # one mask generator shared by the layers, as ddc.apply does
+        learned = {name: LearnedDropConnect(mapping, layer_index=positions[name], ema_decay=config.ema_decay, rng=rng,
+                                            **ddc_options) for name in names}
+        removers = [attach(layers[name], learned[name]) for name in names]
+
+        def remove():
+            for undo in removers:
+                undo()
     meta_optimizer = torch.optim.Adam(mapping.parameters(), lr=config.meta_lr) if method == "learned" else None
     meta_generator = torch.Generator().manual_seed(seed + 2)
     order_generator = torch.Generator().manual_seed(seed)
+    # the look-ahead's input: the head's input (head only), else the last stage's input
+    entry = config.layer if head_only else f"layer{model.num_stages}"
     captured = {}
-    hook = layer.register_forward_pre_hook(lambda module, args: captured.__setitem__("h", args[0].detach()))
+    hook = model.get_submodule(entry).register_forward_pre_hook(lambda module, args: captured.__setitem__("h", args[0].detach()))
+
+    def record(row, means, targets):
+        """The step's mean drop / target: the layer's (one layer) or edge-weighted over layers, plus per layer."""
+        if len(names) == 1:
+            row.update(mean_drop=means[0], target=targets[0])
+            return
+        row.update(mean_drop=float(np.dot(means, sizes) / sizes.sum()), target=float(np.dot(targets, sizes) / sizes.sum()))
+        for name, mean, target in zip(names, means, targets):
+            row.update({f"mean_drop[{name}]": mean, f"target[{name}]": target})
 
     trajectory, best, step = [], None, 0
     clock = {"train": 0.0, "meta": 0.0, "eval": 0.0}
@@ -395,14 +569,15 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
             optimizer.step()
             correct += int((out.detach().argmax(1) == y).sum())
             row = {"method": method, "seed": seed, "step": step, "epoch": epoch, "train_loss": float(loss.detach())}
-            if learned is not None:
-                row.update(mean_drop=learned.mean_drop, target=learned.target)
+            if learned:
+                record(row, [learned[name].mean_drop for name in names], [learned[name].target for name in names])
             elif method == "ddc":
-                signal = layer.ddc_method.weight_signal
-                row.update(target=ddc_target(signal, **ddc_options) if signal is not None else float("nan"))
-                row["mean_drop"] = row["target"]
+                signals = [layers[name].ddc_method.weight_signal for name in names]
+                targets = [ddc_target(signal, **ddc_options) if signal is not None else float("nan") for signal in signals]
+                record(row, targets, targets)
             clock["train"] += time.perf_counter() - started
-            if method == "learned" and learned.weight_signal is not None and step % config.meta_every == 0:
+            ready = learned and all(m.weight_signal is not None for m in learned.values())
+            if method == "learned" and ready and step % config.meta_every == 0:
                 started = time.perf_counter()
                 h_train = captured["h"]
                 pick = torch.randint(len(x_meta), (config.meta_batch,), generator=meta_generator)
@@ -410,9 +585,13 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
                 with torch.no_grad():
                     model(x_meta[pick.to(device)])
                 h_meta = captured["h"]
-                row["meta_loss"] = meta_step(learned, layer, h_train, y, h_meta, y_meta[pick.to(device)], lr=lr,
-                                             optimizer=meta_optimizer, temperature=config.temperature,
-                                             generator=meta_generator)
+                options = dict(lr=lr, optimizer=meta_optimizer, temperature=config.temperature, generator=meta_generator)
+                if head_only:
+                    row["meta_loss"] = meta_step(learned[config.layer], layers[config.layer], h_train, y, h_meta,
+                                                 y_meta[pick.to(device)], **options)
+                else:
+                    row["meta_loss"] = meta_step_layers(learned, model, entry, config.layer, h_train, y, h_meta,
+                                                        y_meta[pick.to(device)], **options)
                 clock["meta"] += time.perf_counter() - started
             if config.record_every and step % config.record_every == 0:
                 trajectory.append(row)
@@ -429,7 +608,7 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
             clock["eval"] += time.perf_counter() - started
     hook.remove()
 
-    edges, grid = _edges_and_grid(method, seed, model, layer, learned, config)
+    edges, grid = _edges_and_grid(method, seed, layers, learned, positions, config)
     started = time.perf_counter()
     final_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best["state"])
@@ -457,34 +636,39 @@ def _rng(seed):
 
 
 @torch.no_grad()
-def _edges_and_grid(method, seed, model, layer, learned, config: RunConfig):
+def _edges_and_grid(method, seed, layers: Dict[str, nn.Module], learned: Dict[str, LearnedDropConnect],
+                    positions: Dict[str, float], config: RunConfig):
     import pandas as pd
 
-    weight = layer.weight.detach()
-    if method == "ddc":
-        signal = layer.ddc_method.weight_signal
-        ema = signal.abs()
-    elif learned is not None:
-        signal, ema = learned.weight_signal, learned.ema_signal
-    else:
-        return None, None
-    if signal is None:
-        return None, None
-    features = edge_features(signal, weight, ema)
-    p_ddc = F.drop_probability(signal, p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
-    edges = pd.DataFrame({"method": method, "seed": seed, "edge": np.arange(weight.numel()),
-                          **{name: features[:, i].cpu().numpy() for i, name in enumerate(FEATURES[:3])},
-                          "p_ddc": p_ddc.reshape(-1).double().cpu().numpy()})
-    grid = None
-    if learned is not None:
-        edges["p_learned"] = learned.drop_prob(weight).reshape(-1).double().cpu().numpy()
-    if method == "learned":
-        zg, zw = np.meshgrid(np.linspace(-1.5, 4.0, 45), np.linspace(-1.5, 3.0, 37))
-        inputs = torch.tensor(np.stack([zg.ravel(), zw.ravel(), zg.ravel(), np.zeros(zg.size)], 1), dtype=weight.dtype)
-        p_grid = torch.sigmoid(learned.mapping(inputs.to(weight.device)) + learned.shift).double().cpu().numpy()
-        grid = pd.DataFrame({"method": method, "seed": seed, "z_grad": zg.ravel(), "z_weight": zw.ravel(),
-                             "p_learned": p_grid, "p_ddc": ddc_curve(zg.ravel(), config.p_base, config.p_signal, config.tau)})
-    return edges, grid
+    edge_tables, grids = [], []
+    for name, layer in layers.items():
+        weight = layer.weight.detach()
+        if method == "ddc":
+            signal = layer.ddc_method.weight_signal
+            ema = signal.abs() if signal is not None else None
+        elif learned:
+            signal, ema = learned[name].weight_signal, learned[name].ema_signal
+        else:
+            return None, None
+        if signal is None:
+            return None, None
+        features = edge_features(signal, weight, ema)
+        p_ddc = F.drop_probability(signal, p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
+        edges = pd.DataFrame({"method": method, "seed": seed, "layer": name, "edge": np.arange(weight.numel()),
+                              **{key: features[:, i].cpu().numpy() for i, key in enumerate(FEATURES[:3])},
+                              "p_ddc": p_ddc.reshape(-1).double().cpu().numpy()})
+        if learned:
+            edges["p_learned"] = learned[name].drop_prob(weight).reshape(-1).double().cpu().numpy()
+        edge_tables.append(edges)
+        if method == "learned":
+            zg, zw = np.meshgrid(np.linspace(-1.5, 4.0, 45), np.linspace(-1.5, 3.0, 37))
+            inputs = np.stack([zg.ravel(), zw.ravel(), zg.ravel(), np.full(zg.size, positions[name])], 1)
+            inputs = torch.tensor(inputs, dtype=weight.dtype)
+            p_grid = torch.sigmoid(learned[name].mapping(inputs.to(weight.device)) + learned[name].shift).double().cpu().numpy()
+            grids.append(pd.DataFrame({"method": method, "seed": seed, "layer": name, "layer_index": positions[name],
+                                       "z_grad": zg.ravel(), "z_weight": zw.ravel(), "p_learned": p_grid,
+                                       "p_ddc": ddc_curve(zg.ravel(), config.p_base, config.p_signal, config.tau)}))
+    return pd.concat(edge_tables, ignore_index=True), pd.concat(grids, ignore_index=True) if grids else None
 
 
 def run_all(methods: Sequence[str], seeds: Sequence[int], config: RunConfig, *, device: str = "cpu", log=print):
@@ -516,21 +700,29 @@ def mapping_shape(edges):
     Spearman correlations of the method's probability with z(|g|) and
     z(|w|), its spread (sd), and its correlation with DDC's formula on the
     same edges. ``p`` is ``p_learned`` for learned/uniform and ``p_ddc`` for ddc.
+    One row per (method, seed) over all mapped edges (``layer == "all"``; the
+    features are z-scored per layer, so they are on one scale), plus one row
+    per (method, seed, layer) when a run maps several layers.
     """
     import pandas as pd
     from scipy.stats import spearmanr
 
-    rows = []
-    for (method, seed), group in edges.groupby(["method", "seed"], sort=True):
+    def describe(group):
         p = group.p_learned if "p_learned" in group and group.p_learned.notna().all() else group.p_ddc
         constant = float(p.std()) < 1e-9
 
         def rho(other):
             return 0.0 if constant else float(spearmanr(p, other).statistic)
 
-        rows.append({"method": method, "seed": seed, "mean_p": float(p.mean()), "sd_p": float(p.std()),
-                     "rho_z_grad": rho(group.z_grad), "rho_z_weight": rho(group.z_weight),
-                     "rho_p_ddc": rho(group.p_ddc)})
+        return {"mean_p": float(p.mean()), "sd_p": float(p.std()), "rho_z_grad": rho(group.z_grad),
+                "rho_z_weight": rho(group.z_weight), "rho_p_ddc": rho(group.p_ddc)}
+
+    rows = []
+    for (method, seed), group in edges.groupby(["method", "seed"], sort=True):
+        rows.append({"method": method, "seed": seed, "layer": "all", **describe(group)})
+        if "layer" in group and group.layer.nunique() > 1:
+            for layer, part in group.groupby("layer", sort=False):
+                rows.append({"method": method, "seed": seed, "layer": layer, **describe(part)})
     return pd.DataFrame(rows)
 
 
@@ -556,7 +748,8 @@ def figures(run_dir) -> List[str]:
     if "mean_drop" in trajectory:
         fig, axes = plt.subplots(1, 3, figsize=(17, 4))
         sns.lineplot(data=trajectory.dropna(subset=["mean_drop"]), x="step", y="mean_drop", hue="method", ax=axes[0], errorbar=None)
-        axes[0].set_ylabel("mean drop probability of the head")
+        axes[0].set_ylabel("mean drop probability of the head" if settings.get("layers", "fc") == "fc"
+                           else f"mean drop probability, {settings['layers']} (edge-weighted)")
         axes[0].set_title("Matched drop budget: every masked method follows DDC's mean")
         if "meta_loss" in trajectory and trajectory.meta_loss.notna().any():
             meta = trajectory.dropna(subset=["meta_loss"])
@@ -574,7 +767,10 @@ def figures(run_dir) -> List[str]:
         written += save_fig(fig, run_dir, "training")
 
     grid = load_table(run_dir, "mapping_grid")
-    if not grid.empty:
+    several = not grid.empty and "layer" in grid and grid.layer.nunique() > 1
+    if several:
+        written += save_fig(_mapping_by_layer(grid, settings), run_dir, "mapping")
+    elif not grid.empty:
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
         mean_grid = grid.groupby(["z_weight", "z_grad"], as_index=False).p_learned.mean()
         table = mean_grid.pivot(index="z_weight", columns="z_grad", values="p_learned").sort_index(ascending=False)
@@ -601,7 +797,9 @@ def figures(run_dir) -> List[str]:
     edges = load_table(run_dir, "edges")
     if not edges.empty and "p_learned" in edges:
         learned = edges[edges.method == "learned"]
-        if not learned.empty:
+        if not learned.empty and "layer" in learned and learned.layer.nunique() > 1:
+            written += save_fig(_edges_by_layer(learned), run_dir, "edges")
+        elif not learned.empty:
             fig, ax = plt.subplots(figsize=(6, 4.5))
             ax.scatter(learned.z_grad, learned.p_learned, s=4, alpha=0.4, label="learned (final edges, all seeds)")
             ax.scatter(learned.z_grad, learned.p_ddc, s=4, alpha=0.4, label="DDC formula on the same edges")
@@ -612,3 +810,73 @@ def figures(run_dir) -> List[str]:
             written += save_fig(ax, run_dir, "edges")
     plt.close("all")
     return written
+
+
+def _layer_order(table):
+    """The mapped layers in model order (by their layer feature when stored, else as they appear)."""
+    if "layer_index" in table:
+        return list(table.drop_duplicates("layer").sort_values("layer_index").layer)
+    return list(dict.fromkeys(table.layer))
+
+
+def _mapping_by_layer(grid, settings):
+    """The learned mapping of every mapped layer: one heatmap per layer and the curves at z(|w|) ~ 0."""
+    import matplotlib.pyplot as plt
+
+    layers = _layer_order(grid)
+    columns = min(4, len(layers) + 1)
+    rows = -(-(len(layers) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False, layout="constrained")
+    axes = axes.ravel()
+    image = None
+    for ax, layer in zip(axes, layers):
+        part = grid[grid.layer == layer].groupby(["z_weight", "z_grad"], as_index=False).p_learned.mean()
+        table = part.pivot(index="z_weight", columns="z_grad", values="p_learned").sort_index(ascending=False)
+        image = ax.imshow(table.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1,
+                          extent=[table.columns.min(), table.columns.max(), table.index.min(), table.index.max()])
+        ax.set_title(f"{layer} (feature {grid[grid.layer == layer].layer_index.iloc[0]:.2f})", fontsize=9)
+        ax.set_xlabel("z(|g|)", fontsize=8)
+        ax.set_ylabel("z(|w|)", fontsize=8)
+    curves = axes[len(layers)]
+    z = np.sort(grid.z_grad.unique())
+    curves.plot(z, ddc_curve(z, settings["p_base"], settings["p_signal"], settings["tau"]), color="black", lw=2, label="DDC")
+    levels = grid.z_weight.unique()
+    nearest = levels[np.argmin(np.abs(levels))]
+    colours = plt.get_cmap("viridis")(np.linspace(0, 1, len(layers)))
+    for colour, layer in zip(colours, layers):
+        part = grid[(grid.layer == layer) & (grid.z_weight == nearest)].groupby("z_grad", as_index=False).p_learned.mean()
+        curves.plot(part.z_grad, part.p_learned, color=colour, label=layer)
+    curves.set_xlabel("z(|g|)")
+    curves.set_ylabel("drop probability")
+    curves.set_ylim(0, 1)
+    curves.set_title(f"Learned vs DDC, z(|w|) = {nearest:.2f}", fontsize=9)
+    curves.legend(fontsize=6)
+    for ax in axes[len(layers) + 1 :]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=list(axes[: len(layers)]), label="learned drop probability (mean over seeds)", shrink=0.6, location="left")
+    fig.suptitle("Learned mapping p(z(|g|), z(|w|)) per layer (EMA feature set equal, final shift of each layer)")
+    return fig
+
+
+def _edges_by_layer(learned, per_layer: int = 2000):
+    """Final per-edge probabilities, learned (colour: layer) against DDC's formula; a seeded sample per layer."""
+    import matplotlib.pyplot as plt
+
+    layers = _layer_order(learned)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sample = _sample_edges(learned, per_layer)
+    colours = plt.get_cmap("viridis")(np.linspace(0, 1, len(layers)))
+    ax.scatter(sample.z_grad, sample.p_ddc, s=3, alpha=0.3, color="black", label="DDC formula on the same edges")
+    for colour, layer in zip(colours, layers):
+        part = sample[sample.layer == layer]
+        ax.scatter(part.z_grad, part.p_learned, s=3, alpha=0.4, color=colour, label=f"learned, {layer}")
+    ax.set_xlabel("z(|g|)")
+    ax.set_ylabel("drop probability")
+    ax.set_title(f"Per-edge drop probability at the end of training (at most {per_layer} edges per layer and seed)")
+    ax.legend(fontsize=6, markerscale=3)
+    return fig
+
+
+def _sample_edges(edges, per_layer: int):
+    """At most ``per_layer`` edges of every (seed, layer), drawn with a fixed seed (for plotting only)."""
+    return edges.sample(frac=1.0, random_state=0).groupby(["seed", "layer"], sort=False).head(per_layer)
