@@ -44,7 +44,8 @@ come from the same ``max_edges`` subset (standard error at most
 ``0.5 / sqrt(max_edges)``, 0.002 by default), because even one exact count per
 step is a measurable share of a step on such a layer. ``exact_edges=None``
 makes them exact everywhere. Norms are always exact, and so are the per-edge
-drop counts that snapshots carry.
+drop counts that snapshots carry (with no snapshot schedule, such a large layer
+keeps its drop counts for the subset only).
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ class Recorder:
         self._steps_counted: Dict[str, int] = {}
         self._before_update: Dict[str, Tensor] = {}
         self._subsets: Dict[tuple, Tensor] = {}
+        self._keep_sample: Dict[str, tuple] = {}
         self._step = 0
 
     # ---- lifecycle ----------------------------------------------------------
@@ -297,11 +299,16 @@ class Recorder:
         One byte-wide add of the mask per step; every 255 steps the bytes are
         folded into the int32 counts (an int32 += bool add casts the whole
         mask, which on a 16.8M-edge layer costs a quarter of a plain step).
+        A layer above ``exact_edges`` (and ``max_edges``) whose full counts no
+        snapshot will show is counted on its ``max_edges`` subset only.
         """
         keep = method.last.get("keep")
         if keep is None:
             return
         per_sample = keep.dim() > self.layers[name].weight.dim()
+        if not per_sample and self.snapshot_schedule is never and self._large(keep) and keep.numel() > self.max_edges:
+            keep = self._sample(name, keep)
+            self._keep_sample[name] = (self._step, keep)  # the mask statistics of this step reuse it
         shape = keep.shape[1:] if per_sample else keep.shape
         if name not in self._kept_count or self._kept_count[name].shape != shape:
             self._kept_count[name] = torch.zeros(shape, dtype=torch.int32, device=keep.device)
@@ -375,9 +382,9 @@ class Recorder:
         if isinstance(drop_prob, LazyDropProb) and not (self._large(drop_prob) and drop_prob.numel() > self.max_edges):
             drop_prob = drop_prob.materialize()  # exact counts wanted here: the full tensor
         if drop_prob is not None:
-            drop_ranks = self._drop_prob_stats(name, drop_prob, out, vectors)
+            drop_ranks, sample = self._drop_prob_stats(name, drop_prob, out, vectors)
             if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
-                values = self._sample(name, drop_prob) if self._large(drop_prob) else drop_prob
+                values = sample if self._large(drop_prob) else drop_prob
                 out["frac_q_positive"] = torch.count_nonzero(values > method.p_base) / values.numel()
             used = last.get("signal")
             if used is not None and drop_prob.shape == used.shape:
@@ -411,7 +418,8 @@ class Recorder:
     def _mask_stats(self, name: str, keep: Tensor, scale: Tensor, out: Dict[str, Tensor]) -> None:
         """Realised drop rate, recalibration keep rate and the overlap with the last recorded mask."""
         if self._large(keep):
-            keep = self._sample(name, keep)
+            step, sample = self._keep_sample.get(name, (None, None))
+            keep = sample if step == self._step else self._sample(name, keep)
         n = keep.numel()
         kept = torch.count_nonzero(keep)
         out["realized_drop_rate"] = 1.0 - kept / n
@@ -460,8 +468,8 @@ class Recorder:
         vectors.append(([f"grad_abs_{label}" for label in self.quantile_names], quantiles))
         vectors.append(([f"zscore_{label}" for label in self.quantile_names], z_quantiles))
 
-    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor], vectors: list) -> Tensor:
-        """Moments and quantiles of the drop probability; returns the sample's average ranks."""
+    def _drop_prob_stats(self, name: str, drop_prob: Tensor, out: Dict[str, Tensor], vectors: list) -> Tuple[Tensor, Tensor]:
+        """Moments and quantiles of the drop probability; returns the sort sample's average ranks and the moments sample."""
         values, small = self._samples(name, drop_prob)
         if values.numel() > 1:
             out["drop_prob_std"], out["drop_prob_mean"] = _std_mean(values)
@@ -470,7 +478,7 @@ class Recorder:
         out["drop_prob_min"], out["drop_prob_max"] = torch.aminmax(values)
         quantiles, ranks = sorted_summary(small, self.quantiles)
         vectors.append(([f"drop_prob_{label}" for label in self.quantile_names], quantiles))
-        return ranks
+        return ranks, values
 
     def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:
         """Full tensors per layer (on the CPU): drop probability, mask, signal, weight, drop counts."""
@@ -489,7 +497,7 @@ class Recorder:
                     value = value.materialize()
                 if value is not None:
                     entry[key] = value.detach().cpu().clone()
-            if name in self._kept_count:
+            if name in self._kept_count and name not in self._keep_sample:  # (not when counted on a subset)
                 entry["drop_count"] = (self._steps_counted[name] - self._kept_counts(name)).cpu()
                 entry["steps_counted"] = self._steps_counted[name]
             tensors[name] = entry

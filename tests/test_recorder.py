@@ -326,3 +326,25 @@ def test_large_layers_hand_the_recorder_lazy_drop_probabilities(monkeypatch):
     merged = lazy.merge(full, on=["step", "layer", "metric"], suffixes=("_lazy", "_full"))
     assert len(merged) == len(full) and len(full) > 50
     np.testing.assert_allclose(merged.value_lazy, merged.value_full, rtol=1e-6, atol=1e-7)
+
+
+def test_without_snapshots_a_large_layer_is_counted_on_its_subset_only():
+    torch.manual_seed(0)
+    layer = nn.Linear(300, 100)
+    handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+    method = next(iter(handle.methods.values()))
+    recorder = Recorder(layer, max_edges=5000, sort_edges=1000, exact_edges=10_000).attach()
+    x = torch.randn(8, 300)
+    expected = torch.zeros(300 * 100, dtype=torch.int64)
+    for step in range(5):
+        layer(x).pow(2).mean().backward()
+        if "keep" in method.last:
+            expected += method.last["keep"].flatten()
+        recorder.step(step)
+        layer.weight.grad = None
+    (perm,) = recorder._subsets.values()
+    counts = recorder._kept_counts("")
+    assert counts.shape == (5000,)
+    assert torch.equal(counts.long(), expected[perm])
+    assert "drop_count" not in recorder.snapshot()[""]  # no weight-shaped counts to show
+    recorder.detach()
