@@ -289,7 +289,10 @@ def markdown(case_name: str, result: dict) -> str:
     checks = result.get("checks")
     if checks:
         rows.append("")
-        rows.extend(f"- {name}: {'met' if ok else 'MISSED'} ({detail})" for name, (ok, detail) in checks.items())
+        rows.extend(
+            f"- {name}: {detail}" if name.startswith("(info)") else f"- {name}: {'met' if ok else 'MISSED'} ({detail})"
+            for name, (ok, detail) in checks.items()
+        )
     return "\n".join(rows)
 
 
