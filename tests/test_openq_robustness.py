@@ -180,3 +180,13 @@ def test_spearman_interval_and_relations():
 
 def test_resnet_does_not_take_mnist1d():
     assert rob.check_resnet_on_mnist1d().startswith("ResNet-20 does not accept MNIST-1D")
+
+
+def test_regime_of_the_paper_default_is_stated(run_dir):
+    runs = table(run_dir, "runs")
+    regime = table(run_dir, "regime")
+    text = "\n".join(json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"])
+    for experiment, group in runs[runs.is_default].groupby("experiment"):
+        row = regime[(regime.experiment == experiment) & (regime.metric == "generalization_gap")].iloc[0]
+        assert row["mean"] == pytest.approx(group.generalization_gap.mean())
+        assert f"gap {paper.format_ci(row['mean'], row.ci_low, row.ci_high)}" in text

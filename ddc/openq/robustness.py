@@ -281,7 +281,39 @@ def transfer(runs, equivalence_table, *, value: str = "test_acc"):
 # ----------------------------------------------------------------------------- conclusions
 
 
-def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float) -> List[str]:
+def regime(runs, *, n_resamples: int = 9999, seed: int = 0):
+    """Per experiment, the paper default's training and test accuracy and their gap (mean and 95% CI over seeds).
+
+    The overfitting check: DDC is a regulariser, and its settings can only be
+    told apart where the network fits its training data clearly better than
+    held-out data. ``train_acc``/``test_acc`` are those of the best-validation
+    epoch; the gap is ``generalization_gap`` (train - test at that epoch).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from analysis import stats
+
+    default = runs[runs.is_default]
+    if not len(default):
+        return pd.DataFrame(columns=["experiment", "metric", "n", "mean", "ci_low", "ci_high"])
+    long = default.melt(id_vars=["experiment", "seed"], value_vars=["train_acc", "test_acc", "generalization_gap"], var_name="metric")
+    table = stats.summarize(long, value="value", by=["experiment", "metric"], rng=np.random.default_rng(seed), n_resamples=n_resamples)
+    return table[["experiment", "metric", "n", "mean", "ci_low", "ci_high"]]
+
+
+def _regime_text(regime_table, experiment: str) -> str:
+    r = regime_table[regime_table.experiment == experiment].set_index("metric")
+    if not {"train_acc", "test_acc", "generalization_gap"} <= set(r.index):
+        return ""
+    train, test, gap = (r.loc[m] for m in ("train_acc", "test_acc", "generalization_gap"))
+    verdict = "the overfitting regime" if gap.ci_low > 0 else "no clear overfitting at this budget: read its ranking with care"
+    return (f" Regime at the paper default: training accuracy {paper.format_ci(train['mean'], train.ci_low, train.ci_high)}, "
+            f"test {paper.format_ci(test['mean'], test.ci_low, test.ci_high)}, gap {paper.format_ci(gap['mean'], gap.ci_low, gap.ci_high)} "
+            f"({verdict}).")
+
+
+def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float, regime_table=None) -> List[str]:
     """Sentences built from the stored tables (every number quoted from them)."""
     texts = []
     for experiment, eq in equivalence_table.groupby("experiment", sort=True):
@@ -294,6 +326,8 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
         if len(default):
             d = default.iloc[0]
             text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
+        if regime_table is not None:
+            text += "." + _regime_text(regime_table, experiment).rstrip(".")
         text += (f". {int(eq.within_margin.sum())} of {len(eq)} settings are shown within {margin:g} of the best "
                  f"(90% CI of the paired difference above -{margin:g}), {int(eq.not_worse_than_margin.sum())} are not shown to be worse by more.")
         j = joint[joint.experiment == experiment] if len(joint) else joint
