@@ -251,15 +251,20 @@ def test_per_edge_counts_stay_exact_across_the_byte_folds():
     assert torch.equal(entry["drop_count"], (steps - expected).int())
 
 
+def _large_layer(**recorder_options):
+    """A 30,000-edge Linear with DDC, a recorder with smaller subsets (5,000 / 1,000 edges) and an input."""
+    torch.manual_seed(0)
+    layer = nn.Linear(300, 100)
+    handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+    method = next(iter(handle.methods.values()))
+    recorder = Recorder(layer, max_edges=5000, sort_edges=1000, **recorder_options).attach()
+    return layer, method, recorder, torch.randn(8, 300)
+
+
 def test_counts_of_layers_above_exact_edges_come_from_the_subset():
     def record(**options):
-        torch.manual_seed(0)
-        layer = nn.Linear(300, 100)
-        ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
-        recorder = Recorder(layer, max_edges=5000, sort_edges=1000, **options).attach()
-        x = torch.randn(8, 300)
+        layer, method, recorder, x = _large_layer(**options)
         keeps = []
-        method = next(iter(ddc.regularized_layers(layer).values()))
         for step in range(4):
             layer(x).pow(2).mean().backward()
             if "keep" in method.last:  # none before the first gradient signal
@@ -301,12 +306,7 @@ def test_large_layers_hand_the_recorder_lazy_drop_probabilities(monkeypatch):
 
     def record(threshold):
         monkeypatch.setattr(M, "LAZY_DROP_PROB_NUMEL", threshold)
-        torch.manual_seed(0)
-        layer = nn.Linear(300, 100)
-        handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
-        method = next(iter(handle.methods.values()))
-        recorder = Recorder(layer, max_edges=5000, sort_edges=1000, exact_edges=10_000).attach()
-        x = torch.randn(8, 300)
+        layer, method, recorder, x = _large_layer(exact_edges=10_000)
         kinds, keeps = [], []
         for step in range(4):
             layer(x).pow(2).mean().backward()
@@ -329,12 +329,7 @@ def test_large_layers_hand_the_recorder_lazy_drop_probabilities(monkeypatch):
 
 
 def test_without_snapshots_a_large_layer_is_counted_on_its_subset_only():
-    torch.manual_seed(0)
-    layer = nn.Linear(300, 100)
-    handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
-    method = next(iter(handle.methods.values()))
-    recorder = Recorder(layer, max_edges=5000, sort_edges=1000, exact_edges=10_000).attach()
-    x = torch.randn(8, 300)
+    layer, method, recorder, x = _large_layer(exact_edges=10_000)
     expected = torch.zeros(300 * 100, dtype=torch.int64)
     for step in range(5):
         layer(x).pow(2).mean().backward()
