@@ -20,10 +20,6 @@ def run_dir(tmp_path_factory):
     return root / "smoke" / arch.NOTEBOOK
 
 
-def table(run_dir, name):
-    return pd.read_parquet(run_dir / "results" / f"{name}.parquet")
-
-
 # ----------------------------------------------------------------------------- the notebook's data
 
 RESNET, VIT = "fashion_mnist-resnet20", "fashion_mnist-vit"
@@ -32,7 +28,7 @@ SMOKE_MODEL = {RESNET: "resnet20", VIT: "vit"}
 
 
 def test_runs_cover_every_method_placement_and_seed(run_dir):
-    runs = table(run_dir, "runs")
+    runs = paper.load_table(run_dir, "runs")
     assert set(runs.experiment) == {RESNET, VIT}
     for experiment, group in runs.groupby("experiment"):
         placements = sorted(group.placement.dropna().unique())
@@ -52,9 +48,9 @@ def test_runs_cover_every_method_placement_and_seed(run_dir):
 
 
 def test_baselines_run_at_ddcs_measured_rate(run_dir):
-    rates = table(run_dir, "matched_rates").set_index(["experiment", "placement"])
-    per_run = table(run_dir, "ddc_drop_rates")
-    runs = table(run_dir, "runs")
+    rates = paper.load_table(run_dir, "matched_rates").set_index(["experiment", "placement"])
+    per_run = paper.load_table(run_dir, "ddc_drop_rates")
+    runs = paper.load_table(run_dir, "runs")
     ddc_runs = runs[runs.method_label == "ddc"].set_index(["experiment", "placement"])
     for (experiment, placement), row in rates.iterrows():
         mine = ddc_runs.loc[[(experiment, placement)]]
@@ -74,8 +70,8 @@ def test_baselines_run_at_ddcs_measured_rate(run_dir):
 
 def test_drop_rates_recomputed_from_the_raw_records(run_dir):
     """Slow, obvious recomputation: read each DDC run's record parts, weight every layer by its edges."""
-    runs = table(run_dir, "runs_ddc")
-    per_run = table(run_dir, "ddc_drop_rates").set_index("run_id")
+    runs = paper.load_table(run_dir, "runs_ddc")
+    per_run = paper.load_table(run_dir, "ddc_drop_rates").set_index("run_id")
     for run, path in zip(runs.itertuples(), paper.run_paths(run_dir, runs)):
         model = dict(torch.nn.Module.named_modules(arch._build(run.model, "fashion_mnist")))
         records = pd.concat([pd.read_parquet(p) for p in sorted((path / "records").glob("part-*.parquet"))])
@@ -89,10 +85,10 @@ def test_drop_rates_recomputed_from_the_raw_records(run_dir):
 
 
 def test_summary_intervals_and_contrasts(run_dir):
-    summary = table(run_dir, "summary")
+    summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
-    runs = table(run_dir, "runs").set_index(["experiment", "variant", "seed"]).test_acc
-    tests = table(run_dir, "contrasts")
+    runs = paper.load_table(run_dir, "runs").set_index(["experiment", "variant", "seed"]).test_acc
+    tests = paper.load_table(run_dir, "contrasts")
     assert len(tests) == sum(len(p) for p in SMOKE_PLACEMENTS.values()) * len(arch.CONTRASTS)
     for row in tests.itertuples():
         mine = runs.loc[row.experiment]
@@ -101,8 +97,8 @@ def test_summary_intervals_and_contrasts(run_dir):
         assert row.mean_diff == pytest.approx((method - base).mean())
         assert row.ci_low - 1e-12 <= row.mean_diff <= row.ci_high + 1e-12
         assert row.p_wilcoxon <= row.p_wilcoxon_adj <= 1
-    regime = table(run_dir, "regime").set_index(["experiment", "metric"])
-    none = table(run_dir, "runs").query("method_label == 'none'")
+    regime = paper.load_table(run_dir, "regime").set_index(["experiment", "metric"])
+    none = paper.load_table(run_dir, "runs").query("method_label == 'none'")
     for (experiment, metric), row in regime.iterrows():
         assert row["n"] == 2
         assert row["mean"] == pytest.approx(none[none.experiment == experiment][metric].mean())
@@ -110,8 +106,8 @@ def test_summary_intervals_and_contrasts(run_dir):
 
 
 def test_batchnorm_statistics(run_dir):
-    bn = table(run_dir, "bn_stats")
-    runs = table(run_dir, "runs")
+    bn = paper.load_table(run_dir, "bn_stats")
+    runs = paper.load_table(run_dir, "runs")
     resnet_runs = runs[runs.experiment == RESNET]
     n_bn = 1 + 9 * 2  # stem + two per block
     assert set(bn.experiment) == {RESNET}  # the ViT has no BatchNorm
@@ -126,7 +122,7 @@ def test_batchnorm_statistics(run_dir):
     assert unmasked.eval_over_train.to_numpy() == pytest.approx(1.0, rel=1e-9)
     masked_weights = stem[(stem.placement == "all_conv") & stem.method.isin(["ddc", "dropconnect"])]
     assert (masked_weights.eval_over_train - 1).abs().min() > 1e-6
-    skip = table(run_dir, "skip_stats")
+    skip = paper.load_table(run_dir, "skip_stats")
     assert len(skip[skip.experiment == RESNET]) == len(resnet_runs) * 9
     vit_skip = skip[skip.experiment == VIT]
     assert len(vit_skip) == len(runs[runs.experiment == VIT]) * 8  # attention and MLP branch of 4 blocks
@@ -136,17 +132,17 @@ def test_batchnorm_statistics(run_dir):
     # without masks train and eval mode compute the same ViT (no BatchNorm, no dropout of its own)
     vit_none = vit_skip[vit_skip.method == "none"]
     assert np.allclose(vit_none.ratio_train, vit_none.ratio_eval, rtol=1e-9)
-    place = table(run_dir, "bn_by_placement")
+    place = paper.load_table(run_dir, "bn_by_placement")
     assert set(place.placement) == {"all_conv"}  # fc feeds no BN layer
     assert (place.n_bn_layers == n_bn).all()
-    summary = table(run_dir, "bn_summary")
+    summary = paper.load_table(run_dir, "bn_summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
 
 
 def test_layer_dynamics(run_dir):
-    dynamics = table(run_dir, "drop_dynamics")
+    dynamics = paper.load_table(run_dir, "drop_dynamics")
     assert {"drop_prob_mean", "realized_drop_rate"} <= set(dynamics.metric)
-    layers = table(run_dir, "layer_drop_summary")
+    layers = paper.load_table(run_dir, "layer_drop_summary")
     ddc_all = layers[(layers.method == "ddc") & (layers.placement == "all_conv")]
     assert set(ddc_all.layer) == set(arch.placement_layers("resnet20", "all_conv"))
     assert set(ddc_all.role) == {"stem", "conv1", "conv2"}
@@ -156,9 +152,9 @@ def test_layer_dynamics(run_dir):
     assert ((ddc_vit.drop_rate >= 0.075 - 1e-6) & (ddc_vit.drop_rate <= 0.2 + 1e-6)).all()
     assert (ddc_vit.layer_index >= 1).all()  # patch_embed.proj is layer 0
     dc = layers[layers.method == "dropconnect"]
-    rates = table(run_dir, "matched_rates").set_index(["experiment", "placement"]).p_matched
+    rates = paper.load_table(run_dir, "matched_rates").set_index(["experiment", "placement"]).p_matched
     assert np.allclose(dc.drop_rate, [rates.loc[key] for key in zip(dc.experiment, dc.placement)])  # DropConnect's expected rate is its p
-    roles = table(run_dir, "layer_role_contrast").set_index("experiment")
+    roles = paper.load_table(run_dir, "layer_role_contrast").set_index("experiment")
     assert roles.loc[RESNET, "placement"] == "all_conv" and (roles.loc[RESNET, "role"], roles.loc[RESNET, "baseline"]) == ("conv2", "conv1")
     assert roles.loc[VIT, "placement"] == "attn_mlp" and (roles.loc[VIT, "role"], roles.loc[VIT, "baseline"]) == ("mlp", "attn")
     vit = ddc_vit.groupby(["seed", "role"]).drop_rate.mean().unstack()
@@ -170,22 +166,22 @@ def test_conclusion_quotes_the_stored_numbers(run_dir):
     assert isinstance(conclusion, list) and len(conclusion) == 2
     texts = dict(zip(sorted(SMOKE_PLACEMENTS), conclusion))
     assert all(text.startswith(f"{experiment}:") for experiment, text in texts.items())
-    rates = table(run_dir, "matched_rates")
+    rates = paper.load_table(run_dir, "matched_rates")
     for row in rates.itertuples():
         assert f"p = {row.p_matched:.3f}" in texts[row.experiment]
         assert f"DDC on {row.placement} (p_base {row.p_base:g}, p_signal {row.p_signal:g}, tau {row.tau:g})" in texts[row.experiment]
-    summary = table(run_dir, "summary").set_index(["experiment", "variant"])
+    summary = paper.load_table(run_dir, "summary").set_index(["experiment", "variant"])
     for experiment, variant in ((RESNET, "none"), (RESNET, "ddc@fc"), (RESNET, "ddc@all_conv"), (VIT, "none"), (VIT, "ddc@attn_mlp")):
         s = summary.loc[(experiment, variant)]
         assert paper.format_ci(s["mean"], s.ci_low, s.ci_high) in texts[experiment]
-    tests = table(run_dir, "contrasts")
+    tests = paper.load_table(run_dir, "contrasts")
     for experiment, placement in ((RESNET, "fc"), (VIT, "attn_mlp")):
         row = tests[(tests.experiment == experiment) & (tests.method == "ddc") & (tests.baseline == "dropconnect") & (tests.placement == placement)].iloc[0]
         assert f"{row.mean_diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]" in texts[experiment]
-    regime = table(run_dir, "regime").set_index(["experiment", "metric"])
+    regime = paper.load_table(run_dir, "regime").set_index(["experiment", "metric"])
     gap = regime.loc[(VIT, "generalization_gap")]
     assert paper.format_ci(gap["mean"], gap.ci_low, gap.ci_high) in texts[VIT]
-    role = table(run_dir, "layer_role_contrast").set_index("experiment").loc[VIT]
+    role = paper.load_table(run_dir, "layer_role_contrast").set_index("experiment").loc[VIT]
     assert f"the MLP projections had a mean drop rate {role.mean_diff:+.4f} [{role.ci_low:+.4f}, {role.ci_high:+.4f}]" in texts[VIT]
 
 

@@ -4,7 +4,6 @@ import itertools
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
@@ -20,16 +19,12 @@ def run_dir(tmp_path_factory):
     return root / "smoke" / rob.NOTEBOOK
 
 
-def table(run_dir, name):
-    return pd.read_parquet(run_dir / "results" / f"{name}.parquet")
-
-
 # ----------------------------------------------------------------------------- the notebook's data
 
 
 def test_every_setting_trained_on_every_experiment_and_seed(run_dir):
-    runs = table(run_dir, "runs")
-    design = table(run_dir, "design")
+    runs = paper.load_table(run_dir, "runs")
+    design = paper.load_table(run_dir, "design")
     assert set(runs.experiment) == {"mnist1d-mlp", "mnist1d-simplecnn1"}
     assert runs.groupby(["experiment", "label"]).seed.nunique().eq(2).all()
     assert runs.groupby("experiment").label.nunique().eq(len(design)).all()
@@ -43,10 +38,10 @@ def test_every_setting_trained_on_every_experiment_and_seed(run_dir):
 
 
 def test_summary_and_equivalence_recomputed(run_dir):
-    runs = table(run_dir, "runs")
-    summary = table(run_dir, "summary")
+    runs = paper.load_table(run_dir, "runs")
+    summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
-    eq = table(run_dir, "equivalence")
+    eq = paper.load_table(run_dir, "equivalence")
     for experiment, group in eq.groupby("experiment"):
         mine = runs[runs.experiment == experiment]
         means = mine.groupby("label").test_acc.mean()
@@ -63,8 +58,8 @@ def test_summary_and_equivalence_recomputed(run_dir):
 
 def test_variance_decomposition_recomputed(run_dir):
     """Balanced 2x2 joint grid: the type-II SS of a main effect is sum n_level (mean_level - grand)^2."""
-    runs = table(run_dir, "runs")
-    shares = table(run_dir, "joint_variance")
+    runs = paper.load_table(run_dir, "runs")
+    shares = paper.load_table(run_dir, "joint_variance")
     for experiment, group in runs[runs.in_joint].groupby("experiment"):
         mine = shares[shares.experiment == experiment].set_index("term")
         assert set(mine.index) == {"tau", "p_base", "tau:p_base", "Residual"}
@@ -77,19 +72,19 @@ def test_variance_decomposition_recomputed(run_dir):
             assert mine.loc[factor, "sum_sq"] == pytest.approx(ss, abs=1e-12)
             if total > 0:
                 assert mine.loc[factor, "eta_sq"] == pytest.approx(ss / total, abs=1e-9)
-    pooled = table(run_dir, "pooled_variance").set_index("term")
+    pooled = paper.load_table(run_dir, "pooled_variance").set_index("term")
     assert {"experiment:tau", "experiment:p_base"} <= set(pooled.index)
     assert pooled.loc["experiment", "sum_sq"] == pytest.approx(0.0, abs=1e-12)  # centred per experiment
-    oat = table(run_dir, "oat_variance")
+    oat = paper.load_table(run_dir, "oat_variance")
     assert set(oat.factor) == set(rob.FACTORS)
-    versus = table(run_dir, "oat_versus_default")
+    versus = paper.load_table(run_dir, "oat_versus_default")
     assert set(versus.factor) == set(rob.FACTORS)  # each OAT level against the default
 
 
 def test_transfer_recomputed(run_dir):
-    runs = table(run_dir, "runs")
-    eq = table(run_dir, "equivalence")
-    transfer = table(run_dir, "transfer")
+    runs = paper.load_table(run_dir, "runs")
+    eq = paper.load_table(run_dir, "equivalence")
+    transfer = paper.load_table(run_dir, "transfer")
     assert len(transfer) == 1
     row = transfer.iloc[0]
     assert row.relation == "same dataset, other architecture"
@@ -108,14 +103,14 @@ def test_transfer_recomputed(run_dir):
 def test_conclusion_quotes_the_stored_numbers(run_dir):
     conclusion = json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"]
     text = "\n".join(conclusion)
-    summary = table(run_dir, "summary")
-    eq = table(run_dir, "equivalence")
+    summary = paper.load_table(run_dir, "summary")
+    eq = paper.load_table(run_dir, "equivalence")
     for experiment, group in eq.groupby("experiment"):
         best = group[group.is_best].label.iloc[0]
         s = summary[(summary.experiment == experiment) & (summary.label == best)].iloc[0]
         assert f"{experiment}: best setting {best} with test accuracy {paper.format_ci(s['mean'], s.ci_low, s.ci_high)}" in text
         assert f"{int(group.within_margin.sum())} of {len(group)} settings" in text
-    row = table(run_dir, "transfer").iloc[0]
+    row = paper.load_table(run_dir, "transfer").iloc[0]
     assert f"costs {row.regret_a_in_b:.4f}" in text
     assert "Pooled over experiments" in text
 
@@ -183,8 +178,8 @@ def test_resnet_does_not_take_mnist1d():
 
 
 def test_regime_of_the_paper_default_is_stated(run_dir):
-    runs = table(run_dir, "runs")
-    regime = table(run_dir, "regime")
+    runs = paper.load_table(run_dir, "runs")
+    regime = paper.load_table(run_dir, "regime")
     text = "\n".join(json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"])
     for experiment, group in runs[runs.is_default].groupby("experiment"):
         row = regime[(regime.experiment == experiment) & (regime.metric == "generalization_gap")].iloc[0]
