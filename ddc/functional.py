@@ -510,6 +510,8 @@ def drop_and_keep(
             den = (mu + eps).neg_() if small else mu + eps
     if stats_out is not None:
         stats_out.extend((mu, sd))
+    if _COMPILE["enabled"] and draw:  # one fused kernel over the whole tensor: none of the blocked path's buffers
+        return _drop_and_keep_compiled(signal, row, normalize, small, mu, den, p_base, p_signal, tau, generator, want_prob)
     dtype = signal.dtype
     device = signal.device
     prob = torch.empty(signal.shape, dtype=dtype, device=device) if want_prob else None
@@ -535,8 +537,6 @@ def drop_and_keep(
     finite = None
     if cpu and mu is not None and stats is None:
         finite = bool(torch.isfinite(mu).all())
-    if _COMPILE["enabled"] and draw:
-        return _drop_and_keep_compiled(signal, row, normalize, small, mu, den, p_base, p_signal, tau, generator, want_prob)
     p_base_t = torch.full((), p_base, dtype=dtype, device=device)
     for start, blk in blocks:
         count = blk.numel()
