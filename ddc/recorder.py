@@ -142,11 +142,6 @@ def _std_mean(values: Tensor):
     return torch.sqrt(torch.dot(centred, centred) / (values.numel() - 1)), mean
 
 
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation with average ranks for ties; NaN for a constant input."""
-    return _rank_correlation(sorted_summary(a, (0.5,))[1], sorted_summary(b, (0.5,))[1])
-
-
 def _rank_correlation(ra: Tensor, rb: Tensor) -> Tensor:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return (ra * rb).sum() / torch.sqrt((ra * ra).sum() * (rb * rb).sum())
@@ -369,8 +364,9 @@ class Recorder:
             return big, big[: self.sort_edges]
         return big, self._sample(name, tensor, self.sort_edges)
 
-    def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Tuple[tuple, Tensor]:
-        """This step's quantities of one layer: their names and one float64 vector on the device."""
+    def _layer_quantities(self, name: str, layer: nn.Module, method: Optional[LayerMethod]) -> Tuple[tuple, Union[Tensor, List[float]]]:
+        """This step's quantities of one layer: their names, and their values as Python floats
+        (CPU) or as one float64 vector left on the device until the next drain."""
         out: Dict[str, Tensor] = {}
         vectors: List[Tuple[List[str], Tensor]] = []
         weight = layer.weight.detach()
@@ -433,7 +429,6 @@ class Recorder:
             kept_before = self._previous_kept[name]
             inter = n - kept - kept_before + both_kept
             out["mask_jaccard"] = inter / (n - both_kept).clamp_min(1)
-        if previous is not None and previous.shape == keep.shape:
             previous.copy_(keep)
         else:
             self._previous_keep[name] = keep.clone()
