@@ -218,9 +218,53 @@ def test_sorted_summary_matches_torch_quantile_and_scipy_ranks():
 
     gen = torch.Generator().manual_seed(0)
     values = torch.cat([torch.rand(500, generator=gen), torch.full((300,), 0.3), torch.rand(7, generator=gen)])
-    quantiles, ranks = sorted_summary(values, (0.0, 0.1, 0.25, 0.5, 0.9, 1.0))
-    torch.testing.assert_close(quantiles, torch.quantile(values, torch.tensor([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])))
-    np.testing.assert_allclose(ranks.numpy(), rankdata(values.numpy()) - 1)
+    levels = (0.0, 0.1, 0.25, 0.5, 0.9, 1.0)
+    quantiles, ranks = sorted_summary(values, levels)
+    np.testing.assert_allclose(quantiles, torch.quantile(values, torch.tensor(levels)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ranks, rankdata(values.numpy()) - 1)
+    only, none = sorted_summary(values.numpy(), levels, ranks=False)
+    assert none is None and np.array_equal(only, quantiles)
+
+
+@pytest.mark.parametrize("relation", ["decreasing", "increasing", "unrelated"])
+def test_order_statistics_against_numpy_and_scipy(relation):
+    """One sort orders both vectors when the drop probability is monotone in the used signal
+    (DDC, ties at the clamp included); otherwise it gets its own sort. Same numbers either way."""
+    from ddc.recorder import order_statistics
+
+    rng = np.random.default_rng(0)
+    used = np.abs(rng.standard_normal(2048)).astype(np.float32)
+    z = (used - used.mean()) / used.std()
+    p = {
+        "decreasing": np.clip(0.3 + 0.2 * np.tanh(-z), 0.3, 0.5),
+        "increasing": np.clip(0.3 + 0.2 * np.tanh(z), 0.3, 0.5),
+        "unrelated": rng.uniform(0.2, 0.6, 2048).round(2),
+    }[relation].astype(np.float32)
+    magnitude = np.abs(rng.standard_normal(2048)).astype(np.float32)
+    moments = {"grad_abs_mean": 0.8, "grad_abs_std": 0.6}
+    names, values = order_statistics((0.1, 0.5, 0.9), ("q10", "q50", "q90"), {"magnitude": magnitude, "drop_prob": p, "used": used}, moments)
+    got = dict(zip(names, values))
+    assert got["grad_abs_q50"] == pytest.approx(np.quantile(magnitude, 0.5), rel=1e-6)
+    assert got["zscore_q90"] == pytest.approx((np.quantile(magnitude, 0.9) - 0.8) / (0.6 + 1e-9), rel=1e-6)
+    for q in (0.1, 0.5, 0.9):
+        assert got[f"drop_prob_q{round(q * 100):02d}"] == pytest.approx(np.quantile(p, q), rel=1e-6)
+    assert got["rank_corr_grad_drop"] == pytest.approx(sps.spearmanr(used, p).statistic, abs=1e-12)
+    if relation != "unrelated":
+        assert (p == p.min()).sum() > 100  # the ties the shortcut has to average
+    names, _ = order_statistics((0.5,), ("q50",), {"drop_prob": p, "used": used[:10]}, {})
+    assert names == ["drop_prob_q50"]  # no rank correlation between different edges
+
+
+def test_deferred_values_equal_the_immediate_ones(monkeypatch):
+    """On an accelerator values and sort samples wait on the device for the drain; forced on
+    the CPU, that path must give the same rows as the immediate one."""
+    _, _, immediate, _, _ = run("ddc", steps=3)
+    monkeypatch.setattr(Recorder, "_defer", staticmethod(lambda weight: True))
+    _, _, deferred, _, _ = run("ddc", steps=3)
+    a, b = immediate.to_frame(), deferred.to_frame()
+    assert len(a) == len(b) and list(a.metric) == list(b.metric)
+    np.testing.assert_allclose(a.value.to_numpy(), b.value.to_numpy(), rtol=1e-12)
+    assert "rank_corr_grad_drop" in set(b.metric) and "zscore_q90" in set(b.metric)
 
 
 def test_per_edge_counts_stay_exact_across_the_byte_folds():
