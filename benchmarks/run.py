@@ -19,6 +19,11 @@ rates on every layer, however large), ``ddc+compile`` (DDC with the
 during the warm-up), and ``baseline`` (the authors' copy-in/copy-out DDC,
 :mod:`benchmarks.baseline`).
 
+Cases: a 4096 x 4096 Linear, SimpleCNN1, ResNet-20 with every convolution
+masked, and a 1024 x 1024 Linear with one mask per example
+(``mask="sample"`` on DropConnect and DDC; that case runs only the variants in
+its ``variants``).
+
 Peak memory: torch's CPU allocations are invisible to ``tracemalloc``, so each
 variant runs again in a fresh subprocess: after building the model, the
 optimizer and the batch, the process's resident-set high-water mark is reset
@@ -91,6 +96,18 @@ CASES: Dict[str, dict] = {
         repeats=40,
         quick_repeats=8,
     ),
+    "linear1024-sample": dict(
+        title="nn.Linear(1024, 1024), batch 64, loss mean(out^2); one mask per example (mask='sample')",
+        build=lambda: nn.Linear(1024, 1024),
+        input=(1024,),
+        classes=None,
+        layers=[nn.Linear],
+        options=dict(mask="sample"),
+        variants=("plain", "dropconnect", "ddc", "ddc+recorder"),
+        batch=64,
+        repeats=10,
+        quick_repeats=3,
+    ),
     "resnet20": dict(
         title="ResNet-20 on 3x32x32, batch 128, cross-entropy; methods on every Conv2d",
         build=lambda: ResNet20(num_classes=10, in_channels=3),
@@ -120,10 +137,13 @@ class Runner:
         self.variant = variant
         selected = ddc.select_layers(self.model, case["layers"], method="ddc")
         self.masked_weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in selected.values())
-        if variant in ("dropout", "dropconnect"):
+        options = case.get("options", {})
+        if variant == "dropout":
             ddc.apply(self.model, variant, layers=case["layers"], seed=seed)
+        elif variant == "dropconnect":
+            ddc.apply(self.model, variant, layers=case["layers"], seed=seed, **options)
         elif variant.startswith("ddc"):
-            ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed)
+            ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed, **options)
             if variant == "ddc+recorder":
                 self.recorder = Recorder(self.model, every=1).attach()
             elif variant == "ddc+recorder-exact":
@@ -300,6 +320,8 @@ TARGETS = {
     "linear4096": {"ddc_over_plain": 2.5, "baseline_over_ddc": 2.0},
     "simplecnn1": {"ddc_over_plain": 1.10},
     "resnet20": {"ddc_over_plain": 1.25},
+    # The issue's targets are for shared masks; per-example masks are reported, not judged.
+    "linear1024-sample": {"info_only": True},
 }
 
 
@@ -329,6 +351,8 @@ def checks(case_name: str, variants: dict) -> dict:
     if d and p and d.get("peak_mb") is not None and p.get("peak_mb") is not None:
         budget = p["peak_mb"] + 3 * d["masked_weight_bytes"] / 2**20
         out["ddc peak <= plain + 3 x masked weights"] = (d["peak_mb"] <= budget, f"{d['peak_mb']:.0f} MB vs budget {budget:.0f} MB")
+    if target.get("info_only"):
+        out = {name if name.startswith("(info)") else f"(info) {name}": (True, f"{'within' if ok else 'outside'}: {detail}") for name, (ok, detail) in out.items()}
     return out
 
 
@@ -360,9 +384,10 @@ def main(argv=None) -> int:
         case = CASES[case_name]
         repeats = args.repeats or (case["quick_repeats"] if args.quick else case["repeats"])
         t0 = time.perf_counter()
-        variants = time_case(case, args.variants, repeats, warmup)
+        names = [v for v in args.variants if v in case.get("variants", VARIANTS)]
+        variants = time_case(case, names, repeats, warmup)
         if not args.no_memory:
-            for v in args.variants:
+            for v in names:
                 variants[v].update(measure_memory(case_name, v, memory_steps, args.threads))
         result = {
             "case": case_name,

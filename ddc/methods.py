@@ -131,6 +131,108 @@ class _MaskedWeight(torch.autograd.Function):
         return grad_weight, None, None, None, None, None, None
 
 
+#: Edges per chunk of per-example masks (:class:`_ExampleMasks`): about 16 MB of float32 per temporary.
+EXAMPLE_CHUNK_EDGES = 1 << 22
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """The global generator of ``device`` (what ``generator=None`` draws from)."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    raise ValueError(f"mask='sample' on {device}: give the method a seed= or generator= on that device")
+
+
+class _ExampleMasks:
+    """The per-example keep masks of one forward pass, made chunk by chunk of examples.
+
+    A chunk holds about :data:`EXAMPLE_CHUNK_EDGES` edges (at least one
+    example), and a multiple of 4 edges, so on the CPU the masks are bit for
+    bit those of one ``keep_mask(drop_prob, shape=(batch, out, in))`` call (four
+    edges per 64-bit word, see ``functional.MASK_BITS``). Backward makes them
+    again from the generator state saved before the first chunk, unless they
+    were kept for a recorder (``record=True``: ``keep`` then holds all
+    ``batch x out x in`` of them, as bools, and ``scale`` the scales).
+    """
+
+    def __init__(self, drop_prob: Tensor, generator, shape, recalibration: str, eps: float, record: bool):
+        self.drop_prob, self.shape, self.recalibration, self.eps = drop_prob, tuple(shape), recalibration, eps
+        self.generator = generator if generator is not None else _default_generator(drop_prob.device)
+        self.state = self.generator.get_state()
+        edges = max(self.shape[1] * self.shape[2], 1)
+        step = 4 // math.gcd(edges, 4)
+        self.examples = max(step, EXAMPLE_CHUNK_EDGES // edges // step * step)
+        self.keep = torch.empty(self.shape, dtype=torch.bool, device=drop_prob.device) if record else None
+        self.scale: Optional[Tensor] = None
+
+    def chunks(self, again: bool = False):
+        """``(start, stop, keep, scale)`` per chunk; ``again=True`` (backward) gives the same masks."""
+        generator = self.generator
+        if again and self.keep is None:
+            generator = torch.Generator(device=self.generator.device)
+            generator.set_state(self.state)
+        scales = []
+        batch, rows, cols = self.shape
+        for start in range(0, batch, self.examples):
+            stop = min(start + self.examples, batch)
+            if again and self.keep is not None:
+                keep = self.keep[start:stop]
+            else:
+                keep = F.keep_mask(self.drop_prob, generator=generator, shape=(stop - start, rows, cols))
+                if self.keep is not None:
+                    self.keep[start:stop] = keep
+            scale = F.keep_scale(keep, mode=self.recalibration, drop_prob=self.drop_prob, eps=self.eps, batch_dims=1)
+            scales.append(scale)
+            yield start, stop, keep, scale
+        if self.keep is not None and not again:
+            self.scale = torch.cat(scales) if self.recalibration == "realized" else scales[0]
+
+
+class _PerExampleLinear(torch.autograd.Function):
+    """``y_b = x_b (W * keep_b * scale_b)^T`` for every example ``b``, one chunk of examples at a time.
+
+    ``x`` is ``(batch, tokens, in)``. Forward and backward hold one chunk's
+    masked weights (``examples x out x in``, see :class:`_ExampleMasks`), never
+    the ``batch x out x in`` ones. The backward rules are those of
+    :class:`_MaskedWeight` for per-example masks: ``dL/dW_eff`` summed over
+    the batch (one matrix product, it needs no mask) goes to the sink;
+    ``dL/dW = sum_b keep_b * scale_b * dL/dW_eff_b``, or ``dL/dW_eff`` with
+    ``dense=True``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, masks, dense, sink, want_param_grad):
+        ctx.masks, ctx.dense, ctx.sink, ctx.want_param_grad = masks, dense, sink, want_param_grad
+        out = x.new_empty(x.shape[0], x.shape[1], weight.shape[0])
+        for start, stop, keep, scale in masks.chunks():
+            effective = F.apply_keep(weight, keep, scale)
+            torch.bmm(x[start:stop], effective.transpose(1, 2), out=out[start:stop])
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_eff = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        need_param = not ctx.dense or ctx.want_param_grad
+        grad_param = torch.zeros_like(weight) if need_param else None
+        if grad_x is not None or need_param:
+            for start, stop, keep, scale in ctx.masks.chunks(again=True):
+                factor = F.apply_keep(torch.ones((), dtype=weight.dtype, device=weight.device), keep, scale)
+                if grad_x is not None:
+                    torch.bmm(grad_out[start:stop], weight * factor, out=grad_x[start:stop])
+                if need_param:
+                    per_example = torch.bmm(grad_out[start:stop].transpose(1, 2), x[start:stop])
+                    grad_param += (per_example * factor).sum(0)
+        if ctx.sink is not None:
+            ctx.sink(grad_eff, grad_param)
+        grad_weight = grad_eff if ctx.dense else grad_param
+        return grad_x, grad_weight, None, None, None, None
+
+
 def _plain_forward(layer: nn.Module, *args, **kwargs):
     return type(layer).forward(layer, *args, **kwargs)
 
@@ -138,13 +240,6 @@ def _plain_forward(layer: nn.Module, *args, **kwargs):
 def _forward_with(layer: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """The layer's own computation with substitute parameters."""
     if isinstance(layer, nn.Linear):
-        if weight.dim() == 3:  # one weight per example
-            batch = x.shape[0]
-            flat = x.reshape(batch, -1, x.shape[-1])
-            out = torch.bmm(flat, weight.transpose(1, 2))
-            if bias is not None:
-                out = out + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
-            return out.reshape(*x.shape[:-1], weight.shape[1])
         return TF.linear(x, weight, bias)
     return layer._conv_forward(x, weight, bias)
 
@@ -416,15 +511,45 @@ class _WeightDrop(LayerMethod):
     def forward(self, layer, x, *args, **kwargs):
         if not layer.training:
             return _plain_forward(layer, x, *args, **kwargs)
-        batch = x.shape[0] if self.mask == "sample" else None
-        weight, drawn = self._masked(layer.weight, "weight", batch)
+        if self.mask == "sample":
+            return self._per_example_forward(layer, x)
+        weight, drawn = self._masked(layer.weight, "weight", None)
         bias = layer.bias
         if self.drop_bias and bias is not None:
-            bias, _ = self._masked(bias, "bias", batch)
+            bias, _ = self._masked(bias, "bias", None)
         if self.keep_last:
             self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
             self.last["signal"] = self.signal_tensor("weight", layer.weight)
         return _forward_with(layer, x, weight, bias)
+
+    def _per_example_forward(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        """One weight mask per example (``mask="sample"``, nn.Linear), in chunks of examples
+        (:class:`_PerExampleLinear`); bias masks, ``batch x out``, are drawn whole after them."""
+        weight = layer.weight
+        batch = x.shape[0]
+        flat = x.reshape(batch, -1, x.shape[-1])
+        drop_prob = self.weight_drop_prob(weight)
+        dense = self.update == "reference"
+        sink = self.gradient_sink("weight")
+        want_param = getattr(self, "signal_source", "effective") == "param"
+        masks = None
+        if drop_prob is None:  # no mask this step (DDC's first step); the sink still gets its gradient
+            effective = weight if sink is None else _MaskedWeight.apply(weight, None, None, dense, sink, want_param)
+            out = torch.matmul(flat, effective.t())
+        else:
+            masks = _ExampleMasks(drop_prob, self.rng(weight.device), (batch, *weight.shape), self.recalibration, self.eps, self.keep_last)
+            out = _PerExampleLinear.apply(flat, weight, masks, dense, sink, want_param)
+        bias = layer.bias
+        if bias is not None:
+            if self.drop_bias:
+                bias, _ = self._masked(bias, "bias", batch)
+                out = out + bias.unsqueeze(1)
+            else:
+                out = out + bias
+        if self.keep_last:
+            self.last = {} if masks is None else {"drop_prob": drop_prob, "keep": masks.keep, "scale": masks.scale}
+            self.last["signal"] = self.signal_tensor("weight", weight)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class DropConnect(_WeightDrop):
@@ -432,7 +557,10 @@ class DropConnect(_WeightDrop):
 
     One mask per forward pass shared by the mini-batch (``mask="batch"``, as
     the reference code's baseline) or one per example (``mask="sample"``,
-    Wan et al.; memory ``batch x out x in`` floats for the effective weights).
+    Wan et al.; nn.Linear only). Per-example masks are made a chunk of
+    examples at a time (about :data:`EXAMPLE_CHUNK_EDGES` edges) and made
+    again in backward, so memory is a chunk's, not ``batch x out x in``; the
+    compute still grows with ``batch x out x in``.
     """
 
     name = "dropconnect"

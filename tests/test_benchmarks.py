@@ -26,3 +26,12 @@ def test_benchmark_smoke(tmp_path, capsys, keep_threads):
         assert entry["median_ms"] > 0 and entry["steps"] == 2
     assert "recorder adds <= 5% over ddc" in result["checks"]
     assert "| ddc+recorder-exact |" in capsys.readouterr().out
+
+
+def test_per_example_case_runs_only_its_variants(tmp_path, keep_threads):
+    code = run.main(["--cases", "linear1024-sample", "--variants", "plain", "dropconnect", "baseline", "--repeats", "1",
+                     "--warmup", "0", "--threads", str(torch.get_num_threads()), "--no-memory", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "linear1024-sample.json").read_text())
+    assert list(result["variants"]) == ["plain", "dropconnect"]  # no copy-in/copy-out baseline for per-example masks
+    assert all(name.startswith("(info)") for name in result["checks"])

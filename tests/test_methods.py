@@ -334,6 +334,60 @@ def test_sample_mask_linear_matches_naive_loop():
     torch.testing.assert_close(layer.weight.grad, expected_grad)
 
 
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dropconnect", dict(p=0.4)),
+        ("dropconnect", dict(p=0.4, update="reference", drop_bias=True)),
+        ("ddc", dict()),
+        ("ddc", dict(recalibration="per_edge")),
+    ],
+)
+def test_sample_masks_in_chunks_equal_one_full_mask(monkeypatch, method, options, record):
+    """Per-example masks are made a few examples at a time and made again in backward;
+    outputs, gradients and the DDC signal equal those of the whole batch x out x in mask."""
+    import ddc.methods as M
+
+    monkeypatch.setattr(M, "EXAMPLE_CHUNK_EDGES", 60)  # 30 edges: chunks of 2 examples, the last of 1
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    handle = ddc.apply(layer, method, layers=[nn.Linear], mask="sample", seed=3, **options)
+    m = next(iter(handle.methods.values()))
+    m.keep_last = record
+    x = torch.randn(7, 3, 6, requires_grad=True)
+    weights = torch.randn(7, 3, 5)
+    (layer(x) * weights).sum().backward()  # DDC: the first step gives the signal
+    x.grad, layer.weight.grad = None, None
+    drop_prob = m.weight_drop_prob(layer.weight)
+    generator = torch.Generator()
+    generator.set_state(m.rng(torch.device("cpu")).get_state())
+    out = layer(x)
+    (out * weights).sum().backward()
+
+    keep = F.keep_mask(drop_prob, generator=generator, shape=(7, 5, 6))
+    scale = F.keep_scale(keep, mode=m.recalibration, drop_prob=drop_prob, eps=m.eps, batch_dims=1)
+    w = layer.weight.detach().requires_grad_()
+    bias = layer.bias
+    if m.drop_bias:
+        bias_keep = F.keep_mask(torch.full((), 0.4), generator=generator, shape=(7, 5))
+        bias = layer.bias * bias_keep * F.keep_scale(bias_keep, mode=m.recalibration, eps=m.eps, batch_dims=1)
+    effective = w * keep * scale if m.update == "autograd" else (w.detach() * keep * scale).requires_grad_()
+    xr = x.detach().requires_grad_()
+    expected = torch.bmm(xr, effective.transpose(1, 2)) + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, xr.grad)
+    dense = torch.einsum("bto,bti->oi", weights, x.detach())  # dL/dW_eff summed over the batch
+    torch.testing.assert_close(layer.weight.grad, w.grad if m.update == "autograd" else dense)
+    if method == "ddc":
+        torch.testing.assert_close(m.weight_signal, dense)
+    if record:
+        assert torch.equal(m.last["keep"], keep)
+        torch.testing.assert_close(m.last["scale"], scale)
+    handle.remove()
+
+
 def test_sample_mask_ddc_trains():
     model = make_net()
     ddc.apply(model, "ddc", mask="sample", seed=0)
