@@ -132,7 +132,7 @@ class _MaskedWeight(torch.autograd.Function):
 
 
 #: Edges per chunk of per-example masks (:class:`_ExampleMasks`): about 16 MB of float32 per temporary.
-EXAMPLE_CHUNK_EDGES = 1 << 22
+EXAMPLE_CHUNK_EDGES = 1 << 20
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -205,9 +205,11 @@ class _PerExampleLinear(torch.autograd.Function):
     def forward(ctx, x, weight, masks, dense, sink, want_param_grad):
         ctx.masks, ctx.dense, ctx.sink, ctx.want_param_grad = masks, dense, sink, want_param_grad
         out = x.new_empty(x.shape[0], x.shape[1], weight.shape[0])
+        effective = weight.new_empty(masks.examples, *weight.shape)  # one buffer for every chunk
         for start, stop, keep, scale in masks.chunks():
-            effective = F.apply_keep(weight, keep, scale)
-            torch.bmm(x[start:stop], effective.transpose(1, 2), out=out[start:stop])
+            part = effective[: stop - start]
+            torch.mul(weight, keep, out=part).mul_(scale)  # (W * keep) * scale, as apply_keep
+            torch.bmm(x[start:stop], part.transpose(1, 2), out=out[start:stop])
         ctx.save_for_backward(x, weight)
         return out
 
@@ -220,13 +222,17 @@ class _PerExampleLinear(torch.autograd.Function):
         need_param = not ctx.dense or ctx.want_param_grad
         grad_param = torch.zeros_like(weight) if need_param else None
         if grad_x is not None or need_param:
+            shape = (ctx.masks.examples, *weight.shape)
+            factors, products = weight.new_empty(shape), weight.new_empty(shape)  # reused by every chunk
             for start, stop, keep, scale in ctx.masks.chunks(again=True):
-                factor = F.apply_keep(torch.ones((), dtype=weight.dtype, device=weight.device), keep, scale)
+                factor, product = factors[: stop - start], products[: stop - start]
+                factor.copy_(keep).mul_(scale)  # keep * scale
                 if grad_x is not None:
-                    torch.bmm(grad_out[start:stop], weight * factor, out=grad_x[start:stop])
+                    torch.mul(weight, factor, out=product)
+                    torch.bmm(grad_out[start:stop], product, out=grad_x[start:stop])
                 if need_param:
-                    per_example = torch.bmm(grad_out[start:stop].transpose(1, 2), x[start:stop])
-                    grad_param += (per_example * factor).sum(0)
+                    torch.bmm(grad_out[start:stop].transpose(1, 2), x[start:stop], out=product).mul_(factor)
+                    grad_param += product.sum(0)
         if ctx.sink is not None:
             ctx.sink(grad_eff, grad_param)
         grad_weight = grad_eff if ctx.dense else grad_param
