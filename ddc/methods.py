@@ -14,8 +14,10 @@ layer (Standout's inference rule scales the output by its keep probability).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -63,6 +65,48 @@ class _Recycled:
             self.buffer = buffer
             self.count = _storage_use_count(buffer.untyped_storage()._cdata)
         return torch.empty(0, dtype=buffer.dtype).set_(buffer.untyped_storage(), 0, buffer.shape, buffer.stride())
+
+
+def _alias(tensor: Tensor) -> Tensor:
+    """A new tensor object on ``tensor``'s memory (same offset, shape and strides)."""
+    return torch.empty(0, dtype=tensor.dtype).set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride())
+
+
+def _reclaim(box: list, like: Tensor) -> Optional[Tensor]:
+    """The memory of the tensor in ``box`` (taken out of it), as a new tensor, if nothing else holds it.
+
+    The tensor object must die when the box lets go of it (no Python
+    reference, no graph that saved it, no view of it keeps it alive: checked
+    with a weak reference), and no other tensor may share its storage (views,
+    ``detach()`` aliases: checked with the storage's reference count against a
+    probe). Only a contiguous CPU tensor of ``like``'s shape and dtype
+    qualifies, and nothing does when torch lacks the storage counter.
+    """
+    tensor = box.pop() if box else None
+    if (
+        tensor is None
+        or _storage_use_count is None
+        or tensor.device.type != "cpu"
+        or tensor.shape != like.shape
+        or tensor.dtype != like.dtype
+        or tensor.requires_grad
+        or not tensor.is_contiguous()
+    ):
+        return None
+    alias = _alias(tensor)
+    alive = weakref.ref(tensor)
+    del tensor
+    if alive() is not None:
+        return None
+    probe = _alias(torch.empty(1, dtype=like.dtype))
+    if _storage_use_count(alias.untyped_storage()._cdata) != _storage_use_count(probe.untyped_storage()._cdata):
+        return None
+    return alias
+
+
+#: Layers (CPU) from this many edges up give dL/dW the memory of the signal it replaces,
+#: when nothing else holds that signal (see :func:`_reclaim`).
+RECLAIM_NUMEL = _Recycled.MIN_NUMEL
 
 
 class _Workspace:
@@ -115,23 +159,26 @@ class _MaskedWeight(torch.autograd.Function):
             # it over first, so the previous step's signal is released before
             # dL/dW is allocated (one weight-sized tensor less at the peak).
             early = ctx.sink is not None and not ctx.want_param_grad
-            if early:
-                ctx.sink(grad_eff, None)
+            released = [ctx.sink(grad_eff, None)] if early else []
             if keep is None:
                 grad_param = grad_eff
             elif need_param:
-                # A new tensor (it becomes .grad): a recycled buffer would sit idle
-                # through the next forward, raising the peak by a weight's size.
-                grad_param = F.apply_keep(grad_eff, keep, scale)
+                # It becomes .grad, so not the workspace (a recycled buffer would sit idle
+                # through the next forward, raising the peak by a weight's size); but on a
+                # large CPU layer the signal the new one just replaced dies here, and its
+                # memory, already mapped, spares dL/dW a weight's worth of page faults.
+                out = _reclaim(released, grad_eff) if ctx.workspace is not None else None
+                grad_param = F.apply_keep(grad_eff, keep, scale, out=out)
             else:
                 grad_param = None
+            released.clear()
             if ctx.sink is not None and not early:
                 ctx.sink(grad_eff, grad_param)
         grad_weight = grad_eff if ctx.dense else grad_param
         return grad_weight, None, None, None, None, None, None
 
 
-#: Edges per chunk of per-example masks (:class:`_ExampleMasks`): about 16 MB of float32 per temporary.
+#: Edges per chunk of per-example masks (:class:`_ExampleMasks`): about 4 MB of float32 per temporary.
 EXAMPLE_CHUNK_EDGES = 1 << 20
 
 
@@ -680,7 +727,8 @@ class DynamicDropConnect(_WeightDrop):
         return lambda grad_eff, grad_param: self._store_signal(role, grad_eff, grad_param)
 
     @torch.no_grad()
-    def _store_signal(self, role: str, grad_eff: Tensor, grad_param: Optional[Tensor]) -> None:
+    def _store_signal(self, role: str, grad_eff: Tensor, grad_param: Optional[Tensor]) -> Optional[Tensor]:
+        """Keep the new signal; returns the one it replaces (the caller may reuse its memory)."""
         grad = grad_eff if self.signal_source == "effective" else grad_param
         name = f"{role}_signal"
         previous = getattr(self, name)
@@ -694,6 +742,7 @@ class DynamicDropConnect(_WeightDrop):
         setattr(self, name, new)
         if self.global_stats is not None and role == "weight":
             self.global_stats.invalidate()
+        return previous
 
     def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
         if self.signal == "weight":
@@ -841,6 +890,11 @@ class LazyDropProb:
 
     def materialize(self) -> Tensor:
         return self._probability(self.signal)
+
+    def rule(self) -> Callable[[Tensor], Tensor]:
+        """Signal values (of edges the caller gathered) -> their drop probabilities; holds no
+        reference to the signal tensor, so keeping the rule does not keep the signal alive."""
+        return functools.partial(F.drop_probability, **self.formula, stats=self.stats)
 
 
 class GlobalStats:

@@ -51,14 +51,15 @@ keeps its drop counts for the subset only).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+import weakref
+from functools import lru_cache, partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .apply import regularized_layers, select_layers
-from .methods import DynamicDropConnect, LayerMethod, LazyDropProb
+from .methods import RECLAIM_NUMEL, DynamicDropConnect, LayerMethod, LazyDropProb
 
 Schedule = Callable[[int], bool]
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -305,6 +306,26 @@ def _norm(values: Tensor) -> _Derived:
     return _Derived(lambda square_sum: math.sqrt(max(square_sum, 0.0)), torch.dot(flat, flat))
 
 
+class _Subset:
+    """A layer tensor already cut to the recorder's fixed subset (at the forward pass), so the
+    method need not keep the whole tensor alive; ``head(limit)`` is what ``_sample`` would give.
+    With ``transform`` the values are computed from the stored ones on reading (drop
+    probabilities from the signal values behind them)."""
+
+    def __init__(self, values: Tensor, shape, transform: Optional[Callable[[Tensor], Tensor]] = None):
+        self.values, self.shape, self.transform = values, torch.Size(shape), transform
+        self.dtype, self.device = values.dtype, values.device
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def head(self, limit: int) -> Tensor:
+        if limit > self.values.numel():
+            raise ValueError(f"the subset holds {self.values.numel()} values, not {limit}")
+        part = self.values[:limit]
+        return part if self.transform is None else self.transform(part)
+
+
 def _weight_layers(model: nn.Module, layers) -> Dict[str, nn.Module]:
     if layers is None:
         chosen = {name: module for name, module in model.named_modules() if "ddc_method" in module._modules}
@@ -382,6 +403,7 @@ class Recorder:
         self._before_update: Dict[str, Tensor] = {}
         self._subsets: Dict[tuple, Tensor] = {}
         self._keep_sample: Dict[str, tuple] = {}
+        self._gathered: Dict[str, tuple] = {}  # name -> (weakref to a signal, its version, its subset values)
         self._step = 0
 
     # ---- lifecycle ----------------------------------------------------------
@@ -389,8 +411,13 @@ class Recorder:
     def attach(self) -> "Recorder":
         if self._attached:
             return self
-        for method in self._methods().values():
+        from . import methods as _methods
+
+        smallest = min(RECLAIM_NUMEL, _methods.LAZY_DROP_PROB_NUMEL)  # (read now: tests lower the latter)
+        for name, method in self._methods().items():
             method.keep_last = True
+            if self.layers[name].weight.numel() >= smallest:
+                self._handles.append(self.layers[name].register_forward_hook(partial(self._after_forward, name, method)))
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
         self._attached = True
@@ -403,6 +430,7 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._gathered = {}
         self.flush()
         self._attached = False
 
@@ -421,6 +449,35 @@ class Recorder:
         return {name: methods[name] for name in self.layers if name in methods}
 
     # ---- per step -------------------------------------------------------------
+
+    def _after_forward(self, name: str, method: LayerMethod, module: nn.Module, args, output) -> None:
+        """Cut the signal behind this step's drop probabilities (and lazy drop probabilities)
+        to the subset the recorder reads, so the method's old signal is not kept alive.
+
+        On a large CPU layer the backward pass gives dL/dW the memory of the signal
+        that the new one replaces, when nothing else holds it; a full reference kept here
+        for the recorder would cost that layer a weight's worth of fresh pages every step.
+        Layers whose statistics are exact, and steps with a scheduled snapshot, keep the
+        full tensors.
+        """
+        last = method.last
+        used, drop_prob = last.get("signal"), last.get("drop_prob")
+        if not module.training or used is None or isinstance(used, _Subset) or self.snapshot_schedule(self._step):
+            return
+        lazy = isinstance(drop_prob, LazyDropProb)
+        if lazy and not (self._large(drop_prob) and drop_prob.numel() > self.max_edges):
+            return  # the drop probabilities will be materialised in full from the signal
+        if not lazy and not (used.device.type == "cpu" and used.numel() >= RECLAIM_NUMEL):
+            return
+        limit = self.max_edges if lazy else self.sort_edges
+        if used.numel() <= limit:
+            return
+        ref, version, values = self._gathered.get(name, (None, None, None))
+        if ref is None or ref() is not used or version != used._version or values.numel() < limit:
+            values = self._sample(name, used, limit)  # (at a recorded step it was gathered already)
+        last["signal"] = _Subset(values[:limit], used.shape)
+        if lazy:
+            last["drop_prob"] = _Subset(values[:limit], used.shape, drop_prob.rule())
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self.schedule(self._step):
@@ -444,6 +501,11 @@ class Recorder:
                 self._drain()
         if self.snapshot_schedule(self._step):
             self.snapshot_fn(self._step, self.snapshot(methods))
+        for name, (step, _) in self._keep_sample.items():
+            if step == self._step and name in methods:
+                # Counted on its subset: nothing reads the full mask again, and held until
+                # the next forward it would make that forward's mask fresh memory.
+                methods[name].last.pop("keep", None)
         self._step += 1
 
     def _count_drops(self, name: str, method: LayerMethod) -> None:
@@ -501,6 +563,8 @@ class Recorder:
         order is tens of times faster on a large layer than a random one.
         """
         limit = self.max_edges if limit is None else limit
+        if isinstance(tensor, _Subset):
+            return tensor.head(limit)
         numel = tensor.numel()
         if numel <= limit:
             return tensor.materialize().reshape(-1) if isinstance(tensor, LazyDropProb) else tensor.detach().reshape(-1)
@@ -622,6 +686,8 @@ class Recorder:
 
     def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor], samples: dict) -> None:
         big, small = self._samples(name, signal)
+        if big.numel() < signal.numel():  # the next step's drop probabilities come from this signal
+            self._gathered[name] = (weakref.ref(signal), signal._version, big)
         sd, mu = _std_mean(big.abs())
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
         samples["magnitude"] = small.abs()
@@ -650,6 +716,8 @@ class Recorder:
                 entry["signal"] = signal.detach().cpu().clone()
             for key in ("drop_prob", "keep"):
                 value = last.get(key)
+                if isinstance(value, _Subset):  # (only outside the snapshot schedule)
+                    continue
                 if isinstance(value, LazyDropProb):
                     value = value.materialize()
                 if value is not None:

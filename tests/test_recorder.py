@@ -344,13 +344,15 @@ def test_recorder_sizes_are_validated(field):
 
 
 def test_large_layers_hand_the_recorder_lazy_drop_probabilities(monkeypatch):
-    """Above LAZY_DROP_PROB_NUMEL the method keeps no full drop-probability tensor; the recorder's
-    subset values, snapshots and the masks are the same as with a materialised one."""
+    """Above LAZY_DROP_PROB_NUMEL the method keeps no full drop-probability tensor, and the
+    recorder cuts it (and the signal behind it) to its subset at the forward pass unless a
+    snapshot is due; subset values, snapshots and masks equal those of a materialised one."""
     from ddc import methods as M
 
     def record(threshold):
         monkeypatch.setattr(M, "LAZY_DROP_PROB_NUMEL", threshold)
-        layer, method, recorder, x = _large_layer(exact_edges=10_000)
+        snaps = []
+        layer, method, recorder, x = _large_layer(exact_edges=10_000, snapshot_every=lambda s: s == 3, snapshot_fn=lambda s, t: snaps.append(t))
         kinds, keeps = [], []
         for step in range(4):
             layer(x).pow(2).mean().backward()
@@ -358,18 +360,56 @@ def test_large_layers_hand_the_recorder_lazy_drop_probabilities(monkeypatch):
             keeps.append(method.last.get("keep"))
             recorder.step(step)
             layer.weight.grad = None
-        snapshot = recorder.snapshot()[""]
         recorder.detach()
-        return recorder.to_frame(), snapshot, kinds, keeps
+        return recorder.to_frame(), snaps[0][""], kinds, keeps
 
     lazy, lazy_snap, lazy_kinds, lazy_keeps = record(1)
     full, full_snap, full_kinds, full_keeps = record(1 << 40)
-    assert lazy_kinds[1:] == ["LazyDropProb"] * 3 and full_kinds[1:] == ["Tensor"] * 3
+    assert lazy_kinds[1:] == ["_Subset", "_Subset", "LazyDropProb"] and full_kinds[1:] == ["Tensor"] * 3
     assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(lazy_keeps, full_keeps))
     torch.testing.assert_close(lazy_snap["drop_prob"], full_snap["drop_prob"], rtol=0, atol=1e-7)
     merged = lazy.merge(full, on=["step", "layer", "metric"], suffixes=("_lazy", "_full"))
     assert len(merged) == len(full) and len(full) > 50
     np.testing.assert_allclose(merged.value_lazy, merged.value_full, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_recorder_lets_a_large_cpu_layer_reuse_its_old_signal(monkeypatch, lazy):
+    """On a layer of RECLAIM_NUMEL edges dL/dW takes the memory of the signal it replaces; the
+    recorder keeps only its subset of that signal (and of lazy drop probabilities), so it does
+    not stop that, and records the same values."""
+    from ddc import methods as M
+    from ddc.methods import RECLAIM_NUMEL
+
+    options = {}
+    if lazy:
+        monkeypatch.setattr(M, "LAZY_DROP_PROB_NUMEL", 1)
+        options = dict(exact_edges=10_000)
+
+    def record(cut):
+        if not cut:
+            monkeypatch.setattr(Recorder, "_after_forward", lambda self, *args: None)
+        torch.manual_seed(0)
+        layer = nn.Linear(1024, RECLAIM_NUMEL // 1024)
+        handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+        method = next(iter(handle.methods.values()))
+        recorder = Recorder(layer, **options).attach()
+        x = torch.randn(8, 1024)
+        reused = []
+        for step in range(4):
+            before = None if method.weight_signal is None else method.weight_signal.data_ptr()
+            layer(x).pow(2).mean().backward()
+            reused.append(layer.weight.grad.data_ptr() == before)
+            recorder.step(step)
+            layer.weight.grad = None
+        recorder.detach()
+        return recorder.to_frame(), reused
+
+    cut, reused = record(True)
+    whole, not_reused = record(False)
+    assert reused[1:] == [True] * 3 and not any(not_reused)
+    assert list(cut.metric) == list(whole.metric) and "rank_corr_grad_drop" in set(cut.metric)
+    np.testing.assert_array_equal(cut.value.to_numpy(), whole.value.to_numpy())
 
 
 def test_without_snapshots_a_large_layer_is_counted_on_its_subset_only():
@@ -386,4 +426,5 @@ def test_without_snapshots_a_large_layer_is_counted_on_its_subset_only():
     assert counts.shape == (5000,)
     assert torch.equal(counts.long(), expected[perm])
     assert "drop_count" not in recorder.snapshot()[""]  # no weight-shaped counts to show
+    assert "keep" not in method.last  # the full mask is let go once its subset is counted
     recorder.detach()
