@@ -555,6 +555,35 @@ def test_cuda_training_and_eval_identity(method):
         assert torch.equal(model(x.cuda()), reference(x.cuda()))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("method", ["dropconnect", "ddc"])
+def test_sample_masks_made_again_in_backward_equal_the_kept_ones(monkeypatch, method, device):
+    """The chunked masks are made again in backward from the saved generator state (Philox on
+    CUDA): the same outputs and gradients as a run that keeps every mask (record=True)."""
+    import ddc.methods as M
+
+    monkeypatch.setattr(M, "EXAMPLE_CHUNK_EDGES", 60)
+
+    def run(record):
+        torch.manual_seed(0)
+        layer = nn.Linear(6, 5).to(device)
+        handle = ddc.apply(layer, method, layers=[nn.Linear], mask="sample", seed=3)
+        next(iter(handle.methods.values())).keep_last = record
+        x = torch.randn(7, 6, device=device, requires_grad=True)
+        outs, grads = [], []
+        for _ in range(3):
+            out = layer(x)
+            out.pow(2).sum().backward()
+            outs.append(out.detach())
+            grads.append((x.grad.clone(), layer.weight.grad.clone()))
+            x.grad, layer.weight.grad = None, None
+        return outs, grads
+
+    (outs_a, grads_a), (outs_b, grads_b) = run(False), run(True)
+    for a, b in zip(outs_a + [g for pair in grads_a for g in pair], outs_b + [g for pair in grads_b for g in pair]):
+        torch.testing.assert_close(a, b)
+
+
 def test_large_layer_gradient_takes_the_memory_of_the_signal_it_replaces(monkeypatch):
     """dL/dW reuses the replaced signal's memory only when nothing else holds it, with the
     same values as a fresh tensor; a signal someone keeps is never written over."""

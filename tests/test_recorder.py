@@ -428,3 +428,20 @@ def test_without_snapshots_a_large_layer_is_counted_on_its_subset_only():
     assert "drop_count" not in recorder.snapshot()[""]  # no weight-shaped counts to show
     assert "keep" not in method.last  # the full mask is let go once its subset is counted
     recorder.detach()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_recorder_rows_on_each_device(device):
+    """On an accelerator values and sort samples wait on the device; the drain turns them into rows."""
+    model = make_net().to(device)
+    ddc.apply(model, "ddc", layers=["fc1"], seed=0)
+    recorder = Recorder(model, flush_every=2).attach()
+    for step in range(4):
+        x, y = batch(step)
+        nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        recorder.step(step)
+        model.zero_grad(set_to_none=True)
+    recorder.detach()
+    frame = recorder.to_frame()
+    assert {"rank_corr_grad_drop", "zscore_q90", "drop_prob_q50", "mask_jaccard", "weight_norm"} <= set(frame.metric)
+    assert np.isfinite(frame.value).all() and sorted(frame.step.unique()) == [0, 1, 2, 3]
