@@ -46,6 +46,16 @@ step is a measurable share of a step on such a layer. ``exact_edges=None``
 makes them exact everywhere. Norms are always exact, and so are the per-edge
 drop counts that snapshots carry (with no snapshot schedule, such a large layer
 keeps its drop counts for the subset only).
+
+How it stays cheap: statistics that need a sort are computed on the host with
+numpy (its vectorised sorts are several times faster than ``torch.sort`` on
+the CPU; on an accelerator the sort samples wait on the device and are
+summarised at the flush), arithmetic on counts and sums is finished in Python,
+and on layers of :data:`ddc.methods.RECLAIM_NUMEL` edges or more a forward
+hook cuts the signal behind the drop probabilities to the recorder's subset,
+so the method's old signal is not held alive (its memory goes to the next
+``dL/dW``). Outside the snapshot schedule, ``snapshot()`` therefore lacks such
+a layer's lazy drop probabilities.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .apply import regularized_layers, select_layers
+from .apply import ATTR, select_layers
 from .methods import RECLAIM_NUMEL, DynamicDropConnect, LayerMethod, LazyDropProb
 
 Schedule = Callable[[int], bool]
@@ -328,7 +338,7 @@ class _Subset:
 
 def _weight_layers(model: nn.Module, layers) -> Dict[str, nn.Module]:
     if layers is None:
-        chosen = {name: module for name, module in model.named_modules() if "ddc_method" in module._modules}
+        chosen = {name: module for name, module in model.named_modules() if ATTR in module._modules}
         if not chosen:
             raise ValueError("layers: the model carries no method; name the layers to record (layers=...)")
         return chosen
@@ -445,8 +455,8 @@ class Recorder:
         return self._attached
 
     def _methods(self) -> Dict[str, LayerMethod]:
-        methods = regularized_layers(self.model)
-        return {name: methods[name] for name in self.layers if name in methods}
+        # The recorded layers' own children: no walk over the whole model every step.
+        return {name: layer._modules[ATTR] for name, layer in self.layers.items() if ATTR in layer._modules}
 
     # ---- per step -------------------------------------------------------------
 
