@@ -365,9 +365,16 @@ def checks(case_name: str, variants: dict) -> dict:
     if d and fused:
         r = fused["median_ms"] / d["median_ms"]
         out["(info) ddc with the compile path over ddc"] = (True, f"{r:.2f}x")
-    if d and p and d.get("peak_mb") is not None and p.get("peak_mb") is not None:
-        budget = p["peak_mb"] + 3 * d["masked_weight_bytes"] / 2**20
-        out["ddc peak <= plain + 3 x masked weights"] = (d["peak_mb"] <= budget, f"{d['peak_mb']:.0f} MB vs budget {budget:.0f} MB")
+    # Judged on the memory in use at the peak: the resident-set peak also counts what glibc
+    # keeps of freed blocks, which moves by tens of MB from run to run (both are reported).
+    key = "live_peak_mb" if d and p and d.get("live_peak_mb") is not None and p.get("live_peak_mb") is not None else "peak_mb"
+    if d and p and d.get(key) is not None and p.get(key) is not None:
+        budget = p[key] + 3 * d["masked_weight_bytes"] / 2**20
+        what = "in use at the peak" if key == "live_peak_mb" else "resident-set peak"
+        detail = f"{what}: {d[key]:.0f} MB vs budget {budget:.0f} MB"
+        if key == "live_peak_mb" and d.get("peak_mb") is not None and p.get("peak_mb") is not None:
+            detail += f"; resident-set peak {d['peak_mb']:.0f} MB vs plain {p['peak_mb']:.0f} MB"
+        out["ddc peak <= plain + 3 x masked weights"] = (d[key] <= budget, detail)
     if target.get("info_only"):
         out = {name if name.startswith("(info)") else f"(info) {name}": (True, f"{'within' if ok else 'outside'}: {detail}") for name, (ok, detail) in out.items()}
     return out
