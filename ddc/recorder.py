@@ -191,13 +191,25 @@ def _pearson(a, b) -> float:
         return float(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b)))
 
 
-def order_statistics(quantiles: Sequence[float], labels: Sequence[str], samples: Dict[str, object], moments: Dict[str, float]):
+def order_statistics(
+    quantiles: Sequence[float],
+    labels: Sequence[str],
+    samples: Dict[str, object],
+    moments: Dict[str, float],
+    orders: Optional[Dict[str, object]] = None,
+):
     """The recorder's sort-based statistics of one layer-step, computed on the host with numpy.
 
     ``samples`` holds 1-D vectors of the sort subset: ``magnitude`` (|signal|),
     ``drop_prob``, and ``used`` (|signal| behind the drop probabilities, the
     same edges); ``moments`` the layer's ``grad_abs_mean``/``grad_abs_std``
     (for the z-score quantiles). Returns ``(names, values)``.
+
+    ``orders`` (optional) passes sorting permutations between steps: an
+    ``orders["used"]`` given is taken as ``argsort(used)``, and
+    ``orders["magnitude"]`` is set to ``argsort(magnitude)``. With DDC this
+    step's ``magnitude`` is the next step's ``used`` (same edges), so the
+    recorder sorts each signal sample once.
 
     numpy's vectorised sorts are several times faster than ``torch.sort`` on
     the CPU (2,048 fresh floats: ``np.sort`` about 20 us, ``torch.sort``
@@ -212,9 +224,12 @@ def order_statistics(quantiles: Sequence[float], labels: Sequence[str], samples:
 
     names: List[str] = []
     values: List[float] = []
+    orders = {} if orders is None else orders
     magnitude = samples.get("magnitude")
     if magnitude is not None:
-        q = _sorted_quantiles(np.sort(_host(magnitude)), quantiles)
+        magnitude = _host(magnitude)
+        order = orders["magnitude"] = np.argsort(magnitude)
+        q = _sorted_quantiles(magnitude[order], quantiles)
         z = (q - moments["grad_abs_mean"]) / (moments["grad_abs_std"] + 1e-9)  # z is increasing in |g|
         names += [f"grad_abs_{label}" for label in labels] + [f"zscore_{label}" for label in labels]
         values += q.tolist() + z.tolist()
@@ -227,7 +242,9 @@ def order_statistics(quantiles: Sequence[float], labels: Sequence[str], samples:
         rho = None
     else:
         used = _host(used)
-        order_used = np.argsort(used)
+        order_used = orders.get("used")
+        if order_used is None or order_used.size != used.size:
+            order_used = np.argsort(used)
         by_used = drop_prob[order_used]
         used_ranks = _tied_ranks(used[order_used])  # ranks in the order of ``used``
         steps = np.diff(by_used)
@@ -414,6 +431,7 @@ class Recorder:
         self._subsets: Dict[tuple, Tensor] = {}
         self._keep_sample: Dict[str, tuple] = {}
         self._gathered: Dict[str, tuple] = {}  # name -> (weakref to a signal, its version, its subset values)
+        self._sorted: Dict[str, tuple] = {}  # name -> (weakref to a signal, its version, argsort of its sort sample)
         self._step = 0
 
     # ---- lifecycle ----------------------------------------------------------
@@ -441,6 +459,7 @@ class Recorder:
             handle.remove()
         self._handles = []
         self._gathered = {}
+        self._sorted = {}
         self.flush()
         self._attached = False
 
@@ -641,7 +660,14 @@ class Recorder:
             # On the CPU reading a value is no synchronisation: take Python floats now
             # rather than paying a dozen tensor ops to gather them into one vector.
             values = _finish(plan, [raw.item() for raw in raws])
-            more_names, more = order_statistics(self.quantiles, self.quantile_names, samples, dict(zip(names, values)))
+            orders = {}
+            used = last.get("signal")
+            ref, version, order = self._sorted.get(name, (None, None, None))
+            if ref is not None and used is not None and ref() is used and version == used._version:
+                orders["used"] = order  # this signal's sample was sorted when it was recorded
+            more_names, more = order_statistics(self.quantiles, self.quantile_names, samples, dict(zip(names, values)), orders)
+            if signal is not None and "magnitude" in orders:
+                self._sorted[name] = (weakref.ref(signal), signal._version, orders["magnitude"])
             return tuple(names + more_names), values + more, None
         vector = torch.stack([raw.reshape(()).to(torch.float64) for raw in raws]) if raws else torch.zeros(0, dtype=torch.float64, device=weight.device)
         return tuple(names), (vector, plan), {key: value.to(torch.float64, copy=True) for key, value in samples.items()}
