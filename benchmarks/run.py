@@ -32,7 +32,7 @@ measured steps the high-water mark ``VmHWM`` is read. ``peak_mb`` is the
 difference: what the training steps (gradients, momentum buffers, activations,
 masks, method state) add at their peak over the state before the first step.
 ``live_peak_mb`` is the same probe with glibc's mmap threshold fixed at
-64 KiB (``MALLOC_MMAP_THRESHOLD_``): large blocks go back to the system when
+64 KiB (``MALLOC_MMAP_THRESHOLD_``, and no top pad): large blocks go back to the system when
 freed, so it shows the memory in use rather than what the allocator keeps;
 before its measured state it runs two steps of a throwaway copy, so that the
 library code the variant executes (file-backed pages, a few MB) is already
@@ -277,7 +277,7 @@ def memory_probe(case_name: str, variant: str, steps: int, threads: int, warm: b
 #: large blocks are freed, so the resident set can stay well above what is in
 #: use. A fixed low threshold (every block of 64 KiB or more mapped on its own
 #: and returned when freed) shows the memory actually in use: ``live_peak_mb``.
-LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TOP_PAD_": "0"}  # (no 128 KiB steps of heap growth)
 
 
 def measure_memory(case_name: str, variant: str, steps: int, threads: int) -> dict:

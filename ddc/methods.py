@@ -160,6 +160,8 @@ class _MaskedWeight(torch.autograd.Function):
             # dL/dW is allocated (one weight-sized tensor less at the peak).
             early = ctx.sink is not None and not ctx.want_param_grad
             released = [ctx.sink(grad_eff, None)] if early else []
+            if ctx.workspace is None:
+                released.clear()  # let the old signal go now: its memory can serve dL/dW
             if keep is None:
                 grad_param = grad_eff
             elif need_param:
