@@ -543,6 +543,7 @@ class Recorder:
         One byte-wide add of the mask per step; every 255 steps the bytes are
         folded into the int32 counts (an int32 += bool add casts the whole
         mask, which on a 16.8M-edge layer costs a quarter of a plain step).
+        Layers up to ``max_edges`` edges add straight into the int32 counts.
         A layer above ``exact_edges`` (and ``max_edges``) whose full counts no
         snapshot will show is counted on its ``max_edges`` subset only.
         """
@@ -563,9 +564,12 @@ class Recorder:
             self._kept_count[name] += keep.sum(0, dtype=torch.int32)
             self._steps_counted[name] += keep.shape[0]
             return
+        self._steps_counted[name] += 1
+        if keep.numel() <= self.max_edges:  # small: one add straight into the counts beats add + fold
+            self._kept_count[name] += keep
+            return
         self._kept_partial[name] += keep.view(torch.uint8) if keep.dtype == torch.bool else keep.to(torch.uint8)
         self._partial_steps[name] += 1
-        self._steps_counted[name] += 1
         if self._partial_steps[name] == 255:
             self._fold(name)
 
@@ -709,9 +713,13 @@ class Recorder:
         else:
             counts = self._kept_counts(name)
         n = counts.numel()
-        out["drop_freq_mean"] = _Derived(lambda kept: 1.0 - kept / (n * steps), counts.sum())
+        sample = self._sample(name, counts)
+        sd, mean = _std_mean(sample)
+        if sample.numel() == n:  # the whole layer: the moments' mean is the mean
+            out["drop_freq_mean"] = _Derived(lambda kept: 1.0 - kept / steps, mean)
+        else:
+            out["drop_freq_mean"] = _Derived(lambda kept: 1.0 - kept / (n * steps), counts.sum())
         out["drop_freq_max"] = _Derived(lambda least: 1.0 - least / steps, counts.min())
-        sd, _ = _std_mean(self._sample(name, counts))
         out["drop_freq_std"] = _Derived(lambda square_sum: sd.fn(square_sum) / steps, *sd.raw)
 
     @staticmethod

@@ -267,13 +267,15 @@ def test_deferred_values_equal_the_immediate_ones(monkeypatch):
     assert "rank_corr_grad_drop" in set(b.metric) and "zscore_q90" in set(b.metric)
 
 
-def test_per_edge_counts_stay_exact_across_the_byte_folds():
-    """Kept counts accumulate in bytes and fold into int32 every 255 steps: no step is lost."""
+@pytest.mark.parametrize("max_edges", [16, 1 << 16])
+def test_per_edge_counts_stay_exact_across_the_byte_folds(max_edges):
+    """Kept counts accumulate in bytes and fold into int32 every 255 steps (layers above
+    max_edges), or go straight into int32: no step is lost either way."""
     torch.manual_seed(0)
     layer = nn.Linear(12, 5)
     handle = ddc.apply(layer, "ddc", layers=[nn.Linear], seed=1)
     method = next(iter(handle.methods.values()))
-    recorder = Recorder(layer, every=0).attach()
+    recorder = Recorder(layer, every=0, max_edges=max_edges).attach()  # 60 edges > 16: byte counts
     expected = torch.zeros(5, 12, dtype=torch.int64)
     x = torch.randn(4, 12)
     steps = 0
@@ -286,7 +288,7 @@ def test_per_edge_counts_stay_exact_across_the_byte_folds():
         layer.weight.grad = None
         if step == 300:  # a checkpoint taken mid-way restores the same counts
             state = recorder.state_dict()
-            resumed = Recorder(layer, every=0)
+            resumed = Recorder(layer, every=0, max_edges=max_edges)
             resumed.load_state_dict(state)
             assert torch.equal(resumed._kept_counts(""), expected.int())
     entry = recorder.snapshot()[""]
