@@ -91,7 +91,7 @@ CASES: Dict[str, dict] = {
         classes=None,
         layers=[nn.Linear],
         batch=128,
-        repeats=20,
+        repeats=40,
         quick_repeats=5,
     ),
     "simplecnn1": dict(
