@@ -155,23 +155,6 @@ def _average_ranks(ordered, order):
     return ranks
 
 
-def sorted_summary(values, quantiles: Sequence[float], ranks: bool = True):
-    """Quantiles (linear interpolation, as ``torch.quantile``) and 0-based average ranks from one sort.
-
-    ``values`` is a 1-D tensor or numpy array; both results are numpy arrays.
-    Average ranks give ties the mean of their positions, as scipy's
-    ``rankdata`` (minus one). With ``ranks=False`` the second value is ``None``.
-    """
-    import numpy as np
-
-    values = _host(values)
-    if not ranks:
-        return _sorted_quantiles(np.sort(values), quantiles), None
-    order = np.argsort(values)
-    ordered = values[order]
-    return _sorted_quantiles(ordered, quantiles), _average_ranks(ordered, order)
-
-
 def _host(values):
     import numpy as np
 
@@ -237,11 +220,11 @@ def order_statistics(
     if drop_prob is None:
         return names, values
     drop_prob, used = _host(drop_prob), samples.get("used")
-    if used is None or _host(used).size != drop_prob.size:
+    used = None if used is None else _host(used)
+    if used is None or used.size != drop_prob.size:
         q = _sorted_quantiles(np.sort(drop_prob), quantiles)
         rho = None
     else:
-        used = _host(used)
         order_used = orders.get("used")
         if order_used is None or order_used.size != used.size:
             order_used = np.argsort(used)
@@ -331,6 +314,19 @@ def _norm(values: Tensor) -> _Derived:
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
     return _Derived(lambda square_sum: math.sqrt(max(square_sum, 0.0)), torch.dot(flat, flat))
+
+
+def _remember(tensor: Tensor, data) -> tuple:
+    """A cache entry of something derived from ``tensor``, valid while that tensor object lives unchanged."""
+    return weakref.ref(tensor), tensor._version, data
+
+
+def _recall(entry: Optional[tuple], tensor) -> object:
+    """The data of a :func:`_remember` entry if it was derived from ``tensor`` as it is now, else None."""
+    if entry is None or tensor is None:
+        return None
+    ref, version, data = entry
+    return data if ref() is tensor and version == tensor._version else None
 
 
 class _Subset:
@@ -430,8 +426,8 @@ class Recorder:
         self._before_update: Dict[str, Tensor] = {}
         self._subsets: Dict[tuple, Tensor] = {}
         self._keep_sample: Dict[str, tuple] = {}
-        self._gathered: Dict[str, tuple] = {}  # name -> (weakref to a signal, its version, its subset values)
-        self._sorted: Dict[str, tuple] = {}  # name -> (weakref to a signal, its version, argsort of its sort sample)
+        self._gathered: Dict[str, tuple] = {}  # name -> _remember(signal, its subset values)
+        self._sorted: Dict[str, tuple] = {}  # name -> _remember(signal, argsort of its sort sample)
         self._step = 0
 
     # ---- lifecycle ----------------------------------------------------------
@@ -494,15 +490,15 @@ class Recorder:
         if not module.training or used is None or isinstance(used, _Subset) or self.snapshot_schedule(self._step):
             return
         lazy = isinstance(drop_prob, LazyDropProb)
-        if lazy and not (self._large(drop_prob) and drop_prob.numel() > self.max_edges):
+        if lazy and self._whole(drop_prob):
             return  # the drop probabilities will be materialised in full from the signal
         if not lazy and not (used.device.type == "cpu" and used.numel() >= RECLAIM_NUMEL):
             return
         limit = self.max_edges if lazy else self.sort_edges
         if used.numel() <= limit:
             return
-        ref, version, values = self._gathered.get(name, (None, None, None))
-        if ref is None or ref() is not used or version != used._version or values.numel() < limit:
+        values = _recall(self._gathered.get(name), used)
+        if values is None or values.numel() < limit:
             values = self._sample(name, used, limit)  # (at a recorded step it was gathered already)
         last["signal"] = _Subset(values[:limit], used.shape)
         if lazy:
@@ -587,6 +583,10 @@ class Recorder:
     def _large(self, tensor: Tensor) -> bool:
         return self.exact_edges is not None and tensor.numel() > self.exact_edges
 
+    def _whole(self, drop_prob) -> bool:
+        """Whether this layer's drop probabilities are read in full (exact counts wanted), not on the subset."""
+        return not (self._large(drop_prob) and drop_prob.numel() > self.max_edges)
+
     def _sample(self, name: str, tensor: Tensor, limit: Optional[int] = None) -> Tensor:
         """``tensor`` flattened, or its fixed random subset of ``limit`` entries when larger.
 
@@ -637,8 +637,8 @@ class Recorder:
             self._signal_stats(name, signal, out, samples)
         last = method.last if method is not None else {}
         drop_prob, keep, scale = last.get("drop_prob"), last.get("keep"), last.get("scale")
-        if isinstance(drop_prob, LazyDropProb) and not (self._large(drop_prob) and drop_prob.numel() > self.max_edges):
-            drop_prob = drop_prob.materialize()  # exact counts wanted here: the full tensor
+        if isinstance(drop_prob, LazyDropProb) and self._whole(drop_prob):
+            drop_prob = drop_prob.materialize()
         if drop_prob is not None:
             sample = self._drop_prob_stats(name, drop_prob, out, samples)
             if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
@@ -665,13 +665,12 @@ class Recorder:
             # rather than paying a dozen tensor ops to gather them into one vector.
             values = _finish(plan, [raw.item() for raw in raws])
             orders = {}
-            used = last.get("signal")
-            ref, version, order = self._sorted.get(name, (None, None, None))
-            if ref is not None and used is not None and ref() is used and version == used._version:
+            order = _recall(self._sorted.get(name), last.get("signal"))
+            if order is not None:
                 orders["used"] = order  # this signal's sample was sorted when it was recorded
             more_names, more = order_statistics(self.quantiles, self.quantile_names, samples, dict(zip(names, values)), orders)
             if signal is not None and "magnitude" in orders:
-                self._sorted[name] = (weakref.ref(signal), signal._version, orders["magnitude"])
+                self._sorted[name] = _remember(signal, orders["magnitude"])
             return tuple(names + more_names), values + more, None
         vector = torch.stack([raw.reshape(()).to(torch.float64) for raw in raws]) if raws else torch.zeros(0, dtype=torch.float64, device=weight.device)
         return tuple(names), (vector, plan), {key: value.to(torch.float64, copy=True) for key, value in samples.items()}
@@ -731,7 +730,7 @@ class Recorder:
     def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor], samples: dict) -> None:
         big, small = self._samples(name, signal)
         if big.numel() < signal.numel():  # the next step's drop probabilities come from this signal
-            self._gathered[name] = (weakref.ref(signal), signal._version, big)
+            self._gathered[name] = _remember(signal, big)
         sd, mu = _std_mean(big.abs())
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
         samples["magnitude"] = small.abs()

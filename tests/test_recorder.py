@@ -211,19 +211,19 @@ def test_large_layers_use_one_fixed_nested_subset():
     assert got["realized_drop_rate"] == pytest.approx(recorder._previous_keep[""].logical_not().float().mean().item())
 
 
-def test_sorted_summary_matches_torch_quantile_and_scipy_ranks():
+def test_sorted_quantiles_and_average_ranks_match_torch_quantile_and_scipy():
     from scipy.stats import rankdata
 
-    from ddc.recorder import sorted_summary
+    from ddc.recorder import _average_ranks, _sorted_quantiles, _tied_ranks
 
     gen = torch.Generator().manual_seed(0)
-    values = torch.cat([torch.rand(500, generator=gen), torch.full((300,), 0.3), torch.rand(7, generator=gen)])
+    values = torch.cat([torch.rand(500, generator=gen), torch.full((300,), 0.3), torch.rand(7, generator=gen)]).numpy()
     levels = (0.0, 0.1, 0.25, 0.5, 0.9, 1.0)
-    quantiles, ranks = sorted_summary(values, levels)
-    np.testing.assert_allclose(quantiles, torch.quantile(values, torch.tensor(levels)).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(ranks, rankdata(values.numpy()) - 1)
-    only, none = sorted_summary(values.numpy(), levels, ranks=False)
-    assert none is None and np.array_equal(only, quantiles)
+    order = np.argsort(values)
+    quantiles = _sorted_quantiles(values[order], levels)
+    np.testing.assert_allclose(quantiles, torch.quantile(torch.from_numpy(values), torch.tensor(levels)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(_average_ranks(values[order], order), rankdata(values) - 1)
+    np.testing.assert_allclose(_tied_ranks(np.sort(values)), np.sort(rankdata(values) - 1))
 
 
 @pytest.mark.parametrize("relation", ["decreasing", "increasing", "unrelated"])
