@@ -211,7 +211,8 @@ class _ExampleMasks:
         self.state = self.generator.get_state()
         edges = max(self.shape[1] * self.shape[2], 1)
         step = 4 // math.gcd(edges, 4)
-        self.examples = max(step, EXAMPLE_CHUNK_EDGES // edges // step * step)
+        # (a single chunk is the last one, so it needs no multiple of 4; buffers are sized by this)
+        self.examples = min(max(step, EXAMPLE_CHUNK_EDGES // edges // step * step), max(self.shape[0], 1))
         self.keep = torch.empty(self.shape, dtype=torch.bool, device=drop_prob.device) if record else None
         self.scale: Optional[Tensor] = None
 
@@ -884,14 +885,11 @@ class LazyDropProb:
     def is_floating_point(self) -> bool:
         return True
 
-    def _probability(self, signal: Tensor) -> Tensor:
-        return F.drop_probability(signal, **self.formula, stats=self.stats)
-
     def take(self, index: Tensor) -> Tensor:
-        return self._probability(self.signal.reshape(-1).index_select(0, index))
+        return self.rule()(self.signal.reshape(-1).index_select(0, index))
 
     def materialize(self) -> Tensor:
-        return self._probability(self.signal)
+        return self.rule()(self.signal)
 
     def rule(self) -> Callable[[Tensor], Tensor]:
         """Signal values (of edges the caller gathered) -> their drop probabilities; holds no
