@@ -200,6 +200,11 @@ def _quantile(values: List[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def paired_ratio(times, reference) -> float:
+    """The median over rounds of ``times[i] / reference[i]`` (both timed in round ``i``)."""
+    return statistics.median(a / b for a, b in zip(times, reference))
+
+
 def time_case(case: dict, variants, repeats: int, warmup: int) -> Dict[str, dict]:
     runners = {v: Runner(case, v) for v in variants}
     for _ in range(warmup):
@@ -229,7 +234,7 @@ def time_case(case: dict, variants, repeats: int, warmup: int) -> Dict[str, dict
         }
         if "plain" in times:
             entry["ratio_to_plain"] = statistics.median(t) / statistics.median(times["plain"])
-            entry["paired_ratio_to_plain"] = statistics.median(a / b for a, b in zip(t, times["plain"]))
+            entry["paired_ratio_to_plain"] = paired_ratio(t, times["plain"])
         out[v] = entry
     return out
 
@@ -364,7 +369,7 @@ def _over(a: dict, b: dict):
     times both, so slow drifts of the machine cancel) and the ratio of the medians, minus one."""
     medians = a["median_ms"] / b["median_ms"] - 1
     if a.get("times_ms") and b.get("times_ms"):
-        return statistics.median(x / y for x, y in zip(a["times_ms"], b["times_ms"])) - 1, medians
+        return paired_ratio(a["times_ms"], b["times_ms"]) - 1, medians
     return medians, medians
 
 
