@@ -185,3 +185,15 @@ def test_regime_of_the_paper_default_is_stated(run_dir):
         row = regime[(regime.experiment == experiment) & (regime.metric == "generalization_gap")].iloc[0]
         assert row["mean"] == pytest.approx(group.generalization_gap.mean())
         assert f"gap {paper.format_ci(row['mean'], row.ci_low, row.ci_high)}" in text
+
+
+def test_conclusions_without_regime_rows_read_cleanly(run_dir):
+    """An experiment the regime table does not cover gets no regime sentence, and no stray full stop."""
+    tables = {name: paper.load_table(run_dir, name)
+              for name in ("summary", "equivalence", "joint_variance", "pooled_variance", "oat_variance", "transfer", "regime")}
+    args = [tables[name] for name in ("summary", "equivalence", "joint_variance", "pooled_variance", "oat_variance", "transfer")]
+    with_regime = rob.conclusions(*args, margin=0.01, regime_table=tables["regime"])
+    without = rob.conclusions(*args, margin=0.01, regime_table=tables["regime"].iloc[:0])
+    assert any("Regime at the paper default" in text for text in with_regime)
+    assert not any(".." in text for text in with_regime + without)
+    assert not any("Regime at the paper default" in text for text in without)

@@ -326,8 +326,9 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
         if len(default):
             d = default.iloc[0]
             text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
-        if regime_table is not None:
-            text += "." + _regime_text(regime_table, experiment).rstrip(".")
+        regime_text = _regime_text(regime_table, experiment) if regime_table is not None else ""
+        if regime_text:  # (none for an experiment without paper-default runs)
+            text += "." + regime_text.rstrip(".")
         text += (f". {int(eq.within_margin.sum())} of {len(eq)} settings are shown within {margin:g} of the best "
                  f"(90% CI of the paired difference above -{margin:g}), {int(eq.not_worse_than_margin.sum())} are not shown to be worse by more.")
         j = joint[joint.experiment == experiment] if len(joint) else joint
