@@ -641,6 +641,7 @@ def _edges_and_grid(method, seed, layers: Dict[str, nn.Module], learned: Dict[st
     import pandas as pd
 
     edge_tables, grids = [], []
+    zg, zw = np.meshgrid(np.linspace(-1.5, 4.0, 45), np.linspace(-1.5, 3.0, 37))  # the mapping's grid (learned only)
     for name, layer in layers.items():
         weight = layer.weight.detach()
         if method == "ddc":
@@ -661,7 +662,6 @@ def _edges_and_grid(method, seed, layers: Dict[str, nn.Module], learned: Dict[st
             edges["p_learned"] = learned[name].drop_prob(weight).reshape(-1).double().cpu().numpy()
         edge_tables.append(edges)
         if method == "learned":
-            zg, zw = np.meshgrid(np.linspace(-1.5, 4.0, 45), np.linspace(-1.5, 3.0, 37))
             inputs = np.stack([zg.ravel(), zw.ravel(), zg.ravel(), np.full(zg.size, positions[name])], 1)
             inputs = torch.tensor(inputs, dtype=weight.dtype)
             p_grid = torch.sigmoid(learned[name].mapping(inputs.to(weight.device)) + learned[name].shift).double().cpu().numpy()
