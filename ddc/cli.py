@@ -224,7 +224,7 @@ _register_sweep()
 @click.option("--baseline", default="none", show_default=True, help="Label the other methods are compared with.")
 def report(runs_paths, out, value, baseline):
     """Markdown report (tables with CIs, Holm-corrected tests, figures) from stored runs; trains nothing."""
-    from .report import build_report
+    from experiments.report import build_report
 
     try:
         path = build_report(list(runs_paths), out, value=value, baseline=baseline)
@@ -281,7 +281,7 @@ def notebooks_list():
 @click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True)
 def figures(output, profile):
     """Regenerate every figure from stored results, without training."""
-    from . import paper
+    from experiments import paper
     from .notebooks import write_index
 
     base = Path(output) / profile

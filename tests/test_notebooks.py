@@ -8,7 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from ddc import paper
+from experiments import paper
 from ddc.notebooks import check_parameters, discover, run_notebooks
 
 NOTEBOOKS = discover()

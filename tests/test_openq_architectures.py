@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ddc import paper
+from experiments import paper
 from ddc.notebooks import run_notebooks
-from ddc.openq import architectures as arch
+from experiments.openq import architectures as arch
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from ddc import paper
+from experiments import paper
 from ddc.notebooks import run_notebooks
-from ddc.openq import bayesian as B
+from experiments.openq import bayesian as B
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from torch import nn
 
 import ddc
 from ddc import functional as F
-from ddc import paper
+from experiments import paper
 from ddc.notebooks import run_notebooks
-from ddc.openq import learned_mapping as L
+from experiments.openq import learned_mapping as L
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ddc import paper
+from experiments import paper
 from ddc.notebooks import run_notebooks
-from ddc.openq import robustness as rob
+from experiments.openq import robustness as rob
 
 
 @pytest.fixture(scope="module")

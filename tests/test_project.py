@@ -55,9 +55,9 @@ def test_environment_yml_matches_pyproject():
     assert _environment() == _pyproject()
 
 
-def test_packages_are_ddc_and_analysis():
+def test_packages_are_ddc_analysis_and_experiments():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["ddc*", "analysis*"]
+    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["ddc*", "analysis*", "experiments*"]
 
 
 def test_importing_ddc_needs_only_torch():

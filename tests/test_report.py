@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from ddc import train
 from ddc.cli import main
-from ddc.report import build_report
+from experiments.report import build_report
 from ddc.train import TrainConfig
 
 

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .apply import apply
+from ddc.apply import apply
 
 # ----------------------------------------------------------------------------- common
 
@@ -40,7 +40,7 @@ def figures_dir(run_dir) -> Path:
 
 def save_table(frame, run_dir, name: str) -> Path:
     """Write a results table as parquet (atomic) and CSV (for reading by eye)."""
-    from .store import write_parquet
+    from ddc.store import write_parquet
 
     path = write_parquet(results_dir(run_dir) / f"{name}.parquet", frame)
     frame.to_csv(results_dir(run_dir) / f"{name}.csv", index=False)
@@ -54,7 +54,7 @@ def load_table(run_dir, name: str):
 
 
 def save_json(obj, run_dir, name: str) -> Path:
-    from .store import write_json
+    from ddc.store import write_json
 
     return write_json(results_dir(run_dir) / f"{name}.json", obj)
 
@@ -110,8 +110,8 @@ def synthetic_trajectories(
     """
     import pandas as pd
 
-    from .data import load
-    from .models import LinearRegression2D
+    from ddc.data import load
+    from ddc.models import LinearRegression2D
 
     rows = []
     for seed in seeds:
@@ -178,7 +178,7 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
     import seaborn as sns
     from analysis import figures
 
-    from .data import SYNTHETIC_NOISE_STD, SYNTHETIC_WEIGHTS
+    from ddc.data import SYNTHETIC_NOISE_STD, SYNTHETIC_WEIGHTS
 
     trajectories = load_table(run_dir, "trajectories")
     written = []
@@ -206,10 +206,10 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
 
 
 def figure_functions() -> Dict[str, callable]:
-    """Notebook stem -> its figure function: ``figures_<stem>`` here, ``figures`` in ``ddc.openq`` modules."""
+    """Notebook stem -> its figure function: ``figures_<stem>`` here, ``figures`` in ``experiments.openq`` modules."""
     import importlib
 
-    from . import openq
+    from experiments import openq
 
     functions = {
         name[len("figures_") :]: f for name, f in globals().items() if name.startswith("figures_") and name[8:10].isdigit()
@@ -296,7 +296,7 @@ def gradient_rank_stability(snapshots):
 def figures_04_dynamics(run_dir) -> List[str]:
     from analysis import figures
 
-    from .store import load_records
+    from ddc.store import load_records
 
     settings = load_json(run_dir, "settings")
     runs = load_table(run_dir, "runs")
@@ -346,7 +346,7 @@ BASELINE_METHODS: Dict[str, dict] = {
 
 
 def available_datasets() -> set:
-    from .data import describe
+    from ddc.data import describe
 
     return {row["name"] for row in describe() if row["available"]}
 
@@ -370,7 +370,7 @@ def run_specs(specs: Sequence[dict], runs_root, *, workers=None, backend: str = 
     """
     import pandas as pd
 
-    from .sweep import run_sweep, sweep_frame
+    from ddc.sweep import run_sweep, sweep_frame
 
     frames = []
     for spec in specs:
@@ -387,7 +387,7 @@ def figures_02_baselines(run_dir) -> List[str]:
     import matplotlib.pyplot as plt
     from analysis import figures, stats
 
-    from .store import load_metrics
+    from ddc.store import load_metrics
 
     runs = load_table(run_dir, "runs")
     metrics = load_metrics(run_paths(run_dir, runs))

@@ -1,7 +1,7 @@
 """Open question 08: the Bayesian reading of DDC (Monte-Carlo DDC at test time).
 
 Models are trained with the trainer (``ddc.train.run`` through
-``ddc.paper.run_specs``, so they land in the run store and are shared with
+``experiments.paper.run_specs``, so they land in the run store and are shared with
 ``02_baselines``), then reloaded from their ``model.pt`` and evaluated
 
 * deterministically (eval mode, the plain network), and
@@ -43,11 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-from .. import functional as F
+from ddc import functional as F
 
 NOTEBOOK = "08_oq_bayesian"
 
-#: trained methods: the same specs as ``ddc.paper.BASELINE_METHODS`` (so 02's runs are reused)
+#: trained methods: the same specs as ``experiments.paper.BASELINE_METHODS`` (so 02's runs are reused)
 TRAIN_METHODS: Dict[str, dict] = {
     "none": {"method": "none"},
     "dropout": {"method": "dropout", "method_options": {"p": 0.5}},
@@ -157,7 +157,7 @@ def train_specs(recipe: str, profile: str, seeds: Sequence[int], device: str = "
     ``epochs``, ``train_subset``, ...); ``None`` values are dropped (the recipe's
     value stands).
     """
-    from .. import paper
+    from experiments import paper
 
     base = {"device": device, **{k: v for k, v in overrides.items() if v is not None}}
     return [paper.sweep_spec(f"08-{recipe}", recipe, profile, methods or TRAIN_METHODS, seeds, **base)]
@@ -183,7 +183,7 @@ def load_trained(run_path, cache: Optional[dict] = None):
 
     ``cache`` (a dict) keeps loaded splits, so runs that differ only in the method share them.
     """
-    from .. import data, models
+    from ddc import data, models
 
     run_path = Path(run_path)
     config = json.loads((run_path / "config.json").read_text())
@@ -256,7 +256,7 @@ def mc_probabilities(
     For ``ddc`` the gradient ``signal`` is loaded into the method and is never
     updated (no backward pass). ``method="none"`` gives the deterministic output.
     """
-    from ..apply import apply
+    from ddc.apply import apply
 
     _check_head(model)
     model.eval()
@@ -295,7 +295,7 @@ def evaluate_run(run_path, *, label: str, samples: int, noise_sd: float = 1.0, n
         inputs[kind] = head_inputs(model, corrupt(x_test, kind, seed=seed, noise_sd=noise_sd))
     if splits.heldout is not None and len(splits.heldout):
         inputs["heldout"] = head_inputs(model, splits.heldout.tensors[0])
-    from ..apply import method_defaults
+    from ddc.apply import method_defaults
 
     method = config["method"]
     options = {**method_defaults(method), **config["method_options"]}
@@ -434,7 +434,7 @@ def figures(run_dir) -> List[str]:
     import seaborn as sns
     from analysis import figures as afig
 
-    from ..paper import load_table, save_fig
+    from experiments.paper import load_table, save_fig
 
     written = []
     scores = load_table(run_dir, "scores")

@@ -47,7 +47,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .. import paper
+from experiments import paper
 
 NOTEBOOK = "06_oq_architectures"
 #: placements per model family, in display order
@@ -73,8 +73,8 @@ def input_shape(dataset: str) -> Tuple[int, int, int]:
 
 def experiment_model(fields: dict) -> Tuple[str, str]:
     """(dataset, model) of an experiment's fields (``recipe`` plus overrides)."""
-    from ..functional import check_choice
-    from ..recipes import RECIPES
+    from ddc.functional import check_choice
+    from ddc.recipes import RECIPES
 
     if not isinstance(fields, dict) or "recipe" not in fields:
         raise ValueError(f"experiment fields must be a mapping with a 'recipe' key (plus TrainConfig overrides); got {fields!r}")
@@ -91,7 +91,7 @@ def placements_for(model: str) -> Tuple[str, ...]:
 
 
 def _build(model: str, dataset: str) -> nn.Module:
-    from .. import models
+    from ddc import models
 
     return models.build(model, input_shape=input_shape(dataset), num_classes=100 if dataset == "cifar100" else 10)
 
@@ -261,7 +261,7 @@ def gaussian_drop_rate(p_base: float = 0.3, p_signal: float = 0.5, tau: float = 
 
 
 def _records(runs, run_dir, metrics: Iterable[str]):
-    from ..store import load_records
+    from ddc.store import load_records
 
     records = load_records(paper.run_paths(run_dir, runs))
     return records[records.metric.isin(list(metrics))]
@@ -326,8 +326,8 @@ def matched_rates(per_run, *, rng=0, n_resamples: int = 9999, digits: int = 3, d
 
 
 def _load_config(run_path: Path):
-    from ..store import read_json
-    from ..train import TrainConfig
+    from ddc.store import read_json
+    from ddc.train import TrainConfig
 
     values = read_json(Path(run_path) / "config.json")
     values = {k: v for k, v in values.items() if k in TrainConfig.field_names()}
@@ -367,7 +367,7 @@ def residual_branches(model: nn.Module) -> Dict[str, tuple]:
     ViT :class:`~ddc.models.TransformerBlock` ``X``: ``X.attn`` (branch ``X.attn``,
     stream at ``X.norm1``'s input) and ``X.mlp`` (branch ``X.mlp``, stream at ``X.norm2``'s input).
     """
-    from ..models import BasicBlock, TransformerBlock
+    from ddc.models import BasicBlock, TransformerBlock
 
     out = {}
     for name, module in model.named_modules():
@@ -437,8 +437,8 @@ def batchnorm_shift(runs, run_dir, *, n_images: int = 128):
 def _batchnorm_shift(runs, run_dir, n_images):
     import pandas as pd
 
-    from ..data import load
-    from ..train import build
+    from ddc.data import load
+    from ddc.train import build
 
     split_cache: Dict[tuple, object] = {}
     bn_rows, skip_rows = [], []

@@ -93,8 +93,8 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, nn
 
-from .. import functional as F
-from ..methods import _WeightDrop
+from ddc import functional as F
+from ddc.methods import _WeightDrop
 
 NOTEBOOK = "07_oq_learned_mapping"
 FEATURES = ("z_grad", "z_weight", "z_ema", "layer")
@@ -257,7 +257,7 @@ class LearnedDropConnect(_WeightDrop):
 
 def attach(layer: nn.Module, method: LearnedDropConnect):
     """Put ``method`` on ``layer`` the way :func:`ddc.apply` does; returns a function that removes it."""
-    from ..apply import ATTR, _attach
+    from ddc.apply import ATTR, _attach
 
     method.check_layer(layer, "layer")
     _attach(layer, method)
@@ -299,7 +299,7 @@ def mapped_layers(model: nn.Module, layers: str, head: str) -> List[str]:
     convolutions ``conv1``/``conv2`` of every block of a CIFAR ResNet's last
     stage (``layer3.*.conv*`` for ResNet-20; projection shortcuts excluded).
     """
-    from ..models import _CifarResNet
+    from ddc.models import _CifarResNet
 
     F.check_choice("layers", layers, LAYER_SETS)
     names = []
@@ -424,7 +424,7 @@ class RunConfig:
 
     def __post_init__(self):
         """Reject bad settings with the field's name and what is allowed."""
-        from .. import data, models
+        from ddc import data, models
 
         F.check_choice("dataset", self.dataset, tuple(d for d in data.DATASETS if d != "synthetic"))
         F.check_choice("model", self.model, tuple(models.MODELS))
@@ -481,7 +481,7 @@ def _accuracy_loss(model, x, y, batch_size):
 
 
 def load_splits(config: RunConfig, seed: int):
-    from .. import data
+    from ddc import data
 
     return data.load(config.dataset, seed=seed, train_subset=config.train_subset,
                      val_subset=config.val_subset, test_subset=config.test_subset)
@@ -496,9 +496,9 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
     a ``layer`` column names each edge's layer), and the learned mapping on a
     (z(|g|), z(|w|)) grid per mapped layer (learned only).
     """
-    from .. import models
-    from ..apply import apply
-    from ..train import TrainConfig, learning_rate
+    from ddc import models
+    from ddc.apply import apply
+    from ddc.train import TrainConfig, learning_rate
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
@@ -630,7 +630,7 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
 
 
 def _rng(seed):
-    from ..methods import MaskRNG
+    from ddc.methods import MaskRNG
 
     return MaskRNG(seed=seed + MASK_SEED_OFFSET)
 
@@ -735,7 +735,7 @@ def figures(run_dir) -> List[str]:
     import seaborn as sns
     from analysis import figures as afig
 
-    from ..paper import load_json, load_table, save_fig
+    from experiments.paper import load_json, load_table, save_fig
 
     written = []
     settings = load_json(run_dir, "settings")

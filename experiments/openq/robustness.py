@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .. import paper
+from experiments import paper
 
 NOTEBOOK = "09_oq_robustness"
 FACTORS = ("tau", "p_base", "p_signal")
@@ -89,7 +89,7 @@ def design(oat: Dict[str, Sequence[float]], joint: Dict[str, Sequence[float]], d
 
 def check_resnet_on_mnist1d() -> str:
     """Whether ResNet-20 accepts MNIST-1D's (1, 40) input through ``ddc.models.build``, in words."""
-    from ..models import build
+    from ddc.models import build
 
     try:
         build("resnet20", input_shape=(1, 40), num_classes=10)

@@ -23,7 +23,7 @@ def _label_and_setting(runs):
     sharing it; ``setting``: the remaining config, so one group is one experiment."""
     import json
 
-    from .train import OPERATIONAL, TrainConfig
+    from ddc.train import OPERATIONAL, TrainConfig
 
     runs = runs.copy()
     configs = [json.loads((Path(p) / "config.json").read_text()) for p in runs.path]
@@ -101,7 +101,7 @@ def build_report(
     import matplotlib.pyplot as plt
     from analysis import figures
 
-    from .store import load_metrics, load_runs
+    from ddc.store import load_metrics, load_runs
 
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
