@@ -10,15 +10,43 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import click
 
+from .recipes import DEFAULT_PROFILE, PROFILES
 from .train import TrainConfig
 
-DEFAULT_ROOT = "runs"
+
+def _profile_option(help_text: str):
+    """``--profile``: one default (:data:`ddc.recipes.DEFAULT_PROFILE`) in every command."""
+    return click.option("--profile", type=click.Choice(PROFILES), default=DEFAULT_PROFILE, show_default=True, help=help_text)
+
+
+_ROOT_HELP = "Run store [default: $DDC_RUNS, else outputs/<profile>/runs, the store `make paper` writes]."
+
+
+def _store_to_read(root: Optional[str], profile: str) -> Path:
+    """The run store a reading command uses: ``root``, else the default; one-line error when absent."""
+    from . import store
+
+    if root is not None:
+        path = Path(root)
+        if not path.is_dir():
+            raise click.UsageError(f"no run store at {path} (given as the run store); pass the folder your runs were written to")
+        return path
+    path = store.default_root(profile)
+    if not path.is_dir():
+        origin = (f"${store.RUNS_ENV}" if os.environ.get(store.RUNS_ENV)
+                  else f"the default for --profile {profile}, under {Path.cwd()}; {store.RUNS_ENV} is not set")
+        raise click.UsageError(
+            f"no run store at {path} ({origin}); pass --root PATH or set {store.RUNS_ENV}=PATH, "
+            f"or create it with `make paper` (`ddc notebooks run --profile {profile}`)"
+        )
+    return path
 
 
 def _parse_value(text: str):
@@ -73,11 +101,11 @@ def main():
 @main.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON file of config fields.")
 @click.option("--recipe", "recipe_name", default=None, help="Named recipe (see `ddc recipes`).")
-@click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="full", show_default=True, help="Recipe profile.")
+@_profile_option("Recipe profile (with --recipe), and the default run store's.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. --opt p_base=0.3 (repeatable).")
 @click.option("--layers", default=None, help="Comma-separated layer names or glob patterns (default: the model's paper layer).")
 @click.option("--classes", default=None, help="Comma-separated class ids to keep, relabelled 0..k-1 (default: all).")
-@click.option("--root", default=DEFAULT_ROOT, show_default=True, type=click.Path(file_okay=False), help="Run store root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False), help=_ROOT_HELP)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and run id, train nothing.")
 @_field_options
 def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_run, **fields):
@@ -108,14 +136,16 @@ def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_ru
     if dry_run:
         click.echo(json.dumps(config.to_dict(), indent=2))
         return
-    path = run(config, root)
+    from . import store
+
+    path = run(config, root if root is not None else store.default_root(profile))
     summary = json.loads((path / "summary.json").read_text())
     click.echo(json.dumps({k: summary[k] for k in sorted(summary)}, indent=2))
     click.echo(f"written to {path}")
 
 
 @main.command("recipes")
-@click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="full", show_default=True)
+@_profile_option("Profile to show the recipes at.")
 def recipes_cmd(profile):
     """List the named recipes and their fields at a profile."""
     from . import recipes
@@ -169,12 +199,14 @@ def runs():
 
 
 @runs.command("ls")
-@click.argument("root", default=DEFAULT_ROOT, type=click.Path())
+@click.argument("root", default=None, required=False, type=click.Path())
 @click.option("--columns", default="run_id,dataset,model,method,seed,epochs,best_epoch,test_acc", show_default=True)
-def runs_ls(root, columns):
-    """One line per finished run under ROOT."""
+@_profile_option("Whose default run store to list.")
+def runs_ls(root, columns, profile):
+    """One line per finished run under ROOT (default: $DDC_RUNS, else outputs/<profile>/runs)."""
     from . import store
 
+    root = _store_to_read(root, profile)
     frame = store.load_runs(root)
     if frame.empty:
         click.echo(f"no finished runs under {root}")
@@ -200,12 +232,13 @@ def runs_show(run):
 
 @runs.command("sql")
 @click.argument("query")
-@click.option("--root", default=DEFAULT_ROOT, show_default=True, type=click.Path())
-def runs_sql(query, root):
+@click.option("--root", default=None, type=click.Path(), help=_ROOT_HELP)
+@_profile_option("Whose default run store to query.")
+def runs_sql(query, root, profile):
     """Run SQL over tables runs, metrics, records (DuckDB)."""
     from . import store
 
-    click.echo(store.sql(query, root).to_string(index=False))
+    click.echo(store.sql(query, _store_to_read(root, profile)).to_string(index=False))
 
 
 def _register_sweep():
@@ -218,16 +251,24 @@ _register_sweep()
 
 
 @main.command()
-@click.argument("runs_paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.argument("runs_paths", nargs=-1, type=click.Path())
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: outputs/<profile>/report].")
 @click.option("--value", default="test_acc", show_default=True, help="Summary column to compare.")
 @click.option("--baseline", default="none", show_default=True, help="Label the other methods are compared with.")
-def report(runs_paths, out, value, baseline):
-    """Markdown report (tables with CIs, Holm-corrected tests, figures) from stored runs; trains nothing."""
+@_profile_option("Whose default run store to report on.")
+def report(runs_paths, out, value, baseline, profile):
+    """Markdown report (tables with CIs, Holm-corrected tests, figures) from stored runs; trains nothing.
+
+    RUNS_PATHS: run stores or run folders [default: $DDC_RUNS, else outputs/<profile>/runs].
+    """
     from experiments.report import build_report
 
+    from . import store
+
+    paths = [str(_store_to_read(p, profile)) for p in runs_paths] or [str(_store_to_read(None, profile))]
+    out = Path(out) if out is not None else Path(store.OUTPUTS) / profile / "report"
     try:
-        path = build_report(list(runs_paths), out, value=value, baseline=baseline)
+        path = build_report(paths, out, value=value, baseline=baseline)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     click.echo(f"report written to {path}")
@@ -242,11 +283,11 @@ def notebooks():
 
 
 @notebooks.command("run")
-@click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True)
+@_profile_option("Profile of every notebook.")
 @click.option("--suite", type=click.Choice(["paper", "openq", "all"]), default=None, help="paper: 01-05 (the main job); openq: 06-09 then 05; all. Default: all, or --only.")
 @click.option("--only", multiple=True, help="Notebook name or prefix, e.g. 02 or baselines (repeatable).")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Notebook parameter override (repeatable).")
-@click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="Where executed notebooks and results go.")
+@click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="Where executed notebooks and results go (the run store is <output>/<profile>/runs unless $DDC_RUNS is set).")
 def notebooks_run(profile, suite, only, params, output):
     """Execute the notebooks in order; fail fast on an unknown parameter."""
     from .notebooks import SUITES, NotebookFailed, run_notebooks
@@ -277,14 +318,18 @@ def notebooks_list():
 
 
 @main.command()
-@click.option("--output", default="outputs", show_default=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--profile", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True)
+@click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="The folder `ddc notebooks run --output` wrote.")
+@_profile_option("Whose outputs to redraw.")
 def figures(output, profile):
     """Regenerate every figure from stored results, without training."""
     from experiments import paper
+
     from .notebooks import write_index
 
     base = Path(output) / profile
+    if not base.is_dir():
+        raise click.UsageError(f"no notebook outputs at {base} (--output {output}, --profile {profile}); run `make paper` "
+                               f"(`ddc notebooks run --profile {profile}`) first, or pass the --output folder it wrote")
     done = paper.regenerate_figures(base, log=click.echo)
     write_index(base, [])
     click.echo(f"{len(done)} figure file(s) written under {base}")

@@ -8,8 +8,9 @@ and ``seeds``. The driver:
   an unknown one (papermill itself only warns);
 - executes with kernel ``python3`` into ``<output>/<profile>/<notebook>/``,
   keeping the executed notebook beside what it wrote;
-- shares one run store per profile (``<output>/<profile>/runs``) so later
-  notebooks and ``05_report`` read earlier results;
+- shares one run store per profile (:func:`ddc.store.default_root`:
+  ``$DDC_RUNS``, else ``<output>/<profile>/runs``, where every other command
+  looks too) so later notebooks and ``05_report`` read earlier results;
 - says which notebook failed, in which cell, with which error.
 """
 
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from . import store
 from .functional import check_choice
-from .recipes import PROFILES
+from .recipes import DEFAULT_PROFILE, PROFILES
 
 KERNEL = "python3"
 
@@ -113,7 +115,7 @@ class Executed:
 
 
 def run_notebooks(
-    profile: str = "quick",
+    profile: str = DEFAULT_PROFILE,
     *,
     only: Optional[Iterable[str]] = None,
     parameters: Optional[Dict[str, object]] = None,
@@ -129,12 +131,13 @@ def run_notebooks(
     notebooks = select(discover(directory), only)
     overrides = check_parameters(notebooks, dict(parameters or {}))
     base = Path(output_root).resolve() / profile
+    runs_root = store.default_root(profile, base.parent).resolve()  # shared with every command
     executed = []
     for notebook, suffix, extra in _plan(notebooks, profile, overrides):
         run_dir = base / (notebook.stem + suffix)
         run_dir.mkdir(parents=True, exist_ok=True)
         declared = declared_parameters(notebook)
-        values = {"profile": profile, "run_dir": str(run_dir), "runs_root": str(base / "runs")}
+        values = {"profile": profile, "run_dir": str(run_dir), "runs_root": str(runs_root)}
         values = {k: v for k, v in values.items() if k in declared}
         values.update(extra)
         values.update(overrides[notebook])

@@ -23,13 +23,37 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
 PARTIAL = ".partial"
+#: environment variable naming the run store that every command and the notebooks use
+RUNS_ENV = "DDC_RUNS"
+#: where ``make paper`` / ``ddc notebooks run`` put executed notebooks and, per profile, the run store
+OUTPUTS = "outputs"
 METRIC_COLUMNS = ["run_id", "epoch", "step", "split", "metric", "value"]
 RECORD_COLUMNS = ["run_id", "step", "epoch", "layer", "metric", "value"]
+
+
+# ----------------------------------------------------------------------------- the default store
+
+
+def default_root(profile: Optional[str] = None, outputs: PathLike = OUTPUTS) -> Path:
+    """The run store used when none is given: ``$DDC_RUNS`` when set, else ``<outputs>/<profile>/runs``.
+
+    That is the store ``make paper`` (``ddc notebooks run``) writes at ``profile``
+    (default :data:`ddc.recipes.DEFAULT_PROFILE`), relative to the working
+    directory. Every command (``train``, ``sweep``, ``runs``, ``report``,
+    ``figures``) and the notebook driver resolve their default through this one
+    function, so they find each other's runs.
+    """
+    from .recipes import DEFAULT_PROFILE
+
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        return Path(env)
+    return Path(outputs) / (profile or DEFAULT_PROFILE) / "runs"
 
 
 # ----------------------------------------------------------------------------- atomic files

@@ -5,7 +5,7 @@ A *spec* (YAML file or dict) describes the grid::
     name: ddc-ablation                 # optional; default: the file's stem
     base:                              # TrainConfig fields shared by every run
       recipe: synthetic-linreg2d       # optional: start from a named recipe ...
-      profile: smoke                   # ... at a profile (default: full)
+      profile: smoke                   # ... at a profile (default: quick)
       epochs: 5
     methods:                           # optional axis: label -> fields of that variant
       baseline: {method: none}
@@ -97,7 +97,6 @@ __all__ = [
 ]
 
 BACKENDS = ("local", "dask", "serial")
-DEFAULT_ROOT = "runs"
 FAILED = ".failed"
 LOCKS = ".locks"
 SPEC_KEYS = ("name", "description", "base", "methods", "grid", "zip", "seeds")
@@ -432,7 +431,7 @@ def _resolve(assignments: Sequence[Mapping[str, Any]], where: str) -> TrainConfi
     values: Dict[str, Any] = {}
     try:
         if recipe_name is not None:
-            values.update(recipes.recipe(recipe_name, profile or "full"))
+            values.update(recipes.recipe(recipe_name, profile or recipes.DEFAULT_PROFILE))
         elif profile is not None:
             raise ValueError(f"profile={profile!r} needs a recipe")
         for key, value in assigned.items():
@@ -763,7 +762,7 @@ def sweep_status(spec: SpecLike, root) -> Dict[str, str]:
 
 def run_sweep(
     spec: SpecLike,
-    root=DEFAULT_ROOT,
+    root=None,
     *,
     workers: Optional[int] = None,
     backend: str = "local",
@@ -787,7 +786,7 @@ def run_sweep(
         raise ValueError(f"backend={backend!r} must be one of {', '.join(BACKENDS)}")
     if workers is not None:
         _check_workers(workers)
-    root = Path(root).absolute()
+    root = Path(_root(root, spec)).absolute()
     runs = spec.runs()
     result = SweepResult(spec=spec, root=root, run_ids=[r.run_id for r in runs])
     pending = []
@@ -878,7 +877,15 @@ def _finished_dirs(spec: Spec, root) -> Tuple[List[SweepRun], List[Path]]:
     return runs, [root / r.run_id for r in runs]
 
 
-def sweep_frame(spec: SpecLike, root=DEFAULT_ROOT):
+def _root(root, spec: Spec) -> Path:
+    """``root``, or when None the default store (:func:`ddc.store.default_root`) at the spec's profile."""
+    if root is not None:
+        return Path(root)
+    profile = spec.base.get("profile")
+    return store.default_root(profile if isinstance(profile, str) else None)
+
+
+def sweep_frame(spec: SpecLike, root=None):
     """One row per finished run of ``spec`` under ``root`` (pandas).
 
     Columns: ``sweep`` (the spec's name), ``variant`` (its ``methods`` label,
@@ -889,6 +896,7 @@ def sweep_frame(spec: SpecLike, root=DEFAULT_ROOT):
     import pandas as pd
 
     spec = load_spec(spec)
+    root = _root(root, spec)
     runs, dirs = _finished_dirs(spec, root)
     frame = store.load_runs(dirs) if dirs else pd.DataFrame(columns=["run_id", "path"])
     variants = {r.run_id: r.variant for r in runs}
@@ -900,12 +908,13 @@ def sweep_frame(spec: SpecLike, root=DEFAULT_ROOT):
     return frame
 
 
-def sweep_connect(spec: SpecLike, root=DEFAULT_ROOT):
+def sweep_connect(spec: SpecLike, root=None):
     """DuckDB connection with views ``runs`` (= :func:`sweep_frame`), ``metrics``, ``records``
     over the finished runs of ``spec`` only."""
     import duckdb
 
     spec = load_spec(spec)
+    root = _root(root, spec)
     _, dirs = _finished_dirs(spec, root)
     frame = sweep_frame(spec, root)
     if dirs:
@@ -924,7 +933,7 @@ def sweep_connect(spec: SpecLike, root=DEFAULT_ROOT):
 
 @click.command("sweep", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("spec_path", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
-@click.option("--root", default=DEFAULT_ROOT, show_default=True, type=click.Path(file_okay=False), help="Run store root.")
+@click.option("--root", default=None, type=click.Path(file_okay=False), help="Run store root [default: $DDC_RUNS, else outputs/<the spec's profile>/runs].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Parallel runs [default: all cores / the cluster's workers].")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Where runs execute [default: dask with --address, else local].")
 @click.option("--address", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (implies --backend dask).")
@@ -945,6 +954,7 @@ def sweep_command(spec_path, root, workers, backend, address, threads, dry_run, 
             raise ValueError("--address needs --backend dask")
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    root = str(_root(root, spec))
 
     if dry_run:
         status = sweep_status(spec, root) if Path(root).exists() else {r: "pending" for r in spec.run_ids()}

@@ -248,8 +248,12 @@ def regenerate_figures(base, log=print) -> List[str]:
 
 
 def run_paths(run_dir, runs) -> List[Path]:
-    """Run directories of ``runs``, found in the profile's store beside ``run_dir`` (so outputs can move)."""
-    store_root = Path(run_dir).parent / "runs"
+    """Run directories of ``runs``, found in the profile's default store (``$DDC_RUNS``, else the
+    store beside ``run_dir``, so outputs can move), else where they were written."""
+    from ddc.store import default_root
+
+    base = Path(run_dir).parent
+    store_root = default_root(base.name, base.parent)
     return [store_root / run_id if (store_root / run_id).exists() else Path(path) for run_id, path in zip(runs.run_id, runs.path)]
 
 

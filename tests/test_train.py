@@ -54,7 +54,7 @@ def test_warmup_cosine_schedule():
     assert lrs[2] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.001)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     # the authors' MNIST recipe: lr equals the minimum, so the schedule is constant
-    mnist = TrainConfig(**{k: v for k, v in recipes.recipe("mnist-simplecnn1").items()})
+    mnist = TrainConfig(**{k: v for k, v in recipes.recipe("mnist-simplecnn1", "full").items()})
     assert {train.learning_rate(mnist, e) for e in range(75)} == {0.001}
 
 
