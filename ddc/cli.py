@@ -29,6 +29,11 @@ def _profile_option(help_text: str):
 _ROOT_HELP = "Run store [default: $DDC_RUNS, else outputs/<profile>/runs, the store `make paper` writes]."
 
 
+def _progress_line(message: str) -> None:
+    """What a long command is doing, on stderr (stdout keeps the results)."""
+    click.echo(message, err=True)
+
+
 def _store_to_read(root: Optional[str], profile: str) -> Path:
     """The run store a reading command uses: ``root``, else the default; one-line error when absent."""
     from . import store
@@ -256,7 +261,8 @@ _register_sweep()
 @click.option("--value", default="test_acc", show_default=True, help="Summary column to compare.")
 @click.option("--baseline", default="none", show_default=True, help="Label the other methods are compared with.")
 @_profile_option("Whose default run store to report on.")
-def report(runs_paths, out, value, baseline, profile):
+@click.option("-q", "--quiet", is_flag=True, help="Do not say what is being done.")
+def report(runs_paths, out, value, baseline, profile, quiet):
     """Markdown report (tables with CIs, Holm-corrected tests, figures) from stored runs; trains nothing.
 
     RUNS_PATHS: run stores or run folders [default: $DDC_RUNS, else outputs/<profile>/runs].
@@ -268,7 +274,7 @@ def report(runs_paths, out, value, baseline, profile):
     paths = [str(_store_to_read(p, profile)) for p in runs_paths] or [str(_store_to_read(None, profile))]
     out = Path(out) if out is not None else Path(store.OUTPUTS) / profile / "report"
     try:
-        path = build_report(paths, out, value=value, baseline=baseline)
+        path = build_report(paths, out, value=value, baseline=baseline, log=None if quiet else _progress_line)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     click.echo(f"report written to {path}")
@@ -288,15 +294,20 @@ def notebooks():
 @click.option("--only", multiple=True, help="Notebook name or prefix, e.g. 02 or baselines (repeatable).")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Notebook parameter override (repeatable).")
 @click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="Where executed notebooks and results go (the run store is <output>/<profile>/runs unless $DDC_RUNS is set).")
-def notebooks_run(profile, suite, only, params, output):
-    """Execute the notebooks in order; fail fast on an unknown parameter."""
+@click.option("-q", "--quiet", is_flag=True, help="No progress in the terminal (errors and the final line only).")
+def notebooks_run(profile, suite, only, params, output, quiet):
+    """Execute the notebooks in order; fail fast on an unknown parameter.
+
+    Progress goes to stderr: each notebook as it starts and ends, and a status
+    line with runs done of total, elapsed time and an estimate.
+    """
     from .notebooks import SUITES, NotebookFailed, run_notebooks
 
     if suite and only:
         raise click.UsageError("give --suite or --only, not both")
     only = SUITES[suite] if suite else (only or SUITES["all"])
     try:
-        executed = run_notebooks(profile, only=only, parameters=_key_values(params, "--param"), output_root=Path(output))
+        executed = run_notebooks(profile, only=only, parameters=_key_values(params, "--param"), output_root=Path(output), quiet=quiet)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     except NotebookFailed as error:
@@ -320,7 +331,8 @@ def notebooks_list():
 @main.command()
 @click.option("--output", default="outputs", show_default=True, type=click.Path(file_okay=False), help="The folder `ddc notebooks run --output` wrote.")
 @_profile_option("Whose outputs to redraw.")
-def figures(output, profile):
+@click.option("-q", "--quiet", is_flag=True, help="Do not say what is being done.")
+def figures(output, profile, quiet):
     """Regenerate every figure from stored results, without training."""
     from experiments import paper
 
@@ -330,8 +342,8 @@ def figures(output, profile):
     if not base.is_dir():
         raise click.UsageError(f"no notebook outputs at {base} (--output {output}, --profile {profile}); run `make paper` "
                                f"(`ddc notebooks run --profile {profile}`) first, or pass the --output folder it wrote")
-    done = paper.regenerate_figures(base, log=click.echo)
-    write_index(base, [])
+    done = paper.regenerate_figures(base, log=(lambda _: None) if quiet else _progress_line)
+    write_index(base)
     click.echo(f"{len(done)} figure file(s) written under {base}")
 
 

@@ -6,8 +6,11 @@ and ``seeds``. The driver:
 
 - checks override names against ``papermill.inspect_notebook`` and fails on
   an unknown one (papermill itself only warns);
-- executes with kernel ``python3`` into ``<output>/<profile>/<notebook>/``,
-  keeping the executed notebook beside what it wrote;
+- executes on the driver's own interpreter (``sys.executable``, whatever
+  kernels the Jupyter path holds) into ``<output>/<profile>/<notebook>/``,
+  keeping the executed notebook beside what it wrote, and the kernel
+  process's own messages out of the terminal (``kernel.log`` when any);
+- shows progress in the terminal (:class:`ddc.progress.Board`);
 - shares one run store per profile (:func:`ddc.store.default_root`:
   ``$DDC_RUNS``, else ``<output>/<profile>/runs``, where every other command
   looks too) so later notebooks and ``05_report`` read earlier results;
@@ -16,16 +19,22 @@ and ``seeds``. The driver:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
-from . import store
+from . import progress, store
 from .functional import check_choice
 from .recipes import DEFAULT_PROFILE, PROFILES
 
-KERNEL = "python3"
+KERNEL = "python3"  # the name the executed notebooks record; the kernel itself is this interpreter
+KERNEL_LOG = "kernel.log"  # the kernel process's own stderr, kept only when not empty
+TIMINGS = "timings.json"
 
 #: named selections: the paper notebooks (the main job), and the open questions
 #: followed by the report again so that it collects their conclusions too
@@ -119,49 +128,155 @@ def run_notebooks(
     *,
     only: Optional[Iterable[str]] = None,
     parameters: Optional[Dict[str, object]] = None,
-    output_root: Path = Path("outputs"),
+    output_root: Path = Path(store.OUTPUTS),
     directory: Optional[Path] = None,
-    log=print,
+    log: Optional[Callable[[str], None]] = None,
+    quiet: bool = False,
 ) -> List[Executed]:
-    """Execute the selected notebooks in order at ``profile``; returns what ran."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    """Execute the selected notebooks in order at ``profile``; returns what ran.
 
+    Progress goes to stderr: a line per notebook started and finished, and a
+    status line (notebook i of n, runs done of total, elapsed, estimate; see
+    :class:`ddc.progress.Board`) fed by the sweeps inside the kernels. ``log``
+    takes the per-notebook lines instead (no status line); ``quiet`` prints
+    nothing. Each notebook's time is kept in ``<output>/<profile>/timings.json``
+    for ``INDEX.md`` and the next run's estimate.
+    """
     check_choice("profile", profile, PROFILES)
     notebooks = select(discover(directory), only)
     overrides = check_parameters(notebooks, dict(parameters or {}))
     base = Path(output_root).resolve() / profile
     runs_root = store.default_root(profile, base.parent).resolve()  # shared with every command
+    plan = list(_plan(notebooks, profile, overrides))
+    names = [notebook.stem + suffix for notebook, suffix, _ in plan]
+    timings = read_timings(base)
     executed = []
-    for notebook, suffix, extra in _plan(notebooks, profile, overrides):
-        run_dir = base / (notebook.stem + suffix)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        declared = declared_parameters(notebook)
-        values = {"profile": profile, "run_dir": str(run_dir), "runs_root": str(runs_root)}
-        values = {k: v for k, v in values.items() if k in declared}
-        values.update(extra)
-        values.update(overrides[notebook])
-        output = run_dir / notebook.name
-        log(f"[{profile}] {notebook.name} -> {output}")
-        started = time.perf_counter()
-        try:
+    with tempfile.TemporaryDirectory(prefix="ddc-progress-") as scratch:
+        events = str(Path(scratch) / "events.jsonl")
+        board = progress.Board(names, events=events, previous={k: v["seconds"] for k, v in timings.items()})
+        say = (lambda _: None) if quiet else (log or board.print)
+        show = not quiet and log is None
+        with _environment({progress.ENV: events}), (board if show else contextlib.nullcontext()):
+            for index, ((notebook, suffix, extra), name) in enumerate(zip(plan, names)):
+                run_dir = base / name
+                run_dir.mkdir(parents=True, exist_ok=True)
+                declared = declared_parameters(notebook)
+                values = {"profile": profile, "run_dir": str(run_dir), "runs_root": str(runs_root)}
+                values = {k: v for k, v in values.items() if k in declared}
+                values.update(extra)
+                values.update(overrides[notebook])
+                output = run_dir / notebook.name
+                board.start_job(index)
+                say(f"[{profile} {index + 1}/{len(plan)}] {name}: running -> {output}")
+                if show:
+                    board.refresh(force=True)
+                started = time.perf_counter()
+                _execute(notebook, output, values, run_dir)
+                executed.append(Executed(name, output, time.perf_counter() - started))
+                timings[name] = {"seconds": round(executed[-1].seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                store.write_json(base / TIMINGS, timings)
+                say(f"[{profile} {index + 1}/{len(plan)}] {name}: done in {progress.clock(executed[-1].seconds)}")
+    write_index(base)
+    return executed
+
+
+def _execute(notebook: Path, output: Path, values: dict, run_dir: Path) -> None:
+    """Papermill on the driver's own interpreter; the kernel's own stderr goes to ``kernel.log``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    log_path = run_dir / KERNEL_LOG
+    try:
+        with open(log_path, "w") as kernel_log:
             papermill.execute_notebook(
                 str(notebook),
                 str(output),
                 parameters=values,
                 kernel_name=KERNEL,
+                kernel_manager_class=driver_kernel_manager(kernel_log),
                 progress_bar=False,
                 cwd=str(run_dir),
             )
-        except PapermillExecutionError as error:
-            raise NotebookFailed(
-                f"{notebook.name} failed in cell {error.cell_index} (execution count {error.exec_count}): "
-                f"{error.ename}: {error.evalue}\nexecuted notebook kept at {output}"
-            ) from None
-        executed.append(Executed(notebook.stem + suffix, output, time.perf_counter() - started))
-        log(f"[{profile}] {notebook.stem + suffix} done in {executed[-1].seconds:.0f} s")
-    write_index(base, executed)
-    return executed
+    except PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"{notebook.name} failed in cell {error.cell_index} (execution count {error.exec_count}): "
+            f"{error.ename}: {error.evalue}\nexecuted notebook kept at {output}; kernel log: {log_path}"
+        ) from None
+    except Exception as error:  # the kernel died or never started
+        raise NotebookFailed(f"{notebook.name}: {type(error).__name__}: {error}\nkernel log: {log_path}") from None
+    if log_path.exists() and not log_path.read_text().strip():
+        log_path.unlink()
+
+
+def driver_kernel_manager(kernel_log=None):
+    """A kernel manager class that starts the kernel on this interpreter (``sys.executable``).
+
+    Papermill would otherwise start whatever kernel is named ``python3`` first
+    on the Jupyter path, possibly another environment with another ``ddc``.
+    The kernel spec is ipykernel's own for this interpreter; where it declares
+    CurveZMQ support, the transport is encrypted (no "running over TCP without
+    encryption" warning). The kernel process's stdout/stderr (its own log,
+    not the cells' output) go to ``kernel_log`` when given.
+    """
+    from ipykernel.kernelspec import get_kernel_dict
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import AsyncKernelManager
+
+    python_arguments = ["-Xfrozen_modules=off"] if sys.version_info >= (3, 11) else []
+    try:
+        spec = get_kernel_dict(python_arguments=python_arguments)
+    except TypeError:  # ipykernel < 6.22 has no python_arguments
+        spec = get_kernel_dict()
+    spec = {**spec, "display_name": f"Python ({sys.executable})"}
+
+    class DriverKernelManager(AsyncKernelManager):
+        @property
+        def kernel_spec(self):
+            return KernelSpec(name=KERNEL, resource_dir="", **spec)
+
+        async def start_kernel(self, **kw):
+            if kernel_log is not None:
+                kw.setdefault("stdout", kernel_log)
+                kw.setdefault("stderr", kernel_log)
+            if self._curve():
+                kw.setdefault("transport_encryption", "auto")
+            return await super().start_kernel(**kw)
+
+        def _curve(self) -> bool:
+            import zmq
+
+            return "transport_encryption" in self.trait_names() and zmq.has("curve") and bool(
+                "curve" in spec.get("metadata", {}).get("supported_encryption", [])
+            )
+
+    return DriverKernelManager
+
+
+@contextlib.contextmanager
+def _environment(values: Dict[str, str]):
+    """Set environment variables (inherited by the kernels) for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def read_timings(base: Path) -> Dict[str, dict]:
+    """``notebook -> {"seconds", "finished"}`` of the latest execution of each, from ``timings.json``."""
+    path = Path(base) / TIMINGS
+    if not path.exists():
+        return {}
+    with contextlib.suppress(ValueError, OSError):
+        found = store.read_json(path)
+        if isinstance(found, dict):
+            return {k: v for k, v in found.items() if isinstance(v, dict) and "seconds" in v}
+    return {}
 
 
 def _plan(notebooks, profile, overrides):
@@ -178,16 +293,22 @@ def _plan(notebooks, profile, overrides):
             yield notebook, f"-{value}", {name: value}
 
 
-def write_index(base: Path, executed: List[Executed]) -> Path:
-    """``INDEX.md``: every figure and report under ``base``, with the notebook timings."""
+def write_index(base: Path) -> Path:
+    """``INDEX.md``: every report and figure under ``base``, after the notebook timings (``timings.json``).
+
+    Rewritten from what is on disk, so ``ddc figures`` and a partial run keep
+    what the index held.
+    """
+    base = Path(base)
     lines = [f"# Outputs ({base.name} profile)", ""]
-    if executed:
-        lines += ["| notebook | seconds |", "|---|---|"]
-        lines += [f"| {e.notebook} | {e.seconds:.0f} |" for e in executed]
+    timings = read_timings(base)
+    if timings:
+        lines += ["| notebook | time | finished |", "|---|---:|---|"]
+        lines += [f"| {name} | {progress.clock(t['seconds'])} | {t.get('finished', '')} |" for name, t in sorted(timings.items())]
         lines.append("")
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()):
         figures = sorted(folder.glob("figures/*.png"))
-        reports = sorted(folder.glob("*.md"))
+        reports = sorted([*folder.glob("*.md"), *folder.glob("*.html")])
         if not figures and not reports:
             continue
         lines.append(f"## {folder.name}")

@@ -778,7 +778,7 @@ def run_sweep(
     leave torch's default). An ``executor`` you made yourself (any
     :class:`Executor`) replaces ``backend``/``workers``/``address``; it is not shut down.
     """
-    from tqdm.auto import tqdm
+    from .progress import emit, tqdm
 
     started = time.perf_counter()
     spec = load_spec(spec)  # validates everything before anything runs
@@ -814,6 +814,8 @@ def run_sweep(
         )
         if advance:
             bar.update(advance)
+        # for a driver's status line, e.g. the notebook driver's terminal while this runs in a kernel
+        emit("sweep", name=spec.name, total=len(runs), done=len(result.skipped) + len(result.completed), failed=len(result.failed))
 
     show()
     try:

@@ -267,7 +267,7 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
     test = _to_device(splits.test, config.device)
     loss_fn = _loss_fn(splits.task)
 
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     bar = tqdm(
         range(state["epoch"], config.epochs),

@@ -227,19 +227,26 @@ def figure_functions() -> Dict[str, callable]:
 
 def regenerate_figures(base, log=print) -> List[str]:
     """Call every notebook's figure function whose notebook has stored results under ``base``."""
+    import time
+
+    from ddc.progress import clock
+
     base = Path(base)
     written = []
     functions = figure_functions()
-    for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+    folders = sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit())
+    for number, folder in enumerate(folders, 1):
         function = functions.get(folder.name.split("-")[0])
         if function is None:
-            log(f"{folder.name}: no figure function, skipped")
+            log(f"[{number}/{len(folders)}] {folder.name}: no figure function, skipped")
             continue
         if not (folder / "results").exists():
-            log(f"{folder.name}: no stored results, skipped")
+            log(f"[{number}/{len(folders)}] {folder.name}: no stored results, skipped")
             continue
+        log(f"[{number}/{len(folders)}] {folder.name}: drawing ...")
+        started = time.perf_counter()
         paths = function(folder)
-        log(f"{folder.name}: {len(paths)} file(s)")
+        log(f"[{number}/{len(folders)}] {folder.name}: {len(paths)} file(s) in {clock(time.perf_counter() - started)}")
         written += paths
     return written
 
@@ -372,14 +379,20 @@ def run_specs(specs: Sequence[dict], runs_root, *, workers=None, backend: str = 
     Returns the concatenated sweep frames (one row per run, ``sweep`` and
     ``variant`` columns added).
     """
+    import os
+
     import pandas as pd
 
-    from ddc.sweep import run_sweep, sweep_frame
+    from ddc import progress
+    from ddc.sweep import load_spec, run_sweep, sweep_frame
 
+    # under the notebook driver, progress goes to its terminal; run by hand, a bar shows in the notebook
+    driven = bool(os.environ.get(progress.ENV))
+    progress.emit("plan", runs=sum(len(load_spec(spec).runs()) for spec in specs))
     frames = []
     for spec in specs:
-        result = run_sweep(spec, runs_root, workers=workers, backend=backend, progress=False)
-        log(f"{spec['name']}: {len(result.run_ids)} runs ({len(result.skipped)} reused)")
+        result = run_sweep(spec, runs_root, workers=workers, backend=backend, progress=not driven)
+        log(f"{spec['name']}: {len(result.run_ids)} runs ({len(result.skipped)} reused) in {progress.clock(result.seconds)}")
         if result.failed:
             details = "; ".join(f"{run_id}: {info.get('error', '')}" for run_id, info in result.failures().items())
             raise RuntimeError(f"sweep {spec['name']}: {len(result.failed)} run(s) failed: {details}")

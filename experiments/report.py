@@ -96,8 +96,13 @@ def build_report(
     baseline: str = "none",
     title: str = "ddc report",
     n_resamples: int = 9999,
+    log=None,
 ) -> Path:
-    """Write ``out_dir/report.md`` (and its figures) from the finished runs under ``paths``."""
+    """Write ``out_dir/report.md`` (and its figures) from the finished runs under ``paths``.
+
+    ``log`` (e.g. ``print``) is told what is being done, one line per group.
+    """
+    say = log or (lambda _: None)
     import matplotlib.pyplot as plt
     from analysis import figures
 
@@ -108,13 +113,16 @@ def build_report(
     runs = load_runs(paths)
     if runs.empty:
         raise ValueError(f"no finished runs under {paths}")
+    say(f"report: {len(runs)} runs from {', '.join(map(str, paths)) if isinstance(paths, (list, tuple)) else paths}")
     runs = _label_and_setting(runs)
     runs = runs.sort_values(["dataset", "model", "setting", "label", "seed"]).reset_index(drop=True)
     metrics = load_metrics([Path(p) for p in runs.path])
     lines: List[str] = [f"# {title}", "", f"{len(runs)} runs; value: `{value}` (test metric at the best-validation epoch).", ""]
     settings = {s: i for i, s in enumerate(dict.fromkeys(runs.setting))}
-    for (dataset, model, setting), group in runs.groupby([*GROUP, "setting"], sort=True):
+    groups = runs.groupby([*GROUP, "setting"], sort=True)
+    for number, ((dataset, model, setting), group) in enumerate(groups, 1):
         name = f"{dataset}-{model}-{settings[setting]}"
+        say(f"report: group {number}/{groups.ngroups}, {dataset} / {model} ({len(group)} runs): statistics and figures")
         differs = _setting_differences(setting, runs[(runs.dataset == dataset) & (runs.model == model)].setting.unique())
         lines += [f"## {dataset} / {model}" + (f" ({differs})" if differs else ""), ""]
         if value not in group or group[value].isna().all():
@@ -143,4 +151,5 @@ def build_report(
     report = out_dir / "report.md"
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
+    say(f"report: written to {report}")
     return report
