@@ -166,13 +166,13 @@ def method_comparison(
     show_points: bool = True,
     ax: Axes | None = None,
 ) -> Axes:
-    """Per-method mean with bootstrap CI error bars.
+    """Per-method mean with confidence-interval error bars.
 
     Accepts either the output of :func:`analysis.stats.summarize` (columns
     ``method_col, mean, ci_low, ci_high``) or a runs table (columns ``method_col``
     and ``value``), in which case it is summarised with
-    :func:`analysis.stats.summarize` using ``rng`` (required then) and the raw
-    per-run values are drawn as faint points (``show_points``).
+    :func:`analysis.stats.summarize` (t intervals; ``rng`` is accepted and unused)
+    and the raw per-run values are drawn as faint points (``show_points``).
     """
     df = summary_or_runs_df
     _require(df, [method_col], "summary_or_runs_df")
@@ -181,9 +181,7 @@ def method_comparison(
         summary = df
     else:
         _require(df, [value], "summary_or_runs_df")
-        if rng is None:
-            raise ValueError("`rng` is required to bootstrap CIs from a runs table (or pass a summarize() frame)")
-        summary = _stats.summarize(df, value=value, by=method_col, rng=rng, confidence_level=confidence_level)
+        summary = _stats.summarize(df, value=value, by=method_col, confidence_level=confidence_level)
         raw = df
     if summary[method_col].duplicated().any():
         raise ValueError(f"summary has several rows per {method_col!r}; summarise by {method_col!r} only")
@@ -210,7 +208,9 @@ def method_comparison(
     ax.set_xlabel(method_col)
     ax.set_ylabel(value)
     cl = summary["confidence_level"].iloc[0] if "confidence_level" in summary.columns else confidence_level
-    ax.set_title(f"{value}: mean and {100 * float(cl):.0f}% bootstrap CI")
+    kind = {"t": "t", "BCa": "bootstrap", "percentile": "bootstrap"}.get(
+        str(summary["ci_method"].iloc[0]) if "ci_method" in summary.columns else "", "")
+    ax.set_title(f"{value}: mean and {100 * float(cl):.0f}% {kind + ' ' if kind else ''}CI")
     return ax
 
 

@@ -8,19 +8,22 @@ never touches the trainer or the run store. The contract is the run store's
 test_acc, ...``), but any long frame with a value column, a method (or setting)
 column and a block column (usually ``seed``) works.
 
+Intervals
+    Means and paired mean differences get **t intervals** (``ci_method="t"``):
+    exact for normal data at any n >= 2, and the same numbers wherever the same
+    runs are compared (no resampling). The paired t interval and the paired
+    t-test agree by construction: the ``1 - alpha`` interval excludes 0 exactly
+    when ``p_ttest < alpha``. Effect sizes ``d_z`` get the exact noncentral-t
+    interval (:func:`dz_interval`). The percentile/BCa bootstrap under-covers at
+    small n (95% BCa intervals of a normal mean cover about 87% at n = 5 and
+    89% at n = 10), so :func:`bootstrap_ci` and ``interval="bca"`` refuse fewer
+    than :data:`BOOTSTRAP_MIN_N` observations.
+
 Randomness
     Every random procedure (bootstrap CIs) takes an explicit ``rng`` that is a
     :class:`numpy.random.Generator` or an integer seed. A fixed integer seed
     reproduces results exactly; a Generator is consumed (its state advances), so
     pass a freshly seeded one to reproduce a call.
-
-Bootstrap CIs
-    :func:`scipy.stats.bootstrap` with the BCa method. BCa is undefined for
-    degenerate samples (e.g. all values equal) and then returns NaN; in that case
-    the interval is recomputed with the percentile method. The method actually
-    used is reported per row in the ``ci_method`` column (``"BCa"``,
-    ``"percentile"`` or ``"none"`` when fewer than 2 observations make a CI
-    impossible).
 
 Pairing
     Paired procedures pivot the frame to one row per block (``block_col``, which
@@ -28,6 +31,14 @@ Pairing
     Exactly one row per (method, block) is required. Blocks present for one
     method but not the other raise ``ValueError`` unless ``on_unpaired="drop"``,
     in which case only blocks common to both are used.
+
+Linear models
+    Seeds pair the runs of a grid, so :func:`anova` and
+    :func:`variance_decomposition` take ``block="seed"``: the seed enters as an
+    additive block (a randomised complete block design), the factors as a full
+    factorial among themselves; block x factor interactions are not fitted and
+    form the residual. :func:`mixed_model` reports t-based p-values and
+    intervals with between-within degrees of freedom.
 """
 
 from __future__ import annotations
@@ -44,14 +55,22 @@ from scipy import special
 from scipy import stats as sps
 
 __all__ = [
+    "BOOTSTRAP_MIN_N",
     "adjust_pvalues",
     "anova",
+    "binomial_se",
     "bootstrap_ci",
     "critical_difference",
+    "dz_interval",
     "friedman_test",
+    "identical_settings",
+    "independent_jaccard",
+    "mcnemar",
+    "mean_interval",
     "mixed_model",
     "nemenyi_cd",
     "paired_comparison",
+    "paired_difference",
     "pairwise_wilcoxon",
     "practical_equivalence",
     "summarize",
@@ -59,6 +78,11 @@ __all__ = [
 ]
 
 RngLike = np.random.Generator | int | np.integer
+
+#: the smallest sample for which the percentile/BCa bootstrap is offered: below
+#: it, 95% intervals of a normal mean cover less than 93% (simulated: BCa 89% at
+#: n = 10, 92% at n = 20, 93% at n = 30, 94% at n = 50)
+BOOTSTRAP_MIN_N = 30
 
 
 # --------------------------------------------------------------------------- #
@@ -84,13 +108,18 @@ def _require_columns(df: pd.DataFrame, cols: Sequence[str], what: str = "df") ->
 
 
 def _require_numeric_finite(df: pd.DataFrame, value: str) -> None:
-    if not pd.api.types.is_numeric_dtype(df[value]):
+    if not pd.api.types.is_numeric_dtype(df[value]) or pd.api.types.is_bool_dtype(df[value]):
         raise ValueError(f"column {value!r} (value) must be numeric, got dtype {df[value].dtype}")
     if df[value].isna().any():
         n = int(df[value].isna().sum())
         raise ValueError(
             f"column {value!r} (value) has {n} missing value(s); drop or impute them first "
             f"(e.g. df.dropna(subset=[{value!r}]))"
+        )
+    infinite = ~np.isfinite(df[value].to_numpy(float))
+    if infinite.any():
+        raise ValueError(
+            f"column {value!r} (value) has {int(infinite.sum())} infinite value(s); every value must be finite"
         )
 
 
@@ -173,17 +202,27 @@ def _check_on_unpaired(on_unpaired: str) -> None:
 def adjust_pvalues(pvalues: Sequence[float] | np.ndarray, method: str = "holm") -> np.ndarray:
     """Multiplicity-adjust a 1-D array of p-values, ignoring NaNs.
 
-    Uses :func:`statsmodels.stats.multitest.multipletests` (``method`` is any of its
-    methods, default ``"holm"``) on the finite entries only; NaN entries stay NaN and
-    do not count towards the family size.
+    ``"holm"`` (default): Holm's step-down adjustment, ``p_adj(i) = max_{j <= i}
+    min(1, (m − j + 1) p_(j))`` over the sorted p-values (the values of
+    statsmodels' ``multipletests(method="holm")``, computed here because that
+    function runs a full garbage collection on every call). Any other ``method``
+    goes to :func:`statsmodels.stats.multitest.multipletests`. NaN entries stay
+    NaN and do not count towards the family size.
     """
-    from statsmodels.stats.multitest import multipletests
-
     p = np.asarray(pvalues, dtype=float).reshape(-1)
     out = np.full_like(p, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = multipletests(p[ok], method=method)[1]
+    ok = np.flatnonzero(np.isfinite(p))
+    if not len(ok):
+        return out
+    if method == "holm":
+        m = len(ok)
+        order = ok[np.argsort(p[ok], kind="stable")]
+        stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+        out[order] = np.maximum.accumulate(stepped)
+        return out
+    from statsmodels.stats.multitest import multipletests
+
+    out[ok] = multipletests(p[ok], method=method)[1]
     return out
 
 
@@ -194,14 +233,18 @@ def bootstrap_ci(
     n_resamples: int = 9999,
     confidence_level: float = 0.95,
     paired: bool = False,
+    min_n: int = BOOTSTRAP_MIN_N,
 ) -> tuple[float, float, str]:
     """Bootstrap confidence interval: BCa, falling back to percentile.
 
     ``samples`` are 1-D arrays; ``statistic(*samples, axis)`` must be vectorised
     (default: mean of the single sample). Returns ``(low, high, method_used)`` with
-    ``method_used`` in ``{"BCa", "percentile", "none"}`` ("none": some sample has
-    fewer than 2 observations, CI is NaN). For a constant sample the percentile
-    interval collapses to the constant.
+    ``method_used`` in ``{"BCa", "percentile"}``. For a constant sample the
+    percentile interval collapses to the constant.
+
+    Raises ``ValueError`` when a sample has fewer than ``min_n`` observations
+    (default :data:`BOOTSTRAP_MIN_N`): such intervals under-cover (see the module
+    docstring); use :func:`mean_interval` / :func:`paired_difference` instead.
     """
     _check_confidence(confidence_level)
     gen = _make_rng(rng)
@@ -213,8 +256,12 @@ def bootstrap_ci(
         def statistic(x, axis=-1):  # noqa: E306
             return np.mean(x, axis=axis)
 
-    if min(len(s) for s in samples) < 2:
-        return float("nan"), float("nan"), "none"
+    smallest = min(len(s) for s in samples)
+    if smallest < max(int(min_n), 2):
+        raise ValueError(
+            f"bootstrap interval on {smallest} observation(s): needs n >= {max(int(min_n), 2)} "
+            f"(BOOTSTRAP_MIN_N); use the t interval (mean_interval, paired_difference) at small n"
+        )
     kw = dict(
         statistic=statistic,
         n_resamples=int(n_resamples),
@@ -235,6 +282,48 @@ def bootstrap_ci(
     return float(res.confidence_interval.low), float(res.confidence_interval.high), "percentile"
 
 
+def mean_interval(x: np.ndarray, confidence_level: float = 0.95) -> tuple[Any, Any]:
+    """Student t interval of the mean: ``mean ± t_{n-1} sd / sqrt(n)``, over the last axis.
+
+    Exact coverage for normal data at every ``n >= 2``. ``x``: 1-D sample (returns
+    two floats) or an array of samples along its last axis (returns two arrays).
+    NaN for fewer than 2 values; a constant sample gives ``(mean, mean)``.
+    """
+    _check_confidence(confidence_level)
+    x = np.asarray(x, dtype=float)
+    n = x.shape[-1] if x.ndim else 1
+    if n < 2:
+        nan = np.full(x.shape[:-1], np.nan) if x.ndim > 1 else float("nan")
+        return nan, nan
+    m = x.mean(axis=-1)
+    half = float(sps.t.ppf(0.5 + confidence_level / 2, n - 1)) * x.std(axis=-1, ddof=1) / np.sqrt(n)
+    if x.ndim == 1:
+        return float(m - half), float(m + half)
+    return m - half, m + half
+
+
+def dz_interval(dz: Any, n: Any, confidence_level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact confidence interval of the standardised mean difference ``d_z = mean(d) / sd(d)``.
+
+    Inverts the noncentral t distribution of ``t = d_z sqrt(n)`` (df ``n - 1``):
+    the bounds are the noncentrality parameters whose CDF at the observed ``t``
+    is ``1 - a/2`` and ``a/2`` (:func:`scipy.special.nctdtrinc`), divided by
+    ``sqrt(n)`` (Steiger & Fouladi 1997; Cumming 2012, ch. 11). Vectorised over
+    ``dz`` and ``n`` (arrays broadcast). NaN where ``n < 2`` or ``d_z`` is not
+    finite (constant differences).
+    """
+    _check_confidence(confidence_level)
+    dz, n = np.broadcast_arrays(np.asarray(dz, dtype=float), np.asarray(n, dtype=float))
+    ok = np.isfinite(dz) & (n >= 2)
+    low, high = np.full(dz.shape, np.nan), np.full(dz.shape, np.nan)
+    if ok.any():
+        t, df, root = dz[ok] * np.sqrt(n[ok]), n[ok] - 1, np.sqrt(n[ok])
+        a = 1 - confidence_level
+        low[ok] = special.nctdtrinc(df, 1 - a / 2, t) / root
+        high[ok] = special.nctdtrinc(df, a / 2, t) / root
+    return low, high
+
+
 def _wilcoxon(d: np.ndarray) -> tuple[float, float]:
     """Wilcoxon signed-rank on differences; all-zero differences -> (0, 1)."""
     if np.all(d == 0):
@@ -245,30 +334,58 @@ def _wilcoxon(d: np.ndarray) -> tuple[float, float]:
     return float(r.statistic), float(r.pvalue)
 
 
-def _ttest_rel(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    d = x - y
-    sd = np.std(d, ddof=1)
-    if sd == 0:
-        # degenerate: identical differences. No evidence if all zero; otherwise the
-        # t statistic is infinite and p is 0.
-        m = float(np.mean(d))
-        return (0.0, 1.0) if m == 0 else (float(np.sign(m) * np.inf), 0.0)
-    r = sps.ttest_rel(x, y)
-    return float(r.statistic), float(r.pvalue)
+def _wilcoxon_min_p(n: int) -> float:
+    """Smallest two-sided p-value the exact signed-rank test can give on n pairs: ``2 / 2**n``."""
+    return float(min(1.0, 2.0 / 2.0**n))
 
 
 def _hedges_j(df: float) -> float:
-    """Exact small-sample correction J(df) = Γ(df/2) / (sqrt(df/2) Γ((df-1)/2))."""
+    """Exact small-sample correction J(df) = Γ(df/2) / (sqrt(df/2) Γ((df-1)/2)); undefined (NaN) for df <= 1."""
     if df <= 1:
-        return 0.0 if df == 1 else float("nan")
+        return float("nan")
     return float(np.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / np.sqrt(df / 2))
 
 
-def _cohen_dz(d: np.ndarray) -> float:
-    m, sd = float(np.mean(d)), float(np.std(d, ddof=1))
+def paired_difference(
+    x: np.ndarray, y: np.ndarray, *, confidence_level: float = 0.95
+) -> dict[str, float]:
+    """Everything the paired t analysis says about ``d = x - y`` (1-D arrays of equal length).
+
+    Returns a dict with ``n, mean, mean_baseline, mean_diff, sd_diff, df, ci_low,
+    ci_high`` (t interval of the mean difference), ``t_stat, p_ttest`` (two-sided
+    paired t-test, :func:`scipy.stats.ttest_rel`), ``cohen_dz = mean(d)/sd(d)``
+    with its exact interval ``dz_low, dz_high`` (:func:`dz_interval`), and
+    ``hedges_g = J(n-1) d_z`` (NaN at n = 2, where J is undefined).
+
+    Constant differences (``sd = 0``): the interval collapses to the mean, p is 1
+    when every difference is 0 and 0 otherwise, ``d_z`` is 0 or ±inf (its
+    interval NaN). Fewer than 2 pairs raise ``ValueError``.
+    """
+    _check_confidence(confidence_level)
+    x, y = np.asarray(x, dtype=float).reshape(-1), np.asarray(y, dtype=float).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"paired samples must have equal lengths, got {len(x)} and {len(y)}")
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"fewer than 2 pairs (got {n}); a paired interval needs >= 2")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("paired samples must be finite (no NaN or inf)")
+    d = x - y
+    m, sd = float(d.mean()), float(np.std(d, ddof=1))
+    lo, hi = mean_interval(d, confidence_level)
     if sd == 0:
-        return 0.0 if m == 0 else float(np.sign(m) * np.inf)
-    return m / sd
+        t_stat, p = (0.0, 1.0) if m == 0 else (float(np.sign(m) * np.inf), 0.0)
+        dz = 0.0 if m == 0 else float(np.sign(m) * np.inf)
+    else:
+        r = sps.ttest_rel(x, y)
+        t_stat, p, dz = float(r.statistic), float(r.pvalue), m / sd
+    # constant differences: d_z is 0 or infinite and has no sampling distribution
+    dz_lo, dz_hi = dz_interval(dz, n, confidence_level) if sd > 0 else (np.nan, np.nan)
+    return {
+        "n": n, "mean": float(x.mean()), "mean_baseline": float(y.mean()), "mean_diff": m, "sd_diff": sd,
+        "df": n - 1, "ci_low": lo, "ci_high": hi, "t_stat": t_stat, "p_ttest": p,
+        "cohen_dz": dz, "dz_low": float(dz_lo), "dz_high": float(dz_hi), "hedges_g": _hedges_j(n - 1) * dz,
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -281,42 +398,48 @@ def paired_comparison(
     method_col: str = "method",
     block_col: str | Sequence[str] = "seed",
     baseline: Any,
-    rng: RngLike,
+    rng: RngLike | None = None,
     n_resamples: int = 9999,
     confidence_level: float = 0.95,
     correction: str = "holm",
     on_unpaired: str = "raise",
+    interval: str = "t",
 ) -> pd.DataFrame:
     """Compare every method against ``baseline``, paired by block (seed).
 
-    Input: long frame with columns ``value`` (numeric, no NaN), ``method_col`` and
+    Input: long frame with columns ``value`` (numeric, finite), ``method_col`` and
     ``block_col`` (str or list), exactly one row per (method, block).
 
     For each method ``m != baseline`` the paired differences ``d = m - baseline``
-    over common blocks give:
+    over common blocks give (see :func:`paired_difference`):
 
-    * ``mean_diff`` and its bootstrap CI (``ci_low``, ``ci_high``) — one-sample
-      bootstrap of the mean of ``d`` (equivalent to a paired bootstrap), BCa with a
-      percentile fallback (``ci_method`` says which was used);
+    * ``mean_diff`` and its interval (``ci_low``, ``ci_high``): with
+      ``interval="t"`` (default) the paired t interval, which agrees with
+      ``p_ttest`` by construction; ``interval="bca"`` gives the BCa bootstrap of
+      the mean difference (needs ``rng`` and n >= :data:`BOOTSTRAP_MIN_N`).
+      ``ci_method`` says which was used;
+    * ``p_ttest``: two-sided paired t-test (:func:`scipy.stats.ttest_rel`);
     * ``p_wilcoxon``: two-sided Wilcoxon signed-rank test (``zero_method="wilcox"``,
-      ``method="auto"``: exact for small n without ties); all-zero ``d`` gives p=1;
-    * ``p_ttest``: two-sided paired t-test (:func:`scipy.stats.ttest_rel`); constant
-      ``d`` gives p=1 if all zero, else 0;
-    * ``cohen_dz = mean(d) / sd(d, ddof=1)``;
-    * ``hedges_g = J(n-1) * cohen_dz`` with the exact correction
-      ``J(df) = Γ(df/2) / (sqrt(df/2) Γ((df-1)/2))`` (≈ ``1 - 3/(4 df - 1)``);
+      ``method="auto"``: exact for small n without ties); all-zero ``d`` gives p=1.
+      ``wilcoxon_min_p = 2 / 2**n`` is the smallest p it can reach: at n <= 5 it
+      cannot fall below 0.0625, so it can never reject at 0.05;
+    * ``cohen_dz = mean(d) / sd(d, ddof=1)`` with its exact interval
+      ``dz_low, dz_high``; ``hedges_g = J(n-1) * cohen_dz`` with
+      ``J(df) = Γ(df/2) / (sqrt(df/2) Γ((df-1)/2))`` (NaN at n = 2);
     * ``p_wilcoxon_adj``, ``p_ttest_adj``: ``correction``-adjusted (default Holm,
       via statsmodels ``multipletests``) across the compared methods.
 
     Returns one row per compared method with columns
-    ``method, baseline, n, mean, mean_baseline, mean_diff, ci_low, ci_high,
-    ci_method, confidence_level, wilcoxon_stat, p_wilcoxon, t_stat, p_ttest,
-    cohen_dz, hedges_g, p_wilcoxon_adj, p_ttest_adj`` (``method`` is named after
-    ``method_col``).
+    ``method, baseline, n, mean, mean_baseline, mean_diff, sd_diff, df, ci_low,
+    ci_high, ci_method, confidence_level, wilcoxon_stat, p_wilcoxon,
+    wilcoxon_min_p, t_stat, p_ttest, cohen_dz, dz_low, dz_high, hedges_g,
+    p_wilcoxon_adj, p_ttest_adj`` (``method`` is named after ``method_col``).
     """
     _check_on_unpaired(on_unpaired)
     _check_confidence(confidence_level)
-    gen = _make_rng(rng)
+    if interval not in ("t", "bca"):
+        raise ValueError(f"`interval` must be 't' or 'bca', got {interval!r}")
+    gen = _make_rng(rng) if interval == "bca" else None
     wide = _wide(df, value=value, method_col=method_col, block_col=block_col)
     if baseline not in wide.columns:
         raise ValueError(
@@ -328,34 +451,21 @@ def paired_comparison(
     rows = []
     for m in others:
         x, y, n = _pair(wide, m, baseline, method_col=method_col, on_unpaired=on_unpaired)
-        d = x - y
-        lo, hi, ci_method = bootstrap_ci(
-            d, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level
-        )
-        w_stat, p_w = _wilcoxon(d)
-        t_stat, p_t = _ttest_rel(x, y)
-        dz = _cohen_dz(d)
+        row = paired_difference(x, y, confidence_level=confidence_level)
+        row["ci_method"] = "t"
+        if interval == "bca":
+            row["ci_low"], row["ci_high"], row["ci_method"] = bootstrap_ci(
+                x - y, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level
+            )
+        w_stat, p_w = _wilcoxon(x - y)
         rows.append(
-            {
-                method_col: m,
-                "baseline": baseline,
-                "n": n,
-                "mean": float(np.mean(x)),
-                "mean_baseline": float(np.mean(y)),
-                "mean_diff": float(np.mean(d)),
-                "ci_low": lo,
-                "ci_high": hi,
-                "ci_method": ci_method,
-                "confidence_level": float(confidence_level),
-                "wilcoxon_stat": w_stat,
-                "p_wilcoxon": p_w,
-                "t_stat": t_stat,
-                "p_ttest": p_t,
-                "cohen_dz": dz,
-                "hedges_g": _hedges_j(n - 1) * dz,
-            }
+            {method_col: m, "baseline": baseline, **row, "confidence_level": float(confidence_level),
+             "wilcoxon_stat": w_stat, "p_wilcoxon": p_w, "wilcoxon_min_p": _wilcoxon_min_p(n)}
         )
-    out = pd.DataFrame(rows)
+    columns = [method_col, "baseline", "n", "mean", "mean_baseline", "mean_diff", "sd_diff", "df", "ci_low",
+               "ci_high", "ci_method", "confidence_level", "wilcoxon_stat", "p_wilcoxon", "wilcoxon_min_p",
+               "t_stat", "p_ttest", "cohen_dz", "dz_low", "dz_high", "hedges_g"]
+    out = pd.DataFrame(rows)[columns]
     out["p_wilcoxon_adj"] = adjust_pvalues(out["p_wilcoxon"], correction)
     out["p_ttest_adj"] = adjust_pvalues(out["p_ttest"], correction)
     return out
@@ -378,8 +488,11 @@ def pairwise_wilcoxon(
     differences are ``a - b``.
 
     Returns columns ``method_a, method_b, n, mean_diff, median_diff, statistic,
-    pvalue, pvalue_adj, reject`` where ``pvalue_adj`` is ``correction``-adjusted
-    (default Holm) across all pairs and ``reject = pvalue_adj < alpha``.
+    pvalue, min_pvalue, pvalue_adj, reject`` where ``pvalue_adj`` is
+    ``correction``-adjusted (default Holm) across all pairs, ``min_pvalue = 2 / 2**n``
+    is the smallest p-value the exact test can reach on n pairs, and ``reject``
+    (pandas ``boolean``) is ``pvalue_adj < alpha``, or ``<NA>`` where the test
+    cannot reject at all (``min_pvalue >= alpha``, e.g. n <= 5 at 0.05).
     """
     _check_on_unpaired(on_unpaired)
     wide = _wide(df, value=value, method_col=method_col, block_col=block_col)
@@ -393,11 +506,13 @@ def pairwise_wilcoxon(
         s, p = _wilcoxon(d)
         rows.append(
             {"method_a": a, "method_b": b, "n": n, "mean_diff": float(d.mean()),
-             "median_diff": float(np.median(d)), "statistic": s, "pvalue": p}
+             "median_diff": float(np.median(d)), "statistic": s, "pvalue": p, "min_pvalue": _wilcoxon_min_p(n)}
         )
     out = pd.DataFrame(rows)
     out["pvalue_adj"] = adjust_pvalues(out["pvalue"], correction)
-    out["reject"] = out["pvalue_adj"] < alpha
+    reject = pd.Series(out["pvalue_adj"] < alpha, dtype="boolean")
+    reject[out["min_pvalue"] >= alpha] = pd.NA
+    out["reject"] = reject
     return out
 
 
@@ -448,6 +563,9 @@ def friedman_test(
     Also reports the Iman–Davenport statistic
     ``F = (N−1) χ² / (N (k−1) − χ²)`` with ``(k−1, (k−1)(N−1))`` d.o.f.
 
+    When every block ties every method, the statistics are undefined (NaN) and
+    both p-values are 1 (no evidence of any difference).
+
     Returns one row: ``statistic, pvalue, k, n, iman_davenport_F, iman_davenport_p``.
     """
     wide = _complete_wide(df, value=value, method_col=method_col, block_col=block_col, on_incomplete=on_incomplete)
@@ -465,9 +583,16 @@ def friedman_test(
         R = _block_ranks(wide, True).mean(axis=0).to_numpy()
         chi2 = float(12 * n / (k * (k + 1)) * (np.sum(R**2) - k * (k + 1) ** 2 / 4))
         p = float(sps.chi2.sf(chi2, k - 1))
-    denom = n * (k - 1) - chi2
-    F = float((n - 1) * chi2 / denom) if denom > 0 else float("inf")
-    pF = float(sps.f.sf(F, k - 1, (k - 1) * (n - 1))) if np.isfinite(F) else 0.0
+        if (wide.nunique(axis=1) == 1).all():
+            chi2 = float("nan")
+    if not np.isfinite(chi2):
+        # every block ties every method (scipy's statistic is 0/0): no evidence of a difference
+        chi2, p, F, pF = float("nan"), 1.0, float("nan"), 1.0
+    else:
+        denom = n * (k - 1) - chi2
+        # denom 0: every block ranks the methods identically (the largest possible chi2)
+        F = float((n - 1) * chi2 / denom) if denom > 0 else float("inf")
+        pF = float(sps.f.sf(F, k - 1, (k - 1) * (n - 1))) if np.isfinite(F) else 0.0
     return pd.DataFrame(
         [{"statistic": chi2, "pvalue": p, "k": k, "n": n, "iman_davenport_F": F, "iman_davenport_p": pF}]
     )
@@ -560,7 +685,7 @@ def critical_difference(
         long = wide.reset_index(drop=True).melt(var_name="_m", value_name="_v", ignore_index=False)
         long["_b"] = long.index
         pw = pairwise_wilcoxon(long, value="_v", method_col="_m", block_col="_b", correction=correction, alpha=alpha)
-        sig = {frozenset((a, b)): bool(s) for a, b, s in zip(pw["method_a"], pw["method_b"], pw["reject"])}
+        sig = {frozenset((a, b)): bool(s is not pd.NA and s) for a, b, s in zip(pw["method_a"], pw["method_b"], pw["reject"])}
 
         def same(a: Any, b: Any) -> bool:
             return not sig[frozenset((a, b))]
@@ -570,24 +695,29 @@ def critical_difference(
 # --------------------------------------------------------------------------- #
 # linear models
 # --------------------------------------------------------------------------- #
-def _design(df: pd.DataFrame, value: str, factors: Sequence[str], extra: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
+def _design(
+    df: pd.DataFrame, value: str, factors: Sequence[str], block: str | None = None
+) -> tuple[pd.DataFrame, dict[str, str]]:
     factors = _as_list(factors, "factors")
     if len(set(factors)) != len(factors):
         raise ValueError(f"`factors` has duplicates: {factors}")
-    _require_columns(df, [value, *factors, *extra])
+    if block is not None and block in factors:
+        raise ValueError(f"`block` {block!r} is also listed in `factors`")
+    _require_columns(df, [value, *factors, *([block] if block is not None else [])])
     _require_numeric_finite(df, value)
-    for f in factors:
+    for f in factors + ([block] if block is not None else []):
         if df[f].isna().any():
-            raise ValueError(f"factor column {f!r} has missing values")
+            raise ValueError(f"column {f!r} has missing values")
         if df[f].nunique() < 2:
-            raise ValueError(f"factor column {f!r} needs at least 2 levels, got {df[f].unique().tolist()}")
+            raise ValueError(f"column {f!r} needs at least 2 levels, got {df[f].unique().tolist()}")
     data = pd.DataFrame({"y": df[value].to_numpy(float)})
     names = {}
     for i, f in enumerate(factors):
         data[f"f{i}"] = df[f].to_numpy()
         names[f"f{i}"] = f
-    for e in extra:
-        data[e] = df[e].to_numpy()
+    if block is not None:
+        data["b0"] = df[block].to_numpy()
+        names["b0"] = block
     return data, names
 
 
@@ -595,12 +725,17 @@ def _rename_term(term: str, names: dict[str, str]) -> str:
     def sub(m: re.Match) -> str:
         return names[m.group(1)]
 
-    return re.sub(r"C\((f\d+)(?:,\s*Sum)?\)", sub, term)
+    return re.sub(r"C\(([fb]\d+)(?:,\s*Sum)?\)", sub, term)
 
 
 def _formula(names: dict[str, str], interactions: bool, sum_contrasts: bool) -> str:
-    terms = [f"C({k}, Sum)" if sum_contrasts else f"C({k})" for k in names]
-    return "y ~ " + (" * " if interactions else " + ").join(terms)
+    def term(k: str) -> str:
+        return f"C({k}, Sum)" if sum_contrasts else f"C({k})"
+
+    factors = [term(k) for k in names if k.startswith("f")]
+    blocks = [term(k) for k in names if k.startswith("b")]
+    rhs = (" * " if interactions else " + ").join(factors)
+    return "y ~ " + " + ".join([f"({rhs})" if interactions and len(factors) > 1 and blocks else rhs, *blocks])
 
 
 def anova(
@@ -610,8 +745,9 @@ def anova(
     factors: Sequence[str],
     interactions: bool = True,
     typ: int = 2,
+    block: str | None = None,
 ) -> pd.DataFrame:
-    """Factorial ANOVA via statsmodels ``ols`` + ``anova_lm``.
+    """Factorial ANOVA via statsmodels ``ols`` + ``anova_lm``, optionally with a block.
 
     Input: long frame, one row per run, with numeric ``value`` and the ``factors``
     columns (any dtype; every factor is treated as categorical, ``C(x)``, with >= 2
@@ -619,22 +755,30 @@ def anova(
     otherwise main effects only. ``typ`` is the sums-of-squares type (1, 2 or 3;
     type 3 uses sum-to-zero contrasts so main effects are meaningful).
 
+    ``block`` (e.g. ``"seed"``) adds the block as an additive categorical term:
+    runs that share a seed share initial weights and data order, and the block
+    takes that shared variation out of the residual (a randomised complete block
+    design). Block x factor interactions are not fitted: they are the error term.
+
     Returns columns ``term, sum_sq, df, F, pvalue``; ``term`` is a factor name, an
-    interaction ``"a:b"`` or ``"Residual"`` (and ``"Intercept"`` for type 3).
+    interaction ``"a:b"``, the block's name, or ``"Residual"`` (and
+    ``"Intercept"`` for type 3).
     """
     import statsmodels.api as sm
     import statsmodels.formula.api as smf
 
     if typ not in (1, 2, 3):
         raise ValueError(f"`typ` must be 1, 2 or 3, got {typ!r}")
-    data, names = _design(df, value, factors)
+    data, names = _design(df, value, factors, block)
     model = smf.ols(_formula(names, interactions, typ == 3), data=data).fit()
     if model.df_resid <= 0:
         raise ValueError(
             f"no residual degrees of freedom (n={len(data)} rows for {int(model.df_model) + 1} parameters); "
             f"need replicate seeds per cell or interactions=False"
         )
-    tab = sm.stats.anova_lm(model, typ=typ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a term with zero sum of squares gives 0/0
+        tab = sm.stats.anova_lm(model, typ=typ)
     out = pd.DataFrame(
         {
             "term": [_rename_term(t, names) for t in tab.index],
@@ -648,11 +792,12 @@ def anova(
 
 
 def variance_decomposition(
-    df: pd.DataFrame, *, value: str, factors: Sequence[str], interactions: bool = True
+    df: pd.DataFrame, *, value: str, factors: Sequence[str], interactions: bool = True, block: str | None = None
 ) -> pd.DataFrame:
     """Share of variance explained by each factor / interaction (type-II SS).
 
-    Input as for :func:`anova`. From the type-II ANOVA table:
+    Input as for :func:`anova`; ``block`` (e.g. ``"seed"``) gets its own row, the
+    share of the variance that the seeds explain. From the type-II ANOVA table:
 
     * ``eta_sq = SS_effect / SS_total`` with ``SS_total = Σ (y − ȳ)²`` (for a
       balanced design the effects plus residual sum to 1; for unbalanced designs
@@ -664,7 +809,7 @@ def variance_decomposition(
     final ``"Residual"`` row (its ``eta_sq`` is the unexplained share; partial and
     omega are NaN there), sorted by ``eta_sq`` descending among effects.
     """
-    tab = anova(df, value=value, factors=factors, interactions=interactions, typ=2)
+    tab = anova(df, value=value, factors=factors, interactions=interactions, typ=2, block=block)
     y = df[value].to_numpy(float)
     ss_total = float(np.sum((y - y.mean()) ** 2))
     res = tab[tab["term"] == "Residual"].iloc[0]
@@ -673,7 +818,8 @@ def variance_decomposition(
     eff = tab[tab["term"] != "Residual"].copy()
     denom = ss_total if ss_total > 0 else np.nan
     eff["eta_sq"] = eff["sum_sq"] / denom
-    eff["partial_eta_sq"] = eff["sum_sq"] / (eff["sum_sq"] + ss_res)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eff["partial_eta_sq"] = eff["sum_sq"] / (eff["sum_sq"] + ss_res)
     eff["omega_sq"] = (eff["sum_sq"] - eff["df"] * ms_res) / (ss_total + ms_res)
     eff = eff.sort_values("eta_sq", ascending=False)
     resid = pd.DataFrame(
@@ -682,6 +828,29 @@ def variance_decomposition(
     )
     cols = ["term", "sum_sq", "df", "eta_sq", "partial_eta_sq", "omega_sq"]
     return pd.concat([eff[cols], resid], ignore_index=True)
+
+
+def _between_within_df(exog: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Between-within denominator degrees of freedom per fixed-effect column.
+
+    A column constant within every group is a between-group effect: df = G −
+    rank(between-group columns). Any other column is a within-group effect:
+    df = N − rank([group indicators, within-group columns]) (SAS ``DDFM=BETWITHIN``;
+    for a balanced randomised block design this is the block ANOVA's residual df).
+    """
+    codes, _ = pd.factorize(groups)
+    n, n_groups = len(codes), int(codes.max()) + 1
+    indicators = np.zeros((n, n_groups))
+    indicators[np.arange(n), codes] = 1.0
+    between = []
+    for j in range(exog.shape[1]):
+        col = exog[:, j]
+        spread = pd.Series(col).groupby(codes).agg(lambda v: v.max() - v.min()).to_numpy()
+        between.append(bool(np.all(spread == 0)))
+    between = np.array(between)
+    df_between = n_groups - np.linalg.matrix_rank(exog[:, between]) if between.any() else np.nan
+    df_within = n - np.linalg.matrix_rank(np.column_stack([indicators, exog[:, ~between]]))
+    return np.where(between, df_between, df_within).astype(float)
 
 
 def mixed_model(
@@ -694,17 +863,25 @@ def mixed_model(
     reml: bool = True,
     confidence_level: float = 0.95,
 ) -> pd.DataFrame:
-    """Linear mixed model with a random intercept per ``group`` (e.g. seed).
+    """Linear mixed model with a random intercept per ``group`` (e.g. seed), with t-based inference.
 
     Input: long frame, one row per run, with numeric ``value``, the ``factors``
     (treated as categorical ``C(x)``, treatment coding: first sorted level is the
     reference) and ``group``. Fits ``statsmodels.formula.api.mixedlm(
     "value ~ C(f1) + C(f2) [+ interactions]", groups=group)``.
 
-    Returns the fixed-effects table with columns ``term, estimate, std_err, z,
-    pvalue, ci_low, ci_high`` and a last row ``term="group_var"`` holding the
-    random-intercept variance (other columns NaN except ``estimate``/``std_err``).
-    Terms are renamed back to column names, e.g. ``"method[T.ddc]"``.
+    statsmodels reports Wald z tests, which at 3-5 seeds are far too liberal.
+    Here each fixed effect's ``t = estimate / std_err`` is referred to a t
+    distribution with **between-within** degrees of freedom (``df``; see
+    :func:`_between_within_df`), and the interval is ``estimate ± t_df std_err``.
+    For a balanced design with a random seed intercept this reproduces the
+    randomised-block ANOVA's tests.
+
+    Returns the fixed-effects table with columns ``term, estimate, std_err, t, df,
+    pvalue, ci_low, ci_high, df_method`` and a last row ``term="group_var"``
+    holding the random-intercept variance (other columns NaN except
+    ``estimate``/``std_err``). Terms are renamed back to column names, e.g.
+    ``"method[T.ddc]"``.
     """
     import statsmodels.formula.api as smf
 
@@ -719,25 +896,33 @@ def mixed_model(
     with warnings.catch_warnings():
         # statsmodels' ConvergenceWarning is left visible; only silence nan-sqrt noise
         warnings.simplefilter("ignore", RuntimeWarning)
-        fit = smf.mixedlm(_formula(names, interactions, False), data, groups=data["_group"]).fit(reml=reml)
-        ci = fit.conf_int(alpha=1 - confidence_level)
+        model = smf.mixedlm(_formula(names, interactions, False), data, groups=data["_group"])
+        fit = model.fit(reml=reml)
         bse_re = fit.bse_re
     fe = fit.fe_params.index
+    estimate, std_err = fit.fe_params.to_numpy(float), fit.bse_fe.to_numpy(float)
+    dof = _between_within_df(model.exog, data["_group"].to_numpy())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = estimate / std_err
+    pvalue = 2 * sps.t.sf(np.abs(t), dof)
+    half = sps.t.ppf(0.5 + confidence_level / 2, dof) * std_err
     out = pd.DataFrame(
         {
             "term": [_rename_term(t, names) for t in fe],
-            "estimate": fit.fe_params.to_numpy(float),
-            "std_err": fit.bse_fe.to_numpy(float),
-            "z": fit.tvalues[fe].to_numpy(float),
-            "pvalue": fit.pvalues[fe].to_numpy(float),
-            "ci_low": ci.loc[fe, 0].to_numpy(float),
-            "ci_high": ci.loc[fe, 1].to_numpy(float),
+            "estimate": estimate,
+            "std_err": std_err,
+            "t": t,
+            "df": dof,
+            "pvalue": pvalue,
+            "ci_low": estimate - half,
+            "ci_high": estimate + half,
+            "df_method": "between-within",
         }
     )
     gv = pd.DataFrame(
         [{"term": "group_var", "estimate": float(fit.cov_re.iloc[0, 0]),
           "std_err": float(np.asarray(bse_re)[0]) if len(bse_re) else np.nan,
-          "z": np.nan, "pvalue": np.nan, "ci_low": np.nan, "ci_high": np.nan}]
+          "t": np.nan, "df": np.nan, "pvalue": np.nan, "ci_low": np.nan, "ci_high": np.nan, "df_method": ""}]
     )
     return pd.concat([out, gv], ignore_index=True)
 
@@ -750,16 +935,18 @@ def summarize(
     *,
     value: str,
     by: str | Sequence[str],
-    rng: RngLike,
+    rng: RngLike | None = None,
     confidence_level: float = 0.95,
     n_resamples: int = 9999,
+    interval: str = "t",
 ) -> pd.DataFrame:
-    """Mean, standard deviation, count and bootstrap CI of the mean per group.
+    """Mean, standard deviation, count and confidence interval of the mean per group.
 
     Input: long frame with numeric ``value`` and the grouping column(s) ``by``.
-    Groups are processed in sorted order, so a fixed ``rng`` seed reproduces the
-    result exactly. CI: BCa bootstrap of the mean with percentile fallback
-    (``ci_method``); groups with a single row get NaN CI and ``ci_method="none"``.
+    Groups are processed in sorted order. CI: the t interval of the mean
+    (``interval="t"``, default; :func:`mean_interval`), or the BCa bootstrap
+    (``interval="bca"``: needs ``rng`` and n >= :data:`BOOTSTRAP_MIN_N` per group).
+    Groups with a single row get NaN CI and ``ci_method="none"``.
 
     Returns one row per group: ``<by...>, n, mean, std (ddof=1), sem, ci_low,
     ci_high, ci_method, confidence_level``.
@@ -768,14 +955,21 @@ def summarize(
     _require_columns(df, [value, *by])
     _require_numeric_finite(df, value)
     _check_confidence(confidence_level)
+    if interval not in ("t", "bca"):
+        raise ValueError(f"`interval` must be 't' or 'bca', got {interval!r}")
     if len(df) == 0:
         raise ValueError("`df` is empty")
-    gen = _make_rng(rng)
+    gen = _make_rng(rng) if interval == "bca" else None
     rows = []
     for key, g in df.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         x = g[value].to_numpy(float)
-        lo, hi, method = bootstrap_ci(x, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level)
+        if len(x) < 2:
+            lo, hi, method = float("nan"), float("nan"), "none"
+        elif interval == "bca":
+            lo, hi, method = bootstrap_ci(x, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level)
+        else:
+            (lo, hi), method = mean_interval(x, confidence_level), "t"
         sd = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
         rows.append(
             {**dict(zip(by, key)), "n": len(x), "mean": float(x.mean()), "std": sd,
@@ -791,81 +985,196 @@ def practical_equivalence(
     value: str,
     by: str | Sequence[str],
     margin: float,
-    rng: RngLike,
+    select: str | None = None,
     block_col: str | Sequence[str] | None = None,
     higher_is_better: bool = True,
-    confidence_level: float = 0.90,
-    n_resamples: int = 9999,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """Which settings perform within ``margin`` of the best one (robustness).
+    """Which settings perform within ``margin`` of the chosen best one: two one-sided t-tests (TOST).
 
-    Input: long frame with numeric ``value``, setting column(s) ``by`` (e.g.
-    ``["p_base", "tau"]``) and optionally ``block_col`` (e.g. ``"seed"``) to pair
-    runs across settings. The *best* setting has the highest mean (lowest when
-    ``higher_is_better=False``). For every setting ``s`` the oriented difference
-    ``diff = mean(s) − mean(best)`` (sign flipped when lower is better, so
-    ``diff <= 0`` means "worse") gets a bootstrap CI (paired over common blocks
-    when ``block_col`` is given, else an independent two-sample bootstrap; BCa with
-    percentile fallback).
+    Input: long frame with numeric ``value`` (the reported metric, e.g.
+    ``test_acc``), setting column(s) ``by`` (e.g. ``["p_base", "tau"]``),
+    optionally ``select`` (the metric that *chooses*, e.g. ``val_acc``; default
+    ``value``) and ``block_col`` (e.g. ``"seed"``) to pair runs across settings.
 
-    Decision rules (``margin > 0`` in units of ``value``):
+    The *best* (reference) setting has the highest mean of ``select`` (lowest when
+    ``higher_is_better=False``): validation chooses, the test metric reports.
+    For every other setting ``s`` the oriented difference of ``value``,
+    ``diff = mean(s) − mean(best)`` (sign flipped when lower is better), is tested
+    for equivalence within ``(−margin, +margin)`` by two one-sided t-tests
+    (Schuirmann 1987): :func:`statsmodels.stats.weightstats.ttost_paired` over
+    common blocks when ``block_col`` is given, else Welch's
+    :func:`~statsmodels.stats.weightstats.ttost_ind`. ``p_tost`` is the larger
+    of the two one-sided p-values; ``equivalent = p_tost < alpha``, which holds
+    exactly when the ``1 − 2 alpha`` t interval (``ci_low``, ``ci_high``; 90% at
+    the default alpha) lies inside ``(−margin, margin)``.
 
-    * ``within_margin``: ``ci_low > −margin`` — a one-sided non-inferiority test,
-      the relevant half of TOST (the setting cannot be meaningfully *better* than
-      the best). With the default ``confidence_level=0.90`` this is TOST at
-      α = 0.05.
-    * ``not_worse_than_margin``: ``ci_high > −margin`` — lenient: the data do not
-      show the setting to be worse than the best by more than ``margin``.
+    * ``within_margin``: ``equivalent``, for the settings other than the reference
+      (always False on the reference row, so "k of N within margin" counts the
+      other settings only);
+    * ``in_region``: the reference plus every equivalent setting;
+    * ``not_worse_than_margin``: lenient, ``ci_high > −margin``: the data do not
+      show the setting to be worse than the reference by more than ``margin``.
 
-    Returns one row per setting: ``<by...>, n, mean, is_best, diff, ci_low,
-    ci_high, ci_method, within_margin, not_worse_than_margin`` sorted by ``mean``
-    (best first). The best row has ``diff = 0`` and a degenerate CI ``[0, 0]``.
+    Returns one row per setting: ``<by...>, n, mean, select_mean, is_best, diff,
+    ci_low, ci_high, ci_method, p_tost, within_margin, in_region,
+    not_worse_than_margin, margin, confidence_level`` sorted by ``select_mean``
+    (best first). ``n`` counts the setting's runs (the pairs used are the blocks
+    it shares with the reference). The reference row has ``diff = 0``, a
+    degenerate CI ``[0, 0]`` and ``p_tost`` NaN.
     """
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind, ttost_paired
+
     by = _as_list(by, "by")
     if not np.isfinite(margin) or margin <= 0:
         raise ValueError(f"`margin` must be a positive finite number, got {margin!r}")
-    _require_columns(df, [value, *by])
+    if not (0 < alpha < 0.5):
+        raise ValueError(f"`alpha` must be in (0, 0.5), got {alpha!r}")
+    select = value if select is None else select
+    _require_columns(df, [value, select, *by])
     _require_numeric_finite(df, value)
-    gen = _make_rng(rng)
+    _require_numeric_finite(df, select)
+    if len(df) == 0:
+        raise ValueError("`df` is empty")
     sign = 1.0 if higher_is_better else -1.0
     setting = pd.Series(list(map(tuple, df[by].to_numpy().tolist())), index=df.index)
     means = df.groupby(setting, sort=True)[value].mean()
-    if len(means) < 1:
-        raise ValueError("`df` is empty")
-    best = (means * sign).idxmax()
+    select_means = df.groupby(setting, sort=True)[select].mean()
+    best = (select_means * sign).idxmax()
     if block_col is not None:
         block_cols = _as_list(block_col, "block_col")
         _require_columns(df, block_cols)
-        tmp = pd.DataFrame({"_s": setting.to_numpy(), "_v": df[value].to_numpy()}, index=df.index)
+        tmp = pd.DataFrame({"_s": setting.map(str).to_numpy(), "_v": df[value].to_numpy()}, index=df.index)
         for c in block_cols:
             tmp[c] = df[c].to_numpy()
-        wide = _wide(tmp.assign(_s=tmp["_s"].map(str)), value="_v", method_col="_s", block_col=block_cols)
-        key = {s: str(s) for s in means.index}
+        wide = _wide(tmp, value="_v", method_col="_s", block_col=block_cols)
+    values_of = {s: df.loc[index, value].to_numpy(float) for s, index in df.groupby(setting, sort=True).groups.items()}
     rows = []
     for s in means.index:
-        x_all = df.loc[setting == s, value].to_numpy(float)
+        x_all = values_of[s]
+        row = {**dict(zip(by, s)), "n": len(x_all), "mean": float(x_all.mean()),
+               "select_mean": float(select_means[s]), "is_best": s == best}
         if s == best:
-            lo = hi = 0.0
-            method = "none"
-            diff = 0.0
+            row.update(diff=0.0, ci_low=0.0, ci_high=0.0, ci_method="none", p_tost=np.nan)
         elif block_col is not None:
-            x, y, _ = _pair(wide, key[s], key[best], method_col="/".join(by), on_unpaired="drop")
-            d = sign * (x - y)
-            diff = float(d.mean())
-            lo, hi, method = bootstrap_ci(d, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level)
+            x, y, _ = _pair(wide, str(s), str(best), method_col="/".join(by), on_unpaired="drop")
+            x, y = sign * x, sign * y
+            lo, hi = mean_interval(x - y, 1 - 2 * alpha)
+            d = x - y
+            if np.std(d, ddof=1) == 0:  # constant differences: the test is decided by the mean alone
+                p = 0.0 if abs(float(d.mean())) < margin else 1.0
+            else:
+                p = float(ttost_paired(x, y, -margin, margin)[0])
+            row.update(diff=float(d.mean()), ci_low=lo, ci_high=hi, ci_method="t", p_tost=p)
         else:
-            y = df.loc[setting == best, value].to_numpy(float)
-            diff = float(sign * (x_all.mean() - y.mean()))
-            lo, hi, method = bootstrap_ci(
-                sign * x_all, sign * y,
-                statistic=lambda a, b, axis: np.mean(a, axis=axis) - np.mean(b, axis=axis),
-                rng=gen, n_resamples=n_resamples, confidence_level=confidence_level,
-            )
-        rows.append({**dict(zip(by, s)), "n": len(x_all), "mean": float(x_all.mean()), "is_best": s == best,
-                     "diff": diff, "ci_low": lo, "ci_high": hi, "ci_method": method})
+            x, y = sign * x_all, sign * values_of[best]
+            if len(x) < 2 or len(y) < 2:
+                lo = hi = p = float("nan")
+            else:
+                cm = CompareMeans(DescrStatsW(x), DescrStatsW(y))
+                lo, hi = (float(v) for v in cm.tconfint_diff(alpha=2 * alpha, usevar="unequal"))
+                p = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
+            row.update(diff=float(x.mean() - y.mean()), ci_low=lo, ci_high=hi, ci_method="welch t", p_tost=p)
+        rows.append(row)
     out = pd.DataFrame(rows)
-    out["within_margin"] = out["ci_low"] > -margin
-    out["not_worse_than_margin"] = out["ci_high"] > -margin
+    equivalent = (out["p_tost"] < alpha) & ~out["is_best"]
+    out["within_margin"] = equivalent.astype(bool)
+    out["in_region"] = (equivalent | out["is_best"]).astype(bool)
+    out["not_worse_than_margin"] = (out["ci_high"] > -margin) | out["is_best"]
     out["margin"] = float(margin)
-    out["confidence_level"] = float(confidence_level)
-    return out.sort_values("mean", ascending=not higher_is_better, kind="stable").reset_index(drop=True)
+    out["confidence_level"] = float(1 - 2 * alpha)
+    return out.sort_values("select_mean", ascending=not higher_is_better, kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- #
+# test-set noise, single runs, degenerate settings, nulls
+# --------------------------------------------------------------------------- #
+def binomial_se(accuracy: Any, n: Any) -> np.ndarray:
+    """Binomial standard error ``sqrt(acc (1 − acc) / n)`` of an accuracy measured on ``n`` test examples.
+
+    The test-set part of an accuracy's noise: another test set of the same size
+    would move it by about this much. Vectorised; NaN where ``n < 1`` or the
+    accuracy is outside ``[0, 1]``.
+    """
+    acc, n = np.broadcast_arrays(np.asarray(accuracy, dtype=float), np.asarray(n, dtype=float))
+    ok = (n >= 1) & (acc >= 0) & (acc <= 1)
+    out = np.full(acc.shape, np.nan)
+    out[ok] = np.sqrt(acc[ok] * (1 - acc[ok]) / n[ok])
+    return out
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """McNemar's test of two classifiers on the same test examples (one seed each).
+
+    ``correct_a``, ``correct_b``: 1-D boolean arrays, one entry per test example
+    (whether each model classified it correctly). Uses the exact binomial test on
+    the discordant pairs (:func:`statsmodels.stats.contingency_tables.mcnemar`,
+    ``exact=True``). Returns ``n, acc_a, acc_b, diff (acc_a − acc_b), only_a,
+    only_b, pvalue``; ``pvalue = 1`` when there are no discordant examples.
+    """
+    from statsmodels.stats.contingency_tables import mcnemar as _mcnemar
+
+    a, b = np.asarray(correct_a).reshape(-1), np.asarray(correct_b).reshape(-1)
+    if a.dtype != bool or b.dtype != bool:
+        raise ValueError("`correct_a` and `correct_b` must be boolean arrays (one entry per test example)")
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"`correct_a` and `correct_b` must be non-empty and of equal length, got {len(a)} and {len(b)}")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    table = [[int(np.sum(a & b)), only_a], [only_b, int(np.sum(~a & ~b))]]
+    p = 1.0 if only_a + only_b == 0 else float(_mcnemar(table, exact=True).pvalue)
+    return {"n": len(a), "acc_a": float(a.mean()), "acc_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
+            "only_a": only_a, "only_b": only_b, "pvalue": p}
+
+
+def independent_jaccard(rate_a: Any, rate_b: Any = None) -> np.ndarray:
+    """Expected Jaccard overlap of two independent uniform masks that drop at rates ``rate_a`` and ``rate_b``.
+
+    Over many edges, ``|A ∩ B| / |A ∪ B| → r_a r_b / (r_a + r_b − r_a r_b)``, which
+    is ``r / (2 − r)`` for equal rates: the overlap that consecutive masks show by
+    chance alone (DropConnect at rate r). A claim that a method "drops the same
+    edges more consistently" must beat this null at the method's own rate.
+    Vectorised; ``rate_b`` defaults to ``rate_a``; NaN where both rates are 0.
+    """
+    a = np.asarray(rate_a, dtype=float)
+    b = a if rate_b is None else np.asarray(rate_b, dtype=float)
+    union = a + b - a * b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, a * b / np.where(union > 0, union, 1.0), np.nan)
+
+
+def identical_settings(
+    df: pd.DataFrame, *, setting_col: str, block_col: str | Sequence[str] = "seed", columns: Sequence[str]
+) -> pd.DataFrame:
+    """Settings whose runs are identical, block by block: degenerate levels of a design.
+
+    Input: long frame, one row per (setting, block), with the numeric ``columns``
+    that fingerprint a run (e.g. ``val_acc, test_acc, train_loss, final_train_loss``).
+    Two settings are identical when every column agrees exactly in every block
+    they share (and they share at least one): they trained the same numbers, so
+    an analysis must not count them as separate levels.
+
+    Returns one row per setting: ``<setting_col>, group`` (the first setting of its
+    group in sorted order; a setting alone in its group names itself),
+    ``group_size``.
+    """
+    block_cols = _as_list(block_col, "block_col")
+    columns = _as_list(columns, "columns")
+    _require_columns(df, [setting_col, *block_cols, *columns])
+    key = _block_key(df, block_cols)
+    fingerprints: dict[Any, dict[Any, tuple]] = {}
+    for s, b, values in zip(df[setting_col], key, df[columns].itertuples(index=False, name=None)):
+        fingerprints.setdefault(s, {})[b] = tuple(values)
+    settings = sorted(fingerprints, key=str)
+    group = {s: s for s in settings}
+    for i, a in enumerate(settings):
+        if group[a] != a:
+            continue
+        for b in settings[i + 1 :]:
+            if group[b] != b:
+                continue
+            shared = set(fingerprints[a]) & set(fingerprints[b])
+            if shared and all(fingerprints[a][k] == fingerprints[b][k] for k in shared):
+                group[b] = a
+    out = pd.DataFrame({setting_col: settings, "group": [group[s] for s in settings]})
+    out["group_size"] = out.groupby("group")["group"].transform("size")
+    return out

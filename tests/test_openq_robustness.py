@@ -4,6 +4,7 @@ import itertools
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
@@ -38,21 +39,29 @@ def test_every_setting_trained_on_every_experiment_and_seed(run_dir):
 
 
 def test_summary_and_equivalence_recomputed(run_dir):
+    from statsmodels.stats.weightstats import ttost_paired
+
     runs = paper.load_table(run_dir, "runs")
     summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
     eq = paper.load_table(run_dir, "equivalence")
     for experiment, group in eq.groupby("experiment"):
         mine = runs[runs.experiment == experiment]
-        means = mine.groupby("label").test_acc.mean()
         assert group.is_best.sum() == 1
         best = group[group.is_best].label.iloc[0]
-        assert means[best] == pytest.approx(means.max())
+        val_means = mine.groupby("label").val_acc.mean()
+        assert val_means[best] == pytest.approx(val_means.max())  # validation chooses
         wide = mine.pivot(index="seed", columns="label", values="test_acc")
         for row in group.itertuples():
-            assert row.diff == pytest.approx((wide[row.label] - wide[best]).mean())  # paired by seed
+            d = wide[row.label] - wide[best]
+            assert row.diff == pytest.approx(d.mean())  # paired by seed, reported on test
             assert row.ci_low - 1e-12 <= row.diff <= row.ci_high + 1e-12
-            assert row.within_margin == (row.ci_low > -0.01)
+            if row.is_best:
+                assert not row.within_margin and row.in_region
+                continue
+            if d.std() > 0:
+                assert row.p_tost == pytest.approx(ttost_paired(wide[row.label], wide[best], -0.01, 0.01)[0])
+            assert row.within_margin == (row.p_tost < 0.05) == (row.ci_low > -0.01 and row.ci_high < 0.01)
             assert row.not_worse_than_margin == (row.ci_high > -0.01)
 
 
@@ -97,7 +106,8 @@ def test_transfer_recomputed(run_dir):
     best_b = eq[(eq.experiment == b) & eq.is_best].label.iloc[0]
     assert row.regret_a_in_b == pytest.approx(means.loc[best_b, b] - means.loc[best_a, b], abs=1e-12)
     assert row.regret_b_in_a == pytest.approx(means.loc[best_a, a] - means.loc[best_b, a], abs=1e-12)
-    assert row.regret_a_in_b >= 0 and row.regret_b_in_a >= 0
+    val = runs.groupby(["experiment", "label"]).val_acc.mean().unstack("experiment")
+    assert val.loc[best_a, a] == val[a].max() and val.loc[best_b, b] == val[b].max()
 
 
 def test_conclusion_quotes_the_stored_numbers(run_dir):
@@ -108,8 +118,10 @@ def test_conclusion_quotes_the_stored_numbers(run_dir):
     for experiment, group in eq.groupby("experiment"):
         best = group[group.is_best].label.iloc[0]
         s = summary[(summary.experiment == experiment) & (summary.label == best)].iloc[0]
-        assert f"{experiment}: best setting {best} with test accuracy {paper.format_ci(s['mean'], s.ci_low, s.ci_high)}" in text
-        assert f"{int(group.within_margin.sum())} of {len(group)} settings" in text
+        assert (f"{experiment}: best setting by validation accuracy {best}, test accuracy "
+                f"{paper.format_ci(s['mean'], s.ci_low, s.ci_high)}") in text
+        others = group[~group.is_best]
+        assert f"Of the {len(others)} other settings, {int(others.within_margin.sum())} are shown equivalent" in text
     row = paper.load_table(run_dir, "transfer").iloc[0]
     assert f"costs {row.regret_a_in_b:.4f}" in text
     assert "Pooled over experiments" in text
@@ -197,3 +209,36 @@ def test_conclusions_without_regime_rows_read_cleanly(run_dir):
     assert any("Regime at the paper default" in text for text in with_regime)
     assert not any(".." in text for text in with_regime + without)
     assert not any("Regime at the paper default" in text for text in without)
+
+
+def planted_runs():
+    """Two experiments whose validation and test rankings disagree: the validation-best setting is
+    neither the test-best one, nor the one a test-based choice would transfer."""
+    rng = np.random.default_rng(0)
+    settings = [{"tau": 0.5, "p_base": 0.3, "p_signal": 0.5}, {"tau": 0.3, "p_base": 0.3, "p_signal": 0.5},
+                {"tau": 0.7, "p_base": 0.3, "p_signal": 0.5}]
+    #            val means          test means
+    planted = {"e1-mlp": ((0.90, 0.80, 0.85), (0.80, 0.90, 0.85)),
+               "e1-simplecnn1": ((0.70, 0.90, 0.80), (0.90, 0.70, 0.80))}
+    rows = []
+    for experiment, (val, test) in planted.items():
+        for setting, v, t in zip(settings, val, test):
+            for seed in range(5):
+                rows.append({"experiment": experiment, "label": rob.setting_label(setting), **setting, "seed": seed,
+                             "val_acc": v + rng.normal(0, 1e-3), "test_acc": t + rng.normal(0, 1e-3)})
+    return pd.DataFrame(rows), settings
+
+
+def test_validation_chooses_in_equivalence_and_transfer():
+    runs, settings = planted_runs()
+    eq = rob.equivalence(runs, margin=0.01)
+    best = eq[eq.is_best].set_index("experiment").label
+    assert best["e1-mlp"] == rob.setting_label(settings[0])  # validation-best, test-worst
+    assert best["e1-simplecnn1"] == rob.setting_label(settings[1])
+    table = rob.transfer(runs, eq).iloc[0]
+    assert (table.best_a, table.best_b) == (best["e1-mlp"], best["e1-simplecnn1"])
+    means = runs.groupby(["experiment", "label"]).test_acc.mean()
+    # the regret is reported on test accuracy, for the settings validation chose
+    assert table.regret_a_in_b == pytest.approx(means["e1-simplecnn1", best["e1-simplecnn1"]] - means["e1-simplecnn1", best["e1-mlp"]])
+    assert table.regret_b_in_a == pytest.approx(means["e1-mlp", best["e1-mlp"]] - means["e1-mlp", best["e1-simplecnn1"]])
+    assert table.regret_b_in_a < 0  # validation's choice is not the test-best one here

@@ -15,7 +15,8 @@ Analysis per experiment (architecture x dataset): the variance of test
 accuracy each factor and interaction explains (type-II ANOVA on the joint
 grid; one-way per factor on the OAT slices), the region of settings within a
 practical-equivalence margin of the best one
-(:func:`analysis.stats.practical_equivalence`, paired by seed), and whether
+(:func:`analysis.stats.practical_equivalence`: two one-sided paired t-tests
+against the setting with the best *validation* accuracy), and whether
 the best region transfers between experiments (:func:`transfer`: Spearman
 correlation of the setting means, the accuracy lost in one experiment by
 using the other's best setting, overlap of the regions).
@@ -195,17 +196,20 @@ def oat_effects(runs, *, value: str = "test_acc", rng=0, n_resamples: int = 9999
     return pd.DataFrame(shares), (pd.concat(versus, ignore_index=True) if versus else pd.DataFrame())
 
 
-def equivalence(runs, *, margin: float, value: str = "test_acc", rng=0, n_resamples: int = 9999):
-    """Per experiment: :func:`analysis.stats.practical_equivalence` over every setting, paired by seed."""
-    import numpy as np
+def equivalence(runs, *, margin: float, value: str = "test_acc", select: str = "val_acc", alpha: float = 0.05):
+    """Per experiment: :func:`analysis.stats.practical_equivalence` over every setting, paired by seed.
+
+    The reference ("best") setting is the one with the highest mean ``select``
+    (validation accuracy): validation chooses, ``value`` (test accuracy) reports.
+    Equivalence within ``±margin`` is a paired TOST at ``alpha``.
+    """
     import pandas as pd
     from analysis import stats
 
-    gen = np.random.default_rng(rng)
     frames = []
     for experiment, group in runs.groupby("experiment", sort=True):
-        table = stats.practical_equivalence(group, value=value, by=list(FACTORS), margin=margin, rng=gen, block_col="seed",
-                                            n_resamples=n_resamples)
+        table = stats.practical_equivalence(group, value=value, select=select, by=list(FACTORS), margin=margin,
+                                            block_col="seed", alpha=alpha)
         frames.append(table.assign(experiment=experiment, label=[setting_label(r) for r in table[list(FACTORS)].to_dict("records")]))
     return pd.concat(frames, ignore_index=True)
 
@@ -237,11 +241,15 @@ def transfer(runs, equivalence_table, *, value: str = "test_acc"):
     """Does the best region of one experiment carry over to another? One row per pair (a, b).
 
     ``spearman`` (with ``p_spearman`` and a 95% CI, :func:`spearman_ci`) of the
-    setting means over the settings both trained; ``regret_a_in_b``: accuracy
-    lost in b by using a's best setting instead of b's (``-diff`` of a's best in
-    b's equivalence table, with its CI bounds ``regret_a_in_b_low/high``), and
-    the same the other way; ``best_a_in_region_b`` (a's best is within b's
-    margin, strict non-inferiority / lenient); Jaccard overlap of the two regions.
+    setting means over the settings both trained; ``regret_a_in_b``: test
+    accuracy lost in b by using a's best setting instead of b's, each chosen on
+    its own experiment's validation accuracy (``-diff`` of a's best in b's
+    equivalence table, with its 90% t interval ``regret_a_in_b_low/high``; it can
+    be negative, since b's validation choice need not be b's best on test), and
+    the same the other way; ``best_a_in_region_b`` (a's best is b's best or
+    equivalent to it by TOST / lenient: not shown worse by more than the
+    margin); Jaccard overlap of the two regions (reference plus equivalent
+    settings; lenient regions).
     """
     import numpy as np
     import pandas as pd
@@ -268,10 +276,10 @@ def transfer(runs, equivalence_table, *, value: str = "test_acc"):
             row[key] = 0.0 - float(hit["diff"]) if hit is not None else np.nan  # 0.0 - x: no negative zero
             row[f"{key}_low"] = 0.0 - float(hit.ci_high) if hit is not None else np.nan
             row[f"{key}_high"] = 0.0 - float(hit.ci_low) if hit is not None else np.nan
-            row[f"best_{source}_in_region_{target}"] = bool(hit.within_margin) if hit is not None else False
+            row[f"best_{source}_in_region_{target}"] = bool(hit.in_region) if hit is not None else False
             row[f"best_{source}_not_worse_in_{target}"] = bool(hit.not_worse_than_margin) if hit is not None else False
         shared = ea.index.intersection(eb.index)
-        for column, name in (("within_margin", "jaccard_within"), ("not_worse_than_margin", "jaccard_not_worse")):
+        for column, name in (("in_region", "jaccard_within"), ("not_worse_than_margin", "jaccard_not_worse")):
             ra, rb = set(ea.index[ea[column]]) & set(shared), set(eb.index[eb[column]]) & set(shared)
             row[name] = len(ra & rb) / len(ra | rb) if ra | rb else np.nan
         rows.append(row)
@@ -321,16 +329,18 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
         best = eq[eq.is_best].iloc[0]
         b = s.loc[best.label]
         default = s[s.is_default] if "is_default" in s else s.iloc[:0]
-        text = (f"{experiment}: best setting {best.label} with test accuracy {paper.format_ci(b['mean'], b.ci_low, b.ci_high)}"
-                f" ({int(b.n)} seeds)")
+        text = (f"{experiment}: best setting by validation accuracy {best.label}, test accuracy "
+                f"{paper.format_ci(b['mean'], b.ci_low, b.ci_high)} ({int(b.n)} seeds)")
         if len(default):
             d = default.iloc[0]
             text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
         regime_text = _regime_text(regime_table, experiment) if regime_table is not None else ""
         if regime_text:  # (none for an experiment without paper-default runs)
             text += "." + regime_text.rstrip(".")
-        text += (f". {int(eq.within_margin.sum())} of {len(eq)} settings are shown within {margin:g} of the best "
-                 f"(90% CI of the paired difference above -{margin:g}), {int(eq.not_worse_than_margin.sum())} are not shown to be worse by more.")
+        others = eq[~eq.is_best]
+        text += (f". Of the {len(others)} other settings, {int(others.within_margin.sum())} are shown equivalent to it within "
+                 f"±{margin:g} (paired TOST at 5%: the 90% t interval of the test-accuracy difference inside ±{margin:g}), "
+                 f"{int(others.not_worse_than_margin.sum())} are not shown to be worse by more.")
         j = joint[joint.experiment == experiment] if len(joint) else joint
         if len(j):
             effects = j[j.term != "Residual"].sort_values("eta_sq", ascending=False)
