@@ -20,7 +20,7 @@ import numpy as np
 from scipy import integrate, optimize
 from scipy import stats as sps
 
-__all__ = ["minimum_detectable_effect", "power_at", "seeds_needed"]
+__all__ = ["logrank_detectable_hazard_ratio", "minimum_detectable_effect", "power_at", "seeds_needed"]
 
 
 def _check(alpha: float, family_size: int, power: float | None = None) -> float:
@@ -119,3 +119,20 @@ def seeds_needed(
         else:
             low = mid + 1
     return int(math.ceil(high))
+
+
+def logrank_detectable_hazard_ratio(
+    events: int, *, alpha: float = 0.05, family_size: int = 1, power: float = 0.8
+) -> float:
+    """Hazard ratio (> 1) a two-sided log-rank test detects with probability ``power`` on ``events`` events.
+
+    Schoenfeld's (1981) approximation for two equal groups: the test needs
+    ``D = 4 (z_{1-a/2} + z_power)^2 / log(HR)^2`` events, so ``D`` events detect
+    ``HR = exp(2 (z_{1-a/2} + z_power) / sqrt(D))``, at ``a = alpha / family_size``.
+    ``inf`` with no events.
+    """
+    level = _check(alpha, family_size, power)
+    if events <= 0:
+        return float("inf")
+    z = sps.norm.ppf(1 - level / 2) + sps.norm.ppf(power)
+    return float(np.exp(2 * z / np.sqrt(events)))
