@@ -34,6 +34,7 @@ test: $(STAMP)
 paper: $(STAMP)
 	$(VENV)/bin/ddc notebooks run --suite paper --profile $(PROFILE)
 	@cat outputs/$(PROFILE)/INDEX.md
+	@echo "HTML report to share: outputs/$(PROFILE)/05_report/report.html"
 
 openq: $(STAMP)
 	$(VENV)/bin/ddc notebooks run --suite openq --profile $(PROFILE)

@@ -261,20 +261,31 @@ _register_sweep()
 @click.option("--value", default="test_acc", show_default=True, help="Summary column to compare.")
 @click.option("--baseline", default="none", show_default=True, help="Label the other methods are compared with.")
 @_profile_option("Whose default run store to report on.")
+@click.option("--html", "as_html", is_flag=True, help="Also one self-contained HTML page: conclusions, every figure, tables, configuration, versions.")
+@click.option("--outputs", default=None, type=click.Path(file_okay=False), help="With --html: notebook outputs to include [default: the folder holding the run store, when it holds notebook outputs].")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say what is being done.")
-def report(runs_paths, out, value, baseline, profile, quiet):
-    """Markdown report (tables with CIs, Holm-corrected tests, figures) from stored runs; trains nothing.
+def report(runs_paths, out, value, baseline, profile, as_html, outputs, quiet):
+    """Report from stored runs (tables with CIs, Holm-corrected tests, figures); trains nothing.
 
     RUNS_PATHS: run stores or run folders [default: $DDC_RUNS, else outputs/<profile>/runs].
+    Writes report.md and figures/ (and report.html with --html) into --out.
     """
     from experiments.report import build_report
+    from experiments.report_html import build_html_report, outputs_of
 
     from . import store
 
     paths = [str(_store_to_read(p, profile)) for p in runs_paths] or [str(_store_to_read(None, profile))]
     out = Path(out) if out is not None else Path(store.OUTPUTS) / profile / "report"
+    log = None if quiet else _progress_line
+    if outputs is not None and not Path(outputs).is_dir():
+        raise click.UsageError(f"--outputs {outputs} is not a folder; pass the folder `ddc notebooks run` wrote for one profile, e.g. outputs/{profile}")
     try:
-        path = build_report(paths, out, value=value, baseline=baseline, log=None if quiet else _progress_line)
+        if as_html:
+            found = Path(outputs) if outputs is not None else (outputs_of(paths[0]) if len(paths) == 1 else None)
+            path = build_html_report(paths, out, outputs=found, value=value, baseline=baseline, log=log)
+        else:
+            path = build_report(paths, out, value=value, baseline=baseline, log=log)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     click.echo(f"report written to {path}")

@@ -128,6 +128,12 @@ def test_report_collects_everything(smoke_outputs):
     assert "## fashion_mnist / simplecnn1" in (base / "05_report" / "report.md").read_text() or not Path(
         "/usr/share/datasets/fashion-mnist"
     ).exists()
+    # the page to share: every figure of 01-04 and of the report embedded, every notebook's conclusions
+    page = (base / "05_report" / "report.html").read_text(encoding="utf-8")
+    figures = [p for p in base.glob("0[1-5]_*/figures/*.png")]
+    assert page.count('src="data:image/png;base64,') == len(figures)
+    for notebook in ("01_synthetic_regression", "02_baselines", "03_ablation-zscore", "04_dynamics"):
+        assert f'id="conclusions-{notebook.replace("_", "-")}"' in page
 
 
 def test_figures_regenerate_without_training(smoke_outputs, tmp_path):

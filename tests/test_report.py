@@ -1,6 +1,7 @@
 """ddc report: built from stored runs only, identical when rebuilt, with the expected statistics."""
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,117 @@ def test_report_cli_and_empty_root(runs_root, tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "d")])
     assert result.exit_code == 2 and "no finished runs" in result.output
+
+
+# ----------------------------------------------------------------------------- the HTML report
+
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const bad = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const links = [...document.querySelectorAll("a[href]")].map(a => a.getAttribute("href"));
+  const broken = links.filter(h => !(h.startsWith("#") && document.getElementById(decodeURIComponent(h.slice(1)))));
+  const out = document.createElement("pre");
+  out.id = "ddc-check";
+  out.textContent = JSON.stringify({images: images.length, bad, links: links.length, broken});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium():
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no chromium: `apt-get install chromium` (.ci/run installs it when it can)")
+
+
+def _open_in_chromium(page: Path, tmp_path: Path) -> dict:
+    """Load ``page`` (with a checking script added) in headless Chromium; what the page saw."""
+    import html
+    import json
+    import re
+    import subprocess
+
+    checked = tmp_path / f"checked-{page.name}"
+    checked.write_text(page.read_text(encoding="utf-8").replace("</body>", CHECK + "</body>"), encoding="utf-8")
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", checked.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    found = re.search(r'<pre id="ddc-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"chromium did not run the check (exit {result.returncode}): {result.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def notebook_outputs(tmp_path_factory):
+    """A notebook output folder as `ddc notebooks run` leaves it: conclusions, settings, a table, a figure."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    outputs = tmp_path_factory.mktemp("outputs") / "smoke"
+    folder = outputs / "01_example"
+    (folder / "results").mkdir(parents=True)
+    (folder / "figures").mkdir()
+    (folder / "results" / "conclusions.json").write_text(json.dumps({"conclusion": ["DDC took `12` steps & **fewer** than <DropConnect>."]}))
+    (folder / "results" / "settings.json").write_text(json.dumps({"seeds": [0, 1, 2], "steps": 20}))
+    pd.DataFrame({"method": ["ddc", "none"], "mean": [0.5, 0.25]}).to_parquet(folder / "results" / "summary.parquet")
+    pd.DataFrame({"step": range(500)}).to_parquet(folder / "results" / "trajectories.parquet")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(folder / "figures" / "loss_curves.png")
+    plt.close(fig)
+    return outputs
+
+
+def test_html_report_is_self_contained(runs_root, notebook_outputs, tmp_path):
+    from experiments.report_html import build_html_report
+
+    page = build_html_report(runs_root, tmp_path / "h", outputs=notebook_outputs, n_resamples=499)
+    text = page.read_text(encoding="utf-8")
+    for heading in ("Conclusions", "Statistics from the run store", "Figures of the notebooks", "Tables of the notebooks",
+                    "Configuration", "Versions"):
+        assert f">{heading}</h2>" in text
+    assert "DDC took <code>12</code> steps &amp; <strong>fewer</strong> than &lt;DropConnect&gt;." in text
+    assert "summary (2 rows)" in text and "trajectories (500 rows)" in text  # small tables shown, large ones named
+    assert ">torch</th>" in text and "&quot;steps&quot;: 20" in text
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) >= 3 and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing fetched
+    assert all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', text))  # no link leaves the page
+    assert (tmp_path / "h" / "report.md").exists()
+
+
+def test_html_report_in_chromium_every_image_loads_and_no_link_is_broken(runs_root, notebook_outputs, tmp_path):
+    from experiments.report_html import build_html_report
+
+    page = build_html_report(runs_root, tmp_path / "h", outputs=notebook_outputs, n_resamples=499)
+    seen = _open_in_chromium(page, tmp_path)
+    assert seen["images"] == len(re.findall(r"<img ", page.read_text(encoding="utf-8"))) >= 3
+    assert seen["bad"] == [] and seen["broken"] == [] and seen["links"] >= 6
+    # the check itself sees a broken image and broken links
+    broken = tmp_path / "broken.html"
+    broken.write_text('<!DOCTYPE html><html><body><img alt="x" src="data:image/png;base64,AAAA">'
+                      '<a href="#nowhere">a</a><a href="other.html">b</a><h2 id="here">h</h2><a href="#here">c</a></body></html>')
+    seen = _open_in_chromium(broken, tmp_path)
+    assert seen["bad"] == ["x"] and seen["broken"] == ["#nowhere", "other.html"]
+
+
+def test_report_cli_html_finds_the_notebook_outputs_beside_the_store(notebook_outputs, runs_root, tmp_path):
+    import shutil
+
+    shutil.copytree(runs_root, notebook_outputs / "runs", dirs_exist_ok=True)
+    result = CliRunner().invoke(main, ["report", str(notebook_outputs / "runs"), "--html", "--out", str(tmp_path / "c"), "-q"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "c" / "report.html").read_text(encoding="utf-8")
+    assert "01_example" in text and "Figures of the notebooks" in text
+    result = CliRunner().invoke(main, ["report", str(runs_root), "--html", "--out", str(tmp_path / "d"), "-q"])
+    assert result.exit_code == 0 and "Figures of the notebooks" not in (tmp_path / "d" / "report.html").read_text(encoding="utf-8")
