@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 
 import click
 
+from .configfile import ConfigFileError, load_mapping, parse_pairs
 from .recipes import DEFAULT_PROFILE, PROFILES
 from .train import TrainConfig
 
@@ -54,31 +55,19 @@ def _store_to_read(root: Optional[str], profile: str) -> Path:
     return path
 
 
-def _parse_value(text: str):
-    """``KEY=VALUE`` values are YAML scalars: numbers, booleans, null, strings, lists."""
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def _key_values(pairs, option: str) -> Dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=option)
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _parse_value(value)
-    return out
+    """``KEY=VALUE`` pairs; values are YAML (numbers such as ``3e-1`` are numbers)."""
+    try:
+        return parse_pairs(pairs, option)
+    except ConfigFileError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
-    import yaml
-
-    text = Path(path).read_text()
-    values = yaml.safe_load(text) or {}
-    if not isinstance(values, dict):
-        raise click.BadParameter(f"{path} must hold a mapping of config fields", param_hint="--config")
-    return values
+    try:
+        return load_mapping(path, "--config file")
+    except ConfigFileError as error:
+        raise click.UsageError(str(error)) from None
 
 
 _FIELD_TYPES = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}

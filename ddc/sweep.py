@@ -284,19 +284,16 @@ def load_spec(spec: SpecLike) -> Spec:
     if isinstance(spec, Mapping):
         return Spec.from_dict(spec)
     if isinstance(spec, (str, os.PathLike)):
-        import yaml
+        from .configfile import load_mapping
 
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"no sweep spec at {path}")
+        values = load_mapping(path, "sweep spec")  # an empty file is an error, never a default run
         try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {error}") from None
-        try:
-            return Spec.from_dict(values or {}, name=path.stem, source=str(path))
+            return Spec.from_dict(values, name=path.stem, source=str(path))
         except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+            raise ValueError(f"sweep spec {path}: {error}") from None
     raise TypeError(f"load_spec takes a path, a mapping or a Spec; got {type(spec).__name__}")
 
 

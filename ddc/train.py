@@ -3,9 +3,11 @@
 ``run(config, root)`` trains a model with a method on a dataset and writes a
 run directory into the run store (see :mod:`ddc.store`). Guarantees:
 
-- **Paired runs.** The seed fixes the initial weights and the data order,
-  whatever the method: masks draw from their own generator, never from the
-  global RNG or the data-order generator.
+- **Paired runs.** The seed fixes the data (split, subsets), the initial
+  weights, the data order and the masks, whatever the method: masks draw from
+  their own generator, never from the global RNG or the data-order generator.
+  Each of the four sources may get a seed of its own (``data_seed``,
+  ``init_seed``, ``order_seed``, ``mask_seed``), to vary one at a time.
 - **Selection on validation.** The reported ``test_acc`` is the test accuracy
   at the epoch with the best validation accuracy (regression: lowest
   validation loss); the last epoch's numbers are reported beside it.
@@ -39,7 +41,10 @@ OPERATIONAL = ("data_root", "num_threads", "progress", "tag")
 #: fields added after run ids were first published, with the default that
 #: reproduces the earlier behaviour: while a field holds it, it stays out of the
 #: id, so every earlier run keeps its id (and its stored results)
-LATER_FIELDS = {"classes": None}
+LATER_FIELDS = {"classes": None, "data_seed": None, "init_seed": None, "order_seed": None, "mask_seed": None}
+#: the sources of randomness that ``seed`` drives, each of which may get its own seed
+#: (Bouthillier et al., 2021, "Accounting for variance in machine learning benchmarks")
+SEED_SOURCES = ("data_seed", "init_seed", "order_seed", "mask_seed")
 MASK_SEED_OFFSET = 1_000_003
 
 
@@ -63,6 +68,14 @@ class TrainConfig:
     warmup_epochs: int = 5
     min_lr: float = 0.001
     seed: int = 0
+    #: per-source seeds; None (the default) follows ``seed``. ``data_seed``: the
+    #: validation split, the subsets and generated datasets; ``init_seed``: the
+    #: initial weights; ``order_seed``: the mini-batch order; ``mask_seed``: the
+    #: method's masks. A source seed equal to ``seed`` is the same run (same id).
+    data_seed: Optional[int] = None
+    init_seed: Optional[int] = None
+    order_seed: Optional[int] = None
+    mask_seed: Optional[int] = None
     device: str = "cpu"
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
@@ -120,6 +133,9 @@ class TrainConfig:
         for name in ("train_subset", "val_subset", "test_subset", "num_threads"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
+        for name in SEED_SOURCES:
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=0)
         for name in ("lr", "min_lr", "weight_decay", "momentum"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
@@ -135,12 +151,25 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def source_seed(self, source: str) -> int:
+        """The seed of one source of randomness (``"data"``, ``"init"``, ``"order"`` or ``"mask"``)."""
+        check_choice("source", source, tuple(name[: -len("_seed")] for name in SEED_SOURCES))
+        value = getattr(self, f"{source}_seed")
+        return self.seed if value is None else value
+
     def run_id(self) -> str:
-        """Stable id: readable prefix plus a hash of every field that affects the numbers."""
+        """Stable id: readable prefix plus a hash of every field that affects the numbers.
+
+        Fields added later (:data:`LATER_FIELDS`) stay out of the hash at their
+        default, and a source seed equal to ``seed`` is the default, so every
+        earlier run keeps its id.
+        """
         identity = {
             k: v
             for k, v in self.to_dict().items()
-            if k not in OPERATIONAL and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+            if k not in OPERATIONAL
+            and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+            and not (k in SEED_SOURCES and v == self.seed)
         }
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.model}-{self.method}-s{self.seed}-{digest}"
@@ -183,20 +212,20 @@ def build(config: TrainConfig, splits=None):
             config.dataset,
             root=config.data_root,
             val_fraction=config.val_fraction,
-            seed=config.seed,
+            seed=config.source_seed("data"),
             train_subset=config.train_subset,
             val_subset=config.val_subset,
             test_subset=config.test_subset,
             classes=config.classes,
         )
-    torch.manual_seed(config.seed)  # the same initial weights for every method
+    torch.manual_seed(config.source_seed("init"))  # the same initial weights for every method
     model = models.build(config.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
     model.to(config.device)
     handle = apply(
         model,
         config.method,
         layers=config.layers,
-        seed=config.seed + MASK_SEED_OFFSET,
+        seed=config.source_seed("mask") + MASK_SEED_OFFSET,
         **config.method_options,
     )
     return splits, model, handle
@@ -252,7 +281,7 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
         torch.set_num_threads(config.num_threads)
     splits, model, handle = build(config, splits)
     optimizer = _make_optimizer(config, model)
-    data_generator = torch.Generator().manual_seed(config.seed)
+    data_generator = torch.Generator().manual_seed(config.source_seed("order"))
     state = {"epoch": 0, "step": 0, "metrics": [], "best": None, "train_time": 0.0}
 
     checkpoint_path = run_dir.path / "checkpoint.pt"

@@ -259,3 +259,64 @@ def test_cli_train_and_list_runs(tmp_path):
     assert "mnist1d-mlp-ddc" in listing.output
     shown = runner.invoke(main, ["runs", "show", str(store.run_dirs(tmp_path / "runs")[0])])
     assert shown.exit_code == 0 and "summary" in shown.output
+
+
+# ----------------------------------------------------------------------------- sources of randomness
+
+
+def test_source_seeds_default_to_seed_and_keep_run_ids():
+    base = tiny(seed=3)
+    assert {s: base.source_seed(s) for s in ("data", "init", "order", "mask")} == dict.fromkeys(("data", "init", "order", "mask"), 3)
+    for name in train.SEED_SOURCES:
+        assert tiny(seed=3, **{name: 3}).run_id() == base.run_id()  # equal to seed: the same run
+        assert tiny(seed=3, **{name: 4}).run_id() != base.run_id()
+        with pytest.raises(ValueError, match=f"{name}=-1"):
+            tiny(**{name: -1})
+    ids = {tiny(seed=3, **{name: 4}).run_id() for name in train.SEED_SOURCES}
+    assert len(ids) == 4  # each source is its own run
+    with pytest.raises(ValueError, match="source='weights'"):
+        base.source_seed("weights")
+
+
+def test_each_source_seed_drives_only_its_source():
+    def parts(**seeds):
+        config = tiny(method="dropconnect", **seeds)
+        splits, model, handle = train.build(config)
+        handle.remove()
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.source_seed("order")))
+        return splits.train.tensors[0], model.state_dict(), order
+
+    x0, w0, o0 = parts()
+    x1, w1, o1 = parts(init_seed=5)
+    assert torch.equal(x0, x1) and torch.equal(o0, o1) and not torch.equal(w0["linear1.weight"], w1["linear1.weight"])
+    x2, w2, o2 = parts(data_seed=5)
+    assert not torch.equal(x0, x2) and all(torch.equal(w0[k], w2[k]) for k in w0) and torch.equal(o0, o2)
+    x3, w3, o3 = parts(order_seed=5)
+    assert torch.equal(x0, x3) and all(torch.equal(w0[k], w3[k]) for k in w0) and not torch.equal(o0, o3)
+
+
+def test_mask_and_order_seeds_reach_the_training_loop(tmp_path):
+    def first_epoch(method="dropconnect", **seeds):
+        path = train.run(tiny(method=method, epochs=1, record_every=0, **seeds), tmp_path)
+        return pd.read_parquet(path / "metrics.parquet").query("split == 'train' and metric == 'loss'").value.item()
+
+    assert first_epoch() != first_epoch(mask_seed=9)
+    assert first_epoch(mask_seed=0) == first_epoch()  # mask_seed equal to seed: the same stored run
+    assert first_epoch("none") != first_epoch("none", order_seed=9)  # no masks: only the order differs
+    assert first_epoch("none") == first_epoch("none", mask_seed=9)
+
+
+# ----------------------------------------------------------------------------- numbers are numbers
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: mnist1d\nmodel: mlp\nlr: 1e-2\nweight_decay: 5e-4\nmin_lr: .5e-3\n")
+    result = runner.invoke(main, ["train", "--config", str(config), "--method", "ddc", "--opt", "p_base=3e-1",
+                                  "--opt", "p_signal=.5", "--opt", "tau=5E-1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    resolved = json.loads(result.output.split("\n", 1)[1])
+    assert resolved["lr"] == 0.01 and resolved["weight_decay"] == 5e-4 and resolved["min_lr"] == 5e-4
+    assert resolved["method_options"]["p_base"] == 0.3 and resolved["method_options"]["p_signal"] == 0.5
+    assert resolved["method_options"]["tau"] == 0.5

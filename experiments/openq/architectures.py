@@ -444,9 +444,9 @@ def _batchnorm_shift(runs, run_dir, n_images):
     bn_rows, skip_rows = [], []
     for run, path in zip(runs.itertuples(), paper.run_paths(run_dir, runs)):
         config = _load_config(path)
-        key = (config.dataset, config.seed, config.val_fraction, config.train_subset, config.val_subset, config.test_subset)
+        key = (config.dataset, config.source_seed("data"), config.val_fraction, config.train_subset, config.val_subset, config.test_subset)
         if key not in split_cache:
-            split_cache[key] = load(config.dataset, root=config.data_root, val_fraction=config.val_fraction, seed=config.seed,
+            split_cache[key] = load(config.dataset, root=config.data_root, val_fraction=config.val_fraction, seed=config.source_seed("data"),
                                     train_subset=config.train_subset, val_subset=config.val_subset, test_subset=config.test_subset)
         splits = split_cache[key]
         _, model, handle = build(config, splits)

@@ -1,0 +1,102 @@
+"""Config values as users write them: YAML files and ``KEY=VALUE`` pairs, numbers read as numbers.
+
+PyYAML speaks YAML 1.1, whose float needs a dot and a signed exponent, so it
+reads ``3e-1``, ``1e4`` and ``1.5e3`` as strings (``.5`` and ``1.5e-3`` it
+reads as floats). YAML 1.2, JSON and Python read all of them as numbers, and
+so does every user writing ``lr: 1e-4``. :func:`loads` is PyYAML's safe
+loader with YAML 1.2's float pattern added; everything else stays YAML 1.1.
+Every value ``ddc`` parses goes through it: ``--config`` files, ``--opt``,
+notebook ``-p`` overrides and sweep specs.
+
+Errors are :class:`ConfigFileError` (a ``ValueError``) naming the file or
+the key and saying what is wrong, on one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, Union
+
+__all__ = ["ConfigFileError", "loads", "parse_value", "parse_pairs", "load_mapping"]
+
+#: YAML 1.2 core schema floats (no dot or unsigned exponent needed); ints match PyYAML's int pattern first
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$")
+
+
+class ConfigFileError(ValueError):
+    """A config file, sweep spec or ``KEY=VALUE`` pair that cannot be read; the message names it."""
+
+
+@functools.lru_cache(maxsize=1)
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # copy the resolver table so PyYAML's own SafeLoader is left as it is
+    Loader.yaml_implicit_resolvers = {key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+    return Loader
+
+
+def loads(text: str) -> Any:
+    """Parse YAML text with numbers such as ``3e-1`` read as floats. Raises ``yaml.YAMLError``."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(text: str, *, name: str = "value") -> Any:
+    """One ``KEY=VALUE`` value as YAML: numbers, booleans, null, lists, else the string itself."""
+    import yaml
+
+    try:
+        return loads(text)
+    except yaml.YAMLError as error:
+        raise ConfigFileError(f"{name}={text!r} is not a valid value: {_one_line(error)}") from None
+
+
+def parse_pairs(pairs: Iterable[str], option: str) -> Dict[str, Any]:
+    """``["KEY=VALUE", ...]`` to a dict; a pair without ``=`` or with an empty key names ``option``."""
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigFileError(f"{option} {pair!r} must look like KEY=VALUE")
+        out[key] = parse_value(value, name=f"{option} {key}")
+    return out
+
+
+def load_mapping(path: Union[str, os.PathLike], what: str = "config file") -> Dict[str, Any]:
+    """The mapping in a YAML/JSON file. Empty, unreadable, invalid or non-mapping files raise, naming ``path``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{what} {path} is not a text file (YAML or JSON)") from None
+    except OSError as error:
+        raise ConfigFileError(f"{what} {path} cannot be read: {error.strerror or error}") from None
+    if not text.strip():
+        raise ConfigFileError(f"{what} {path} is empty: it must hold a mapping of names to values")
+    try:
+        values = loads(text)
+    except yaml.YAMLError as error:
+        raise ConfigFileError(f"{what} {path} is not valid YAML: {_one_line(error)}") from None
+    if not isinstance(values, dict):
+        kind = "nothing" if values is None else type(values).__name__
+        raise ConfigFileError(f"{what} {path} must hold a mapping of names to values; it holds {kind}")
+    return values
+
+
+def _one_line(error: Exception) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(str(problem).split()) + where
