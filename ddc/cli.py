@@ -4,6 +4,10 @@ Every :class:`ddc.train.TrainConfig` field is an option of ``ddc train``;
 a YAML/JSON file and a named recipe can supply them too (precedence:
 recipe < file < options). Click rejects an unknown option and suggests the
 closest one.
+
+A user's mistake (a bad value, file, path or query) ends a command with one
+line naming the field, file or path, exit code 2, and nothing written
+(:class:`ddc.clierrors.UserError`). A full disk exits with 1 and names the path.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Dict, Optional
 
 import click
 
+from .clierrors import UserError, store_error
 from .configfile import ConfigFileError, load_mapping, parse_pairs
 from .recipes import DEFAULT_PROFILE, PROFILES
 from .train import TrainConfig
@@ -42,13 +47,13 @@ def _store_to_read(root: Optional[str], profile: str) -> Path:
     if root is not None:
         path = Path(root)
         if not path.is_dir():
-            raise click.UsageError(f"no run store at {path} (given as the run store); pass the folder your runs were written to")
+            raise UserError(f"no run store at {path} (given as the run store); pass the folder your runs were written to")
         return path
     path = store.default_root(profile)
     if not path.is_dir():
         origin = (f"${store.RUNS_ENV}" if os.environ.get(store.RUNS_ENV)
                   else f"the default for --profile {profile}, under {Path.cwd()}; {store.RUNS_ENV} is not set")
-        raise click.UsageError(
+        raise UserError(
             f"no run store at {path} ({origin}); pass --root PATH or set {store.RUNS_ENV}=PATH, "
             f"or create it with `make paper` (`ddc notebooks run --profile {profile}`)"
         )
@@ -60,14 +65,14 @@ def _key_values(pairs, option: str) -> Dict[str, Any]:
     try:
         return parse_pairs(pairs, option)
     except ConfigFileError as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(error) from None
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
     try:
         return load_mapping(path, "--config file")
     except ConfigFileError as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 _FIELD_TYPES = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}
@@ -101,41 +106,54 @@ def main():
 @click.option("--classes", default=None, help="Comma-separated class ids to keep, relabelled 0..k-1 (default: all).")
 @click.option("--root", default=None, type=click.Path(file_okay=False), help=_ROOT_HELP)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and run id, train nothing.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="When another process is writing this run: wait for it, or exit.")
 @_field_options
-def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_run, **fields):
+def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_run, wait, **fields):
     """Train one run and write it into the run store."""
-    from . import recipes
-    from .train import run
+    from . import recipes, store
+    from .train import RunSetupError, run
 
     values: Dict[str, Any] = {}
-    if recipe_name:
-        values.update(recipes.recipe(recipe_name, profile))
+    try:
+        if recipe_name:
+            values.update(recipes.recipe(recipe_name, profile))
+    except ValueError as error:
+        raise UserError(f"--recipe: {error}") from None
     if config_file:
         values.update(load_config_file(config_file))
     values.update({k: v for k, v in fields.items() if v is not None})
     if opts:
-        values["method_options"] = {**values.get("method_options", {}), **_key_values(opts, "--opt")}
+        options = values.get("method_options") or {}
+        if not isinstance(options, dict):
+            raise UserError(f"method_options={options!r} must be a mapping of option names to values")
+        values["method_options"] = {**options, **_key_values(opts, "--opt")}
     if layers:
         values["layers"] = [x.strip() for x in layers.split(",") if x.strip()]
     if classes:
         try:
             values["classes"] = [int(x) for x in classes.split(",") if x.strip()]
         except ValueError:
-            raise click.BadParameter(f"{classes!r} must be comma-separated integers", param_hint="--classes") from None
+            raise UserError(f"--classes {classes!r} must be comma-separated integers") from None
     try:
         config = TrainConfig.from_dict(values)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    click.echo(f"run {config.run_id()}")
+    except (ValueError, TypeError) as error:
+        raise UserError(error) from None
     if dry_run:
+        click.echo(f"run {config.run_id()}")
         click.echo(json.dumps(config.to_dict(), indent=2))
         return
-    from . import store
-
-    path = run(config, root if root is not None else store.default_root(profile))
+    try:
+        path = run(config, root if root is not None else store.default_root(profile), wait=wait,
+                   log=lambda message: click.echo(message, err=True))
+    except (RunSetupError, store.RunPathOccupied) as error:
+        raise UserError(error) from None
+    except store.RunBusy as error:
+        raise click.ClickException(f"{error}; run again to wait for it (--wait)") from None
+    except OSError as error:
+        raise store_error(error) from None
     summary = json.loads((path / "summary.json").read_text())
     click.echo(json.dumps({k: summary[k] for k in sorted(summary)}, indent=2))
-    click.echo(f"written to {path}")
+    click.echo(f"run {config.run_id()} written to {path}")
 
 
 @main.command("recipes")
@@ -163,7 +181,11 @@ def data_list(root):
     from . import data as data_module
 
     for row in data_module.describe(root):
-        if not row["available"]:
+        if row["problem"] and row["path"]:
+            status = f"broken at {row['path']}: {row['problem']}; get it again with: {row['how_to_get']}"
+        elif row["problem"]:
+            status = f"unavailable: {row['problem']}"
+        elif not row["available"]:
             status = f"missing: {row['how_to_get']}"
         else:
             status = f"available at {row['path']}" if row["path"] else "available (generated, no files)"
@@ -180,7 +202,9 @@ def data_fetch(name, root):
     try:
         path = data_module.fetch(name, root)
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(error) from None
+    except OSError as error:
+        raise click.ClickException(" ".join(str(error).split())) from None
     click.echo(f"{name} ready at {path}")
 
 
@@ -192,21 +216,40 @@ def runs():
     """Inspect the run store."""
 
 
+DEFAULT_COLUMNS = "run_id,dataset,model,method,seed,epochs,best_epoch,test_acc"
+
+
+def _good_runs(root: Path):
+    """The readable runs under ``root``; the unreadable ones are named on stderr, one line each."""
+    from . import store
+
+    good, bad = store.scan(root)
+    for path, why in bad.items():
+        click.echo(f"skipped {path}: {why}", err=True)
+    return good
+
+
 @runs.command("ls")
 @click.argument("root", default=None, required=False, type=click.Path())
-@click.option("--columns", default="run_id,dataset,model,method,seed,epochs,best_epoch,test_acc", show_default=True)
+@click.option("--columns", default=None, help=f"Comma-separated columns [default: {DEFAULT_COLUMNS}].")
 @_profile_option("Whose default run store to list.")
 def runs_ls(root, columns, profile):
-    """One line per finished run under ROOT (default: $DDC_RUNS, else outputs/<profile>/runs)."""
+    """One line per finished run under ROOT (default: $DDC_RUNS, else outputs/<profile>/runs).
+
+    Run folders that cannot be read are named on stderr and left out.
+    """
     from . import store
 
     root = _store_to_read(root, profile)
-    frame = store.load_runs(root)
+    frame = store.load_runs(_good_runs(root))
+    wanted = [c.strip() for c in (columns or DEFAULT_COLUMNS).split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in frame.columns]
+    if columns and unknown:
+        raise UserError(f"--columns: no column {', '.join(map(repr, unknown))}; columns: {', '.join(frame.columns)}")
     if frame.empty:
         click.echo(f"no finished runs under {root}")
         return
-    wanted = [c for c in columns.split(",") if c in frame.columns]
-    click.echo(frame[wanted].to_string(index=False))
+    click.echo(frame[[c for c in wanted if c in frame.columns]].to_string(index=False))
 
 
 @runs.command("show")
@@ -216,6 +259,9 @@ def runs_show(run):
     from . import store
 
     path = Path(run)
+    why = store.check_run(path)
+    if why is not None:
+        raise UserError(f"{path} is not a readable run: {why}")
     click.echo("config:\n" + json.dumps(store.read_json(path / "config.json"), indent=2))
     click.echo("summary:\n" + json.dumps(store.read_json(path / "summary.json"), indent=2))
     metrics = store.load_metrics(path)
@@ -229,10 +275,17 @@ def runs_show(run):
 @click.option("--root", default=None, type=click.Path(), help=_ROOT_HELP)
 @_profile_option("Whose default run store to query.")
 def runs_sql(query, root, profile):
-    """Run SQL over tables runs, metrics, records (DuckDB)."""
+    """Run SQL over tables runs, metrics, records (DuckDB); unreadable runs are named on stderr and left out."""
+    import duckdb
+
     from . import store
 
-    click.echo(store.sql(query, _store_to_read(root, profile)).to_string(index=False))
+    good = _good_runs(_store_to_read(root, profile))
+    try:
+        frame = store.sql(query, good)
+    except duckdb.Error as error:
+        raise UserError(f"SQL error in {query!r}: {str(error).splitlines()[0]}") from None
+    click.echo(frame.to_string(index=False))
 
 
 def _register_sweep():
@@ -276,7 +329,7 @@ def report(runs_paths, out, value, baseline, profile, as_html, outputs, quiet):
         else:
             path = build_report(paths, out, value=value, baseline=baseline, log=log)
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(error) from None
     click.echo(f"report written to {path}")
 
 
@@ -304,12 +357,13 @@ def notebooks_run(profile, suite, only, params, output, quiet):
     from .notebooks import SUITES, NotebookFailed, run_notebooks
 
     if suite and only:
-        raise click.UsageError("give --suite or --only, not both")
+        raise UserError("give --suite or --only, not both")
     only = SUITES[suite] if suite else (only or SUITES["all"])
+    parameters = _key_values(params, "--param")
     try:
-        executed = run_notebooks(profile, only=only, parameters=_key_values(params, "--param"), output_root=Path(output), quiet=quiet)
+        executed = run_notebooks(profile, only=only, parameters=parameters, output_root=Path(output), quiet=quiet)
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(error) from None
     except NotebookFailed as error:
         raise click.ClickException(str(error)) from None
     total = sum(e.seconds for e in executed)
@@ -340,7 +394,7 @@ def figures(output, profile, quiet):
 
     base = Path(output) / profile
     if not base.is_dir():
-        raise click.UsageError(f"no notebook outputs at {base} (--output {output}, --profile {profile}); run `make paper` "
+        raise UserError(f"no notebook outputs at {base} (--output {output}, --profile {profile}); run `make paper` "
                                f"(`ddc notebooks run --profile {profile}`) first, or pass the --output folder it wrote")
     done = paper.regenerate_figures(base, log=(lambda _: None) if quiet else _progress_line)
     write_index(base)

@@ -63,6 +63,7 @@ __all__ = [
     "read_idx",
     "write_idx",
     "md5sum",
+    "check_files",
     "split_indices",
     "select_subset",
     "check_classes",
@@ -161,6 +162,10 @@ CIFAR_PICKLE_MD5: dict[str, dict[str, str]] = {
 }
 CIFAR_TEST_FILE: dict[str, str] = {"cifar10": "test_batch", "cifar100": "test"}
 CIFAR_LABEL_KEY: dict[str, str] = {"cifar10": "labels", "cifar100": "fine_labels"}
+#: per-example stored shape of each dataset (before the channel axis of IDX images is added)
+IMAGE_SHAPES: dict[str, tuple[int, ...]] = {
+    "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "mnist1d": (1, 40),
+}
 NUM_CLASSES: dict[str, int] = {
     "synthetic": 0, "mnist1d": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
 }
@@ -445,12 +450,34 @@ def find(name: str, root: str | os.PathLike | None = None) -> pathlib.Path:
     for directory, reason in _search_locations(name, root):
         if directory.is_dir() and not _required_files_missing(name, directory):
             return directory
-        looked.append(f"  - {directory} ({reason})")
-    env_note = "" if os.environ.get("DDC_DATA") else "\n($DDC_DATA is not set.)"
+        looked.append(f"{directory} ({reason})")
+    env_note = "" if os.environ.get("DDC_DATA") else " ($DDC_DATA is not set)"
     raise FileNotFoundError(
-        f"dataset {name!r} not found. Looked in:\n" + "\n".join(looked) + env_note
-        + f"\nGet it with: {how_to_get(name)}"
+        f"dataset {name!r} not found; looked in: " + ", ".join(looked) + env_note + f"; get it with: {how_to_get(name)}"
     )
+
+
+def check_files(name: str, directory: str | os.PathLike) -> str | None:
+    """Why ``name``'s files in ``directory`` cannot be loaded (one line), or None when they look whole.
+
+    IDX files: header, data size, shapes and labels (files are read in full).
+    CIFAR pickles: their MD5 against :data:`CIFAR_PICKLE_MD5`.
+    """
+    name = _check_file_dataset(name)
+    directory = pathlib.Path(directory)
+    missing = _required_files_missing(name, directory)
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        if name in ("mnist", "fashion_mnist"):
+            arrays = {key: read_idx(_idx_path(directory, key)) for key in IDX_FILES}
+            _check_idx_arrays(name, directory, arrays)
+        else:
+            for file, expected in CIFAR_PICKLE_MD5[name].items():
+                _verify_md5(directory / file, expected)
+    except (OSError, ValueError) as error:
+        return " ".join(str(error).split())
+    return None
 
 
 # --------------------------------------------------------------------------- fetching
@@ -524,21 +551,47 @@ def fetch(name: str, root: str | os.PathLike | None = None) -> pathlib.Path:
 # --------------------------------------------------------------------------- raw loaders
 
 
-def _load_idx_dataset(directory: pathlib.Path) -> _RawData:
-    """MNIST-format IDX files in ``directory`` -> uint8 images (N, 1, 28, 28) and int64 labels."""
+def _idx_path(directory: pathlib.Path, key: str) -> pathlib.Path:
+    base = directory / IDX_FILES[key]
+    return base if base.is_file() else base.with_name(base.name + ".gz")
 
-    def read(key: str):
-        base = directory / IDX_FILES[key]
-        return read_idx(base if base.is_file() else base.with_name(base.name + ".gz"))
 
-    arrays = {key: read(key) for key in IDX_FILES}
+def _check_idx_arrays(name: str, directory: pathlib.Path, arrays: dict) -> None:
+    """Shapes, counts and labels of MNIST-format arrays; ``ValueError`` naming the file at fault."""
+    height, width = IMAGE_SHAPES[name][1:]
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"IDX files in {directory} do not fit together: {split} images {images.shape}, "
-                f"labels {labels.shape} (expected (N, H, W) and (N,))"
-            )
+        images_path, labels_path = _idx_path(directory, f"{split}_images"), _idx_path(directory, f"{split}_labels")
+        if images.ndim != 3 or images.shape[1:] != (height, width):
+            raise ValueError(f"IDX file {images_path} holds images of shape {images.shape}; {name} needs (N, {height}, {width})")
+        if labels.ndim != 1:
+            raise ValueError(f"IDX file {labels_path} holds labels of shape {labels.shape}; labels need shape (N,)")
+        if len(images) != len(labels):
+            raise ValueError(f"IDX files do not fit together: {images_path} has {len(images)} images, {labels_path} {len(labels)} labels")
+        if len(labels) == 0:
+            raise ValueError(f"IDX file {labels_path} holds no examples")
+        _check_labels(labels, NUM_CLASSES[name], labels_path)
+
+
+def _check_labels(labels, num_classes: int, source) -> None:
+    import numpy as np
+
+    labels = np.asarray(labels)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(
+            f"{source} holds label(s) {sorted(set(bad.tolist()))[:5]} outside 0..{num_classes - 1} "
+            f"({len(bad)} of {len(labels)} labels); the dataset has {num_classes} classes"
+        )
+
+
+def _load_idx_dataset(directory: pathlib.Path, name: str = "mnist") -> _RawData:
+    """MNIST-format IDX files in ``directory`` -> uint8 images (N, 1, 28, 28) and int64 labels.
+
+    Shapes, counts and labels are checked (``ValueError`` naming the file).
+    """
+    arrays = {key: read_idx(_idx_path(directory, key)) for key in IDX_FILES}
+    _check_idx_arrays(name, directory, arrays)
     return _RawData(
         train_x=torch.from_numpy(arrays["train_images"]).unsqueeze(1),
         train_y=torch.from_numpy(arrays["train_labels"].astype("int64")),
@@ -565,8 +618,12 @@ def _read_cifar_pickle(path: pathlib.Path, label_key: str, expected_md5: str, ve
         entry = pickle.load(handle, encoding="latin1")
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         raise ValueError(f"CIFAR file {path} is corrupt: expected a dict with 'data' and {label_key!r}")
-    images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"CIFAR file {path} holds data of shape {data.shape}; it needs (N, {3 * 32 * 32})")
+    images = data.reshape(-1, 3, 32, 32)
     labels = np.asarray(entry[label_key], dtype=np.int64)
+    _check_labels(labels, 100 if label_key == "fine_labels" else 10, f"CIFAR file {path}")
     if len(images) != len(labels):
         raise ValueError(f"CIFAR file {path} is corrupt: {len(images)} images but {len(labels)} labels")
     return images, labels
@@ -622,9 +679,13 @@ def _mnist1d_arrays(seed: int):
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as stored:
-                return tuple(stored[k] for k in keys), json.loads(str(stored["args"]))
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache: generate again and overwrite it
+                arrays, args_dict = tuple(stored[k] for k in keys), json.loads(str(stored["args"]))
+            _check_mnist1d(arrays, args_dict, cache)
+            return arrays, args_dict
+        except Exception as error:  # noqa: BLE001 - any unreadable cache (0 bytes, truncated zip, wrong rows) is made again
+            import warnings
+
+            warnings.warn(f"MNIST-1D cache {cache} cannot be used ({type(error).__name__}: {error}); generating it again", stacklevel=2)
     args = get_dataset_args()
     args.seed = seed
     numpy_state, python_state = np.random.get_state(), random.getstate()
@@ -638,6 +699,7 @@ def _mnist1d_arrays(seed: int):
         raise ValueError(f"mnist1d.data.make_dataset returned no {sorted(missing)}; got keys {sorted(dataset)}")
     arrays = tuple(np.asarray(dataset[key]) for key in keys)
     args_dict = {k: v for k, v in vars(args).items()}
+    _check_mnist1d(arrays, json.loads(json.dumps(args_dict, default=str)), "mnist1d.data.make_dataset")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".npz", dir=cache.parent)
@@ -647,6 +709,19 @@ def _mnist1d_arrays(seed: int):
     except OSError:
         pass  # a read-only home: no cache, same data
     return arrays, args_dict
+
+
+def _check_mnist1d(arrays, args: dict, source) -> None:
+    """Shapes, counts and labels of MNIST-1D arrays against the arguments that made them."""
+    x, y, x_test, y_test = arrays
+    length = int(args.get("final_seq_length", 40))
+    total = int(args.get("num_samples", len(x) + len(x_test)))
+    for what, inputs, labels in (("train", x, y), ("test", x_test, y_test)):
+        if inputs.ndim != 2 or inputs.shape[1] != length or labels.ndim != 1 or len(inputs) != len(labels):
+            raise ValueError(f"{source}: {what} inputs {inputs.shape} and labels {labels.shape} do not fit (N, {length}) and (N,)")
+        _check_labels(labels, NUM_CLASSES["mnist1d"], source)
+    if len(x) + len(x_test) != total:
+        raise ValueError(f"{source} holds {len(x) + len(x_test)} examples; its arguments make {total}")
 
 
 def _load_mnist1d(seed: int) -> _RawData:
@@ -693,7 +768,7 @@ def _load_raw(name: str, root, seed: int, download: bool, verify: bool) -> _RawD
         directory = fetch(name, root)
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, directory, verify)
-    return _load_idx_dataset(directory)
+    return _load_idx_dataset(directory, name)
 
 
 # --------------------------------------------------------------------------- splitting
@@ -880,7 +955,11 @@ def load(
 
 
 def describe(root: str | os.PathLike | None = None) -> list[dict]:
-    """One row per dataset: ``name``, ``available``, ``path`` (or None) and ``how_to_get``."""
+    """One row per dataset: ``name``, ``available``, ``path`` (or None), ``problem`` and ``how_to_get``.
+
+    Files that are found are checked (:func:`check_files`): ``available`` is
+    True only when they load; ``problem`` says what is wrong otherwise.
+    """
     import importlib.util
 
     rows = []
@@ -888,11 +967,13 @@ def describe(root: str | os.PathLike | None = None) -> list[dict]:
         if name in GENERATED_DATASETS:
             available = name == "synthetic" or importlib.util.find_spec("mnist1d") is not None
             path = None
+            problem = None if available else "the mnist1d package is not installed"
         else:
             try:
                 path = str(find(name, root))
-                available = True
+                problem = check_files(name, path)
             except FileNotFoundError:
-                path, available = None, False
-        rows.append({"name": name, "available": available, "path": path, "how_to_get": how_to_get(name)})
+                path, problem = None, None
+            available = path is not None and problem is None
+        rows.append({"name": name, "available": available, "path": path, "problem": problem, "how_to_get": how_to_get(name)})
     return rows

@@ -13,21 +13,36 @@ process never leaves half a file. A run is trained in ``<root>/.partial/<run_id>
 and the whole directory is renamed to ``<root>/<run_id>`` when it finishes:
 readers only ever see complete runs.
 
+One writer per run: every writer (``ddc train``, sweeps, notebooks, all through
+:func:`ddc.train.run`) holds :func:`run_lock` (``<root>/.locks/<run_id>.lock``,
+an ``flock`` that dies with its process) while it trains and publishes a run.
+Nothing is ever deleted at a run's final path: a directory there that is not a
+finished run stops the writer with :class:`RunPathOccupied`, naming it.
+
+Readers (:func:`scan`, :func:`load_runs`, :func:`connect`) take every good run
+and name the bad ones (a finished run's ``config.json`` or ``summary.json``
+missing or unreadable, a truncated parquet file) instead of failing on them.
+
 Pandas, pyarrow and DuckDB are imported when used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import shutil
+import socket
 import tempfile
+import time
+import warnings
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
 PARTIAL = ".partial"
+LOCKS = ".locks"
 #: environment variable naming the run store that every command and the notebooks use
 RUNS_ENV = "DDC_RUNS"
 #: where ``make paper`` / ``ddc notebooks run`` put executed notebooks and, per profile, the run store
@@ -56,21 +71,75 @@ def default_root(profile: Optional[str] = None, outputs: PathLike = OUTPUTS) -> 
     return Path(outputs) / (profile or DEFAULT_PROFILE) / "runs"
 
 
+# ----------------------------------------------------------------------------- errors
+
+
+class StoreWriteError(OSError):
+    """Writing into the run store failed (disk full, read-only, not a directory, ...).
+
+    The message names the path and says what happened; ``errno`` is the
+    operating system's. What was written before stays as it was.
+    """
+
+    def __init__(self, path: PathLike, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error), str(path))
+        self.path = Path(path)
+        self.message = describe_os_error(path, error)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RunPathOccupied(FileExistsError):
+    """Something that is not a finished run sits at a run's final path; it is never deleted."""
+
+
+class RunBusy(RuntimeError):
+    """Another process is writing this run (it holds the run's lock)."""
+
+
+def describe_os_error(path: PathLike, error: OSError) -> str:
+    """One line: what failed, where, and what to do about a full disk or a read-only store."""
+    where = getattr(error, "filename", None) or path
+    what = error.strerror or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device of {where} ({what}): free some space and run again; finished runs are kept and an interrupted run resumes from its last epoch"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {what}; choose a run store you can write (--root)"
+    return f"cannot write {where}: {what}"
+
+
+def _writing(path: PathLike):
+    """Re-raise an ``OSError`` as :class:`StoreWriteError` naming ``path``."""
+
+    @contextlib.contextmanager
+    def context():
+        try:
+            yield
+        except StoreWriteError:
+            raise
+        except OSError as error:
+            raise StoreWriteError(path, error) from error
+
+    return context()
+
+
 # ----------------------------------------------------------------------------- atomic files
 
 
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -117,7 +186,10 @@ def write_torch(path: PathLike, obj) -> Path:
 
 
 class RunDir:
-    """Writes one run. Work happens under ``<root>/.partial/<run_id>``; ``finish`` publishes it."""
+    """Writes one run. Work happens under ``<root>/.partial/<run_id>``; ``finish`` publishes it.
+
+    Hold :func:`run_lock` for the run while writing (``ddc.train.run`` does).
+    """
 
     def __init__(self, root: PathLike, run_id: str):
         if not run_id or "/" in run_id or run_id.startswith("."):
@@ -131,8 +203,19 @@ class RunDir:
     def finished(self) -> bool:
         return (self.final / "summary.json").exists()
 
+    def check_final_path(self) -> None:
+        """Raise :class:`RunPathOccupied` when the final path holds something that is not a finished run."""
+        if self.finished or not (self.final.exists() or self.final.is_symlink()):
+            return
+        kind = "a directory" if self.final.is_dir() else "a file"
+        raise RunPathOccupied(
+            f"{self.final} is {kind} but not a finished run of this store (no summary.json); "
+            f"ddc never deletes it: move it away to train run {self.run_id} there"
+        )
+
     def start(self, config: dict) -> "RunDir":
-        self.path.mkdir(parents=True, exist_ok=True)
+        with _writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / "config.json", config)
         return self
 
@@ -148,13 +231,73 @@ class RunDir:
     def snapshot(self, step: int, tensors: dict) -> Path:
         return write_torch(self.path / "snapshots" / f"step-{step:08d}.pt", tensors)
 
-    def finish(self, summary: dict) -> Path:
-        """Write ``summary.json`` and move the run into place in one rename."""
-        write_json(self.path / "summary.json", summary)
-        if self.final.exists():  # a stale copy from a crashed publish; the new run replaces it
-            shutil.rmtree(self.final)
-        os.replace(self.path, self.final)
+    def finish(self, summary: Optional[dict] = None, *, required: Sequence[str] = ("config.json",)) -> Path:
+        """Write ``summary.json`` (unless None: already written) and move the run into place in one rename.
+
+        Refuses (``RuntimeError``) to publish a run that lacks a ``required``
+        file, and (:class:`RunPathOccupied`) to replace anything at the final path.
+        """
+        if summary is not None:
+            write_json(self.path / "summary.json", summary)
+        missing = [name for name in (*required, "summary.json") if not (self.path / name).exists()]
+        if missing:
+            raise RuntimeError(f"refusing to publish run {self.run_id}: {self.path} lacks {', '.join(missing)}")
+        self.check_final_path()
+        if self.finished:
+            raise RunPathOccupied(f"run {self.run_id} was published at {self.final} by another writer; {self.path} is left as it is")
+        with _writing(self.final):
+            os.rename(self.path, self.final)  # an empty directory there would be replaced: checked above
         return self.final
+
+
+@contextlib.contextmanager
+def run_lock(root: PathLike, run_id: str, *, wait: bool = True, on_wait: Optional[Callable[[str], None]] = None):
+    """Exclusive lock on one run of the store, for as long as the block runs.
+
+    ``<root>/.locks/<run_id>.lock`` is locked with ``flock``, which the kernel
+    drops when its process dies (even by SIGKILL), so no stale lock survives.
+    The holder writes who it is into the file. When another process holds it:
+    ``wait=True`` calls ``on_wait(holder)`` once and blocks until it is free;
+    ``wait=False`` raises :class:`RunBusy` naming the holder. Raises
+    :class:`StoreWriteError` when the lock cannot be made (read-only root, ...).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: one writer per run is then up to the user
+        yield
+        return
+    path = Path(root) / LOCKS / f"{run_id}.lock"
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(root, run_id) or "another process"
+            if not wait:
+                raise RunBusy(f"run {run_id} is being written by {holder} (lock {path}); it was left alone") from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def lock_holder(root: PathLike, run_id: str) -> Optional[str]:
+    """Who holds (or last held) the lock of ``run_id``: ``"pid N on HOST since TIME"``, or None."""
+    try:
+        text = (Path(root) / LOCKS / f"{run_id}.lock").read_text().strip()
+    except OSError:
+        return None
+    return text or None
 
 
 class RecordWriter:
@@ -192,19 +335,80 @@ class RecordWriter:
 # ----------------------------------------------------------------------------- reading
 
 
-def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
-    """Finished run directories under the given roots or run paths (sorted, no duplicates)."""
+def _is_run_like(path: Path) -> bool:
+    return (path / "summary.json").exists() or (path / "config.json").exists()
+
+
+def check_run(path: PathLike) -> Optional[str]:
+    """Why the run directory ``path`` cannot be read (one line), or None for a good run.
+
+    A good run has ``config.json`` and ``summary.json`` holding JSON objects,
+    and every parquet file it has is whole (starts and ends with ``PAR1``).
+    """
+    path = Path(path)
+    for name in ("config.json", "summary.json"):
+        try:
+            value = read_json(path / name)
+        except FileNotFoundError:
+            return f"no {name}"
+        except (OSError, ValueError) as error:
+            return f"{name} cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"
+        if not isinstance(value, dict):
+            return f"{name} holds {type(value).__name__}, not an object"
+    for part in [path / "metrics.parquet", *sorted((path / "records").glob("part-*.parquet"))]:
+        if part.exists() and not _whole_parquet(part):
+            return f"{part.relative_to(path)} is not a whole parquet file"
+    return None
+
+
+def _whole_parquet(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(-4, os.SEEK_END)
+            return head == b"PAR1" and fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def scan(paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[Path], Dict[Path, str]]:
+    """``(good, bad)``: the readable finished runs under the given roots or run paths
+    (sorted, no duplicates), and ``{path: why}`` for run directories that cannot be read.
+
+    A root's entries starting with ``.`` (``.partial``, ``.locks``, ...) and
+    directories with neither ``config.json`` nor ``summary.json`` are not runs.
+    Raises ``FileNotFoundError`` for a path that does not exist.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    found = []
+    candidates = []
     for path in map(Path, paths):
-        if (path / "summary.json").exists():
-            found.append(path)
+        if _is_run_like(path):
+            candidates.append(path)
         elif path.is_dir():
-            found += [p for p in path.glob("*") if (p / "summary.json").exists() and not p.name.startswith(".")]
+            candidates += [p for p in path.iterdir() if not p.name.startswith(".") and p.is_dir() and _is_run_like(p)]
         else:
             raise FileNotFoundError(f"no run directory or run root at {path}")
-    return sorted(set(found))
+    good, bad = [], {}
+    for path in sorted(set(candidates)):
+        why = check_run(path)
+        if why is None:
+            good.append(path)
+        else:
+            bad[path] = why
+    return good, bad
+
+
+def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
+    """Good finished run directories under the given roots or run paths (sorted, no duplicates).
+
+    Bad ones (see :func:`scan`) are left out with a ``UserWarning`` naming them.
+    """
+    good, bad = scan(paths)
+    if bad:
+        listing = "; ".join(f"{path}: {why}" for path, why in bad.items())
+        warnings.warn(f"skipped {len(bad)} run director{'y' if len(bad) == 1 else 'ies'} that cannot be read: {listing}", stacklevel=2)
+    return good
 
 
 def flatten_config(config: dict) -> dict:
@@ -225,7 +429,11 @@ def _scalar(value):
 
 
 def load_runs(paths) -> "pandas.DataFrame":
-    """One row per finished run: ``run_id``, flattened config columns, summary columns."""
+    """One row per good finished run: ``run_id``, flattened config columns, summary columns.
+
+    With no run the frame is empty but has the columns of a training run
+    (:func:`empty_runs_frame`), so queries on it give no rows rather than errors.
+    """
     import pandas as pd
 
     rows = []
@@ -234,7 +442,18 @@ def load_runs(paths) -> "pandas.DataFrame":
         row.update(flatten_config(read_json(path / "config.json")))
         row.update(read_json(path / "summary.json"))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else empty_runs_frame()
+
+
+def empty_runs_frame() -> "pandas.DataFrame":
+    """No rows; ``run_id``, ``path``, the fields of :class:`ddc.train.TrainConfig` and its summary keys."""
+    import pandas as pd
+
+    from .train import SUMMARY_KEYS, TrainConfig  # the trainer defines what a run holds
+
+    fields = [name for name in TrainConfig.field_names() if name != "method_options"]
+    columns = ["run_id", "path", *fields, *(k for k in SUMMARY_KEYS if k not in fields)]
+    return pd.DataFrame({column: pd.Series(dtype=object) for column in columns})
 
 
 def load_metrics(paths) -> "pandas.DataFrame":

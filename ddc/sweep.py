@@ -33,20 +33,27 @@ values: a ``ValueError`` naming the field) before anything runs.
 Execution goes through one ``concurrent.futures``-style interface
 (:class:`Executor`: ``submit(fn, *args) -> future``, ``as_completed``):
 
-- ``local``: a ``ProcessPoolExecutor`` (``spawn`` context), ``os.cpu_count()``
-  workers with one torch thread each;
+- ``local``: a ``pebble.ProcessPool`` (``spawn`` context) of ``os.cpu_count()``
+  workers. Unlike ``concurrent.futures.ProcessPoolExecutor``, whose pool breaks
+  and fails every unfinished run when one worker dies, it fails only the task
+  of the dead worker and starts a new worker;
 - ``dask``: ``dask.distributed`` on an existing scheduler (``address``) or on a
   ``LocalCluster`` bound to 127.0.0.1. The run root must then be a filesystem
   shared by the workers;
 - ``serial``: in this process, one run after the other (debugging).
 
 Resumability: finished runs (``<root>/<run_id>/summary.json``) are skipped
-before submission; :func:`ddc.train.run` publishes a run directory whole or
-not at all and resumes an interrupted one from its epoch checkpoint; a run
-that raises leaves ``<root>/.failed/<run_id>.json`` (config + traceback) and
-the sweep goes on (a later sweep retries it). Killing a sweep, even with
-SIGKILL to it and its workers, and starting it again completes the grid with
-no duplicate and no partial run.
+before submission; :func:`ddc.train.run` holds the run's lock (so a sweep, a
+``ddc train`` and a notebook never write one run at once: a second writer
+waits), publishes a run directory whole or not at all and resumes an
+interrupted one from its epoch checkpoint; a run that raises leaves
+``<root>/.failed/<run_id>.json`` (config + traceback) and the sweep goes on (a
+later sweep retries it). A run whose worker dies (killed, out of memory) is
+retried once, resuming from its checkpoint; if its worker dies again it fails,
+and the rest of the sweep goes on either way. :class:`SweepResult` and the
+command's summary say what happened. Killing a sweep, even with SIGKILL to it
+and its workers, and starting it again completes the grid with no duplicate
+and no partial run.
 
 Results: :func:`sweep_frame` (pandas, one row per finished run of the spec,
 config columns flattened, summary metrics, and ``sweep`` / ``variant``
@@ -76,6 +83,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import click
 
 from . import store
+from .clierrors import UserError
 from .train import TrainConfig
 
 __all__ = [
@@ -98,7 +106,8 @@ __all__ = [
 
 BACKENDS = ("local", "dask", "serial")
 FAILED = ".failed"
-LOCKS = ".locks"
+#: attempts of a run whose worker process dies (the first death is retried once)
+WORKER_ATTEMPTS = 2
 SPEC_KEYS = ("name", "description", "base", "methods", "grid", "zip", "seeds")
 PSEUDO_FIELDS = ("recipe", "profile")  # resolved into TrainConfig fields, never stored
 MAPPING_FIELDS = ("method_options",)  # fields that dotted keys may reach into
@@ -506,25 +515,36 @@ def _die_with_parent() -> None:
 
 
 class LocalExecutor(Executor):
-    """Worker processes on this machine (``spawn``/``forkserver``), ``threads`` torch threads each."""
+    """Worker processes on this machine (``pebble.ProcessPool``, ``spawn``/``forkserver``).
+
+    A worker that dies fails only its own task (``pebble.ProcessExpired``);
+    the pool replaces it and the other tasks go on. ``threads``: torch threads
+    of a worker outside training (each run trains with its config's ``num_threads``).
+    """
 
     def __init__(self, workers: Optional[int] = None, *, threads: Optional[int] = 1, context: str = "spawn"):
+        import pebble
+
         if context not in ("spawn", "forkserver"):
             raise ValueError(f"context={context!r} must be 'spawn' or 'forkserver' (fork is unsafe with torch threads)")
         self.workers = _check_workers(workers or os.cpu_count() or 1)
         self.threads = threads
-        self._pool = concurrent.futures.ProcessPoolExecutor(
+        self._pool = pebble.ProcessPool(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context(context),
             initializer=_init_worker,
             initargs=(threads,),
+            context=multiprocessing.get_context(context),
         )
 
     def submit(self, fn, *args):
-        return self._pool.submit(fn, *args)
+        return self._pool.schedule(fn, args=args)
 
     def shutdown(self, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        if cancel:
+            self._pool.stop()
+        else:
+            self._pool.close()
+        self._pool.join()
 
 
 class DaskExecutor(Executor):
@@ -630,27 +650,6 @@ def _record_failure(root: Path, run_id: str, config: dict, error: str, trace: st
     )
 
 
-@contextlib.contextmanager
-def _run_lock(root: Path, run_id: str):
-    """Exclusive per-run lock so two processes never train one run dir at once.
-
-    ``flock`` locks vanish with their process, so a killed sweep leaves none behind.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path = Path(root) / LOCKS / f"{run_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _run_task(run_id: str, config: dict, root: str, threads: Optional[int], sweep: str) -> dict:
     """Train one run in a worker; never raises for a failing run (it is recorded instead)."""
     started = time.perf_counter()
@@ -664,8 +663,7 @@ def _run_task(run_id: str, config: dict, root: str, threads: Optional[int], swee
         train_config = TrainConfig.from_dict(config)
         if train_config.run_id() != run_id:
             raise RuntimeError(f"config resolves to run id {train_config.run_id()} in this worker, not {run_id}: different ddc versions?")
-        with _run_lock(Path(root), run_id):
-            path = run(train_config, root)
+        path = run(train_config, root)  # holds the run's lock: waits while another writer has it
         with contextlib.suppress(FileNotFoundError):
             _failed_path(Path(root), run_id).unlink()
         return {"run_id": run_id, "status": "done", "path": str(path), "seconds": time.perf_counter() - started}
@@ -699,6 +697,7 @@ class SweepResult:
     skipped: List[str] = field(default_factory=list)  # finished before this call
     completed: List[str] = field(default_factory=list)  # finished by this call
     failed: Dict[str, str] = field(default_factory=dict)  # run id -> error
+    retried: Dict[str, str] = field(default_factory=dict)  # run id -> why it was retried (its worker died)
     seconds: float = 0.0
 
     @property
@@ -731,6 +730,7 @@ class SweepResult:
         return (
             f"SweepResult({self.spec.name!r}, root={str(self.root)!r}, runs={len(self.run_ids)}, "
             f"skipped={len(self.skipped)}, completed={len(self.completed)}, failed={len(self.failed)}, "
+            f"retried={len(self.retried)}, "
             f"seconds={self.seconds:.1f})"
         )
 
@@ -839,27 +839,63 @@ def run_sweep(
 
 
 def _drive(executor: Executor, pending: List[SweepRun], root: Path, threads, sweep: str, result: SweepResult, bar, show) -> None:
-    by_future = {}
+    by_future: Dict[Any, SweepRun] = {}
+    attempts: Dict[str, int] = {}
+
+    def submit(r: SweepRun) -> None:
+        attempts[r.run_id] = attempts.get(r.run_id, 0) + 1
+        by_future[executor.submit(_run_task, r.run_id, r.config.to_dict(), str(root), threads, sweep)] = r
+
     for r in pending:
-        config = r.config.to_dict()
-        future = executor.submit(_run_task, r.run_id, config, str(root), threads, sweep)
-        by_future[future] = r
-    for future in executor.as_completed(by_future):
-        r = by_future[future]
-        try:
-            outcome = future.result()
-        except Exception as error:  # noqa: BLE001 - a worker died or the task could not be shipped
-            trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            message = f"{type(error).__name__}: {error}"
-            with contextlib.suppress(Exception):
-                _record_failure(root, r.run_id, r.config.to_dict(), message, trace, sweep)
-            outcome = {"run_id": r.run_id, "status": "failed", "error": message}
-        if outcome["status"] == "done":
-            result.completed.append(r.run_id)
-        else:
-            result.failed[r.run_id] = outcome["error"]
-            bar.write(f"FAILED {r.run_id}: {_first_line(outcome['error'])} (details: {_failed_path(root, r.run_id)})", file=sys.stderr)
-        show(1)
+        submit(r)
+    while by_future:
+        for future in executor.as_completed(list(by_future)):
+            r = by_future.pop(future)
+            outcome = _outcome(future, r, root, sweep, attempts[r.run_id])
+            if outcome["status"] == "worker died" and attempts[r.run_id] < WORKER_ATTEMPTS:
+                result.retried[r.run_id] = outcome["error"]
+                bar.write(f"RETRY {r.run_id}: {outcome['error']}; retrying it once (it resumes from its checkpoint)", file=sys.stderr)
+                submit(r)
+                break  # wait again, on the new future too
+            if outcome["status"] == "done":
+                result.completed.append(r.run_id)
+            else:
+                result.failed[r.run_id] = outcome["error"]
+                bar.write(f"FAILED {r.run_id}: {_first_line(outcome['error'])} (details: {_failed_path(root, r.run_id)})", file=sys.stderr)
+            show(1)
+
+
+def _outcome(future, r: SweepRun, root: Path, sweep: str, attempt: int) -> dict:
+    """The task's result dict; a dead worker or a task that could not be shipped becomes a failure."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - a worker died or the task could not be shipped
+        died = _worker_death(error)
+        message = f"{died} (attempt {attempt} of {WORKER_ATTEMPTS})" if died else f"{type(error).__name__}: {error}"
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        with contextlib.suppress(Exception):
+            _record_failure(root, r.run_id, r.config.to_dict(), message, trace, sweep)
+        return {"run_id": r.run_id, "status": "worker died" if died else "failed", "error": message}
+
+
+def _worker_death(error: BaseException) -> str:
+    """What killed the worker of a task, or '' when ``error`` is not a worker's death."""
+    import signal
+
+    code = getattr(error, "exitcode", None)
+    if type(error).__name__ == "ProcessExpired" and isinstance(code, int):
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"its worker process died of {name} (exit code {code})"
+        return f"its worker process exited with code {code}"
+    if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+        return f"its worker process died ({error})"
+    if type(error).__name__ == "KilledWorker":  # dask: the task's workers died (dask retries them itself)
+        return f"its dask worker died ({error})"
+    return ""
 
 
 def _first_line(text: str) -> str:
@@ -952,7 +988,7 @@ def sweep_command(spec_path, root, workers, backend, address, threads, dry_run, 
         if address and backend != "dask":
             raise ValueError("--address needs --backend dask")
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(error) from None
     root = str(_root(root, spec))
 
     if dry_run:
@@ -965,11 +1001,19 @@ def sweep_command(spec_path, root, workers, backend, address, threads, dry_run, 
         click.echo(f"sweep {spec.name}: {len(status)} runs, " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (root {root})")
         return
 
-    result = run_sweep(spec, root, workers=workers, backend=backend, address=address, progress=progress, threads=threads)
+    try:
+        result = run_sweep(spec, root, workers=workers, backend=backend, address=address, progress=progress, threads=threads)
+    except OSError as error:  # the store cannot be written: named, one line
+        from .clierrors import store_error
+
+        raise store_error(error) from None
     click.echo(
         f"sweep {spec.name}: {len(result.run_ids)} runs, {len(result.skipped)} already done, "
         f"{len(result.completed)} completed, {len(result.failed)} failed in {result.seconds:.1f}s (root {root})"
     )
+    for run_id, why in result.retried.items():
+        state = "failed again" if run_id in result.failed else "then completed"
+        click.echo(f"  retried {run_id}: {why}; {state}")
     if result.failed:
         for run_id, error in result.failed.items():
             click.echo(f"  failed {run_id}: {_first_line(error)}", err=True)

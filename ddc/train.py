@@ -11,21 +11,34 @@ run directory into the run store (see :mod:`ddc.store`). Guarantees:
 - **Selection on validation.** The reported ``test_acc`` is the test accuracy
   at the epoch with the best validation accuracy (regression: lowest
   validation loss); the last epoch's numbers are reported beside it.
-- **Reproducible.** The same config gives the same numbers on CPU.
+- **One run id, one result.** The same config gives the same numbers on the
+  same machine: every run trains with ``num_threads`` torch threads (default
+  :data:`DEFAULT_THREADS`, whoever starts it: ``ddc train``, a sweep worker, a
+  notebook), and the thread count and the device are part of the run's id.
+  The torch version, thread count and device are stored with the run
+  (``config.json``: ``environment``).
+- **One writer.** ``run`` holds the run's lock (:func:`ddc.store.run_lock`)
+  while it trains and publishes; a second writer waits, then finds the run
+  finished. Every check of the config, the data, the model and the device
+  happens before anything is written (:class:`RunSetupError`).
 - **Resumable.** A checkpoint is written atomically at the end of every epoch;
-  calling ``run`` again with the same config continues where it stopped.
+  calling ``run`` again with the same config continues where it stopped, says
+  so (with the epoch), records it in the summary (``resumed_at_epochs``), and
+  refuses to resume under another torch version, thread count or device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -37,11 +50,14 @@ from .functional import check_choice
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("warmup_cosine", "cosine", "constant")
 #: fields that do not change a run's numbers, so they stay out of its id
-OPERATIONAL = ("data_root", "num_threads", "progress", "tag")
+OPERATIONAL = ("data_root", "progress", "tag")
+#: torch threads of every run whose config leaves ``num_threads`` unset, whoever
+#: starts it: another thread count can pick other kernels and other low-order bits
+DEFAULT_THREADS = 1
 #: fields added after run ids were first published, with the default that
 #: reproduces the earlier behaviour: while a field holds it, it stays out of the
 #: id, so every earlier run keeps its id (and its stored results)
-LATER_FIELDS = {"classes": None, "data_seed": None, "init_seed": None, "order_seed": None, "mask_seed": None}
+LATER_FIELDS = {"classes": None, "num_threads": None, "data_seed": None, "init_seed": None, "order_seed": None, "mask_seed": None}
 #: the sources of randomness that ``seed`` drives, each of which may get its own seed
 #: (Bouthillier et al., 2021, "Accounting for variance in machine learning benchmarks")
 SEED_SOURCES = ("data_seed", "init_seed", "order_seed", "mask_seed")
@@ -136,6 +152,9 @@ class TrainConfig:
         for name in SEED_SOURCES:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=0)
+        if self.num_threads == DEFAULT_THREADS:  # canonical: the default is the same run
+            self.num_threads = None
+        _check_device_name(self.device)
         for name in ("lr", "min_lr", "weight_decay", "momentum"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
@@ -175,6 +194,53 @@ class TrainConfig:
         return f"{self.dataset}-{self.model}-{self.method}-s{self.seed}-{digest}"
 
 
+class RunSetupError(ValueError):
+    """A run cannot start: a bad config value, missing or broken data, layers that do not fit
+    the model, an unavailable device. Raised before anything is written into the run store."""
+
+
+def _check_device_name(device) -> None:
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} must be a string such as 'cpu', 'cuda' or 'cuda:1'")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` naming ``device`` when this process cannot use it."""
+    _check_device_name(device)
+    parsed = torch.device(device)
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r} is not available: this torch ({torch.__version__}) sees no CUDA device; use device='cpu'")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device={device!r} is not available: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return
+    if parsed.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ValueError(f"device={device!r} is not available here; use device='cpu'")
+
+
+def environment(config: "TrainConfig") -> Dict[str, Any]:
+    """What changes a run's numbers besides its config: torch version, thread count, device."""
+    return {"torch": torch.__version__, "num_threads": config.num_threads or DEFAULT_THREADS, "device": config.device}
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
@@ -201,6 +267,14 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 
 # ----------------------------------------------------------------------------- the run
+
+#: keys of ``summary.json`` (classification and regression runs; a resumed run adds ``resumed_at_epochs``)
+SUMMARY_KEYS = (
+    "best_epoch", "epochs", "steps", "train_time_s", "n_train", "n_val", "n_test",
+    "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc", "final_test_loss", "final_test_acc",
+    "best_val_acc", "generalization_gap", "best_val_loss",
+)
 
 
 def build(config: TrainConfig, splits=None):
@@ -266,29 +340,76 @@ def evaluate(model: nn.Module, inputs, targets, task: str, batch_size: int) -> D
     return result
 
 
-def run(config: TrainConfig, root, *, splits=None) -> Path:
+def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optional[Callable[[str], None]] = None) -> Path:
     """Train ``config`` and publish its run directory under ``root``; returns its path.
 
     A finished run with the same id is returned as it is (nothing retrained).
-    An unfinished one with a checkpoint is resumed.
+    An unfinished one with a checkpoint is resumed (``log`` says so). Raises
+    :class:`RunSetupError` for a config that cannot run (nothing written),
+    :class:`ddc.store.RunPathOccupied` when something that is not a finished
+    run sits at the run's path (it is left alone), :class:`ddc.store.RunBusy`
+    when another process writes the run and ``wait`` is False (with ``wait``,
+    the default, it waits for it), :class:`ddc.store.StoreWriteError` when the
+    store cannot be written. ``log``: one-line notes (default: stderr).
     """
-    config.validate()
-    run_id = config.run_id()
-    run_dir = store.RunDir(root, run_id)
-    if run_dir.finished:
-        return run_dir.final
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    splits, model, handle = build(config, splits)
+    log = log or _to_stderr
+    try:
+        config.validate()
+        run_dir = store.RunDir(root, config.run_id())
+        if run_dir.finished:
+            return run_dir.final
+        run_dir.check_final_path()
+        check_device(config.device)
+        splits, model, handle = build(config, splits)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise RunSetupError(str(error)) from error
+    run_id = run_dir.run_id
+
+    def waiting(holder: str) -> None:
+        log(f"run {run_id} is being written by {holder}; waiting for it to finish (Ctrl-C to stop waiting)")
+
+    try:
+        with store.run_lock(root, run_id, wait=wait, on_wait=waiting):
+            if run_dir.finished:  # the other writer finished it while this one waited
+                return run_dir.final
+            run_dir.check_final_path()
+            with _torch_threads(config.num_threads or DEFAULT_THREADS):
+                return _train(config, run_dir, splits, model, handle, log)
+    finally:
+        handle.remove()
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _train(config: TrainConfig, run_dir: store.RunDir, splits, model, handle, log) -> Path:
+    run_id = run_dir.run_id
+    required = ("config.json", "metrics.parquet", "model.pt")
+    checkpoint_path = run_dir.path / "checkpoint.pt"
+    if not checkpoint_path.exists() and all((run_dir.path / name).exists() for name in (*required, "summary.json")):
+        log(f"run {run_id} was complete in {run_dir.path} but not published; publishing it")
+        return run_dir.finish(None, required=required)
     optimizer = _make_optimizer(config, model)
     data_generator = torch.Generator().manual_seed(config.source_seed("order"))
-    state = {"epoch": 0, "step": 0, "metrics": [], "best": None, "train_time": 0.0}
+    env = environment(config)
+    state = {"epoch": 0, "step": 0, "metrics": [], "best": None, "train_time": 0.0, "environment": env, "resumed": []}
 
-    checkpoint_path = run_dir.path / "checkpoint.pt"
     if checkpoint_path.exists():
         state = _restore(checkpoint_path, model, optimizer, handle, data_generator)
+        started = state.get("environment")
+        if started is not None and started != env:
+            changed = ", ".join(f"{k} {started.get(k)!r} -> {env[k]!r}" for k in env if started.get(k) != env[k])
+            raise RunSetupError(
+                f"run {run_id} stopped at epoch {state['epoch']} of {config.epochs} and would resume with other settings "
+                f"({changed}), mixing two kinds of numbers in one run; resume it with the settings it started with, "
+                f"or delete {run_dir.path} to train it again from the start"
+            )
+        state.setdefault("resumed", []).append(state["epoch"])
+        state["environment"] = env
+        log(f"resuming run {run_id} from its checkpoint at epoch {state['epoch']} of {config.epochs}")
     else:
-        run_dir.start({**config.to_dict(), "run_id": run_id, "data_info": _jsonable(splits.info)})
+        run_dir.start({**config.to_dict(), "run_id": run_id, "data_info": _jsonable(splits.info), "environment": env})
 
     recorder, writer = _recorder(config, run_dir, model, optimizer, run_id, state)
     train_x, train_y = _to_device(splits.train, config.device)
@@ -363,11 +484,16 @@ def run(config: TrainConfig, root, *, splits=None) -> Path:
         state["metrics"] += _metric_rows(run_id, epoch, None, {"test": values}, state["metrics"])
     run_dir.write_metrics(state["metrics"])
     summary = _summary(config, state, state["last"], splits)
+    if state.get("resumed"):
+        summary["resumed_at_epochs"] = list(state["resumed"])
     # the weights the reported test accuracy belongs to: the best-validation epoch's
     store.write_torch(run_dir.path / "model.pt", model.state_dict())
-    checkpoint_path.unlink()
-    handle.remove()
-    return run_dir.finish(summary)
+    parts = state.get("record_parts", 0)
+    if len(list(run_dir.records_dir().glob("part-*.parquet"))) < parts:
+        raise RuntimeError(f"run {run_id}: {run_dir.records_dir()} lacks record parts written before; not publishing it")
+    store.write_json(run_dir.path / "summary.json", summary)
+    checkpoint_path.unlink()  # summary, model and metrics are in place: a crash from here on publishes as it is
+    return run_dir.finish(None, required=required)
 
 
 def _metric_rows(run_id, epoch, step, metrics, previous=None):

@@ -116,3 +116,73 @@ def test_bad_run_id(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run directory"):
         store.load_runs(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- one writer, nothing lost
+
+
+def test_published_run_is_complete_and_nothing_at_its_path_is_replaced(tmp_path):
+    run = store.RunDir(tmp_path, "r1")
+    run.path.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="lacks config.json"):
+        run.finish({"test_acc": 0.5})  # no config: never published
+    assert store.run_dirs(tmp_path) == [] and not (tmp_path / "r1").exists()
+    store.write_json(run.path / "config.json", {"method": "none"})
+    (tmp_path / "r1").mkdir()  # a user's (empty) directory at the final path
+    with pytest.raises(store.RunPathOccupied, match=f"{tmp_path / 'r1'} is a directory but not a finished run"):
+        run.finish(None)
+    assert (tmp_path / "r1").is_dir() and not any((tmp_path / "r1").iterdir()) and run.path.exists()
+    (tmp_path / "r1").rmdir()
+    assert run.finish(None) == tmp_path / "r1" and store.run_dirs(tmp_path) == [tmp_path / "r1"]
+
+
+def test_run_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
+    with store.run_lock(tmp_path, "r1"):
+        assert store.lock_holder(tmp_path, "r1").startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(store.RunBusy, match=f"run r1 is being written by pid {os.getpid()} on"):
+            with store.run_lock(tmp_path, "r1", wait=False):
+                pass
+        with store.run_lock(tmp_path, "r2", wait=False):  # another run is free
+            pass
+    with store.run_lock(tmp_path, "r1", wait=False):  # released
+        pass
+    assert store.lock_holder(tmp_path, "r1") is None
+    # a holder killed by SIGKILL leaves no lock behind
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from ddc import store
+        with store.run_lock({str(tmp_path)!r}, "r1"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    with store.run_lock(tmp_path, "r1", wait=False):
+        pass
+
+
+def test_readers_take_every_good_run_and_name_the_bad_ones(tmp_path):
+    make_run(tmp_path, "a")
+    make_run(tmp_path, "b")
+    make_run(tmp_path, "c")
+    (tmp_path / "b" / "config.json").unlink()  # the two-writer bug of the first round: no config.json
+    metrics = tmp_path / "c" / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:40])  # truncated
+    make_run(tmp_path, "d")
+    (tmp_path / "d" / "summary.json").write_text("{")
+    (tmp_path / "notes").mkdir()  # not a run at all: ignored
+    good, bad = store.scan(tmp_path)
+    assert good == [tmp_path / "a"]
+    assert bad[tmp_path / "b"] == "no config.json" and "metrics.parquet is not a whole parquet file" in bad[tmp_path / "c"]
+    assert "summary.json cannot be read" in bad[tmp_path / "d"] and len(bad) == 3
+    with pytest.warns(UserWarning, match="skipped 3 run directories"):
+        assert list(store.load_runs(tmp_path).run_id) == ["a"]
+    with pytest.warns(UserWarning):
+        assert store.sql("SELECT count(*) AS n FROM metrics", tmp_path).n.item() == 3
+
+
+def test_empty_root_gives_no_rows(tmp_path):
+    for query in ("SELECT * FROM runs", "SELECT method, avg(test_acc) AS acc FROM runs GROUP BY method",
+                  "SELECT * FROM metrics", "SELECT * FROM records"):
+        assert len(store.sql(query, tmp_path)) == 0
+    assert store.load_runs(tmp_path).empty and {"run_id", "method", "test_acc", "seed"} <= set(store.load_runs(tmp_path).columns)

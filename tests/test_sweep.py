@@ -292,3 +292,99 @@ def test_local_and_dask_give_identical_runs_and_one_table(tmp_path):
         con.close()
     empty = sweep_frame(spec, tmp_path / "nothing-here")
     assert empty.empty and {"sweep", "variant", "run_id"} <= set(empty.columns)
+
+
+# ----------------------------------------------------------------------------- kill tests: a worker, a ddc train
+
+
+def _holders(root: Path):
+    """run id -> pid of the process holding its lock now."""
+    locks = root / ".locks"
+    out = {}
+    for lock in locks.glob("*.lock") if locks.exists() else []:
+        text = lock.read_text().split()
+        if len(text) >= 2 and text[0] == "pid":
+            out[lock.stem] = int(text[1])
+    return out
+
+
+def _wait_for(condition, what, proc=None, log=None, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended before {what}: {log.read_text() if log else ''}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep-processes")
+def test_sigkill_of_a_worker_retries_its_run_and_the_rest_goes_on(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_spec(base={**TINY, "epochs": 12, "batch_size": 16}, seeds=[0, 1])))
+    spec = load_spec(spec_path)
+    root, log = tmp_path / "runs", tmp_path / "sweep.log"
+    command = [sys.executable, "-c", SCRIPT, str(spec_path), "--root", str(root), "--workers", "2", "--no-progress"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def a_worker_mid_run():
+            partial = root / store.PARTIAL
+            held = _holders(root)
+            return next(((run_id, pid) for run_id, pid in held.items() if (partial / run_id / "checkpoint.pt").exists()), None)
+
+        victim, pid = _wait_for(a_worker_mid_run, "a run with a checkpoint", proc, log)
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert f"{len(spec)} completed, 0 failed" in output
+    retried = [line for line in output.splitlines() if line.strip().startswith("retried ")]
+    assert len(retried) == 1 and "SIGKILL" in retried[0] and "then completed" in retried[0], output
+    assert_complete(root, spec)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep-processes")
+def test_sigkill_of_a_ddc_train_sharing_the_root_with_a_sweep(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    # the shared run is long (the ddc train is killed part-way), the others short
+    methods = {"none": {"method": "none"}, "ddc": {"method": "ddc", "epochs": 200}}
+    spec_path.write_text(yaml.safe_dump(tiny_spec(base={**TINY, "epochs": 2}, methods=methods, seeds=[0])))
+    spec = load_spec(spec_path)
+    shared = next(r for r in spec.runs() if r.variant == "ddc")  # the sweep also has this run
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(shared.config.to_dict()))
+    root = tmp_path / "runs"
+    train_log, sweep_log = tmp_path / "train.log", tmp_path / "sweep.log"
+    train_command = [sys.executable, "-m", "ddc.cli", "train", "--config", str(config_path), "--root", str(root), "--no-progress"]
+    sweep_command_line = [sys.executable, "-c", SCRIPT, str(spec_path), "--root", str(root), "--workers", "2", "--no-progress"]
+    with open(train_log, "w") as out:
+        trainer = subprocess.Popen(train_command, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    sweep = None
+    try:
+        checkpoint = root / store.PARTIAL / shared.run_id / "checkpoint.pt"
+        _wait_for(checkpoint.exists, "the ddc train's first checkpoint", trainer, train_log)
+        with open(sweep_log, "w") as out:
+            sweep = subprocess.Popen(sweep_command_line, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        # the sweep's worker for the shared run waits for the lock the ddc train holds
+        _wait_for(lambda: "waiting" in sweep_log.read_text(), "the sweep to wait for the shared run", sweep, sweep_log)
+        assert trainer.poll() is None
+        os.killpg(trainer.pid, signal.SIGKILL)
+        trainer.wait()
+        assert sweep.wait(timeout=300) == 0, sweep_log.read_text()
+    finally:
+        for proc in (trainer, sweep):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    output = sweep_log.read_text()
+    assert f"run {shared.run_id} is being written by pid {trainer.pid}" in output
+    assert f"resuming run {shared.run_id} from its checkpoint at epoch" in output
+    assert f"{len(spec)} completed, 0 failed" in output
+    assert_complete(root, spec)
+    assert store.read_json(root / shared.run_id / "summary.json")["resumed_at_epochs"][0] >= 1
