@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import pathlib
+import warnings
 import pickle
 import tarfile
 
@@ -25,7 +26,7 @@ def _md5_bytes(content: bytes) -> str:
     return hashlib.md5(content).hexdigest()
 
 
-def write_fake_idx_dataset(directory: pathlib.Path, n_train=60, n_test=20, size=4, gz=True, seed=0):
+def write_fake_idx_dataset(directory: pathlib.Path, n_train=60, n_test=20, size=28, gz=True, seed=0):
     """Tiny MNIST-format dataset; returns the arrays written."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,7 @@ def test_describe_rows(isolated):
 def test_load_idx_dataset(isolated, gz):
     arrays = write_fake_idx_dataset(isolated / "d" / "mnist", gz=gz)
     splits = data.load("mnist", root=isolated / "d", val_fraction=0.25, normalize=False)
-    assert splits.input_shape == (1, 4, 4)
+    assert splits.input_shape == (1, 28, 28)
     assert splits.num_classes == 10 and splits.task == "classification" and splits.name == "mnist"
     assert [len(splits.train), len(splits.val), len(splits.test)] == [45, 15, 20]
     images, labels = splits.test.tensors
@@ -395,7 +396,7 @@ def test_same_arguments_give_identical_tensors(isolated):
 
 
 def test_train_and_val_do_not_overlap(isolated):
-    arrays = write_fake_idx_dataset(isolated / "d" / "mnist", n_train=100, size=6)
+    arrays = write_fake_idx_dataset(isolated / "d" / "mnist", n_train=100)
     splits = data.load("mnist", root=isolated / "d", normalize=False, val_fraction=0.3)
     as_rows = lambda images: {tuple((x.flatten() * 255).round().int().tolist()) for x in images}  # noqa: E731
     train_rows, val_rows = as_rows(splits.train.tensors[0]), as_rows(splits.val.tensors[0])
@@ -417,7 +418,7 @@ def test_subset_sizes_and_stratification(isolated):
 
 
 def test_class_filter_keeps_relabels_and_holds_out(isolated):
-    arrays = write_fake_idx_dataset(isolated / "d" / "mnist", n_train=400, n_test=100, size=6)
+    arrays = write_fake_idx_dataset(isolated / "d" / "mnist", n_train=400, n_test=100)
     full = data.load("mnist", root=isolated / "d", normalize=False, seed=2)
     kept = data.load("mnist", root=isolated / "d", normalize=False, seed=2, classes=[7, 2, 5])
     assert kept.num_classes == 3 and full.num_classes == 10
@@ -616,3 +617,66 @@ def test_mnist1d_disk_cache_gives_the_generated_arrays(tmp_path, monkeypatch):
     data._mnist1d_arrays.cache_clear()
     assert torch.equal(data.load("mnist1d", seed=3).train.tensors[0], fresh.train.tensors[0])
     data._mnist1d_arrays.cache_clear()
+
+
+# ----------------------------------------------------------------------------- checked before training
+
+
+@pytest.mark.parametrize("bad", ["labels", "images", "count"])
+def test_idx_problems_are_found_at_load_naming_the_file(isolated, bad):
+    import numpy as np
+
+    directory = isolated / "d" / "mnist"
+    arrays = write_fake_idx_dataset(directory, gz=False)
+    if bad == "labels":
+        data.write_idx(directory / data.IDX_FILES["test_labels"], np.where(arrays["test_labels"] == 3, 10, arrays["test_labels"]))
+        named, what = "t10k-labels-idx1-ubyte", r"label\(s\) \[10\] outside 0..9"
+    elif bad == "images":
+        data.write_idx(directory / data.IDX_FILES["train_images"], np.zeros((60, 20, 20), dtype=np.uint8))
+        named, what = "train-images-idx3-ubyte", r"shape \(60, 20, 20\); mnist needs \(N, 28, 28\)"
+    else:
+        data.write_idx(directory / data.IDX_FILES["train_labels"], arrays["train_labels"][:50])
+        named, what = "train-labels-idx1-ubyte", "50 labels"
+    with pytest.raises(ValueError, match=f"{named}.*{what}|{what}.*{named}"):
+        data.load("mnist", root=directory)
+    assert named in data.check_files("mnist", directory)
+    row = {r["name"]: r for r in data.describe(isolated / "d")}["mnist"]
+    assert not row["available"] and named in row["problem"]
+
+
+def test_truncated_files_are_not_available(isolated):
+    directory = isolated / "d" / "mnist"
+    write_fake_idx_dataset(directory)
+    assert data.check_files("mnist", directory) is None
+    images = directory / (data.IDX_FILES["train_images"] + ".gz")
+    images.write_bytes(images.read_bytes()[:100])
+    row = {r["name"]: r for r in data.describe(isolated / "d")}["mnist"]
+    assert row["path"] == str(directory) and not row["available"] and "corrupt or truncated" in row["problem"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "too_few_rows"])
+def test_unusable_mnist1d_cache_is_regenerated_with_a_warning(tmp_path, monkeypatch, damage):
+    import numpy as np
+
+    monkeypatch.setenv("DDC_DATA", str(tmp_path))
+    data._mnist1d_arrays.cache_clear()
+    fresh = data.load("mnist1d", seed=4)
+    cache = next((tmp_path / "generated" / "mnist1d").glob("seed-4-*.npz"))
+    if damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:1000])
+    else:
+        with np.load(cache) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+        arrays["x"], arrays["y"] = arrays["x"][:100], arrays["y"][:100]
+        with open(cache, "wb") as fh:
+            np.savez(fh, **arrays)
+    data._mnist1d_arrays.cache_clear()
+    with pytest.warns(UserWarning, match=f"MNIST-1D cache {cache} cannot be used.*generating it again"):
+        again = data.load("mnist1d", seed=4)
+    assert torch.equal(again.train.tensors[0], fresh.train.tensors[0]) and torch.equal(again.test.tensors[1], fresh.test.tensors[1])
+    data._mnist1d_arrays.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # regenerated: read without a warning now
+        data.load("mnist1d", seed=4)
