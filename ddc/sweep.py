@@ -771,8 +771,9 @@ def run_sweep(
     """Run every unfinished run of ``spec`` into ``root``; failures are recorded, not raised.
 
     ``workers`` defaults to ``os.cpu_count()`` (local) and is capped by the
-    number of runs left; ``threads`` is the torch threads per worker (None:
-    leave torch's default). An ``executor`` you made yourself (any
+    number of runs left; ``threads`` is the torch threads of a worker outside
+    training (None: torch's default): every run trains with its config's
+    ``num_threads`` (:data:`ddc.train.DEFAULT_THREADS` unless set), whoever runs it. An ``executor`` you made yourself (any
     :class:`Executor`) replaces ``backend``/``workers``/``address``; it is not shut down.
     """
     from .progress import emit, tqdm
@@ -972,7 +973,7 @@ def sweep_connect(spec: SpecLike, root=None):
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Parallel runs [default: all cores / the cluster's workers].")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Where runs execute [default: dask with --address, else local].")
 @click.option("--address", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (implies --backend dask).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads per worker.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads of a worker outside training; each run trains with its config's num_threads (default 1).")
 @click.option("--dry-run", is_flag=True, help="List the run ids and whether each is done, failed, partial or pending; run nothing.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar of the sweep.")
 def sweep_command(spec_path, root, workers, backend, address, threads, dry_run, progress):

@@ -360,7 +360,8 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
             return run_dir.final
         run_dir.check_final_path()
         check_device(config.device)
-        splits, model, handle = build(config, splits)
+        with _torch_threads(config.num_threads or DEFAULT_THREADS):  # data statistics are reductions too
+            splits, model, handle = build(config, splits)
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise RunSetupError(str(error)) from error
     run_id = run_dir.run_id
