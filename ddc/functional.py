@@ -56,6 +56,19 @@ def check_drop_config(p_base: float, p_signal: float, tau: float) -> None:
         raise ValueError(f"tau={tau!r} must lie in the open interval (0, 1)")
 
 
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics and drop probabilities are computed in: at least float32.
+
+    float64 signals stay float64; float16 and bfloat16 signals are computed in
+    float32 (their sums overflow or lose the differences the z-score needs).
+    """
+    return dtype if dtype == torch.float64 else torch.float32
+
+
+def _as_work(x: Tensor) -> Tensor:
+    return x if x.dtype == work_dtype(x.dtype) else x.to(work_dtype(x.dtype))
+
+
 def _reduce_dims(x: Tensor, scope: str) -> Optional[Tuple[int, ...]]:
     """Dimensions the statistics run over: all (layer) or all but the first (row)."""
     if scope == "layer" or x.dim() < 2:
@@ -68,13 +81,18 @@ def signal_stats(magnitude: Tensor, scope: str = "layer") -> Tuple[Tensor, Tenso
 
     ``magnitude`` is ``|S|``. For ``scope="row"`` the statistics are taken per
     output unit (first dimension) and keep their dimensions for broadcasting.
-    One fused pass (``torch.std_mean``) over the tensor.
+    One fused pass (``torch.std_mean``) over the tensor, in at least float32
+    (:func:`work_dtype`). A scope of one edge has standard deviation 0 (not
+    the NaN of ``N - 1 = 0``): one value does not vary.
     """
+    magnitude = _as_work(magnitude)
     dims = _reduce_dims(magnitude, scope)
+    count = magnitude.numel() if dims is None else math.prod(magnitude.shape[d] for d in dims)
+    correction = 1 if count > 1 else 0
     if dims is None:
-        sd, mu = torch.std_mean(magnitude)
+        sd, mu = torch.std_mean(magnitude, correction=correction)
     else:
-        sd, mu = torch.std_mean(magnitude, dim=dims, keepdim=True)
+        sd, mu = torch.std_mean(magnitude, dim=dims, keepdim=True, correction=correction)
     return mu, sd
 
 
@@ -91,15 +109,20 @@ def normalized_signal(
     - ``zscore``: ``(a - mean) / (std + eps)`` (the paper);
     - ``none``: ``a`` itself (DDC then collapses to DropConnect(p_base) for
       tiny gradients, since sigmoid(-a) stays near 0.5);
-    - ``mean``: ``a / mean(a) - 1``;
+    - ``mean``: ``a / mean(a) - 1``, computed as ``(a - mean) / (mean + eps)``
+      so that equal values give exactly 0 (eps only guards an all-zero scope);
     - ``rank``: the within-scope percentile ``(rank + 0.5) / n`` mapped through
-      the standard normal quantile function, so it lives on a z-like scale.
+      the standard normal quantile function, so it lives on a z-like scale;
+      tied values share their average rank.
 
+    Equal values (and a scope of one edge) give ``z = 0`` under every
+    normalisation but ``none``. Computed in at least float32.
     ``stats`` overrides the ``(mean, std)`` pair, which is how a global scope
     across several layers is implemented.
     """
     check_choice("normalize", normalize, NORMALIZE)
     check_choice("scope", scope, SCOPE)
+    magnitude = _as_work(magnitude)
     if normalize == "none":
         return magnitude
     if normalize == "rank":
@@ -109,22 +132,35 @@ def normalized_signal(
     else:
         mu, sd = stats
     if normalize == "mean":
-        return magnitude / (mu + eps) - 1.0
+        return (magnitude - mu) / (mu + eps)
     return (magnitude - mu) / (sd + eps)
 
 
 def _rank_score(magnitude: Tensor, scope: str) -> Tensor:
+    """``ndtri((rank + 0.5) / n)`` per scope, with average ranks for ties."""
+    magnitude = _as_work(magnitude)
     if scope == "row" and magnitude.dim() >= 2:
         flat = magnitude.reshape(magnitude.shape[0], -1)
     else:
         flat = magnitude.reshape(1, -1)
-    n = flat.shape[1]
-    order = flat.argsort(dim=1, stable=True)
-    ranks = torch.empty_like(order)
-    positions = torch.arange(n, device=flat.device).expand_as(order)
-    ranks.scatter_(1, order, positions)
-    percentile = (ranks.to(magnitude.dtype) + 0.5) / n
+    percentile = (average_ranks(flat).to(magnitude.dtype) + 0.5) / flat.shape[1]
     return torch.special.ndtri(percentile).reshape(magnitude.shape)
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """0-based ranks along the last dimension of a ``(rows, n)`` tensor, ties sharing the mean
+    of their positions (scipy's ``rankdata(method="average") - 1``); float64."""
+    rows, n = values.shape
+    ordered, order = values.sort(dim=1, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    # a group id per sorted position, unique across rows
+    group = starts.cumsum(1) - 1 + torch.arange(rows, device=values.device).unsqueeze(1) * n
+    positions = torch.arange(n, device=values.device, dtype=torch.float64).expand(rows, n)
+    sums = torch.zeros(rows * n, dtype=torch.float64, device=values.device).index_add_(0, group.reshape(-1), positions.reshape(-1))
+    counts = torch.bincount(group.reshape(-1), minlength=rows * n).to(torch.float64)
+    mean_position = (sums / counts.clamp_min(1)).gather(0, group.reshape(-1)).reshape(rows, n)
+    return torch.empty_like(mean_position).scatter_(1, order, mean_position)
 
 
 def drop_probability(
@@ -138,25 +174,32 @@ def drop_probability(
     scope: str = "layer",
     eps: float = EPS,
     stats: Optional[Tuple[Tensor, Tensor]] = None,
+    finite: Optional[Tensor] = None,
 ) -> Tensor:
     """Per-edge drop probability ``p = p_base + p_signal * q``.
 
     ``q = c * [c > tau]`` with ``c = sigmoid(-z)`` (``prefer="small"``: edges
     with small signal are dropped more often, the paper's DDC) or
     ``c = sigmoid(z)`` (``prefer="big"``), where ``z`` is the normalised
-    ``|signal|`` (see :func:`normalized_signal`).
+    ``|signal|`` (see :func:`normalized_signal`). Method spec section 1.
 
-    Signals with zero variance give ``z = 0``, ``c = 0.5`` and hence ``p_base``
-    everywhere (``0.5 > tau`` is false for the default ``tau``). A signal with
-    non-finite entries makes the scope's statistics NaN; NaN never passes the
-    threshold, so every edge of that scope falls back to ``p_base``.
+    Signals with zero variance (and scopes of one edge) give ``z = 0``,
+    ``c = 0.5`` and hence ``p_base`` everywhere (``0.5 > tau`` is false for the
+    default ``tau``). **Non-finite signals, one rule for every option:** if any
+    entry of ``signal`` is inf or NaN, every edge gets ``p_base`` (whatever
+    the normalisation and scope). ``finite`` (a bool, or a 0-dim bool tensor)
+    states whether the signal is finite when the caller knows it (e.g. with
+    ``stats`` pooled over layers); otherwise it is computed.
 
     Args:
         signal: gradient or weight, any shape (``out x in`` or ``out x in x k...``).
         p_base, p_signal: probabilities with ``p_base + p_signal <= 1``.
         tau: threshold in (0, 1) on the sigmoid output.
     Returns:
-        A tensor of the signal's shape and dtype with values in ``[0, 1]``.
+        A tensor of the signal's shape with values in ``[p_base, p_base + p_signal]``,
+        in the signal's dtype, or float32 for 16-bit signals (:func:`work_dtype`).
+    Raises:
+        ValueError: a probability, ``tau`` or choice out of range (named).
     """
     check_drop_config(p_base, p_signal, tau)
     check_choice("prefer", prefer, PREFER)
@@ -165,14 +208,23 @@ def drop_probability(
     if normalize == "rank":
         z = _rank_score(signal.abs(), scope)
         c = torch.sigmoid(z if prefer == "big" else -z)
-        # torch.where rather than c * (c > tau): a NaN score must give q = 0, not NaN.
         q = torch.where(c > tau, c, torch.zeros((), dtype=c.dtype, device=c.device))
-        return q.mul_(p_signal).add_(p_base)
+        prob = q.mul_(p_signal).add_(p_base)
+        if finite is None:
+            finite = torch.isfinite(signal).all()
+        return _fall_back(prob, finite, p_base)
     prob, _, _ = drop_and_keep(
         signal, p_base=p_base, p_signal=p_signal, tau=tau, prefer=prefer, normalize=normalize,
-        scope=scope, eps=eps, stats=stats, want_prob=True, draw=False,
+        scope=scope, eps=eps, stats=stats, finite=finite, want_prob=True, draw=False,
     )
     return prob
+
+
+def _fall_back(prob: Tensor, finite, p_base: float) -> Tensor:
+    """``prob``, or ``p_base`` on every edge when the signal was not finite (no host sync off the CPU)."""
+    if isinstance(finite, bool) or prob.device.type == "cpu":
+        return prob if bool(finite) else prob.fill_(p_base)
+    return torch.where(finite, prob, torch.full((), p_base, dtype=prob.dtype, device=prob.device))
 
 
 def keep_mask(
@@ -228,6 +280,7 @@ def keep_scale(
     drop_prob: Optional[Tensor] = None,
     eps: float = EPS,
     batch_dims: int = 0,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     """The factor that multiplies kept weights, so that ``W_eff = W * keep * scale``.
 
@@ -237,10 +290,17 @@ def keep_scale(
     - ``per_edge``: ``1 / (1 - drop_prob)``, so ``E[W_eff] = W`` edge by edge;
     - ``none``: 1.
 
-    Returns a tensor that broadcasts against ``keep``.
+    Returns a tensor that broadcasts against ``keep``, of ``dtype`` (give the
+    weight's, so that the masked weight keeps it; computed in at least float32),
+    else of ``drop_prob``'s dtype or the default dtype.
     """
+    scale = _keep_scale(keep, mode, drop_prob, eps, batch_dims)
+    return scale if dtype is None or scale.dtype == dtype else scale.to(dtype)
+
+
+def _keep_scale(keep, mode, drop_prob, eps, batch_dims):
     check_choice("recalibration", mode, RECALIBRATION)
-    dtype = torch.get_default_dtype() if drop_prob is None else _float_dtype(drop_prob)
+    dtype = torch.get_default_dtype() if drop_prob is None else work_dtype(_float_dtype(drop_prob))
     if mode == "none":
         return torch.ones((), dtype=dtype, device=keep.device)
     if mode == "realized":
@@ -258,6 +318,7 @@ def keep_scale(
         return 1.0 / (rate + eps)
     if drop_prob is None:
         raise ValueError(f"recalibration={mode!r} needs drop_prob")
+    drop_prob = _as_work(drop_prob)
     if mode == "expected":
         return 1.0 / (1.0 - drop_prob.mean()).clamp_min(eps)
     return 1.0 / (1.0 - drop_prob).clamp_min(eps)
@@ -284,7 +345,7 @@ def recalibrate(
             f"keep_mask has shape {tuple(keep_mask.shape)}; expected the weight's shape "
             f"{tuple(weight.shape)} or one leading batch dimension"
         )
-    scale = keep_scale(keep_mask, mode=mode, drop_prob=drop_prob, eps=eps, batch_dims=batch_dims)
+    scale = keep_scale(keep_mask, mode=mode, drop_prob=drop_prob, eps=eps, batch_dims=batch_dims, dtype=weight.dtype)
     return apply_keep(weight, keep_mask, scale)
 
 
@@ -401,18 +462,20 @@ def _streamed_stats(signal: Tensor, scope: str, want_sd: bool):
     mean/centred sum of squares per cache-sized block, and the parallel
     (Chan et al.) merge of the blocks in float64. Layer scope: 0-dim results;
     row scope: ``(rows, 1, ...)`` with the signal's number of dimensions.
+    In :func:`work_dtype` (float32 for 16-bit signals); a scope of one edge
+    has std 0.
     """
     row = scope == "row" and signal.dim() >= 2
-    dtype = signal.dtype
+    dtype = work_dtype(signal.dtype)
     blocks = _blocks(signal, scope)
     if row:
         matrix = signal.reshape(signal.shape[0], -1)
         cols = matrix.shape[1]
-        ref = matrix[:, :1].abs()
+        ref = _as_work(matrix[:, :1]).abs()
         buf = torch.empty(blocks[0][1].numel(), dtype=dtype, device=signal.device)
         means, m2s = [], []
         for start, blk in blocks:
-            a = torch.abs(blk, out=buf[: blk.numel()].view(blk.shape))
+            a = _abs_into(blk, buf[: blk.numel()].view(blk.shape))
             a.sub_(ref[start : start + blk.shape[0]])
             mu_b = a.mean(dim=1, keepdim=True)
             means.append(mu_b)
@@ -420,16 +483,16 @@ def _streamed_stats(signal: Tensor, scope: str, want_sd: bool):
                 a.sub_(mu_b)
                 m2s.append(torch.linalg.vector_norm(a, dim=1, keepdim=True).square_())
         mu = ref + torch.cat(means)
-        sd = torch.sqrt(torch.cat(m2s) / (cols - 1)) if want_sd else None
+        sd = torch.sqrt(torch.cat(m2s) / max(cols - 1, 1)) if want_sd else None
         shape = (signal.shape[0],) + (1,) * (signal.dim() - 1)
         return mu.reshape(shape), (sd.reshape(shape) if sd is not None else None)
     flat = signal.reshape(-1)
     n = flat.numel()
-    ref = flat[0].abs() if n else torch.zeros((), dtype=dtype, device=signal.device)
+    ref = _as_work(flat[0]).abs() if n else torch.zeros((), dtype=dtype, device=signal.device)
     buf = torch.empty(blocks[0][1].numel(), dtype=dtype, device=signal.device)
     means, m2s, counts = [], [], []
     for _, blk in blocks:
-        a = torch.abs(blk, out=buf[: blk.numel()])
+        a = _abs_into(blk, buf[: blk.numel()])
         a.sub_(ref)
         mu_b = a.mean()
         means.append(mu_b)
@@ -439,13 +502,20 @@ def _streamed_stats(signal: Tensor, scope: str, want_sd: bool):
             m2s.append(torch.dot(a, a) if a.is_floating_point() and a.dtype in (torch.float32, torch.float64) else (a * a).sum())
     if len(means) == 1:
         mu = ref + means[0]
-        sd = torch.sqrt(m2s[0] / (n - 1)) if want_sd else None
+        sd = torch.sqrt(m2s[0] / max(n - 1, 1)) if want_sd else None
         return mu, sd
     wide = torch.float64 if signal.device.type != "mps" else torch.float32
     shift, m2 = merge_moments(means, m2s if want_sd else None, counts, dtype=wide)
     mu = (ref.to(wide) + shift).to(dtype)
-    sd = torch.sqrt(m2 / (n - 1)).to(dtype) if want_sd else None
+    sd = torch.sqrt(m2 / max(n - 1, 1)).to(dtype) if want_sd else None
     return mu, sd
+
+
+def _abs_into(block: Tensor, out: Tensor) -> Tensor:
+    """``|block|`` written into ``out`` (which may be of a wider dtype)."""
+    if block.dtype == out.dtype:
+        return torch.abs(block, out=out)
+    return out.copy_(block).abs_()
 
 
 def merge_moments(means, m2s, counts, *, dtype: torch.dtype = torch.float64):
@@ -475,32 +545,39 @@ def drop_and_keep(
     scope: str = "layer",
     eps: float = EPS,
     stats: Optional[Tuple[Tensor, Tensor]] = None,
+    finite: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     want_prob: bool = True,
     draw: bool = True,
     stats_out: Optional[list] = None,
-) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """:func:`drop_probability` and :func:`keep_mask` in one blocked pass: ``(drop_prob, keep, mean)``.
+) -> Tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+    """:func:`drop_probability` and :func:`keep_mask` in one blocked pass: ``(drop_prob, keep, finite)``.
 
     The same values as ``p = drop_probability(signal, ...)`` followed by
     ``keep_mask(p, generator=generator)`` (same generator state, same mask),
     without full-size temporaries: ``drop_prob`` is only materialised when
     ``want_prob`` (otherwise ``None``); ``keep`` is ``None`` unless ``draw``.
-    ``mean`` is the mean of ``|signal|`` used (``None`` for ``normalize="none"``),
-    for a finiteness check. ``normalize="rank"`` is not supported here.
+    ``finite`` is a 0-dim bool tensor: whether the signal was finite (if not,
+    every edge got ``p_base``; see :func:`drop_probability`); given, it is
+    used instead of being computed. ``normalize="rank"`` is not supported here.
     ``stats_out``, a list, receives the ``(mean, sd)`` the scores used (either
-    may be None), from which :func:`drop_probability` with ``stats=`` gives
-    the same probabilities for any part of the signal later.
+    may be None), from which :func:`drop_probability` with ``stats=`` and
+    ``finite=`` gives the same probabilities for any part of the signal later.
     Arguments are validated by the callers.
     """
     if normalize == "rank":
         raise ValueError("drop_and_keep: normalize='rank' needs the full tensor; use drop_probability")
     row = scope == "row" and signal.dim() >= 2
     small = prefer == "small"
+    dtype = work_dtype(signal.dtype)
+    device = signal.device
     mu = sd = den = None
     if normalize in ("zscore", "mean"):
         if stats is None:
             mu, sd = _streamed_stats(signal, scope, want_sd=normalize == "zscore")
+            if finite is None:
+                # The mean (accumulated per block, merged in float64) is finite exactly when every entry is.
+                finite = torch.isfinite(mu).all()
         else:
             mu, sd = stats
         if normalize == "zscore":
@@ -508,12 +585,14 @@ def drop_and_keep(
             den = (sd + eps).neg_() if small else sd + eps
         else:
             den = (mu + eps).neg_() if small else mu + eps
+    if finite is None:
+        finite = torch.isfinite(signal).all()
+    elif not isinstance(finite, Tensor):
+        finite = torch.tensor(bool(finite), device=device)
     if stats_out is not None:
         stats_out.extend((mu, sd))
     if _COMPILE["enabled"] and draw:  # one fused kernel over the whole tensor: none of the blocked path's buffers
-        return _drop_and_keep_compiled(signal, row, normalize, small, mu, den, p_base, p_signal, tau, generator, want_prob)
-    dtype = signal.dtype
-    device = signal.device
+        return _drop_and_keep_compiled(signal, row, normalize, small, mu, den, finite, p_base, p_signal, tau, generator, want_prob)
     prob = torch.empty(signal.shape, dtype=dtype, device=device) if want_prob else None
     keep = torch.empty(signal.shape, dtype=torch.bool, device=device) if draw else None
     blocks = _blocks(signal, scope)
@@ -522,38 +601,37 @@ def drop_and_keep(
     cond_buf = torch.empty(size, dtype=torch.bool, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     cpu = device.type == "cpu"
-    udtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    ubuf = torch.empty(size, dtype=udtype, device=device) if (draw and cpu) else None
+    ubuf = torch.empty(size, dtype=dtype, device=device) if (draw and cpu) else None
     prob_view = None if prob is None else (prob.reshape(signal.shape[0], -1) if row else prob.view(-1))
     keep_view = None if keep is None else (keep.view(signal.shape[0], -1) if row else keep.view(-1))
     if row and mu is not None:
         mu_rows = mu.reshape(-1, 1) if mu.dim() else mu
         den_rows = den.reshape(-1, 1) if den.dim() else den
-    # NaN scores only arise from a non-finite mean (normalize zscore/mean), and
-    # then for the whole scope. On the CPU, looking at the mean is free (no
-    # device queue to wait for): a finite mean lets one threshold op stand in
-    # for compare-and-select, and a non-finite one means p = p_base outright.
-    # Elsewhere (no host sync) a where() maps NaN scores to q = 0.
-    finite = None
-    if cpu and mu is not None and stats is None:
-        finite = bool(torch.isfinite(mu).all())
+    # On the CPU, looking at the finiteness flag is free (no device queue to
+    # wait for): a finite signal lets one threshold op stand in for
+    # compare-and-select, and a non-finite one means p = p_base outright.
+    # Elsewhere (no host sync) a where() maps NaN scores to q = 0, and a
+    # second one puts p_base on every edge of a non-finite signal.
+    finite_host = bool(finite) if cpu else None
     p_base_t = torch.full((), p_base, dtype=dtype, device=device)
     for start, blk in blocks:
         count = blk.numel()
         stop = start + blk.shape[0]
         out = prob_view[start:stop] if prob_view is not None else buf[:count].view(blk.shape)
-        if finite is False and not row:
+        if finite_host is False:
             a = out.fill_(p_base)
         else:
             a = _score_block(blk, out, normalize, small, row, start, stop, mu, den,
                              mu_rows if row and mu is not None else None,
                              den_rows if row and mu is not None else None)
-            if finite:
+            if finite_host:
                 torch.nn.functional.threshold_(a, tau, 0.0)  # q = c * [c > tau]
             else:
                 cond = torch.gt(a, tau, out=cond_buf[:count].view(blk.shape))
                 torch.where(cond, a, zero, out=a)  # q; a NaN score gives q = 0
             torch.add(p_base_t, a, alpha=p_signal, out=a)  # p = p_base + p_signal * q
+            if finite_host is None:
+                torch.where(finite, a, p_base_t, out=a)
         if draw:
             kb = keep_view[start:stop]
             if cpu:
@@ -565,19 +643,15 @@ def drop_and_keep(
                 kb.copy_(torch.gt(u, a, out=u))
             else:
                 torch.gt(u, a, out=kb)
-    return prob, keep, mu
+    return prob, keep, finite
 
 
 def _score_block(blk, out, normalize, small, row, start, stop, mu, den, mu_rows, den_rows):
     """``c = sigmoid(-z)`` (or ``sigmoid(z)`` for prefer="big") of one block, into ``out``."""
-    a = torch.abs(blk, out=out)
-    if normalize == "zscore":
+    a = _abs_into(blk, out)
+    if normalize in ("zscore", "mean"):
         m_b, d_b = (mu_rows[start:stop], den_rows[start:stop]) if row and mu_rows.dim() else (mu, den)
-        a.sub_(m_b).div_(d_b)
-    elif normalize == "mean":
-        d_b = den_rows[start:stop] if row and den_rows.dim() else den
-        # -(a / (mu + eps) - 1) == a / -(mu + eps) + 1 exactly.
-        a.div_(d_b).add_(1.0) if small else a.div_(d_b).sub_(1.0)
+        a.sub_(m_b).div_(d_b)  # zscore: (a - mu) / -(sd + eps); mean: (a - mu) / -(mu + eps)
     elif small:
         a.neg_()
     return a.sigmoid_()
@@ -628,18 +702,16 @@ def _fused_kernel(normalize: str, small: bool, bits: bool, want_prob: bool):
     key = (normalize, small, bits, want_prob)
     if key not in _KERNELS:
 
-        def kernel(signal, draws, mu, den, p_base, p_signal, tau):
+        def kernel(signal, draws, mu, den, finite, p_base, p_signal, tau):
             # the eager path's operations, in its order (see _score_block and drop_and_keep)
-            a = signal.abs()
-            if normalize == "zscore":
+            a = signal.abs().to(p_base.dtype)
+            if normalize in ("zscore", "mean"):
                 a = (a - mu) / den
-            elif normalize == "mean":
-                a = a / den + (1.0 if small else -1.0)
             elif small:
                 a = -a
             c = torch.sigmoid(a)
             q = torch.where(c > tau, c, torch.zeros_like(c))  # a NaN score gives q = 0
-            p = p_base + p_signal * q
+            p = torch.where(finite, p_base + p_signal * q, p_base)  # a non-finite signal: p_base everywhere
             u = draws.to(p.dtype) * (2.0**-16) + (0.5 + 2.0**-17) if bits else draws
             keep = u > p
             return (p, keep) if want_prob else keep
@@ -648,8 +720,8 @@ def _fused_kernel(normalize: str, small: bool, bits: bool, want_prob: bool):
     return _KERNELS[key]
 
 
-def _drop_and_keep_compiled(signal, row, normalize, small, mu, den, p_base, p_signal, tau, generator, want_prob):
-    dtype, device = signal.dtype, signal.device
+def _drop_and_keep_compiled(signal, row, normalize, small, mu, den, finite, p_base, p_signal, tau, generator, want_prob):
+    dtype, device = work_dtype(signal.dtype), signal.device
     flat = signal.reshape(signal.shape[0], -1) if row else signal.reshape(-1)
     n = flat.numel()
     bits = device.type == "cpu"
@@ -666,6 +738,6 @@ def _drop_and_keep_compiled(signal, row, normalize, small, mu, den, p_base, p_si
         return t.reshape(-1, 1) if row and t.dim() else t
 
     scalars = [torch.full((), v, dtype=dtype, device=device) for v in (p_base, p_signal, tau)]
-    result = _fused_kernel(normalize, small, bits, want_prob)(flat, draws, as_scope(mu), as_scope(den), *scalars)
+    result = _fused_kernel(normalize, small, bits, want_prob)(flat, draws, as_scope(mu), as_scope(den), finite, *scalars)
     prob, keep = result if want_prob else (None, result)
-    return (None if prob is None else prob.view(signal.shape)), keep.view(signal.shape), mu
+    return (None if prob is None else prob.view(signal.shape)), keep.view(signal.shape), finite

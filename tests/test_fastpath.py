@@ -64,7 +64,7 @@ def _naive_p(signal, prefer, normalize, scope, p_base, p_signal, tau, eps=F.EPS)
     else:
         dims = None if scope == "layer" or a.dim() < 2 else tuple(range(1, a.dim()))
         sd, mu = torch.std_mean(a) if dims is None else torch.std_mean(a, dim=dims, keepdim=True)
-        z = (a - mu) / (sd + eps) if normalize == "zscore" else a / (mu + eps) - 1.0
+        z = (a - mu) / (sd + eps) if normalize == "zscore" else (a - mu) / (mu + eps)
     c = torch.sigmoid(z if prefer == "big" else -z)
     q = torch.where(c > tau, c, torch.zeros((), dtype=c.dtype))
     return q * p_signal + p_base
@@ -109,15 +109,21 @@ def test_block_size_never_changes_the_mask(monkeypatch):
             assert torch.equal(k, same[0][1])
 
 
-def test_nonfinite_signal_layer_and_row(small_chunks):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("normalize", F.NORMALIZE)
+@pytest.mark.parametrize("scope", F.SCOPE)
+def test_nonfinite_signal_gives_p_base_on_every_edge(small_chunks, bad, normalize, scope):
+    """One rule for every option: any inf/NaN in the signal puts p_base on every edge of it."""
     signal = _signal((12, 10), seed=6)
-    signal[4, 2] = float("nan")
-    p, keep, mu = F.drop_and_keep(signal, p_base=0.2, p_signal=0.5, generator=torch.Generator().manual_seed(0))
-    assert not torch.isfinite(mu) and torch.all(p == 0.2) and keep.dtype == torch.bool
-    p_row = F.drop_probability(signal, p_base=0.2, p_signal=0.5, scope="row")
-    expected = _naive_p(signal, "small", "zscore", "row", 0.2, 0.5, 0.5)
-    assert torch.all(p_row[4] == 0.2)
-    torch.testing.assert_close(p_row, expected)
+    signal[4, 2] = bad
+    kwargs = dict(p_base=0.2, p_signal=0.5, normalize=normalize, scope=scope)
+    p = F.drop_probability(signal, **kwargs)
+    assert torch.all(p == 0.2)
+    if normalize != "rank":
+        p2, keep, finite = F.drop_and_keep(signal, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert not finite and torch.all(p2 == 0.2) and keep.dtype == torch.bool
+        _, _, finite = F.drop_and_keep(_signal((12, 10), seed=6), generator=torch.Generator().manual_seed(0), **kwargs)
+        assert finite
 
 
 # ----------------------------------------------------------------------------- random bits

@@ -50,9 +50,7 @@ def naive_drop_probability(signal, p_base, p_signal, tau, prefer, normalize, sco
         values = group.ravel()
         n = values.size
         mu = values.sum() / n
-        sd = math.sqrt(((values - mu) ** 2).sum() / (n - 1))
-        order = sorted(range(n), key=lambda i: (values[i], i))
-        rank = {index: r for r, index in enumerate(order)}
+        sd = math.sqrt(((values - mu) ** 2).sum() / max(n - 1, 1))  # one value: no spread
         row = []
         for i, value in enumerate(values):
             if normalize == "zscore":
@@ -60,11 +58,13 @@ def naive_drop_probability(signal, p_base, p_signal, tau, prefer, normalize, sco
             elif normalize == "none":
                 z = value
             elif normalize == "mean":
-                z = value / (mu + eps) - 1.0
+                z = (value - mu) / (mu + eps)  # a / mean - 1, exactly 0 for equal values
             else:
                 from scipy.stats import norm
 
-                z = norm.ppf((rank[i] + 0.5) / n)
+                below, equal = (values < value).sum(), (values == value).sum()
+                rank = below + (equal - 1) / 2  # ties share their average rank
+                z = norm.ppf((rank + 0.5) / n)
             c = 1.0 / (1.0 + math.exp(z if prefer == "small" else -z))
             q = c if c > tau else 0.0
             row.append(p_base + p_signal * q)
