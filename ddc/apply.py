@@ -205,6 +205,7 @@ def apply(
         prototype.check_layer(layer, name)
     for index, (name, layer) in enumerate(selected.items()):
         instance = prototype if index == 0 else make_method(method, rng=rng, **options)
+        instance.layer_name = name
         _attach(layer, instance)
     handle = Handle(model, method, selected, rng)
     ddc_methods = [m for m in handle.methods.values() if isinstance(m, DynamicDropConnect) and m.scope == "global"]

@@ -116,68 +116,93 @@ class _Workspace:
         self.weight = _Recycled()
 
 
+class _Rule:
+    """What the backward of a masked weight does: the update rule and where the signal goes.
+
+    ``dense``: ``update="reference"``. ``sink(grad_eff, grad_param)``: the
+    method's signal store, or None; it receives ``dL/dW_eff`` (or, with
+    ``want_param``, ``dL/dW`` in its place) and may return the signal it
+    replaced, whose memory then serves the next weight-sized gradient.
+    ``workspace``: recycled memory of large CPU layers (:class:`_Workspace`).
+    """
+
+    __slots__ = ("dense", "sink", "want_param", "workspace")
+
+    def __init__(self, dense: bool, sink: Optional[Callable], want_param: bool, workspace=None):
+        self.dense, self.sink, self.want_param, self.workspace = dense, sink, want_param, workspace
+
+
+def _own(tensor: Tensor, box: list, workspace) -> Tensor:
+    """A copy of ``tensor``, in the memory of the replaced signal in ``box`` when that is free."""
+    out = _reclaim(box, tensor) if workspace is not None else None
+    return tensor.clone() if out is None else out.copy_(tensor)
+
+
 class _MaskedWeight(torch.autograd.Function):
-    """``W_eff = W * keep * scale`` with a choice of backward rule.
+    """``W_eff = W * keep * scale`` with a choice of backward rule (see :class:`_Rule`).
 
     ``dense=False`` (``update="autograd"``): ``dL/dW = keep * scale * dL/dW_eff``.
     ``dense=True`` (``update="reference"``): ``dL/dW = dL/dW_eff``, the authors'
-    copy-in/copy-out update. ``sink(grad_effective, grad_param)`` receives the
-    gradients (summed over the batch for per-example masks) so the method can
-    keep its signal without a separate hook; ``grad_param`` is None when the
-    caller does not need it (``want_param_grad=False``: the sink then runs
-    before ``dL/dW`` is formed). ``workspace`` (large CPU layers) recycles the
-    memory of ``W_eff`` across steps, see :class:`_Recycled`. ``keep=None`` is the identity,
-    used on the first step to capture a gradient before any mask exists.
+    copy-in/copy-out update. The sink gets the gradients (summed over the batch
+    for per-example masks) so the method can keep its signal without a
+    separate hook. **The tensors handed to the sink are never the one handed
+    to autograd as the weight's gradient** (that becomes ``.grad``, which the
+    user and the optimizer may change in place): where they would coincide,
+    autograd gets a copy. ``keep=None`` is the identity, used on the first
+    step to capture a gradient before any mask exists.
     """
 
     @staticmethod
-    def forward(ctx, weight, keep, scale, dense, sink, want_param_grad, workspace=None):
-        ctx.dense, ctx.sink, ctx.want_param_grad = dense, sink, want_param_grad
-        ctx.workspace = workspace
-        ctx.batched = keep is not None and keep.dim() > weight.dim()
+    def forward(weight, keep, scale, rule):
         if keep is None:
-            ctx.save_for_backward()
             return weight.clone()
-        ctx.save_for_backward(keep, scale)
-        out = workspace.weight.take(weight) if workspace is not None and not ctx.batched else None
+        batched = keep.dim() > weight.dim()
+        out = rule.workspace.weight.take(weight) if rule.workspace is not None and not batched else None
         return F.apply_keep(weight, keep, scale, out=out)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, keep, scale, rule = inputs
+        ctx.rule = rule
+        ctx.masked = keep is not None
+        ctx.batched = keep is not None and keep.dim() > weight.dim()
+        ctx.save_for_backward(keep, scale)
+
+    @staticmethod
     def backward(ctx, grad_eff):
-        keep = scale = None
-        if ctx.saved_tensors:
-            keep, scale = ctx.saved_tensors
-        need_param = keep is None or not ctx.dense or ctx.want_param_grad
-        if ctx.batched:
-            grad_param = F.apply_keep(grad_eff, keep, scale) if need_param else None
+        rule = ctx.rule
+        keep, scale = ctx.saved_tensors
+        grad_param = None
+        if not ctx.masked:
+            grad_param = grad_eff
+        elif ctx.batched:
+            if not rule.dense or rule.want_param:
+                grad_param = F.apply_keep(grad_eff, keep, scale).sum(0)
             grad_eff = grad_eff.sum(0)
-            grad_param = grad_param.sum(0) if grad_param is not None else None
-            if ctx.sink is not None:
-                ctx.sink(grad_eff, grad_param)
+        elif rule.want_param and rule.sink is not None:
+            grad_param = F.apply_keep(grad_eff, keep, scale)
+        released = []
+        given = None
+        if rule.sink is not None:
+            given = grad_param if rule.want_param else grad_eff
+            released.append(rule.sink(None if rule.want_param else grad_eff, grad_param if rule.want_param else None))
+        if rule.workspace is None:
+            released.clear()  # let the old signal go now: its memory can serve dL/dW
+        if rule.dense or not ctx.masked:
+            grad_weight = grad_eff
+        elif grad_param is not None:
+            grad_weight = grad_param
         else:
-            # The signal only needs dL/dW_eff (unless signal_source="param"): hand
-            # it over first, so the previous step's signal is released before
-            # dL/dW is allocated (one weight-sized tensor less at the peak).
-            early = ctx.sink is not None and not ctx.want_param_grad
-            released = [ctx.sink(grad_eff, None)] if early else []
-            if ctx.workspace is None:
-                released.clear()  # let the old signal go now: its memory can serve dL/dW
-            if keep is None:
-                grad_param = grad_eff
-            elif need_param:
-                # It becomes .grad, so not the workspace (a recycled buffer would sit idle
-                # through the next forward, raising the peak by a weight's size); but on a
-                # large CPU layer the signal the new one just replaced dies here, and its
-                # memory, already mapped, spares dL/dW a weight's worth of page faults.
-                out = _reclaim(released, grad_eff) if ctx.workspace is not None else None
-                grad_param = F.apply_keep(grad_eff, keep, scale, out=out)
-            else:
-                grad_param = None
-            released.clear()
-            if ctx.sink is not None and not early:
-                ctx.sink(grad_eff, grad_param)
-        grad_weight = grad_eff if ctx.dense else grad_param
-        return grad_weight, None, None, None, None, None, None
+            # It becomes .grad, so not the workspace (a recycled buffer would sit idle
+            # through the next forward, raising the peak by a weight's size); but on a
+            # large CPU layer the signal the new one just replaced dies here, and its
+            # memory, already mapped, spares dL/dW a weight's worth of page faults.
+            out = _reclaim(released, grad_eff) if rule.workspace is not None else None
+            grad_weight = F.apply_keep(grad_eff, keep, scale, out=out)
+        if grad_weight is given:
+            grad_weight = _own(grad_weight, released, rule.workspace)
+        released.clear()
+        return grad_weight, None, None, None
 
 
 #: Edges per chunk of per-example masks (:class:`_ExampleMasks`): about 4 MB of float32 per temporary.
@@ -205,8 +230,9 @@ class _ExampleMasks:
     ``batch x out x in`` of them, as bools, and ``scale`` the scales).
     """
 
-    def __init__(self, drop_prob: Tensor, generator, shape, recalibration: str, eps: float, record: bool):
+    def __init__(self, drop_prob: Tensor, generator, shape, recalibration: str, eps: float, record: bool, dtype=None):
         self.drop_prob, self.shape, self.recalibration, self.eps = drop_prob, tuple(shape), recalibration, eps
+        self.dtype = dtype  # of the scales: the weight's
         self.generator = generator if generator is not None else _default_generator(drop_prob.device)
         self.state = self.generator.get_state()
         edges = max(self.shape[1] * self.shape[2], 1)
@@ -232,7 +258,7 @@ class _ExampleMasks:
                 keep = F.keep_mask(self.drop_prob, generator=generator, shape=(stop - start, rows, cols))
                 if self.keep is not None:
                     self.keep[start:stop] = keep
-            scale = F.keep_scale(keep, mode=self.recalibration, drop_prob=self.drop_prob, eps=self.eps, batch_dims=1)
+            scale = F.keep_scale(keep, mode=self.recalibration, drop_prob=self.drop_prob, eps=self.eps, batch_dims=1, dtype=self.dtype)
             scales.append(scale)
             yield start, stop, keep, scale
         if self.keep is not None and not again:
@@ -248,28 +274,35 @@ class _PerExampleLinear(torch.autograd.Function):
     :class:`_MaskedWeight` for per-example masks: ``dL/dW_eff`` summed over
     the batch (one matrix product, it needs no mask) goes to the sink;
     ``dL/dW = sum_b keep_b * scale_b * dL/dW_eff_b``, or ``dL/dW_eff`` with
-    ``dense=True``.
+    ``dense=True``. As there, autograd never gets a tensor the sink got.
+    The products run in autocast's dtype when autocast is on (as ``F.linear``
+    would), else in the promoted dtype of ``x`` and ``W``; gradients come back
+    in the dtypes of ``x`` and ``W``.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, masks, dense, sink, want_param_grad):
-        ctx.masks, ctx.dense, ctx.sink, ctx.want_param_grad = masks, dense, sink, want_param_grad
+    def forward(ctx, x, weight, masks, rule):
+        ctx.masks, ctx.rule = masks, rule
+        ctx.dtypes = (x.dtype, weight.dtype)
+        ctx.compute = _matmul_dtype(x, weight)
+        ctx.save_for_backward(x, weight)
+        x, weight = x.to(ctx.compute), weight.to(ctx.compute)
         out = x.new_empty(x.shape[0], x.shape[1], weight.shape[0])
         effective = weight.new_empty(masks.examples, *weight.shape)  # one buffer for every chunk
         for start, stop, keep, scale in masks.chunks():
             part = effective[: stop - start]
             torch.mul(weight, keep, out=part).mul_(scale)  # (W * keep) * scale, as apply_keep
             torch.bmm(x[start:stop], part.transpose(1, 2), out=out[start:stop])
-        ctx.save_for_backward(x, weight)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        x, weight = (t.to(ctx.compute) for t in ctx.saved_tensors)
+        grad_out = grad_out.to(ctx.compute).contiguous()
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        rule = ctx.rule
         grad_eff = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        need_param = not ctx.dense or ctx.want_param_grad
+        need_param = not rule.dense or (rule.want_param and rule.sink is not None)
         grad_param = torch.zeros_like(weight) if need_param else None
         if grad_x is not None or need_param:
             shape = (ctx.masks.examples, *weight.shape)
@@ -283,10 +316,32 @@ class _PerExampleLinear(torch.autograd.Function):
                 if need_param:
                     torch.bmm(grad_out[start:stop].transpose(1, 2), x[start:stop], out=product).mul_(factor)
                     grad_param += product.sum(0)
-        if ctx.sink is not None:
-            ctx.sink(grad_eff, grad_param)
-        grad_weight = grad_eff if ctx.dense else grad_param
-        return grad_x, grad_weight, None, None, None, None
+        x_dtype, w_dtype = ctx.dtypes
+        grad_x = None if grad_x is None else grad_x.to(x_dtype)
+        grad_eff = grad_eff.to(w_dtype)
+        grad_param = None if grad_param is None else grad_param.to(w_dtype)
+        grad_weight = grad_eff if rule.dense else grad_param
+        if rule.sink is not None:
+            given = grad_param if rule.want_param else grad_eff
+            rule.sink(None if rule.want_param else grad_eff, grad_param if rule.want_param else None)
+            if grad_weight is given:
+                grad_weight = grad_weight.clone()
+        return grad_x, grad_weight, None, None
+
+
+def _matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype ``F.linear(x, weight)`` computes in: autocast's when it is on for the device."""
+    device = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device)
+    except TypeError:  # (torch < 2.4 takes no device)
+        enabled = torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
+    if enabled:
+        try:
+            return torch.get_autocast_dtype(device)
+        except AttributeError:  # (torch < 2.4)
+            return torch.get_autocast_cpu_dtype() if device == "cpu" else torch.get_autocast_gpu_dtype()
+    return torch.promote_types(x.dtype, weight.dtype)
 
 
 def _plain_forward(layer: nn.Module, *args, **kwargs):
@@ -362,13 +417,25 @@ class LayerMethod(nn.Module):
         #: for a recorder; off by default so nothing is retained.
         self.keep_last = False
         self.last: dict = {}
+        #: the layer's qualified name in the model it was applied to (for messages)
+        self.layer_name = ""
+
+    def _named(self) -> str:
+        return f" in layer {self.layer_name!r}" if self.layer_name else ""
 
     def check_layer(self, layer: nn.Module, name: str) -> None:
+        """Refuse, with a ``ValueError`` naming the layer, a layer this method cannot act on."""
         if self.layer_types is not None and not isinstance(layer, self.layer_types):
             kinds = ", ".join(t.__name__ for t in self.layer_types)
             raise ValueError(
                 f"layers: {name!r} is a {type(layer).__name__}, which has no weight that "
                 f"method={self.name!r} can mask; allowed layer types: {kinds}"
+            )
+        weight = layer._parameters.get("weight")
+        if weight is not None and weight.numel() == 0:
+            raise ValueError(
+                f"layers: {name!r} has a zero-size weight {tuple(weight.shape)}; there is nothing "
+                f"for method={self.name!r} to drop (select layers with at least one edge)"
             )
 
     def rng(self, device) -> Optional[torch.Generator]:
@@ -410,9 +477,9 @@ class Dropout(LayerMethod):
         out = _plain_forward(layer, *args, **kwargs)
         if not layer.training or self.p == 0.0:
             return out
-        drop_prob = torch.full((), self.p, dtype=out.dtype, device=out.device)
+        drop_prob = torch.full((), self.p, dtype=F.work_dtype(out.dtype), device=out.device)
         keep = F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
-        scale = F.keep_scale(keep, mode="expected", drop_prob=drop_prob)
+        scale = F.keep_scale(keep, mode="expected", drop_prob=drop_prob, dtype=out.dtype)
         if self.keep_last:
             self.last = {"drop_prob": drop_prob, "keep": keep, "scale": scale}
         return F.apply_keep(out, keep, scale)
@@ -448,6 +515,7 @@ class Standout(LayerMethod):
         self.alpha, self.beta, self.form = float(alpha), float(beta), form
 
     def check_layer(self, layer, name):
+        super().check_layer(layer, name)
         if self.form == "tied" and not isinstance(layer, nn.Linear):
             raise ValueError(
                 f"layers: {name!r} is a {type(layer).__name__}; standout form='tied' needs nn.Linear "
@@ -470,7 +538,7 @@ class Standout(LayerMethod):
         drop_prob = 1.0 - keep_prob
         keep = F.keep_mask(drop_prob, generator=self.rng(out.device))
         if self.keep_last:
-            self.last = {"drop_prob": drop_prob, "keep": keep, "scale": torch.ones((), device=out.device)}
+            self.last = {"drop_prob": drop_prob, "keep": keep, "scale": torch.ones((), dtype=out.dtype, device=out.device)}
         return out * keep
 
 
@@ -529,6 +597,10 @@ class _WeightDrop(LayerMethod):
         """The tensor this step's drop probabilities came from (None: not signal-driven)."""
         return None
 
+    def recorded_signal(self, role: str, param: Tensor) -> Optional[Tensor]:
+        """What a recorder keeps as this step's signal (a tensor that will not change under it)."""
+        return self.signal_tensor(role, param)
+
     def draw_mask(self, role: str, param: Tensor, shape: Tuple[int, ...]) -> Optional[Tuple[Optional[Tensor], Tensor]]:
         """``(drop_prob, keep)`` for this step, or None for "do not mask".
 
@@ -544,24 +616,29 @@ class _WeightDrop(LayerMethod):
     def _needs_drop_prob(self) -> bool:
         return self.keep_last or self.recalibration in ("expected", "per_edge")
 
+    def _rule(self, role: str, param: Tensor, workspace: bool = False) -> _Rule:
+        recycle = workspace and param.device.type == "cpu" and param.numel() >= _Recycled.MIN_NUMEL
+        return _Rule(
+            dense=self.update == "reference",
+            sink=self.gradient_sink(role),
+            want_param=getattr(self, "signal_source", "effective") == "param",
+            workspace=self._workspaces.setdefault(role, _Workspace()) if recycle else None,
+        )
+
     def _masked(self, param: Tensor, role: str, batch: Optional[int]):
-        sink = self.gradient_sink(role)
-        dense = self.update == "reference"
-        want_param = getattr(self, "signal_source", "effective") == "param"
         shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
         drawn = self.draw_mask(role, param, shape)
         if drawn is None:
-            if sink is None:
+            rule = self._rule(role, param)
+            if rule.sink is None:
                 return param, None
-            return _MaskedWeight.apply(param, None, None, dense, sink, want_param), None
+            return _MaskedWeight.apply(param, None, None, rule), None
         drop_prob, keep = drawn
         scale = F.keep_scale(
-            keep, mode=self.recalibration, drop_prob=drop_prob, eps=self.eps, batch_dims=0 if batch is None else 1
+            keep, mode=self.recalibration, drop_prob=drop_prob, eps=self.eps,
+            batch_dims=0 if batch is None else 1, dtype=param.dtype,
         )
-        workspace = None
-        if param.device.type == "cpu" and param.numel() >= _Recycled.MIN_NUMEL:
-            workspace = self._workspaces.setdefault(role, _Workspace())
-        masked = _MaskedWeight.apply(param, keep, scale, dense, sink, want_param, workspace)
+        masked = _MaskedWeight.apply(param, keep, scale, self._rule(role, param, workspace=True))
         return masked, (drop_prob, keep, scale)
 
     def forward(self, layer, x, *args, **kwargs):
@@ -575,7 +652,7 @@ class _WeightDrop(LayerMethod):
             bias, _ = self._masked(bias, "bias", None)
         if self.keep_last:
             self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
-            self.last["signal"] = self.signal_tensor("weight", layer.weight)
+            self.last["signal"] = self.recorded_signal("weight", layer.weight)
         return _forward_with(layer, x, weight, bias)
 
     def _per_example_forward(self, layer: nn.Linear, x: Tensor) -> Tensor:
@@ -585,26 +662,25 @@ class _WeightDrop(LayerMethod):
         batch = x.shape[0]
         flat = x.reshape(batch, -1, x.shape[-1])
         drop_prob = self.weight_drop_prob(weight)
-        dense = self.update == "reference"
-        sink = self.gradient_sink("weight")
-        want_param = getattr(self, "signal_source", "effective") == "param"
+        rule = self._rule("weight", weight)
         masks = None
         if drop_prob is None:  # no mask this step (DDC's first step); the sink still gets its gradient
-            effective = weight if sink is None else _MaskedWeight.apply(weight, None, None, dense, sink, want_param)
+            effective = weight if rule.sink is None else _MaskedWeight.apply(weight, None, None, rule)
             out = torch.matmul(flat, effective.t())
         else:
-            masks = _ExampleMasks(drop_prob, self.rng(weight.device), (batch, *weight.shape), self.recalibration, self.eps, self.keep_last)
-            out = _PerExampleLinear.apply(flat, weight, masks, dense, sink, want_param)
+            masks = _ExampleMasks(
+                drop_prob, self.rng(weight.device), (batch, *weight.shape), self.recalibration, self.eps, self.keep_last, dtype=weight.dtype
+            )
+            out = _PerExampleLinear.apply(flat, weight, masks, rule)
         bias = layer.bias
         if bias is not None:
             if self.drop_bias:
                 bias, _ = self._masked(bias, "bias", batch)
-                out = out + bias.unsqueeze(1)
-            else:
-                out = out + bias
+            # a per-example bias mask gives (batch, out); the first step's unmasked bias is (out,)
+            out = out + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
         if self.keep_last:
             self.last = {} if masks is None else {"drop_prob": drop_prob, "keep": masks.keep, "scale": masks.scale}
-            self.last["signal"] = self.signal_tensor("weight", weight)
+            self.last["signal"] = self.recorded_signal("weight", weight)
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -633,7 +709,7 @@ class DropConnect(_WeightDrop):
         )
 
     def _uniform(self, param: Tensor) -> Tensor:
-        return torch.full((), self.p, dtype=param.dtype, device=param.device)
+        return torch.full((), self.p, dtype=F.work_dtype(param.dtype), device=param.device)
 
     def weight_drop_prob(self, weight):
         return self._uniform(weight)
@@ -666,10 +742,21 @@ class DynamicDropConnect(_WeightDrop):
       reference); ``"base"`` drops every edge with ``p_base`` meanwhile;
     - ``drop_bias=False``: biases (with their own signal statistics) are masked too when True.
 
-    Non-finite gradients: if a layer's signal contains inf/NaN its statistics
-    are NaN and every edge of that layer gets ``p_base`` for the step (a
-    DropConnect step); the effective weights stay finite. A warning is issued
-    once per layer, and ``nonfinite_steps`` counts such steps.
+    The signal is DDC's own: no stored signal, EMA or statistic shares memory
+    with ``.grad``, the weight or a tensor handed to a hook, so clipping,
+    zeroing or cleaning gradients in place never changes the next drop
+    probabilities (see :class:`_MaskedWeight`; the weight signal is read when
+    the mask is drawn).
+
+    Non-finite signals, one rule for every option (normalisation, scope,
+    ``grad_ema``, ``signal_source``): if the gradient behind this step's signal
+    holds inf/NaN anywhere in the layer, every edge of the layer gets
+    ``p_base`` for the step (a DropConnect step; the effective weights stay
+    finite), ``nonfinite_steps`` counts the step, and a ``RuntimeWarning`` is
+    issued once per layer (on the CPU at once; on accelerators at the next
+    ``eval()``, so that training never waits on the device). With
+    ``grad_ema`` such a gradient does not enter the average. With
+    ``scope="global"`` the pooled statistics leave such a layer out.
     """
 
     name = "ddc"
@@ -708,10 +795,14 @@ class DynamicDropConnect(_WeightDrop):
         self.signal_source, self.grad_ema, self.first_step = signal_source, float(grad_ema), first_step
         #: set by ``apply`` when scope="global": shares statistics across layers
         self.global_stats: Optional[GlobalStats] = None
-        self.register_buffer("weight_signal", None, persistent=False)
-        self.register_buffer("bias_signal", None, persistent=False)
+        for role in ("weight", "bias"):
+            self.register_buffer(f"{role}_signal", None, persistent=False)
+            # grad_ema > 0: whether the last gradient was finite, and whether the EMA holds one
+            self.register_buffer(f"{role}_signal_finite", None, persistent=False)
+            self.register_buffer(f"{role}_ema_valid", None, persistent=False)
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self._warned_nonfinite = False
+        self._checked_nonfinite = 0  # (accelerators: nonfinite_steps when last looked at, at eval())
 
     def extra_repr(self) -> str:
         return (
@@ -727,30 +818,52 @@ class DynamicDropConnect(_WeightDrop):
     def gradient_sink(self, role):
         if self.signal != "grad":
             return None
-        return lambda grad_eff, grad_param: self._store_signal(role, grad_eff, grad_param)
+        return functools.partial(self._store_signal, role)
 
     @torch.no_grad()
-    def _store_signal(self, role: str, grad_eff: Tensor, grad_param: Optional[Tensor]) -> Optional[Tensor]:
-        """Keep the new signal; returns the one it replaces (the caller may reuse its memory)."""
-        grad = grad_eff if self.signal_source == "effective" else grad_param
+    def _store_signal(self, role: str, grad_eff: Optional[Tensor], grad_param: Optional[Tensor]) -> Optional[Tensor]:
+        """Keep the new signal; returns the one it replaced (the caller may reuse its memory).
+
+        The backward hands over tensors that autograd never sees (see
+        :class:`_MaskedWeight`), so keeping a reference is owning it.
+        """
+        grad = (grad_eff if self.signal_source == "effective" else grad_param).detach()
         name = f"{role}_signal"
         previous = getattr(self, name)
-        if self.grad_ema == 0.0 or previous is None:
-            # A reference, not a copy: autograd hands out fresh gradient tensors.
-            new = grad.detach() if self.grad_ema == 0.0 else grad.detach().abs()
-        else:
-            magnitude = grad.detach().abs()
-            blended = torch.lerp(magnitude, previous, self.grad_ema)
-            new = torch.where(torch.isfinite(magnitude), blended, previous)
+        new = grad if self.grad_ema == 0.0 else self._blend(role, grad, previous)
         setattr(self, name, new)
         if self.global_stats is not None and role == "weight":
             self.global_stats.invalidate()
         return previous
 
+    def _blend(self, role: str, grad: Tensor, previous: Optional[Tensor]) -> Tensor:
+        """``d * ema + (1 - d) * |g|``. A gradient with inf/NaN leaves the average as it was
+        (and marks the next step non-finite); the first finite one starts it."""
+        magnitude = grad.abs()
+        finite = torch.isfinite(magnitude).all()
+        valid = getattr(self, f"{role}_ema_valid")
+        if previous is None or valid is None:
+            new, valid = magnitude, finite
+        elif magnitude.device.type == "cpu":  # looking is free: one op instead of three
+            new = (torch.lerp(magnitude, previous, self.grad_ema) if bool(valid) else magnitude) if bool(finite) else previous
+            valid = valid | finite
+        else:
+            started = torch.where(valid, torch.lerp(magnitude, previous, self.grad_ema), magnitude)
+            new = torch.where(finite, started, previous)
+            valid = valid | finite
+        setattr(self, f"{role}_signal_finite", finite)
+        setattr(self, f"{role}_ema_valid", valid)
+        return new
+
     def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
         if self.signal == "weight":
             return param.detach()
         return getattr(self, f"{role}_signal")
+
+    def recorded_signal(self, role: str, param: Tensor) -> Optional[Tensor]:
+        # The weight changes in place at the optimizer step: a recorder gets a copy of the one used.
+        signal = self.signal_tensor(role, param)
+        return signal.clone() if self.signal == "weight" and signal is not None else signal
 
     # ---- drop probability ---------------------------------------------------
 
@@ -765,6 +878,52 @@ class DynamicDropConnect(_WeightDrop):
             scope="layer" if self.scope == "global" else self.scope,
             eps=self.eps,
         )
+
+    def _summary(self, role: str, signal: Tensor):
+        """``(stats, finite)`` behind this step's drop probabilities: the normalisation's
+        ``(mean, sd)`` (None for ``none``/``rank``) and whether the signal is finite
+        (a Python bool on the CPU, a 0-dim bool tensor elsewhere)."""
+        stats = None
+        if self.normalize in ("zscore", "mean"):
+            if self.global_stats is not None and role == "weight":
+                stats, finite = self.global_stats.get(self)
+            else:
+                stats = F._streamed_stats(signal, self._formula()["scope"], want_sd=self.normalize == "zscore")
+                # (the mean, accumulated per block and merged in float64, is finite exactly when every entry is)
+                finite = torch.isfinite(stats[0]).all()
+        else:
+            finite = torch.isfinite(signal).all()
+        last = getattr(self, f"{role}_signal_finite") if self.signal == "grad" and self.grad_ema > 0 else None
+        if last is not None:
+            finite = finite & last
+        return stats, bool(finite) if signal.device.type == "cpu" else finite
+
+    def _count_nonfinite(self, finite) -> None:
+        if isinstance(finite, bool):
+            if finite:
+                return
+            self.nonfinite_steps += 1
+            self._warn_nonfinite()
+        else:
+            self.nonfinite_steps += ~finite  # no host sync: looked at in eval()
+
+    def _warn_nonfinite(self) -> None:
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(
+                f"ddc: non-finite gradient signal{self._named()}; every edge of the layer gets p_base for "
+                "such steps (counted in nonfinite_steps). This warning is shown once per layer.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def train(self, mode: bool = True):
+        # Accelerators: the count lives on the device; look at it when training pauses.
+        if not mode and not self._warned_nonfinite and self.nonfinite_steps.device.type != "cpu":
+            if int(self.nonfinite_steps) > self._checked_nonfinite:
+                self._warn_nonfinite()
+            self._checked_nonfinite = int(self.nonfinite_steps)
+        return super().train(mode)
 
     def draw_mask(self, role, param, shape):
         """Fast path: drop probabilities and mask in one blocked pass (:func:`ddc.functional.drop_and_keep`).
@@ -788,22 +947,20 @@ class DynamicDropConnect(_WeightDrop):
             and param.numel() >= LAZY_DROP_PROB_NUMEL
         )
         with torch.no_grad():
-            stats = None
-            if self.normalize in ("zscore", "mean") and self.global_stats is not None and role == "weight":
-                stats = self.global_stats.get()
+            stats, finite = self._summary(role, signal.detach())
+            self._count_nonfinite(finite)
             used = [] if lazy else None
-            drop_prob, keep, mean = F.drop_and_keep(
+            drop_prob, keep, _ = F.drop_and_keep(
                 signal.detach(),
                 **formula,
                 stats=stats,
+                finite=finite,
                 generator=self.rng(param.device),
                 want_prob=self._needs_drop_prob() and not lazy,
                 stats_out=used,
             )
-            if mean is not None:
-                self._check_finite(mean)
         if lazy:
-            drop_prob = LazyDropProb(signal.detach(), used, formula)
+            drop_prob = LazyDropProb(signal.detach(), used, formula, finite)
         return drop_prob, keep
 
     def _drop_prob(self, role: str, param: Tensor) -> Optional[Tensor]:
@@ -811,30 +968,11 @@ class DynamicDropConnect(_WeightDrop):
         if signal is None:
             if self.first_step == "passthrough":
                 return None
-            return torch.full((), self.p_base, dtype=param.dtype, device=param.device)
+            return torch.full((), self.p_base, dtype=F.work_dtype(param.dtype), device=param.device)
         with torch.no_grad():
-            scope = "layer" if self.scope == "global" else self.scope
-            stats = None
-            if self.normalize in ("zscore", "mean"):
-                if self.global_stats is not None and role == "weight":
-                    stats = self.global_stats.get()
-                else:
-                    stats = F._streamed_stats(signal.detach(), scope, want_sd=self.normalize == "zscore")
-                self._check_finite(stats[0])
-            return F.drop_probability(signal.detach(), **self._formula(), stats=stats)
-
-    def _check_finite(self, mean: Tensor) -> None:
-        bad = ~torch.isfinite(mean).all()
-        self.nonfinite_steps += bad
-        # Only look on the host when that is free: on accelerators it would sync.
-        if mean.device.type == "cpu" and not self._warned_nonfinite and bool(bad):
-            self._warned_nonfinite = True
-            warnings.warn(
-                "ddc: non-finite gradient signal; the layer's edges fall back to p_base for such "
-                "steps (counted in nonfinite_steps). This warning is shown once per layer.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            stats, finite = self._summary(role, signal.detach())
+            self._count_nonfinite(finite)
+            return F.drop_probability(signal.detach(), **self._formula(), stats=stats, finite=finite)
 
     def weight_drop_prob(self, weight):
         return self._drop_prob("weight", weight)
@@ -843,18 +981,14 @@ class DynamicDropConnect(_WeightDrop):
         return self._drop_prob("bias", bias)
 
     def method_state(self) -> dict:
-        state = {}
-        for name in ("weight_signal", "bias_signal"):
-            if getattr(self, name) is not None:
-                state[name] = getattr(self, name).clone()
-        state["nonfinite_steps"] = self.nonfinite_steps.clone()
-        return state
+        return {name: value.clone() for name, value in self.named_buffers(recurse=False) if value is not None}
 
     def load_method_state(self, state: dict) -> None:
         state = dict(state)
-        for name in ("weight_signal", "bias_signal", "nonfinite_steps"):
+        for name in list(self._buffers):
             if name in state:
-                setattr(self, name, state.pop(name))
+                # A copy: the state's tensors stay the caller's.
+                setattr(self, name, state.pop(name).clone())
         super().load_method_state(state)
 
 
@@ -872,11 +1006,11 @@ class LazyDropProb:
     (same signal tensor, same mean and sd). Only for layer-scope statistics.
     """
 
-    def __init__(self, signal: Tensor, stats, formula: dict):
+    def __init__(self, signal: Tensor, stats, formula: dict, finite=True):
         self.signal = signal
         mu, sd = stats if stats else (None, None)
         self.stats = None if mu is None else (mu, sd)
-        self.formula = dict(formula)
+        self.formula = dict(formula, finite=finite)
         self.shape, self.dtype, self.device = signal.shape, signal.dtype, signal.device
 
     def numel(self) -> int:
@@ -901,36 +1035,50 @@ class GlobalStats:
     """Mean and unbiased std of ``|signal|`` pooled across several DDC layers.
 
     Recomputed lazily at most once per backward pass, by combining each
-    layer's (count, mean, M2) with Chan's parallel formula.
+    layer's (count, mean, M2) with Chan's parallel formula, in float64. A
+    layer whose signal is not finite is left out of the pool (it falls back to
+    ``p_base`` on its own); no host synchronisation.
     """
 
     def __init__(self, methods):
         self.methods = list(methods)
-        self._cached: Optional[Tuple[Tensor, Tensor]] = None
+        self._cached: Optional[tuple] = None
 
     def invalidate(self) -> None:
         self._cached = None
 
-    def get(self) -> Tuple[Tensor, Tensor]:
+    def get(self, method=None):
+        """``((mean, sd), finite)``: the pooled statistics, and whether ``method``'s own signal is finite."""
         if self._cached is None:
             self._cached = self._compute()
-        return self._cached
+        stats, finite = self._cached
+        return stats, finite.get(id(method), True)
 
-    def _compute(self) -> Tuple[Tensor, Tensor]:
-        means, m2s, counts = [], [], []
+    def _compute(self):
+        means, m2s, counts, finite = [], [], [], {}
         for method in self.methods:
             if method.weight_signal is None:
                 continue
-            magnitude = method.weight_signal.abs()
+            magnitude = F._as_work(method.weight_signal).abs()
             var, mean = torch.var_mean(magnitude, correction=0)
-            means.append(mean)
-            m2s.append(var * magnitude.numel())
-            counts.append(magnitude.numel())
+            ok = torch.isfinite(mean)
+            if method.grad_ema > 0 and method.weight_signal_finite is not None:
+                ok = ok & method.weight_signal_finite
+            finite[id(method)] = ok
+            zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
+            means.append(torch.where(ok, mean, zero))
+            m2s.append(torch.where(ok, var * magnitude.numel(), zero))
+            counts.append(ok * magnitude.numel())
         if not means:
             raise RuntimeError("GlobalStats.get() called before any layer has a gradient signal")
-        mean, m2 = F.merge_moments(means, m2s, counts)
-        sd = torch.sqrt(m2 / max(sum(counts) - 1, 1))
-        return mean.to(means[0].dtype), sd.to(means[0].dtype)
+        wide = torch.float64
+        means_t, m2s_t = torch.stack(means).to(wide), torch.stack(m2s).to(wide)
+        counts_t = torch.stack(counts).to(wide)
+        total = counts_t.sum()
+        mean = (means_t * counts_t).sum() / total
+        m2 = m2s_t.sum() + (counts_t * (means_t - mean).square()).sum()
+        sd = torch.sqrt(m2 / torch.clamp(total - 1, min=1))
+        return (mean.to(means[0].dtype), sd.to(means[0].dtype)), finite
 
 
 class NoMethod(LayerMethod):

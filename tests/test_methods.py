@@ -285,7 +285,8 @@ def test_global_scope_pools_statistics_across_layers():
     m1, m2 = handle.methods["fc1"], handle.methods["fc2"]
     pooled = torch.cat([m1.weight_signal.abs().flatten(), m2.weight_signal.abs().flatten()])
     sd, mu = torch.std_mean(pooled)
-    got_mu, got_sd = m1.global_stats.get()
+    (got_mu, got_sd), finite = m1.global_stats.get(m1)
+    assert finite
     torch.testing.assert_close(got_mu, mu)
     torch.testing.assert_close(got_sd, sd)
     expected = F.drop_probability(m2.weight_signal, p_base=0.3, p_signal=0.5, stats=(mu, sd))
