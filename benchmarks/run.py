@@ -12,7 +12,8 @@ keeps every step time (``times_ms``). The targets are judged on the paired
 ratios: DDC against plain, the Recorder against DDC.
 
 Variants: ``plain`` (no method), ``dropout`` (output of the masked layers),
-``dropconnect`` (p=0.5), ``ddc`` (our implementation, default options),
+``dropconnect`` (p=0.5), ``ddc`` (our implementation, default options), ``ddc-reference``
+(DDC with ``update="reference"``, the authors' dense update),
 ``ddc+recorder`` (DDC with ``ddc.recorder.Recorder(model, every=1)`` attached,
 ``recorder.step()`` after every step: all scalar metrics every step),
 ``ddc+recorder-exact`` (the same with ``exact_edges=None``: exact counts and
@@ -73,7 +74,7 @@ from ddc.recorder import Recorder
 from .baseline import CopyInCopyOut
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("plain", "dropout", "dropconnect", "ddc", "ddc+recorder", "ddc+recorder-exact", "ddc+compile", "baseline")
+VARIANTS = ("plain", "dropout", "dropconnect", "ddc", "ddc-reference", "ddc+recorder", "ddc+recorder-exact", "ddc+compile", "baseline")
 
 
 # ----------------------------------------------------------------------------- cases
@@ -151,12 +152,14 @@ class Runner:
         elif variant == "dropconnect":
             ddc.apply(self.model, variant, layers=case["layers"], seed=seed, **options)
         elif variant.startswith("ddc"):
+            if variant == "ddc-reference":
+                options = dict(options, update="reference")
             ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed, **options)
             if variant == "ddc+recorder":
                 self.recorder = Recorder(self.model, every=1).attach()
             elif variant == "ddc+recorder-exact":
                 self.recorder = Recorder(self.model, every=1, exact_edges=None).attach()
-            elif variant not in ("ddc", "ddc+compile"):
+            elif variant not in ("ddc", "ddc-reference", "ddc+compile"):
                 raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         elif variant == "baseline":
             self.baseline = CopyInCopyOut(selected.values(), generator=torch.Generator().manual_seed(seed))
@@ -392,6 +395,10 @@ def checks(case_name: str, variants: dict) -> dict:
     if d and exact:  # reported, no target: exact counts on every layer
         paired, medians = _over(exact, d)
         out["(info) exact-count recorder over ddc"] = (True, f"paired {100 * paired:+.1f}%, medians {100 * medians:+.1f}%")
+    dense = variants.get("ddc-reference")
+    if d and dense:  # reported, no target: the authors' dense update (its signal is copied from dL/dW_eff)
+        paired, medians = _over(dense, d)
+        out["(info) ddc with update='reference' over ddc"] = (True, f"paired {100 * paired:+.1f}%, medians {100 * medians:+.1f}%")
     fused = variants.get("ddc+compile")
     if d and fused:
         r = fused["median_ms"] / d["median_ms"]
