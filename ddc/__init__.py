@@ -5,12 +5,15 @@ their own dependencies when used.
 """
 
 from . import functional
-from .apply import Handle, apply, make_method, method_options, regularized_layers, select_layers
-from .methods import METHODS, Dropout, DropConnect, DynamicDropConnect, LayerMethod, MaskRNG, Standout
+from .apply import Handle, apply, attach, detach, disabled, make_method, method_options, regularized_layers, select_layers
+from .methods import METHODS, Dropout, DropConnect, DynamicDropConnect, LayerMethod, MaskRNG, Standout, WeightDrop
 
 __all__ = [
     "functional",
     "apply",
+    "attach",
+    "detach",
+    "disabled",
     "Handle",
     "make_method",
     "method_options",
@@ -18,6 +21,7 @@ __all__ = [
     "select_layers",
     "METHODS",
     "LayerMethod",
+    "WeightDrop",
     "MaskRNG",
     "Dropout",
     "DropConnect",

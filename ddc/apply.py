@@ -1,33 +1,210 @@
 """Put a method onto chosen layers of any model, and take it off again.
 
-``apply`` attaches one method module per selected layer as the child
-``ddc_method`` and routes the layer's ``forward`` through it. Parameters are
-never replaced or copied, so optimisers built before or after stay valid, and
-``model.state_dict()`` keeps the plain architecture's keys. ``remove()``
-deletes the child and the routing, leaving the model exactly as it was.
+How a method rides on a layer (the mechanism, and why):
+
+- The method is the layer's child module ``ddc_method``, and the layer's
+  class is swapped for a subclass of it made once per class
+  (:func:`regularized_class`, as ``torch.nn.utils.parametrize`` does) whose
+  ``forward`` goes through the method. The class travels with the module, so
+  the method acts on the layer's own parameters in every copy PyTorch makes:
+  ``copy.deepcopy``, ``pickle`` and whole-module ``torch.save``/``torch.load``
+  (the class pickles as "the regularised subclass of ``nn.Linear``", rebuilt
+  on load), ``.to()``, ``torch.compile``, ``torch.func.functional_call``,
+  DDP. A bound ``forward`` in the instance (our first design) did not survive
+  ``torch.load``; ``parametrize`` refuses ``torch.save`` and renames the
+  ``state_dict`` keys. Parameters are never replaced or copied: optimisers
+  built before or after stay valid, and ``model.state_dict()`` keeps the
+  plain architecture's keys.
+- Weight methods also give the subclass ``weight``/``bias`` properties. While
+  a forward pass of the model (or of any module above the layer, or of the
+  layer itself) runs in training mode, reading ``layer.weight`` gives the
+  masked weight, one mask per forward pass, however often it is read; outside
+  a forward pass (a weight penalty, logging, ``.grad``, the optimizer) it is
+  the parameter. So a parent that reads the child's weight itself
+  (``nn.MultiheadAttention`` reads ``out_proj.weight``) gets the method too.
+  A selected layer whose weight still receives a gradient the method never
+  saw gets a ``RuntimeWarning`` naming it.
+
+``handle.remove()`` (or :func:`detach`) restores the class, deletes the child
+and the hooks, leaving the model exactly as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copyreg
 import fnmatch
+import functools
 import inspect
-import types
-from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
+import logging
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .functional import check_choice
-from .methods import METHODS, DynamicDropConnect, GlobalStats, LayerMethod, MaskRNG
+from .methods import METHODS, DynamicDropConnect, GlobalStats, LayerMethod, MaskRNG, WeightDrop
 
 ATTR = "ddc_method"
 OUTPUT_METHODS = ("dropout", "standout")
+#: modules whose forward only calls their children: never the reader of a child's weight
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+logger = logging.getLogger("ddc")
 
 Selector = Union[str, type, Iterable[Union[str, type]], None]
 
 
-def _routed_forward(self, *args, **kwargs):
-    return getattr(self, ATTR)(self, *args, **kwargs)
+# ----------------------------------------------------------------------------- the mechanism
+
+
+class _Regularized(type):
+    """Metaclass of the layer subclasses :func:`regularized_class` makes (so they pickle by recipe)."""
+
+
+_CLASSES: Dict[Tuple[type, bool], type] = {}
+
+
+def regularized_class(base: type, weights: bool = False) -> type:
+    """The subclass of ``base`` that a layer carrying a method has (one per base class).
+
+    Its ``forward`` calls the layer's ``ddc_method``; with ``weights`` its
+    ``weight`` and ``bias`` are read through the method (see the module
+    docstring). It keeps ``base``'s name, so the model prints as before, and
+    pickles as ``regularized_class(base, weights)``.
+    """
+    key = (base, weights)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        namespace = {"forward": _forward, "__module__": base.__module__, "_ddc_base": base, "__qualname__": base.__qualname__}
+        if weights:
+            for name in ("weight", "bias"):
+                namespace[name] = property(functools.partial(_read, name), doc=f"the {name}, masked inside a training forward")
+        cls = _Regularized(base.__name__, (base,), namespace)
+        _CLASSES[key] = cls
+    return cls
+
+
+def _reduce_class(cls):
+    base = cls.__dict__.get("_ddc_base")
+    if base is None:  # a further subclass (e.g. parametrize's): pickled by name, as usual
+        return cls.__qualname__
+    return regularized_class, (base, "weight" in cls.__dict__)
+
+
+copyreg.pickle(_Regularized, _reduce_class)
+
+
+def _forward(self, *args, **kwargs):
+    method = self._modules.get(ATTR)
+    if method is None:  # (the child was deleted by hand: the plain layer)
+        return type(self)._ddc_base.forward(self, *args, **kwargs)
+    return method(self, *args, **kwargs)
+
+
+def _read(name: str, layer: nn.Module):
+    cls = next(c for c in type(layer).__mro__ if "_ddc_base" in c.__dict__)
+    params = layer.__dict__["_parameters"]
+    raw = params[name] if name in params else getattr(super(cls, layer), name)
+    method = layer.__dict__["_modules"].get(ATTR)
+    return raw if method is None else method.read(layer, name, raw)
+
+
+class _EnterScope:
+    """Forward pre-hook of a module above regularised layers: their masked weights are what any
+    code reads while this module's forward runs (``paths``: the layers, relative to it)."""
+
+    def __init__(self, paths: Iterable[str]):
+        self.paths = tuple(paths)
+
+    def methods(self, module: nn.Module) -> List[LayerMethod]:
+        found = []
+        for path in self.paths:
+            try:
+                layer = module.get_submodule(path)
+            except AttributeError:  # (the layer was replaced)
+                continue
+            method = layer._modules.get(ATTR)
+            if method is not None:
+                found.append(method)
+        return found
+
+    def __call__(self, module, args):
+        for method in self.methods(module):
+            method.enter()
+
+
+class _ExitScope(_EnterScope):
+    """The matching forward hook (``always_call``: it runs even when the forward raises)."""
+
+    def __call__(self, module, args, output):
+        for method in self.methods(module):
+            method.exit()
+
+
+def _scope_hooks(model: nn.Module, layers: Dict[str, nn.Module]) -> list:
+    """Enter/exit hooks on the model and on every non-container module above a weight-method layer."""
+    below: Dict[str, List[str]] = {}
+    for name in layers:
+        parts = name.split(".") if name else []
+        for depth in range(len(parts)):
+            below.setdefault(".".join(parts[:depth]), []).append(".".join(parts[depth:]))
+    handles = []
+    for prefix, paths in below.items():
+        module = model.get_submodule(prefix)
+        if prefix and isinstance(module, CONTAINERS):
+            continue
+        handles.append(module.register_forward_pre_hook(_EnterScope(paths)))
+        handles.append(module.register_forward_hook(_ExitScope(paths), always_call=True))
+    return handles
+
+
+def attach(layer: nn.Module, method: LayerMethod, name: str = "") -> None:
+    """Put one constructed ``method`` on ``layer`` (what :func:`apply` does per layer).
+
+    For methods of your own (a :class:`LayerMethod` subclass). ``name`` is
+    the layer's name in messages. :func:`detach` takes it off.
+    Raises ``ValueError`` if the layer already carries a method or the
+    method cannot act on it.
+    """
+    if ATTR in layer._modules:
+        raise ValueError(
+            f"layers: {name or type(layer).__name__!r} already carries method={layer._modules[ATTR].name!r}; "
+            "remove it (handle.remove()) before applying another"
+        )
+    method.check_layer(layer, name)
+    reference = next(iter(layer.parameters(recurse=False)), None)
+    if reference is not None:
+        method.to(reference.device)
+    method.train(layer.training)
+    method.layer_name = name
+    layer.add_module(ATTR, method)
+    layer.__class__ = regularized_class(type(layer), weights=isinstance(method, WeightDrop))
+    method.attached(layer)
+
+
+def detach(layer: nn.Module) -> None:
+    """Take the method off ``layer`` (if any): the plain layer, exactly as before."""
+    method = layer._modules.pop(ATTR, None)
+    if method is not None:
+        method.detached()
+    base = type(layer).__dict__.get("_ddc_base")
+    if base is not None:
+        layer.__class__ = base
+
+
+@contextlib.contextmanager
+def disabled(*modules: nn.Module):
+    """Inside the block the methods on ``modules`` (and below them) do nothing: plain layers."""
+    methods = [m for module in modules for m in module.modules() if isinstance(m, LayerMethod)]
+    previous = [m.active for m in methods]
+    for m in methods:
+        m.active = False
+    try:
+        yield
+    finally:
+        for m, state in zip(methods, previous):
+            m.active = state
 
 
 def method_options(method: str) -> Tuple[str, ...]:
@@ -119,13 +296,19 @@ class Handle:
     ``remove()`` restores the model exactly; the handle is also a context
     manager. ``state_dict()`` holds the methods' own state (gradient signals,
     RNG) for checkpoints, since the model's ``state_dict`` stays plain.
+    ``layers`` lists the names of the regularised layers.
     """
 
-    def __init__(self, model: nn.Module, method: str, layers: Dict[str, nn.Module], rng: MaskRNG):
+    def __init__(self, model: nn.Module, method: str, layers: Dict[str, nn.Module], rng: MaskRNG, hooks=()):
         self.model, self.method, self.rng = model, method, rng
         self._layers = layers
+        self._hooks = list(hooks)
         self.methods: Dict[str, LayerMethod] = {name: layer._modules[ATTR] for name, layer in layers.items()}
         self.removed = False
+
+    @property
+    def layers(self) -> List[str]:
+        return list(self.methods)
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else "attached"
@@ -133,11 +316,11 @@ class Handle:
 
     def remove(self) -> None:
         """Detach every method; idempotent."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         for layer in self._layers.values():
-            if ATTR in layer._modules:
-                del layer._modules[ATTR]
-            if "forward" in layer.__dict__:
-                del layer.__dict__["forward"]
+            detach(layer)
         self.removed = True
 
     def __enter__(self) -> "Handle":
@@ -179,7 +362,9 @@ def apply(
         method: ``"none"``, ``"dropout"``, ``"dropconnect"``, ``"standout"`` or ``"ddc"``.
         layers: names, glob patterns or module types (see :func:`select_layers`).
             Weight methods take ``nn.Linear`` and ``nn.Conv1d/2d/3d``; output
-            methods take any module.
+            methods take any module whose output is a tensor (not containers,
+            RNNs or attention, which return tuples). A selection by type or
+            pattern is logged (logger ``"ddc"``, INFO) with what it picked.
         seed / generator: the random source of every mask of this ``apply``
             (one generator per device, shared by the layers, so the same seed
             gives the same masks). Neither: the global RNG.
@@ -187,6 +372,9 @@ def apply(
             ``p_base=0.3, p_signal=0.5`` for DDC. Unknown names raise.
     Returns:
         A :class:`Handle`; ``handle.remove()`` restores the model.
+    Raises:
+        ValueError: an unknown method, option or layer, a layer the method
+            cannot act on; the message names it and what is allowed.
     """
     check_choice("method", method, tuple(METHODS))
     rng = MaskRNG(seed=seed, generator=generator)
@@ -196,6 +384,10 @@ def apply(
             select_layers(model, layers, method=method)
         return Handle(model, method, {}, rng)
     selected = select_layers(model, layers, method=method)
+    if layers is not None:
+        chosen = [layers] if isinstance(layers, (str, type)) else list(layers)
+        if any(isinstance(s, type) or any(c in s for c in "*?[") for s in chosen):
+            logger.info("ddc.apply(%r): layers=%r picked %d layer(s): %s", method, layers, len(selected), ", ".join(n or "(root)" for n in selected))
     for name, layer in selected.items():
         if ATTR in layer._modules:
             raise ValueError(
@@ -204,22 +396,12 @@ def apply(
             )
         prototype.check_layer(layer, name)
     for index, (name, layer) in enumerate(selected.items()):
-        instance = prototype if index == 0 else make_method(method, rng=rng, **options)
-        instance.layer_name = name
-        _attach(layer, instance)
-    handle = Handle(model, method, selected, rng)
+        attach(layer, prototype if index == 0 else make_method(method, rng=rng, **options), name)
+    hooks = _scope_hooks(model, selected) if isinstance(prototype, WeightDrop) else []
+    handle = Handle(model, method, selected, rng, hooks)
     ddc_methods = [m for m in handle.methods.values() if isinstance(m, DynamicDropConnect) and m.scope == "global"]
     if ddc_methods:
         shared = GlobalStats(ddc_methods)
         for m in ddc_methods:
             m.global_stats = shared
     return handle
-
-
-def _attach(layer: nn.Module, method: LayerMethod) -> None:
-    reference = next(iter(layer.parameters(recurse=False)), None)
-    if reference is not None:
-        method.to(reference.device)
-    method.train(layer.training)
-    layer.add_module(ATTR, method)
-    layer.forward = types.MethodType(_routed_forward, layer)

@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._transforms import functorch_active
+
 PREFER = ("small", "big")
 NORMALIZE = ("zscore", "none", "mean", "rank")
 SCOPE = ("layer", "row")
@@ -370,6 +372,7 @@ def apply_keep(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: Optiona
         and weight.dtype in (torch.float32, torch.float64)
         and torch.result_type(weight, scale) == weight.dtype
         and not (torch.is_grad_enabled() and (weight.requires_grad or scale.requires_grad))
+        and not functorch_active()
     ):
         w = weight.reshape(-1)
         k8 = keep_mask.reshape(-1).view(torch.uint8)

@@ -14,6 +14,7 @@ layer (Standout's inference rule scales the output by its keep probability).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import warnings
@@ -21,10 +22,10 @@ import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from . import functional as F
+from ._transforms import ddp_process_group, functorch_active, plain, vmap_active
 from .functional import check_choice, check_probability
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -134,7 +135,7 @@ class _Rule:
 
 def _own(tensor: Tensor, box: list, workspace) -> Tensor:
     """A copy of ``tensor``, in the memory of the replaced signal in ``box`` when that is free."""
-    out = _reclaim(box, tensor) if workspace is not None else None
+    out = _reclaim(box, tensor) if workspace is not None and not functorch_active() else None
     return tensor.clone() if out is None else out.copy_(tensor)
 
 
@@ -149,16 +150,20 @@ class _MaskedWeight(torch.autograd.Function):
     to autograd as the weight's gradient** (that becomes ``.grad``, which the
     user and the optimizer may change in place): where they would coincide,
     autograd gets a copy. ``keep=None`` is the identity, used on the first
-    step to capture a gradient before any mask exists.
+    step to capture a gradient before any mask exists. Under torch.func
+    transforms (``grad``, ``vmap``: the vmap rule is generated) it takes the
+    plain formula, without the CPU memory reuse.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(weight, keep, scale, rule):
         if keep is None:
             return weight.clone()
         batched = keep.dim() > weight.dim()
-        out = rule.workspace.weight.take(weight) if rule.workspace is not None and not batched else None
-        return F.apply_keep(weight, keep, scale, out=out)
+        recycle = rule.workspace is not None and not batched and not functorch_active()
+        return F.apply_keep(weight, keep, scale, out=rule.workspace.weight.take(weight) if recycle else None)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -197,7 +202,7 @@ class _MaskedWeight(torch.autograd.Function):
             # through the next forward, raising the peak by a weight's size); but on a
             # large CPU layer the signal the new one just replaced dies here, and its
             # memory, already mapped, spares dL/dW a weight's worth of page faults.
-            out = _reclaim(released, grad_eff) if rule.workspace is not None else None
+            out = _reclaim(released, grad_eff) if rule.workspace is not None and not functorch_active() else None
             grad_weight = F.apply_keep(grad_eff, keep, scale, out=out)
         if grad_weight is given:
             grad_weight = _own(grad_weight, released, rule.workspace)
@@ -345,14 +350,8 @@ def _matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
 
 
 def _plain_forward(layer: nn.Module, *args, **kwargs):
-    return type(layer).forward(layer, *args, **kwargs)
-
-
-def _forward_with(layer: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """The layer's own computation with substitute parameters."""
-    if isinstance(layer, nn.Linear):
-        return TF.linear(x, weight, bias)
-    return layer._conv_forward(x, weight, bias)
+    """The layer's own forward (of its class before ``apply`` swapped it, see :mod:`ddc.apply`)."""
+    return getattr(type(layer), "_ddc_base", type(layer)).forward(layer, *args, **kwargs)
 
 
 class MaskRNG:
@@ -402,9 +401,27 @@ class MaskRNG:
             generator.set_state(value)
             self._generators[key] = generator
 
+    # Copies (deepcopy, pickle, torch.save of a whole model) carry generators at the same state.
+    def __getstate__(self) -> dict:
+        given = None if self.generator is None else (str(self.generator.device), self.generator.get_state())
+        return {"seed": self.seed, "given": given, "states": {k: g.get_state() for k, g in self._generators.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.seed, self.generator, self._generators = state["seed"], None, {}
+        if state["given"] is not None:
+            device, value = state["given"]
+            self.generator = torch.Generator(device=device)
+            self.generator.set_state(value)
+        self.load_state_dict(state["states"])
+
 
 class LayerMethod(nn.Module):
-    """Base class: configuration plus a random source, attached to one layer."""
+    """Base class: configuration plus a random source, attached to one layer.
+
+    The layer's ``forward`` calls ``method(layer, *args, **kwargs)`` (see
+    :mod:`ddc.apply`). Subclass it (or :class:`WeightDrop`) for a method of
+    your own and put it on a layer with :func:`ddc.apply.attach`.
+    """
 
     name = "base"
     #: layer types the method can sit on; ``None`` means any module
@@ -419,6 +436,40 @@ class LayerMethod(nn.Module):
         self.last: dict = {}
         #: the layer's qualified name in the model it was applied to (for messages)
         self.layer_name = ""
+        #: False inside ``ddc.disabled(...)``: the layer computes its plain function
+        self.active = True
+        self._depth = 0  # forward passes open around the layer (see ddc.apply)
+        self._effective: dict = {}  # masked parameters of the forward pass that is open
+
+    def enter(self) -> None:
+        """A forward pass around the layer begins (its own, its model's or a parent's)."""
+        self._depth += 1
+
+    def exit(self) -> None:
+        """It ends: the next forward pass draws new masks."""
+        self._depth = max(self._depth - 1, 0)
+        if not self._depth:
+            self._effective = {}
+
+    def read(self, layer: nn.Module, name: str, raw: Optional[Tensor]) -> Optional[Tensor]:
+        """What reading ``layer.<name>`` gives (weight methods: the masked parameter in a forward)."""
+        return raw
+
+    def attached(self, layer: nn.Module) -> None:
+        """Called once the method sits on ``layer``."""
+
+    def detached(self) -> None:
+        """Called when it is taken off: let go of everything kept for the layer."""
+        self.last = {}
+        self._effective = {}
+
+    # Copies start with nothing open and nothing cached: no forward pass, no recorder, no buffers.
+    _TRANSIENT = {"_depth": 0, "_effective": {}, "last": {}, "keep_last": False}
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update({key: copy.copy(value) for key, value in self._TRANSIENT.items()})
+        return state
 
     def _named(self) -> str:
         return f" in layer {self.layer_name!r}" if self.layer_name else ""
@@ -455,8 +506,40 @@ class LayerMethod(nn.Module):
 
 # --------------------------------------------------------------------------- output methods
 
+#: modules that return a tuple (or another non-tensor) from forward, and containers, which
+#: call their children: output methods refuse them at apply time
+NON_TENSOR_OUTPUT: Tuple[type, ...] = (nn.RNNBase, nn.LSTMCell, nn.MultiheadAttention, nn.AdaptiveLogSoftmaxWithLoss)
+CONTAINERS: Tuple[type, ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
-class Dropout(LayerMethod):
+
+class OutputMethod(LayerMethod):
+    """Base of the methods that mask a layer's output (a tensor)."""
+
+    def check_layer(self, layer, name):
+        super().check_layer(layer, name)
+        kind = type(layer).__name__
+        if isinstance(layer, CONTAINERS):
+            raise ValueError(
+                f"layers: {name!r} is a container ({kind}); method={self.name!r} masks one layer's output: "
+                "select the layers inside it"
+            )
+        if isinstance(layer, NON_TENSOR_OUTPUT) or getattr(layer, "return_indices", False):
+            raise ValueError(
+                f"layers: {name!r} is a {kind}, whose output is not a tensor (a tuple); method={self.name!r} "
+                "masks tensor outputs: select a layer that returns a tensor"
+            )
+
+    def plain_output(self, layer, *args, **kwargs) -> Tensor:
+        out = _plain_forward(layer, *args, **kwargs)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"ddc: layer {self.layer_name or type(layer).__name__!r} returned a {type(out).__name__}, not a "
+                f"tensor; method={self.name!r} masks tensor outputs (take it off this layer)"
+            )
+        return out
+
+
+class Dropout(OutputMethod):
     """Dropout (Srivastava et al. 2014) on the layer's output, inverted scaling.
 
     Placed on the paper's DDC layer it reproduces ``nn.Dropout`` after that
@@ -474,8 +557,8 @@ class Dropout(LayerMethod):
         return f"p={self.p}"
 
     def forward(self, layer, *args, **kwargs):
-        out = _plain_forward(layer, *args, **kwargs)
-        if not layer.training or self.p == 0.0:
+        out = self.plain_output(layer, *args, **kwargs)
+        if not layer.training or self.p == 0.0 or not self.active:
             return out
         drop_prob = torch.full((), self.p, dtype=F.work_dtype(out.dtype), device=out.device)
         keep = F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
@@ -485,7 +568,7 @@ class Dropout(LayerMethod):
         return F.apply_keep(out, keep, scale)
 
 
-class Standout(LayerMethod):
+class Standout(OutputMethod):
     """Standout / adaptive dropout (Ba & Frey 2013), our own implementation.
 
     Keep probability per example and unit: ``pi = sigmoid(alpha * a + beta)``
@@ -531,7 +614,9 @@ class Standout(LayerMethod):
             return torch.sigmoid(self.alpha * out + offset)
 
     def forward(self, layer, x, *args, **kwargs):
-        out = _plain_forward(layer, x, *args, **kwargs)
+        out = self.plain_output(layer, x, *args, **kwargs)
+        if not self.active:
+            return out
         keep_prob = self.keep_probability(x, out)
         if not layer.training:
             return out * keep_prob
@@ -545,8 +630,42 @@ class Standout(LayerMethod):
 # --------------------------------------------------------------------------- weight methods
 
 
-class _WeightDrop(LayerMethod):
-    """Shared machinery of DropConnect and DDC: mask, re-calibrate, update rule."""
+class _GradWatch:
+    """Post-accumulate-grad hook on a weight: warns once if the weight got a gradient while the
+    method made no masked weight since the last one (something bypassed the layer's forward)."""
+
+    def __init__(self, method: "WeightDrop"):
+        self.method = method
+
+    def __call__(self, param: Tensor) -> None:
+        method = self.method
+        if method.training and method.active and not method._uses and not method._warned_bypass:
+            method._warned_bypass = True
+            warnings.warn(
+                f"ddc: the weight of layer {method.layer_name or '(root)'!r} received a gradient that did not "
+                f"pass through method={method.name!r}: something read it outside the layer's forward and outside "
+                "the forward of the model it was applied to (e.g. a parent module called by itself, or code "
+                "around the model), so the method had no effect there. Apply the method to the model that "
+                "holds that code, or call the layer itself.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        method._uses = 0
+
+
+class WeightDrop(LayerMethod):
+    """Shared machinery of DropConnect and DDC: mask, re-calibrate, update rule.
+
+    Inside a training forward pass around the layer (see :mod:`ddc.apply`),
+    reading ``layer.weight`` (and ``layer.bias`` with ``drop_bias``) gives
+    the masked parameter, made on the first read and kept until that pass
+    ends: **one mask per forward pass**. A layer used several times in one
+    forward of the model (tied, unrolled) uses the same mask each time, and
+    its signal is the whole ``dL/dW_eff`` (autograd sums the uses). Called
+    by itself, outside its model's forward, each call draws its own mask.
+    Several forward passes before one backward give several masks; the
+    signal is then the sum of their ``dL/dW_eff``.
+    """
 
     layer_types = WEIGHT_LAYERS
     MASKS = ("batch", "sample")
@@ -572,6 +691,11 @@ class _WeightDrop(LayerMethod):
         self.mask, self.recalibration, self.update = mask, recalibration, update
         self.drop_bias, self.eps = bool(drop_bias), float(eps)
         self._workspaces: dict = {}  # role -> _Workspace (large CPU layers only)
+        self._uses = 0  # masked weights made since the weight last got a gradient (see _GradWatch)
+        self._warned_bypass = False
+        self._group = None  # DDP's process group while a DDP forward runs: the signal is all-reduced
+
+    _TRANSIENT = dict(LayerMethod._TRANSIENT, _workspaces={}, _uses=0, _watching=None)
 
     def check_layer(self, layer, name):
         super().check_layer(layer, name)
@@ -611,6 +735,10 @@ class _WeightDrop(LayerMethod):
         drop_prob = self.weight_drop_prob(param) if role == "weight" else self.bias_drop_prob(param)
         if drop_prob is None:
             return None
+        if vmap_active():
+            # Out-of-place uniforms: under vmap(randomness="different") each entry gets its own mask.
+            uniform = torch.rand(shape, generator=self.rng(param.device), device=param.device, dtype=drop_prob.dtype)
+            return drop_prob, uniform > drop_prob
         return drop_prob, F.keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
 
     def _needs_drop_prob(self) -> bool:
@@ -625,11 +753,16 @@ class _WeightDrop(LayerMethod):
             workspace=self._workspaces.setdefault(role, _Workspace()) if recycle else None,
         )
 
+    def _node_made(self, role: str) -> None:
+        """A masked ``role`` parameter with a gradient sink entered a graph (DDC counts them)."""
+
     def _masked(self, param: Tensor, role: str, batch: Optional[int]):
         shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
         drawn = self.draw_mask(role, param, shape)
+        rule = self._rule(role, param, workspace=drawn is not None)
+        if rule.sink is not None and torch.is_grad_enabled() and param.requires_grad:
+            self._node_made(role)
         if drawn is None:
-            rule = self._rule(role, param)
             if rule.sink is None:
                 return param, None
             return _MaskedWeight.apply(param, None, None, rule), None
@@ -638,31 +771,79 @@ class _WeightDrop(LayerMethod):
             keep, mode=self.recalibration, drop_prob=drop_prob, eps=self.eps,
             batch_dims=0 if batch is None else 1, dtype=param.dtype,
         )
-        masked = _MaskedWeight.apply(param, keep, scale, self._rule(role, param, workspace=True))
+        masked = _MaskedWeight.apply(param, keep, scale, rule)
         return masked, (drop_prob, keep, scale)
 
-    def forward(self, layer, x, *args, **kwargs):
-        if not layer.training:
-            return _plain_forward(layer, x, *args, **kwargs)
-        if self.mask == "sample":
-            return self._per_example_forward(layer, x)
-        weight, drawn = self._masked(layer.weight, "weight", None)
-        bias = layer.bias
-        if self.drop_bias and bias is not None:
-            bias, _ = self._masked(bias, "bias", None)
-        if self.keep_last:
+    def forward(self, layer, *args, **kwargs):
+        if self.mask == "sample" and layer.training and self.active and not functorch_active():
+            return self._per_example_forward(layer, *args, **kwargs)
+        self.enter()  # the layer's own forward reads layer.weight: masked (see read)
+        try:
+            return _plain_forward(layer, *args, **kwargs)
+        finally:
+            self.exit()
+
+    def read(self, layer, name, raw):
+        if name == "weight":
+            self._watch(raw)
+        if (
+            not self._depth
+            or not layer.training
+            or not self.active
+            or raw is None
+            or (name == "bias" and not self.drop_bias)
+        ):
+            return raw
+        effective = self._effective.get(name)
+        if effective is None:
+            effective = self._effective[name] = self._effective_param(raw, name)
+        return effective
+
+    def _effective_param(self, param: Tensor, role: str) -> Tensor:
+        """This forward pass's masked ``param`` (``role``: weight or bias)."""
+        self._uses += role == "weight"
+        self._group = ddp_process_group()
+        masked, drawn = self._masked(param, role, None)
+        if role == "weight" and self.keep_last:
             self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
-            self.last["signal"] = self.recorded_signal("weight", layer.weight)
-        return _forward_with(layer, x, weight, bias)
+            self.last["signal"] = self.recorded_signal("weight", param)
+        return masked
+
+    def attached(self, layer):
+        self._watch(layer._parameters.get("weight"))
+
+    def detached(self):
+        super().detached()
+        watch = self.__dict__.get("_watching")
+        if watch is not None:
+            watch[1].remove()
+        self.__dict__["_watching"] = None
+
+    def _watch(self, param) -> None:
+        """Keep a :class:`_GradWatch` on the weight (again on a copy's own weight)."""
+        if not isinstance(param, nn.Parameter) or not param.requires_grad:
+            return
+        watch = self.__dict__.get("_watching")
+        if watch is not None and watch[0]() is param:
+            return
+        if watch is not None:
+            watch[1].remove()
+        handle = param.register_post_accumulate_grad_hook(_GradWatch(self))
+        self.__dict__["_watching"] = (weakref.ref(param), handle)
 
     def _per_example_forward(self, layer: nn.Linear, x: Tensor) -> Tensor:
         """One weight mask per example (``mask="sample"``, nn.Linear), in chunks of examples
         (:class:`_PerExampleLinear`); bias masks, ``batch x out``, are drawn whole after them."""
-        weight = layer.weight
+        weight = layer._parameters["weight"]
+        self._watch(weight)
+        self._uses += 1
+        self._group = ddp_process_group()
         batch = x.shape[0]
         flat = x.reshape(batch, -1, x.shape[-1])
         drop_prob = self.weight_drop_prob(weight)
         rule = self._rule("weight", weight)
+        if rule.sink is not None and torch.is_grad_enabled() and weight.requires_grad:
+            self._node_made("weight")
         masks = None
         if drop_prob is None:  # no mask this step (DDC's first step); the sink still gets its gradient
             effective = weight if rule.sink is None else _MaskedWeight.apply(weight, None, None, rule)
@@ -672,7 +853,7 @@ class _WeightDrop(LayerMethod):
                 drop_prob, self.rng(weight.device), (batch, *weight.shape), self.recalibration, self.eps, self.keep_last, dtype=weight.dtype
             )
             out = _PerExampleLinear.apply(flat, weight, masks, rule)
-        bias = layer.bias
+        bias = layer._parameters["bias"]
         if bias is not None:
             if self.drop_bias:
                 bias, _ = self._masked(bias, "bias", batch)
@@ -684,7 +865,7 @@ class _WeightDrop(LayerMethod):
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-class DropConnect(_WeightDrop):
+class DropConnect(WeightDrop):
     """DropConnect (Wan et al. 2013): every edge dropped with the same ``p``.
 
     One mask per forward pass shared by the mini-batch (``mask="batch"``, as
@@ -718,7 +899,7 @@ class DropConnect(_WeightDrop):
         return self._uniform(bias)
 
 
-class DynamicDropConnect(_WeightDrop):
+class DynamicDropConnect(WeightDrop):
     """Dynamic DropConnect (Yang & Chen 2025): per-edge drop rates from gradients.
 
     Each training forward pass drops edge ``(i, j)`` with probability
@@ -801,6 +982,9 @@ class DynamicDropConnect(_WeightDrop):
             self.register_buffer(f"{role}_signal_finite", None, persistent=False)
             self.register_buffer(f"{role}_ema_valid", None, persistent=False)
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        # Several masked weights before one backward (several forward passes): their gradients add up.
+        self._open: dict = {}  # role -> masked weights made whose gradient has not come back
+        self._collecting: dict = {}  # role -> (gradients still expected, their sum so far, signal and EMA state before)
         self._warned_nonfinite = False
         self._checked_nonfinite = 0  # (accelerators: nonfinite_steps when last looked at, at eval())
 
@@ -825,16 +1009,41 @@ class DynamicDropConnect(_WeightDrop):
         """Keep the new signal; returns the one it replaced (the caller may reuse its memory).
 
         The backward hands over tensors that autograd never sees (see
-        :class:`_MaskedWeight`), so keeping a reference is owning it.
+        :class:`_MaskedWeight`), so keeping a reference is owning it. Under
+        torch.func transforms the plain gradient is kept (summed over vmap's
+        batch); under DDP the ranks' gradients are averaged first, so every
+        rank draws from the same signal. The first backward of masked weights
+        made since the last one begins a new signal, later ones add to it.
         """
-        grad = (grad_eff if self.signal_source == "effective" else grad_param).detach()
+        grad = plain((grad_eff if self.signal_source == "effective" else grad_param).detach())
+        if self._group is not None:
+            grad = grad.clone()  # (the tensor stays the backward's until it returns)
+            torch.distributed.all_reduce(grad, group=self._group)
+            grad.div_(torch.distributed.get_world_size(self._group))
         name = f"{role}_signal"
-        previous = getattr(self, name)
+        collecting = self._collecting.pop(role, None)
+        if collecting is None:  # the first gradient since masked weights were made: a new signal
+            previous, valid = getattr(self, name), getattr(self, f"{role}_ema_valid")
+            expected = self._open.get(role, 1) - 1
+        else:  # another use of the same forward passes: add it in
+            expected, total, previous, valid = collecting
+            grad = total + grad
+            setattr(self, f"{role}_ema_valid", valid)
+        self._open[role] = 0
+        if expected > 0:  # more gradients of these forward passes are to come
+            self._collecting[role] = (expected - 1, grad, previous, valid)
         new = grad if self.grad_ema == 0.0 else self._blend(role, grad, previous)
+        replaced = getattr(self, name)
         setattr(self, name, new)
         if self.global_stats is not None and role == "weight":
             self.global_stats.invalidate()
-        return previous
+        return replaced if collecting is None and expected <= 0 else None
+
+    def _node_made(self, role):
+        if role in self._collecting:  # a new forward pass after a backward: its gradients start anew
+            del self._collecting[role]
+            self._open[role] = 0
+        self._open[role] = self._open.get(role, 0) + 1
 
     def _blend(self, role: str, grad: Tensor, previous: Optional[Tensor]) -> Tensor:
         """``d * ema + (1 - d) * |g|``. A gradient with inf/NaN leaves the average as it was
@@ -936,7 +1145,7 @@ class DynamicDropConnect(_WeightDrop):
         Rank normalisation and per-example masks take the general path.
         """
         signal = self.signal_tensor(role, param)
-        if signal is None or self.normalize == "rank" or tuple(shape) != tuple(param.shape):
+        if signal is None or self.normalize == "rank" or tuple(shape) != tuple(param.shape) or vmap_active():
             return super().draw_mask(role, param, shape)
         formula = self._formula()
         lazy = (

@@ -1,0 +1,58 @@
+"""What ddc needs to know about torch.func transforms and DistributedDataParallel.
+
+Private torch APIs, kept in this one file: torch offers no public way to ask
+whether a functorch transform is running, to read the plain tensor behind a
+transform's wrapper, or which DDP module's forward is running.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_functorch = getattr(torch._C, "_functorch", None)
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, ...) is running."""
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(check()) if check is not None else False
+
+
+def vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` is running (its random ops then follow its ``randomness``)."""
+    if _functorch is None or not functorch_active():
+        return False
+    vmap = _functorch.TransformType.Vmap
+    return any(level.key() == vmap for level in _functorch.get_interpreter_stack() or ())
+
+
+def plain(tensor: Tensor) -> Tensor:
+    """The ordinary tensor behind torch.func wrappers, summed over vmap's batch dimensions.
+
+    Inside ``torch.func.grad`` a gradient is a wrapper of the real one; inside
+    ``vmap`` it holds one gradient per vmapped entry (per example), whose sum
+    is the batch's gradient. A method keeps this plain value as its signal, so
+    nothing it stores outlives the transform.
+    """
+    if _functorch is None:
+        return tensor
+    while _functorch.is_functorch_wrapped_tensor(tensor):
+        bdim = _functorch.maybe_get_bdim(tensor)
+        tensor = _functorch.get_unwrapped(tensor)
+        if bdim >= 0:
+            tensor = tensor.sum(bdim)
+    return tensor
+
+
+def ddp_process_group():
+    """The process group of the DistributedDataParallel module whose forward is running, or None."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    active = getattr(DistributedDataParallel, "_get_active_ddp_module", None)
+    module: Optional[DistributedDataParallel] = active() if active is not None else None
+    return None if module is None else module.process_group
