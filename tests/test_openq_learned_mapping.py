@@ -226,7 +226,7 @@ def _reference_meta_loss(model, methods, x, y, x_meta, y_meta, lr, temperature, 
         effective[name] = weights[name] * keep / keep.mean()
     params = {name: value.detach() for name, value in model.named_parameters()}
     buffers = {name: value.clone() for name, value in model.named_buffers() if "ddc_method" not in name}
-    with L._plain_layers([model.get_submodule(name) for name in methods]):
+    with ddc.disabled(*[model.get_submodule(name) for name in methods]):
         model.train()
         out = functional_call(model, {**params, **buffers, **{f"{n}.weight": w for n, w in effective.items()}}, (x,))
         grads = torch.autograd.grad(nn.functional.cross_entropy(out, y), list(weights.values()), create_graph=True)
@@ -241,7 +241,7 @@ def test_meta_step_over_convolutions_matches_the_whole_network_and_leaves_the_mo
     x_meta, y_meta = torch.randn(6, 1, 28, 28), torch.randint(10, (6,))
     captured = {}
     hook = model.layer3.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0].detach()))
-    with L._plain_layers([model.get_submodule(n) for n in names]), torch.no_grad():
+    with ddc.disabled(*[model.get_submodule(n) for n in names]), torch.no_grad():
         model.train()
         model(x)  # (this forward moves the running statistics; the snapshot below is taken after it)
         h_train = captured["h"]
@@ -251,7 +251,7 @@ def test_meta_step_over_convolutions_matches_the_whole_network_and_leaves_the_mo
     hook.remove()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     signals = {n: m.weight_signal.clone() for n, m in methods.items()}
-    routed = {n: model.get_submodule(n).__dict__.get("forward") for n in names}
+    attached = {n: model.get_submodule(n)._modules.get("ddc_method") for n in names}
 
     reference = _reference_meta_loss(model, methods, x, y, x_meta, y_meta, 0.05, 0.5, torch.Generator().manual_seed(9))
     expected = torch.autograd.grad(reference, list(mapping.parameters()))
@@ -263,10 +263,10 @@ def test_meta_step_over_convolutions_matches_the_whole_network_and_leaves_the_mo
     assert all(g is not None for g in got) and float(mapping.out.weight.grad.abs().sum()) > 0  # phi learns from the meta loss
     for a, b in zip(got, expected):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
-    # nothing of the model moved: parameters, BatchNorm running statistics, signals, routing
+    # nothing of the model moved: parameters, BatchNorm running statistics, signals, methods (still active)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(methods[n].weight_signal, signals[n]) for n in names)
-    assert all(model.get_submodule(n).__dict__.get("forward") is routed[n] for n in names)
+    assert all(model.get_submodule(n)._modules.get("ddc_method") is attached[n] and attached[n].active for n in names)
     assert all(model.get_submodule(n).weight.grad is not None for n in names)  # the model's own gradients kept
 
 

@@ -80,7 +80,6 @@ is 0.24 s of it), and a uniform step about 1.25 times a head-only one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import fnmatch
 import math
@@ -94,7 +93,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from ddc import functional as F
-from ddc.methods import _WeightDrop
+from ddc import WeightDrop, disabled
 
 NOTEBOOK = "07_oq_learned_mapping"
 FEATURES = ("z_grad", "z_weight", "z_ema", "layer")
@@ -195,7 +194,7 @@ def ddc_curve(z: np.ndarray, p_base: float = 0.3, p_signal: float = 0.5, tau: fl
 # ----------------------------------------------------------------------------- the method module
 
 
-class LearnedDropConnect(_WeightDrop):
+class LearnedDropConnect(WeightDrop):
     """DropConnect whose per-edge drop probability comes from a :class:`Mapping`.
 
     Mean drop probability pinned to DDC's on the same signal (see
@@ -257,16 +256,10 @@ class LearnedDropConnect(_WeightDrop):
 
 def attach(layer: nn.Module, method: LearnedDropConnect):
     """Put ``method`` on ``layer`` the way :func:`ddc.apply` does; returns a function that removes it."""
-    from ddc.apply import ATTR, _attach
+    from ddc import attach as attach_method, detach
 
-    method.check_layer(layer, "layer")
-    _attach(layer, method)
-
-    def remove():
-        del layer._modules[ATTR]
-        del layer.__dict__["forward"]
-
-    return remove
+    attach_method(layer, method, "layer")
+    return lambda: detach(layer)
 
 
 def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_meta, y_meta, *, lr: float,
@@ -319,18 +312,6 @@ def mapped_layers(model: nn.Module, layers: str, head: str) -> List[str]:
     return sorted(names, key=order.__getitem__)
 
 
-@contextlib.contextmanager
-def _plain_layers(layers: Sequence[nn.Module]):
-    """Bypass the attached methods (the layers compute their plain function) inside the block."""
-    routed = [(layer, layer.__dict__.pop("forward", None)) for layer in layers]
-    try:
-        yield
-    finally:
-        for layer, forward in routed:
-            if forward is not None:
-                layer.__dict__["forward"] = forward
-
-
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -377,7 +358,7 @@ def meta_step_layers(methods: Dict[str, LearnedDropConnect], model: nn.Module, e
     for name, method in methods.items():
         keep = relaxed_keep(method.drop_prob(weights[name]), temperature, generator)
         effective[name] = weights[name] * keep / keep.mean()
-    with _plain_layers(list(layers.values())):
+    with disabled(*layers.values()):
         # training side: batch statistics, as in the real step (on copies of the running statistics)
         loss_train = TF.cross_entropy(_tail(model, entry, head, effective, h_train, train=True), y_train)
         grads = torch.autograd.grad(loss_train, list(weights.values()), create_graph=True)
