@@ -1,8 +1,9 @@
 """Regularisers as small modules that ride on one layer.
 
 Each method is an ``nn.Module`` attached to its layer as the child
-``ddc_method``; the layer's ``forward`` is routed through it (see
-:mod:`ddc.apply`). Methods hold configuration and state, and call into
+``ddc_method``; the layer's class is swapped for a subclass whose ``forward``
+goes through it, and weight methods also answer the reads of ``layer.weight``
+inside a forward pass (see :mod:`ddc.apply`). Methods hold configuration and state, and call into
 :mod:`ddc.functional` for the maths. All their buffers are non-persistent, so a
 model's ``state_dict`` is exactly that of the plain architecture.
 

@@ -283,13 +283,17 @@ def _unrolled_with(w_eff, model, x):
     return x
 
 
-@pytest.mark.parametrize("update", ["autograd", "reference"])
-def test_a_layer_used_several_times_in_one_forward_has_one_mask_and_the_whole_gradient(update):
+def _unrolled_ddc(**options):
     torch.manual_seed(0)
     model = Unrolled()
-    handle = ddc.apply(model, "ddc", layers=["cell"], seed=0, first_step="base", update=update)
-    m = handle.methods["cell"]
-    m.keep_last = True
+    method = ddc.apply(model, "ddc", layers=["cell"], seed=0, first_step="base", **options).methods["cell"]
+    method.keep_last = True
+    return model, method
+
+
+@pytest.mark.parametrize("update", ["autograd", "reference"])
+def test_a_layer_used_several_times_in_one_forward_has_one_mask_and_the_whole_gradient(update):
+    model, m = _unrolled_ddc(update=update)
     x = torch.randn(5, 4)
     out = model(x)
     keep, scale = m.last["keep"], m.last["scale"]
@@ -303,11 +307,7 @@ def test_a_layer_used_several_times_in_one_forward_has_one_mask_and_the_whole_gr
 
 @pytest.mark.parametrize("grad_ema", [0.0, 0.5])
 def test_two_forward_passes_before_one_backward_give_the_sum_of_their_gradients(grad_ema):
-    torch.manual_seed(0)
-    model = Unrolled()
-    handle = ddc.apply(model, "ddc", layers=["cell"], seed=0, first_step="base", grad_ema=grad_ema)
-    m = handle.methods["cell"]
-    m.keep_last = True
+    model, m = _unrolled_ddc(grad_ema=grad_ema)
     x1, x2 = torch.randn(5, 4), torch.randn(5, 4)
     model(x1).sum().backward()  # a first signal (for the EMA)
     before = m.weight_signal.clone()
