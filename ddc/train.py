@@ -38,10 +38,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import store
 from .apply import apply, make_method, method_defaults
@@ -266,6 +266,214 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
 
 
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Step:
+    """One optimizer step, as :meth:`Callback.on_step` sees it (after ``optimizer.step()``)."""
+
+    #: steps taken before this one, over the whole run (0-based)
+    index: int
+    #: the epoch it belongs to (0-based)
+    epoch: int
+    #: the mini-batch: ``(batch, *input_shape)``
+    inputs: Tensor
+    #: its targets: ``(batch,)`` class ids, or ``(batch, 1)`` for regression
+    targets: Tensor
+    #: ``model(inputs)`` in training mode: ``(batch, classes)`` or ``(batch, 1)``
+    outputs: Tensor
+    #: the batch's mean loss (a scalar tensor, still attached to its graph)
+    loss: Tensor
+    #: the epoch's learning rate, or None when :func:`fit` leaves it to the optimizer
+    lr: Optional[float]
+
+
+@dataclass
+class Best:
+    """The epoch that validation chose (:class:`Selection`)."""
+
+    #: its index (0-based)
+    epoch: int
+    #: the selection score: higher is better (validation accuracy, or minus validation loss)
+    score: float
+    #: ``{split: {metric: value}}`` of that epoch: ``train`` (running means) and ``val``;
+    #: a caller adds ``test`` once it has evaluated the chosen weights
+    metrics: Dict[str, Dict[str, float]]
+    #: ``model.state_dict()`` at its end, cloned
+    weights: Dict[str, Tensor]
+
+
+@dataclass
+class FitState:
+    """Where a :func:`fit` loop stands. Callbacks read it; pass it back to ``fit`` to continue."""
+
+    #: epochs finished
+    epoch: int = 0
+    #: optimizer steps taken
+    step: int = 0
+    #: seconds spent inside the epochs' step loops (the steps and the ``on_step`` hooks)
+    train_time: float = 0.0
+    #: the number of epochs ``fit`` was asked for (None: until ``max_steps``)
+    epochs: Optional[int] = None
+    #: the current epoch's learning rate (None when ``fit`` does not set it)
+    lr: Optional[float] = None
+    #: the last epoch's running means over its batches: ``loss``, and ``acc`` for classification
+    train_metrics: Dict[str, float] = field(default_factory=dict)
+    #: the last epoch's validation metrics, when :class:`Selection` evaluated it (else None)
+    val_metrics: Optional[Dict[str, float]] = None
+    #: the best epoch so far, by validation (:class:`Selection`)
+    best: Optional[Best] = None
+
+
+class Callback:
+    """A hook into :func:`fit`; override the methods you need (each does nothing by default).
+
+    ``fit`` calls every callback, in list order: ``on_epoch_start`` after it
+    set the epoch's learning rate; ``on_step`` after each optimizer step
+    (``state.step`` still counts the steps before it); ``on_epoch_end`` after
+    it updated ``state.epoch`` and ``state.train_metrics``. A callback that
+    puts the model into eval mode need not restore it: every step starts with
+    ``model.train()``.
+    """
+
+    def on_epoch_start(self, state: FitState) -> None:
+        """Called before the epoch's first step."""
+
+    def on_step(self, state: FitState, step: Step) -> None:
+        """Called after each optimizer step."""
+
+    def on_epoch_end(self, state: FitState) -> None:
+        """Called after the epoch's last step."""
+
+
+class Selection(Callback):
+    """Validation chooses: evaluate on validation, keep the weights of the best epoch.
+
+    ``validate(model) -> {metric: value}`` runs after every ``every``-th epoch
+    and after the last one (it must leave the model's weights alone). The
+    epoch with the highest ``metric`` (the lowest, with ``maximize=False``)
+    wins; a tie keeps the earlier epoch. Sets ``state.val_metrics`` (None on
+    the epochs it skips) and ``state.best``. The test split is never looked at
+    here: a caller evaluates it on ``state.best.weights`` once training ends.
+
+    Raises:
+        ValueError: ``every`` is not a positive integer.
+    """
+
+    def __init__(self, model: nn.Module, validate: Callable[[nn.Module], Dict[str, float]], *,
+                 metric: str = "acc", maximize: bool = True, every: int = 1):
+        _check_int("every", every, minimum=1)
+        self.model, self.validate, self.metric, self.maximize, self.every = model, validate, metric, maximize, every
+
+    def on_epoch_end(self, state: FitState) -> None:
+        if state.epoch % self.every and state.epoch != state.epochs:
+            state.val_metrics = None
+            return
+        state.val_metrics = metrics = self.validate(self.model)
+        score = metrics[self.metric] if self.maximize else -metrics[self.metric]
+        if state.best is None or score > state.best.score:  # ties keep the earlier epoch
+            weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            state.best = Best(epoch=state.epoch - 1, score=score, weights=weights,
+                              metrics={"train": dict(state.train_metrics), "val": metrics})
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch_size: int,
+    order_generator: torch.Generator,
+    epochs: Optional[int] = None,
+    max_steps: Optional[int] = None,
+    learning_rate: Optional[Callable[[int], float]] = None,
+    drop_last: bool = False,
+    task: str = "classification",
+    callbacks: Sequence[Callback] = (),
+    state: Optional[FitState] = None,
+) -> FitState:
+    """The training loop of every run and experiment: mini-batch SGD over tensors, with callbacks.
+
+    Each epoch draws a permutation of the ``len(inputs)`` examples from
+    ``order_generator`` (the data order, and nothing else, comes from it) and
+    takes mini-batches of ``batch_size`` in that order; with ``drop_last`` an
+    incomplete last batch is skipped, unless it is the epoch's only one. Each
+    step: ``model.train()``, ``loss = loss_fn(model(x), y)``,
+    ``optimizer.zero_grad(set_to_none=True)``, ``loss.backward()``,
+    ``optimizer.step()``. ``learning_rate(epoch)``, when given, sets every
+    parameter group's rate at the start of each epoch.
+
+    ``inputs``: ``(N, *input_shape)``; ``targets``: ``(N,)`` class ids, or
+    ``(N, 1)`` with ``task="regression"`` (no accuracy is counted then). Runs
+    until ``epochs`` epochs are finished or ``max_steps`` steps are taken
+    (an epoch cut short still ends, with its callbacks). ``state``: a state
+    from an earlier call (a resumed run) to continue from; returns the state.
+
+    Raises:
+        ValueError: neither ``epochs`` nor ``max_steps`` is given, or ``batch_size`` is not a positive integer.
+    """
+    if epochs is None and max_steps is None:
+        raise ValueError("fit needs epochs or max_steps (or both)")
+    _check_int("batch_size", batch_size, minimum=1)
+    state = FitState() if state is None else state
+    state.epochs = epochs
+    while (epochs is None or state.epoch < epochs) and (max_steps is None or state.step < max_steps):
+        state.lr = None if learning_rate is None else learning_rate(state.epoch)
+        if state.lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = state.lr
+        for callback in callbacks:
+            callback.on_epoch_start(state)
+        _fit_epoch(model, optimizer, inputs, targets, loss_fn, batch_size, order_generator, max_steps, drop_last,
+                   task, callbacks, state)
+        state.epoch += 1
+        for callback in callbacks:
+            callback.on_epoch_end(state)
+    return state
+
+
+def _fit_epoch(model, optimizer, inputs, targets, loss_fn, batch_size, order_generator, max_steps, drop_last, task,
+               callbacks, state: FitState) -> None:
+    """One epoch of :func:`fit`: its steps, their callbacks, and the epoch's running means."""
+    started = time.perf_counter()
+    order = torch.randperm(len(inputs), generator=order_generator).to(inputs.device)
+    running_loss = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    running_correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+    seen = 0
+    for index in _batches(order, batch_size, drop_last):
+        model.train()
+        batch_inputs, batch_targets = inputs[index], targets[index]
+        outputs = model(batch_inputs)
+        loss = loss_fn(outputs, batch_targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.detach().double() * len(index)
+        seen += len(index)
+        if task != "regression":
+            running_correct += (outputs.detach().argmax(1) == batch_targets).sum()
+        step = Step(state.step, state.epoch, batch_inputs, batch_targets, outputs, loss, state.lr)
+        for callback in callbacks:
+            callback.on_step(state, step)
+        state.step += 1
+        if max_steps is not None and state.step >= max_steps:
+            break
+    state.train_time += time.perf_counter() - started
+    state.train_metrics = {"loss": running_loss.item() / seen}
+    if task != "regression":
+        state.train_metrics["acc"] = running_correct.item() / seen
+
+
+def _batches(order: Tensor, batch_size: int, drop_last: bool) -> Iterator[Tensor]:
+    """Consecutive slices of ``order`` of ``batch_size``; ``drop_last`` skips a short last one unless it is the only one."""
+    stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
 # ----------------------------------------------------------------------------- the run
 
 #: keys of ``summary.json`` (classification and regression runs; a resumed run adds ``resumed_at_epochs``)
@@ -275,10 +483,60 @@ SUMMARY_KEYS = (
     "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc", "final_test_loss", "final_test_acc",
     "best_val_acc", "generalization_gap", "best_val_loss",
 )
+#: the files a published run must hold
+RUN_FILES = ("config.json", "metrics.parquet", "model.pt")
+
+
+@dataclass
+class RunState(FitState):
+    """A run's :class:`FitState` plus what its checkpoint keeps for a resume."""
+
+    #: ``metrics.parquet`` so far, one dict per row (:data:`ddc.store.METRIC_COLUMNS`)
+    metric_rows: List[Dict[str, Any]] = field(default_factory=list)
+    #: the last epoch's ``{split: {metric: value}}`` (``train``, ``val``; ``test`` once reported)
+    last: Optional[Dict[str, Dict[str, float]]] = None
+    #: what the run trains under (:func:`environment`)
+    environment: Dict[str, Any] = field(default_factory=dict)
+    #: the epochs at which it was resumed
+    resumed_at_epochs: List[int] = field(default_factory=list)
+    #: record parts written by the end of the last finished epoch
+    record_parts: int = 0
+    #: the Recorder's state at the end of the last finished epoch
+    recorder: Optional[Dict[str, Any]] = None
+
+    def to_checkpoint(self) -> Dict[str, Any]:
+        """The plain dict a checkpoint stores (the same keys since the first checkpoints)."""
+        saved = {"epoch": self.epoch, "step": self.step, "metrics": self.metric_rows, "last": self.last,
+                 "train_time": self.train_time, "environment": self.environment, "resumed": self.resumed_at_epochs,
+                 "record_parts": self.record_parts}
+        if self.best is not None:
+            saved["best"] = {"score": self.best.score, "epoch": self.best.epoch, "metrics": self.best.metrics}
+            saved["best_model"] = self.best.weights
+        if self.recorder is not None:
+            saved["recorder"] = self.recorder
+        return saved
+
+    @classmethod
+    def from_checkpoint(cls, saved: Dict[str, Any]) -> "RunState":
+        """The state that :meth:`to_checkpoint` stored."""
+        best = saved.get("best")
+        return cls(
+            epoch=saved["epoch"], step=saved["step"], train_time=saved["train_time"], metric_rows=saved["metrics"],
+            last=saved.get("last"), environment=saved.get("environment") or {}, resumed_at_epochs=list(saved.get("resumed", [])),
+            record_parts=saved.get("record_parts", 0), recorder=saved.get("recorder"),
+            best=None if best is None else Best(best["epoch"], best["score"], best["metrics"], saved["best_model"]),
+        )
 
 
 def build(config: TrainConfig, splits=None):
-    """Data, model (seeded init) and method handle for ``config``."""
+    """Data, model (seeded init) and method handle for ``config``: ``(splits, model, handle)``.
+
+    ``splits``: data already loaded for ``config`` (:func:`ddc.data.load`), else it is loaded here.
+
+    Raises:
+        ValueError: the data, the model or the layers do not fit the config.
+        FileNotFoundError: the dataset's files are missing.
+    """
     from . import data, models
 
     if splits is None:
@@ -316,27 +574,34 @@ def _to_device(dataset, device):
     return inputs.to(device), targets.to(device)
 
 
-def _loss_fn(task: str):
+def loss_function(task: str) -> Callable[..., Tensor]:
+    """The training loss of a task: mean squared error for ``"regression"``, else cross-entropy."""
     return nn.functional.mse_loss if task == "regression" else nn.functional.cross_entropy
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, inputs, targets, task: str, batch_size: int) -> Dict[str, float]:
-    """Mean loss and (classification) accuracy in eval mode."""
+def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor, task: str, batch_size: int) -> Dict[str, float]:
+    """Mean loss and (classification) accuracy in eval mode, in batches of ``batch_size``.
+
+    ``inputs``: ``(N, *input_shape)``; ``targets``: ``(N,)`` class ids or
+    ``(N, k)`` regression targets. Returns ``{"loss": ...}`` (per example;
+    regression: per target element) plus ``"acc"`` (a fraction) for
+    classification. Leaves the model in eval mode.
+    """
     model.eval()
-    loss_fn = _loss_fn(task)
+    loss_fn = loss_function(task)
     total_loss = torch.zeros((), dtype=torch.float64, device=inputs.device)
     correct = torch.zeros((), dtype=torch.long, device=inputs.device)
     for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-        out = model(x)
-        total_loss += loss_fn(out, y, reduction="sum").double()
+        batch_inputs, batch_targets = inputs[start : start + batch_size], targets[start : start + batch_size]
+        outputs = model(batch_inputs)
+        total_loss += loss_fn(outputs, batch_targets, reduction="sum").double()
         if task != "regression":
-            correct += (out.argmax(1) == y).sum()
-    n = len(inputs)
-    result = {"loss": total_loss.item() / (n * (targets[0].numel() if task == "regression" else 1))}
+            correct += (outputs.argmax(1) == batch_targets).sum()
+    count = len(inputs)
+    result = {"loss": total_loss.item() / (count * (targets[0].numel() if task == "regression" else 1))}
     if task != "regression":
-        result["acc"] = correct.item() / n
+        result["acc"] = correct.item() / count
     return result
 
 
@@ -344,13 +609,16 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
     """Train ``config`` and publish its run directory under ``root``; returns its path.
 
     A finished run with the same id is returned as it is (nothing retrained).
-    An unfinished one with a checkpoint is resumed (``log`` says so). Raises
-    :class:`RunSetupError` for a config that cannot run (nothing written),
-    :class:`ddc.store.RunPathOccupied` when something that is not a finished
-    run sits at the run's path (it is left alone), :class:`ddc.store.RunBusy`
-    when another process writes the run and ``wait`` is False (with ``wait``,
-    the default, it waits for it), :class:`ddc.store.StoreWriteError` when the
-    store cannot be written. ``log``: one-line notes (default: stderr).
+    An unfinished one with a checkpoint is resumed (``log`` says so).
+    ``splits``: the config's data, already loaded. ``log``: one-line notes
+    (default: stderr). With ``wait`` (the default) a run that another process
+    is writing is waited for.
+
+    Raises:
+        RunSetupError: the config cannot run (nothing written), or a resume would change its environment.
+        ddc.store.RunPathOccupied: something that is not a finished run sits at the run's path (it is left alone).
+        ddc.store.RunBusy: another process writes the run and ``wait`` is False.
+        ddc.store.StoreWriteError: the store cannot be written.
     """
     log = log or _to_stderr
     try:
@@ -384,123 +652,122 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@dataclass
+class _Run:
+    """What one run's training touches, so that its steps are short functions of one argument."""
+
+    config: TrainConfig
+    run_dir: store.RunDir
+    splits: Any
+    model: nn.Module
+    handle: Any
+    optimizer: torch.optim.Optimizer
+    order_generator: torch.Generator
+    log: Callable[[str], None]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir.path / "checkpoint.pt"
+
+
 def _train(config: TrainConfig, run_dir: store.RunDir, splits, model, handle, log) -> Path:
-    run_id = run_dir.run_id
-    required = ("config.json", "metrics.parquet", "model.pt")
-    checkpoint_path = run_dir.path / "checkpoint.pt"
-    if not checkpoint_path.exists() and all((run_dir.path / name).exists() for name in (*required, "summary.json")):
-        log(f"run {run_id} was complete in {run_dir.path} but not published; publishing it")
-        return run_dir.finish(None, required=required)
-    optimizer = _make_optimizer(config, model)
-    data_generator = torch.Generator().manual_seed(config.source_seed("order"))
-    env = environment(config)
-    state = {"epoch": 0, "step": 0, "metrics": [], "best": None, "train_time": 0.0, "environment": env, "resumed": []}
-
-    if checkpoint_path.exists():
-        state = _restore(checkpoint_path, model, optimizer, handle, data_generator)
-        started = state.get("environment")
-        if started is not None and started != env:
-            changed = ", ".join(f"{k} {started.get(k)!r} -> {env[k]!r}" for k in env if started.get(k) != env[k])
-            raise RunSetupError(
-                f"run {run_id} stopped at epoch {state['epoch']} of {config.epochs} and would resume with other settings "
-                f"({changed}), mixing two kinds of numbers in one run; resume it with the settings it started with, "
-                f"or delete {run_dir.path} to train it again from the start"
-            )
-        state.setdefault("resumed", []).append(state["epoch"])
-        state["environment"] = env
-        log(f"resuming run {run_id} from its checkpoint at epoch {state['epoch']} of {config.epochs}")
-    else:
-        run_dir.start({**config.to_dict(), "run_id": run_id, "data_info": _jsonable(splits.info), "environment": env})
-
-    recorder, writer = _recorder(config, run_dir, model, optimizer, run_id, state)
-    train_x, train_y = _to_device(splits.train, config.device)
-    val = _to_device(splits.val, config.device)
-    test = _to_device(splits.test, config.device)
-    loss_fn = _loss_fn(splits.task)
-
+    """Train (or resume) the run under its lock and publish it."""
+    if not (run_dir.path / "checkpoint.pt").exists() and all((run_dir.path / name).exists() for name in (*RUN_FILES, "summary.json")):
+        log(f"run {run_dir.run_id} was complete in {run_dir.path} but not published; publishing it")
+        return run_dir.finish(None, required=RUN_FILES)
+    order_generator = torch.Generator().manual_seed(config.source_seed("order"))
+    job = _Run(config, run_dir, splits, model, handle, _make_optimizer(config, model), order_generator, log)
+    state = _start_or_resume(job)
+    recorder, writer = _recorder(job, state)
+    device = config.device
+    validation, task = _to_device(splits.val, device), splits.task
+    selection = Selection(model, lambda trained: evaluate(trained, *validation, task, config.eval_batch_size),
+                          metric="loss" if task == "regression" else "acc", maximize=task != "regression")
     from .progress import tqdm
 
-    bar = tqdm(
-        range(state["epoch"], config.epochs),
-        desc=run_id,
-        disable=None if config.progress else True,
-        initial=state["epoch"],
-        total=config.epochs,
-    )
-    for epoch in bar:
-        started = time.perf_counter()
-        lr = learning_rate(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        order = torch.randperm(len(train_x), generator=data_generator).to(config.device)
-        running_loss = torch.zeros((), dtype=torch.float64, device=config.device)
-        running_correct = torch.zeros((), dtype=torch.long, device=config.device)
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            x, y = train_x[index], train_y[index]
-            out = model(x)
-            loss = loss_fn(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.detach().double() * len(index)
-            if splits.task != "regression":
-                running_correct += (out.detach().argmax(1) == y).sum()
-            if recorder is not None:
-                recorder.step(state["step"], epoch)
-            state["step"] += 1
-        state["train_time"] += time.perf_counter() - started
-
-        epoch_metrics = {"train": {"loss": running_loss.item() / len(train_x)}}
-        if splits.task != "regression":
-            epoch_metrics["train"]["acc"] = running_correct.item() / len(train_x)
-        epoch_metrics["val"] = evaluate(model, *val, splits.task, config.eval_batch_size)
-        best = _better(state["best"], epoch, epoch_metrics, splits.task)
-        if best is not state["best"]:
-            # Test numbers are reported only for the best-validation and the last
-            # epoch: keep the best weights and evaluate the test split once, at the end.
-            state["best_model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        state["metrics"] += _metric_rows(run_id, epoch, state["step"], epoch_metrics)
-        state["metrics"].append({"run_id": run_id, "epoch": epoch, "step": state["step"], "split": "train", "metric": "lr", "value": lr})
-        state["best"], state["last"] = best, epoch_metrics
-        state["epoch"] = epoch + 1
-        bar.set_postfix(_postfix(epoch_metrics))
-
-        if recorder is not None:
-            recorder.flush()
-            state["record_parts"] = writer.next_part
-            state["recorder"] = recorder.state_dict()
-        run_dir.write_metrics(state["metrics"])
-        _checkpoint(checkpoint_path, model, optimizer, handle, data_generator, state)
+    bar = tqdm(total=config.epochs, initial=state.epoch, desc=run_dir.run_id, disable=None if config.progress else True)
+    fit(model, job.optimizer, *_to_device(splits.train, device), loss_fn=loss_function(task), batch_size=config.batch_size,
+        order_generator=order_generator, epochs=config.epochs, learning_rate=lambda epoch: learning_rate(config, epoch),
+        task=task, callbacks=[selection, _RunLog(job, bar, recorder, writer)], state=state)
     bar.close()
     if recorder is not None:
         recorder.detach()
+    return _publish(job, state)
 
-    final_test = evaluate(model, *test, splits.task, config.eval_batch_size)
-    model.load_state_dict(state["best_model"])
-    best_test = final_test if state["best"]["epoch"] == config.epochs - 1 else evaluate(model, *test, splits.task, config.eval_batch_size)
-    state["best"]["metrics"]["test"], state["last"]["test"] = best_test, final_test
-    for epoch, values in sorted({state["best"]["epoch"]: best_test, config.epochs - 1: final_test}.items()):
-        state["metrics"] += _metric_rows(run_id, epoch, None, {"test": values}, state["metrics"])
-    run_dir.write_metrics(state["metrics"])
-    summary = _summary(config, state, state["last"], splits)
-    if state.get("resumed"):
-        summary["resumed_at_epochs"] = list(state["resumed"])
+
+def _start_or_resume(job: _Run) -> RunState:
+    """A new run's state (its ``config.json`` written), or the checkpoint's (the environment checked)."""
+    config, run_dir = job.config, job.run_dir
+    env = environment(config)
+    if not job.checkpoint_path.exists():
+        run_dir.start({**config.to_dict(), "run_id": run_dir.run_id, "data_info": _jsonable(job.splits.info), "environment": env})
+        return RunState(environment=env)
+    state = RunState.from_checkpoint(_restore(job))
+    started = state.environment or None  # checkpoints before environments were stored carry none
+    if started is not None and started != env:
+        changed = ", ".join(f"{key} {started.get(key)!r} -> {env[key]!r}" for key in env if started.get(key) != env[key])
+        raise RunSetupError(
+            f"run {run_dir.run_id} stopped at epoch {state.epoch} of {config.epochs} and would resume with other settings "
+            f"({changed}), mixing two kinds of numbers in one run; resume it with the settings it started with, "
+            f"or delete {run_dir.path} to train it again from the start"
+        )
+    state.resumed_at_epochs.append(state.epoch)
+    state.environment = env
+    job.log(f"resuming run {run_dir.run_id} from its checkpoint at epoch {state.epoch} of {config.epochs}")
+    return state
+
+
+class _RunLog(Callback):
+    """A run's bookkeeping: the Recorder's steps, and per epoch its metric rows, the progress bar,
+    the record parts, ``metrics.parquet`` and the checkpoint."""
+
+    def __init__(self, job: _Run, bar, recorder, writer):
+        self.job, self.bar, self.recorder, self.writer = job, bar, recorder, writer
+
+    def on_step(self, state: FitState, step: Step) -> None:
+        if self.recorder is not None:
+            self.recorder.step(step.index, step.epoch)
+
+    def on_epoch_end(self, state: RunState) -> None:
+        run_id, epoch = self.job.run_dir.run_id, state.epoch - 1
+        state.last = {"train": dict(state.train_metrics), "val": state.val_metrics}
+        state.metric_rows += _metric_rows(run_id, epoch, state.step, state.last)
+        state.metric_rows.append({"run_id": run_id, "epoch": epoch, "step": state.step, "split": "train", "metric": "lr", "value": state.lr})
+        self.bar.set_postfix(_postfix(state.last))
+        self.bar.update(1)
+        if self.recorder is not None:
+            self.recorder.flush()
+            state.record_parts = self.writer.next_part
+            state.recorder = self.recorder.state_dict()
+        self.job.run_dir.write_metrics(state.metric_rows)
+        _checkpoint(self.job, state)
+
+
+def _publish(job: _Run, state: RunState) -> Path:
+    """Test at the chosen and the last epoch, write the summary and the chosen weights, publish the run."""
+    config, run_dir, model, task = job.config, job.run_dir, job.model, job.splits.task
+    test = _to_device(job.splits.test, config.device)
+    final_test = evaluate(model, *test, task, config.eval_batch_size)
+    model.load_state_dict(state.best.weights)
+    best_test = final_test if state.best.epoch == config.epochs - 1 else evaluate(model, *test, task, config.eval_batch_size)
+    state.best.metrics["test"], state.last["test"] = best_test, final_test
+    for epoch, values in sorted({state.best.epoch: best_test, config.epochs - 1: final_test}.items()):
+        state.metric_rows += _metric_rows(run_dir.run_id, epoch, None, {"test": values}, state.metric_rows)
+    run_dir.write_metrics(state.metric_rows)
+    summary = _summary(config, state, job.splits)
     # the weights the reported test accuracy belongs to: the best-validation epoch's
     store.write_torch(run_dir.path / "model.pt", model.state_dict())
-    parts = state.get("record_parts", 0)
-    if len(list(run_dir.records_dir().glob("part-*.parquet"))) < parts:
-        raise RuntimeError(f"run {run_id}: {run_dir.records_dir()} lacks record parts written before; not publishing it")
+    if len(list(run_dir.records_dir().glob("part-*.parquet"))) < state.record_parts:
+        raise RuntimeError(f"run {run_dir.run_id}: {run_dir.records_dir()} lacks record parts written before; not publishing it")
     store.write_json(run_dir.path / "summary.json", summary)
-    checkpoint_path.unlink()  # summary, model and metrics are in place: a crash from here on publishes as it is
-    return run_dir.finish(None, required=required)
+    job.checkpoint_path.unlink()  # summary, model and metrics are in place: a crash from here on publishes as it is
+    return run_dir.finish(None, required=RUN_FILES)
 
 
 def _metric_rows(run_id, epoch, step, metrics, previous=None):
     """Long-format rows of one epoch's ``{split: {metric: value}}``; ``step=None`` reuses the epoch's step."""
     if step is None:
-        step = next(r["step"] for r in previous if r["epoch"] == epoch)
+        step = next(row["step"] for row in previous if row["epoch"] == epoch)
     return [
         {"run_id": run_id, "epoch": epoch, "step": step, "split": split, "metric": metric, "value": value}
         for split, values in metrics.items()
@@ -508,91 +775,87 @@ def _metric_rows(run_id, epoch, step, metrics, previous=None):
     ]
 
 
-def _recorder(config, run_dir, model, optimizer, run_id, state):
+def _recorder(job: _Run, state: RunState):
+    """``(recorder, writer)`` attached to the run's model, or ``(None, None)`` with recording off."""
+    config, run_dir = job.config, job.run_dir
     if not config.record_every and not config.snapshot_every:
         return None, None
     from .recorder import Recorder
 
     layers = config.layers
     if config.method == "none" and layers is None:
-        layers = list(getattr(model, "ddc_layers", ()))
-    writer = store.RecordWriter(run_dir.records_dir(), run_id)
+        layers = list(getattr(job.model, "ddc_layers", ()))
+    writer = store.RecordWriter(run_dir.records_dir(), run_dir.run_id)
     # Parts written after the last checkpoint belong to an epoch that is being redone.
-    for part in sorted(run_dir.records_dir().glob("part-*.parquet"))[state.get("record_parts", 0) :]:
+    for part in sorted(run_dir.records_dir().glob("part-*.parquet"))[state.record_parts :]:
         part.unlink()
-    writer.next_part = state.get("record_parts", 0)
+    writer.next_part = state.record_parts
     recorder = Recorder(
-        model,
+        job.model,
         writer,
         layers=layers,
         every=config.record_every,
         snapshot_every=config.snapshot_every or None,
         snapshot_fn=run_dir.snapshot,
-        optimizer=optimizer,
+        optimizer=job.optimizer,
         seed=config.seed,
     )
-    if "recorder" in state:
-        recorder.load_state_dict(state["recorder"])
+    if state.recorder is not None:
+        recorder.load_state_dict(state.recorder)
     return recorder.attach(), writer
 
 
-def _better(best, epoch, metrics, task):
-    key = ("loss", -1) if task == "regression" else ("acc", 1)
-    score = metrics["val"][key[0]] * key[1]
-    if best is None or score > best["score"]:  # ties keep the earlier epoch
-        return {"score": score, "epoch": epoch, "metrics": metrics}
-    return best
-
-
 def _postfix(metrics):
-    shown = {f"{split}_{name}": round(value, 4) for split in ("train", "val") for name, value in metrics[split].items()}
-    return shown
+    return {f"{split}_{name}": round(value, 4) for split in ("train", "val") for name, value in metrics[split].items()}
 
 
-def _summary(config, state, last, splits) -> Dict[str, Any]:
-    best = state["best"]
+def _summary(config: TrainConfig, state: RunState, splits) -> Dict[str, Any]:
+    best, last = state.best, state.last
     summary = {
-        "best_epoch": best["epoch"],
+        "best_epoch": best.epoch,
         "epochs": config.epochs,
-        "steps": state["step"],
-        "train_time_s": round(state["train_time"], 3),
+        "steps": state.step,
+        "train_time_s": round(state.train_time, 3),
         "n_train": len(splits.train),
         "n_val": len(splits.val),
         "n_test": len(splits.test),
     }
     for split in ("train", "val", "test"):
-        for metric, value in best["metrics"][split].items():
+        for metric, value in best.metrics[split].items():
             summary[f"{split}_{metric}"] = value  # at the best validation epoch
         for metric, value in last[split].items():
             summary[f"final_{split}_{metric}"] = value
     if splits.task != "regression":
-        summary["best_val_acc"] = best["metrics"]["val"]["acc"]
-        summary["generalization_gap"] = best["metrics"]["train"]["acc"] - best["metrics"]["test"]["acc"]
+        summary["best_val_acc"] = best.metrics["val"]["acc"]
+        summary["generalization_gap"] = best.metrics["train"]["acc"] - best.metrics["test"]["acc"]
     else:
-        summary["best_val_loss"] = best["metrics"]["val"]["loss"]
+        summary["best_val_loss"] = best.metrics["val"]["loss"]
+    if state.resumed_at_epochs:
+        summary["resumed_at_epochs"] = list(state.resumed_at_epochs)
     return summary
 
 
-def _checkpoint(path, model, optimizer, handle, data_generator, state) -> None:
+def _checkpoint(job: _Run, state: RunState) -> None:
     store.write_torch(
-        path,
+        job.checkpoint_path,
         {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "method": handle.state_dict(),
-            "data_generator": data_generator.get_state(),
+            "model": job.model.state_dict(),
+            "optimizer": job.optimizer.state_dict(),
+            "method": job.handle.state_dict(),
+            "data_generator": job.order_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "state": state,
+            "state": state.to_checkpoint(),
         },
     )
 
 
-def _restore(path, model, optimizer, handle, data_generator) -> dict:
-    checkpoint = torch.load(path, weights_only=False)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    handle.load_state_dict(checkpoint["method"])
-    data_generator.set_state(checkpoint["data_generator"])
+def _restore(job: _Run) -> Dict[str, Any]:
+    """Load the checkpoint into the model, optimizer, method and generators; returns its saved state."""
+    checkpoint = torch.load(job.checkpoint_path, weights_only=False)
+    job.model.load_state_dict(checkpoint["model"])
+    job.optimizer.load_state_dict(checkpoint["optimizer"])
+    job.handle.load_state_dict(checkpoint["method"])
+    job.order_generator.set_state(checkpoint["data_generator"])
     torch.set_rng_state(checkpoint["torch_rng"])
     return checkpoint["state"]
 

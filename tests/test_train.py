@@ -413,3 +413,88 @@ def test_every_run_trains_with_one_thread_count_whoever_starts_it(tmp_path, monk
     assert seen == [train.DEFAULT_THREADS, 2]
     # the thread count is part of the identity; the default spelled out is the same run
     assert tiny(num_threads=2).run_id() != tiny().run_id() == tiny(num_threads=train.DEFAULT_THREADS).run_id()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _regression_problem(count=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(count, 3, generator=generator)
+    return inputs, inputs @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+
+def _fit_linear(epochs=None, state=None, model=None, order=None, **options):
+    torch.manual_seed(0)
+    model = model or torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    order = order or torch.Generator().manual_seed(1)
+    inputs, targets = _regression_problem()
+    state = train.fit(model, optimizer, inputs, targets, loss_fn=torch.nn.functional.mse_loss, batch_size=16,
+                      order_generator=order, epochs=epochs, task="regression", state=state, **options)
+    return model, state
+
+
+class _Trace(train.Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_epoch_start(self, state):
+        self.events.append(("start", state.epoch, state.step))
+
+    def on_step(self, state, step):
+        assert step.index == state.step and step.inputs.shape[0] == step.targets.shape[0] == len(step.outputs)
+        self.events.append(("step", step.epoch, step.index, len(step.inputs), step.lr))
+
+    def on_epoch_end(self, state):
+        self.events.append(("end", state.epoch, state.step))
+
+
+def test_fit_calls_back_in_order_with_the_epochs_batches():
+    trace = _Trace()
+    _, state = _fit_linear(epochs=2, callbacks=[trace], learning_rate=lambda epoch: 0.1 / (epoch + 1))
+    # 40 examples in batches of 16: 16, 16, 8 per epoch
+    assert trace.events == [
+        ("start", 0, 0), ("step", 0, 0, 16, 0.1), ("step", 0, 1, 16, 0.1), ("step", 0, 2, 8, 0.1), ("end", 1, 3),
+        ("start", 1, 3), ("step", 1, 3, 16, 0.05), ("step", 1, 4, 16, 0.05), ("step", 1, 5, 8, 0.05), ("end", 2, 6),
+    ]
+    assert (state.epoch, state.step, state.lr) == (2, 6, 0.05) and set(state.train_metrics) == {"loss"}
+
+
+def test_fit_drop_last_and_max_steps():
+    trace = _Trace()
+    _, state = _fit_linear(max_steps=5, drop_last=True, callbacks=[trace])
+    sizes = [event[3] for event in trace.events if event[0] == "step"]
+    assert sizes == [16] * 5 and state.step == 5 and state.epoch == 3  # two full batches an epoch, the third cut short
+    with pytest.raises(ValueError, match="epochs or max_steps"):
+        _fit_linear()
+
+
+def test_fit_continued_from_its_state_is_one_fit():
+    whole, whole_state = _fit_linear(epochs=4)
+    torch.manual_seed(0)
+    model, order = torch.nn.Linear(3, 1), torch.Generator().manual_seed(1)
+    _, state = _fit_linear(epochs=2, model=model, order=order)
+    # a fresh optimizer is the same here: plain SGD keeps no state
+    _, state = _fit_linear(epochs=4, model=model, order=order, state=state)
+    assert torch.equal(model.weight, whole.weight) and torch.equal(model.bias, whole.bias)
+    assert (state.epoch, state.step) == (whole_state.epoch, whole_state.step) == (4, 12)
+
+
+def test_selection_keeps_the_best_validation_epoch_and_its_weights():
+    scores = iter([0.5, 0.7, 0.7, 0.6])  # the tie at epoch 2 keeps epoch 1
+    seen = {}
+
+    def validate(model):
+        seen[len(seen)] = model.weight.detach().clone()
+        return {"acc": next(scores)}
+
+    model = torch.nn.Linear(3, 1)
+    selection = train.Selection(model, validate)
+    _, state = _fit_linear(epochs=4, model=model, callbacks=[selection])
+    assert state.best.epoch == 1 and state.best.score == 0.7 and state.val_metrics == {"acc": 0.6}
+    assert torch.equal(state.best.weights["weight"], seen[1]) and set(state.best.metrics) == {"train", "val"}
+    losses = iter([3.0, 1.0, 2.0])
+    every = train.Selection(model, lambda _: {"loss": next(losses)}, metric="loss", maximize=False, every=2)
+    _, state = _fit_linear(epochs=5, model=model, callbacks=[every])  # epochs 2, 4 and the last, 5
+    assert state.best.epoch == 3 and state.best.score == -1.0 and state.val_metrics == {"loss": 2.0}
