@@ -598,3 +598,83 @@ def save_figure(
         fig.savefig(out, format=fmt, dpi=dpi, bbox_inches=bbox_inches, metadata=meta)
         written.append(out)
     return written
+
+
+# --------------------------------------------------------------------------- #
+# time to event, aggregates across tasks
+# --------------------------------------------------------------------------- #
+def km_curves(km: pd.DataFrame, *, group: str = "method", ax: Axes | None = None) -> Axes:
+    """Kaplan-Meier curves with their pointwise bands, one per ``group``.
+
+    Takes :func:`analysis.survival.kaplan_meier`'s frame (columns ``group, time,
+    survival, ci_low, ci_high``); draws step functions (share of runs that have
+    not yet had the event) and shaded bands.
+    """
+    _require(km, [group, "time", "survival", "ci_low", "ci_high"], "km")
+    ax = _get_ax(ax)
+    for color, (key, curve) in zip(_colors(km[group].nunique()), km.groupby(group, sort=True)):
+        ax.step(curve["time"], curve["survival"], where="post", color=color, label=_label(key))
+        ax.fill_between(curve["time"], curve["ci_low"], curve["ci_high"], step="post", color=color, alpha=0.15, lw=0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time")
+    ax.set_ylabel("share not yet reached")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def aggregate_intervals(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Point estimates and intervals of aggregates (IQM, mean) per method, one row per method.
+
+    Takes :func:`analysis.aggregates.aggregate_intervals`' frame (``method,
+    aggregate, estimate, ci_low, ci_high``).
+    """
+    _require(table, ["method", "aggregate", "estimate", "ci_low", "ci_high"], "table")
+    ax = _get_ax(ax)
+    methods = list(dict.fromkeys(table["method"]))
+    aggregates = list(dict.fromkeys(table["aggregate"]))
+    offsets = np.linspace(-0.15, 0.15, len(aggregates)) if len(aggregates) > 1 else [0.0]
+    for color, offset, name in zip(_colors(len(aggregates)), offsets, aggregates):
+        rows = table[table["aggregate"] == name].set_index("method").loc[methods]
+        y = np.arange(len(methods)) + offset
+        ax.errorbar(rows["estimate"], y, xerr=[rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]],
+                    fmt="o", color=color, capsize=3, label=str(name))
+    ax.axvline(0, color="0.6", lw=0.8, ls=":")
+    ax.set_yticks(np.arange(len(methods)), [_label(m) for m in methods])
+    ax.set_xlabel("normalised score")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def probability_of_improvement(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """P(X > Y) with its interval, one row per pair; 0.5 (no improvement) marked.
+
+    Takes a frame with columns ``x, y, estimate, ci_low, ci_high``.
+    """
+    _require(table, ["x", "y", "estimate", "ci_low", "ci_high"], "table")
+    ax = _get_ax(ax, figsize=(6.0, 0.5 * len(table) + 1.2))
+    y = np.arange(len(table))
+    ax.errorbar(table["estimate"], y, xerr=[table["estimate"] - table["ci_low"], table["ci_high"] - table["estimate"]],
+                fmt="o", color="k", capsize=3)
+    ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
+    ax.set_yticks(y, [f"P({_label(a)} > {_label(b)})" for a, b in zip(table["x"], table["y"])])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability of improvement")
+    return ax
+
+
+def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Fraction of (seed, task) scores above each threshold, per method, with pointwise bands.
+
+    Takes :func:`analysis.aggregates.performance_profile`'s frame (``method,
+    threshold, fraction, ci_low, ci_high``).
+    """
+    _require(table, ["method", "threshold", "fraction", "ci_low", "ci_high"], "table")
+    ax = _get_ax(ax)
+    for color, (method, rows) in zip(_colors(table["method"].nunique()), table.groupby("method", sort=False)):
+        ax.plot(rows["threshold"], rows["fraction"], color=color, label=_label(method))
+        ax.fill_between(rows["threshold"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.15, lw=0)
+    ax.set_xlabel("normalised score threshold")
+    ax.set_ylabel("fraction of runs above")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="small")
+    return ax

@@ -74,6 +74,7 @@ __all__ = [
     "pairwise_wilcoxon",
     "practical_equivalence",
     "summarize",
+    "trend",
     "variance_decomposition",
 ]
 
@@ -1124,6 +1125,27 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
     p = 1.0 if only_a + only_b == 0 else float(_mcnemar(table, exact=True).pvalue)
     return {"n": len(a), "acc_a": float(a.mean()), "acc_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
             "only_a": only_a, "only_b": only_b, "pvalue": p}
+
+
+def trend(values: np.ndarray, window: float = 0.2) -> float:
+    """How much a curve still moves at its end: the least-squares change over its last ``window`` share.
+
+    ``values``: 1-D, in order (e.g. training accuracy per epoch). The last
+    ``max(3, ceil(window * len))`` values get a least-squares line; the result is
+    its slope times the span it covers (``slope * (w − 1)``), in the values'
+    units. A training curve has converged when this is small (e.g. below 0.01 of
+    accuracy); a large positive value means it was still rising when the budget
+    ended. NaN for fewer than 3 values.
+    """
+    v = np.asarray(values, dtype=float).reshape(-1)
+    v = v[np.isfinite(v)]
+    if len(v) < 3:
+        return float("nan")
+    if not (0 < window <= 1):
+        raise ValueError(f"`window` must be in (0, 1], got {window!r}")
+    w = min(len(v), max(3, int(np.ceil(window * len(v)))))
+    slope = np.polyfit(np.arange(w, dtype=float), v[-w:], 1)[0]
+    return float(slope * (w - 1))
 
 
 def independent_jaccard(rate_a: Any, rate_b: Any = None) -> np.ndarray:

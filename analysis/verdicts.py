@@ -192,12 +192,17 @@ def verdict_text(row: Any, *, method_col: str = "method", digits: int = 4, name:
     """
     get = row.get if hasattr(row, "get") else lambda k, default=None: getattr(row, k, default)
     label = name or f"{get(method_col)} − {get('baseline')}"
+    if np.isfinite(get("dz_low")):
+        effect = f"d_z {get('cohen_dz'):+.2f} [{get('dz_low'):+.2f}, {get('dz_high'):+.2f}]"
+    else:
+        effect = "d_z undefined (every seed gives the same difference)"
     text = (f"{label} ({get('value')}): {_signed(get('mean_diff'), digits)} "
-            f"[95% CI {_signed(get('ci_low'), digits)}, {_signed(get('ci_high'), digits)}], "
-            f"d_z {get('cohen_dz'):+.2f} [{get('dz_low'):+.2f}, {get('dz_high'):+.2f}], "
+            f"[95% CI {_signed(get('ci_low'), digits)}, {_signed(get('ci_high'), digits)}], {effect}, "
             f"paired t p = {get('p_ttest'):.3g}, Holm p = {get('p_holm'):.3g} "
             f"({get('family')} family of {int(get('family_size'))}), n = {int(get('n'))} seeds, "
-            f"MDE d_z {get('mde_dz'):.2f} (≈ {get('mde'):.{digits}f} at the observed sd)")
+            f"MDE d_z {get('mde_dz'):.2f}")
+    if get("sd_diff") > 0:
+        text += f" (≈ {get('mde'):.{digits}f} at the observed sd of the differences)"
     margin = get("margin")
     if margin is not None and margin == margin:
         text += f", TOST ±{margin:g} Holm p = {get('p_tost_holm'):.3g}"

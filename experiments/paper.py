@@ -152,9 +152,11 @@ def _trajectory_row(label, seed, step, model, x, y) -> dict:
 
 
 def steps_to_target(trajectories, target_loss: float):
-    """First step at which each (method, seed) reaches ``loss <= target_loss``.
+    """First step at which each (method, seed) reaches ``loss <= target_loss``: a time-to-event outcome.
 
-    Runs that never reach it get ``steps`` + 1 and ``reached = False``.
+    A run that never reaches it is right-censored at its last step (``reached =
+    False``, ``steps_to_target`` = the budget): it would need more steps, how
+    many is unknown, so analyse with :mod:`analysis.survival`, not as a number.
     Columns: ``method, seed, steps_to_target, reached``.
     """
     import pandas as pd
@@ -167,11 +169,35 @@ def steps_to_target(trajectories, target_loss: float):
             {
                 "method": method,
                 "seed": seed,
-                "steps_to_target": int(hit.step.min()) if reached else int(group.step.max()) + 1,
+                "steps_to_target": int(hit.step.min()) if reached else int(group.step.max()),
                 "reached": reached,
             }
         )
     return pd.DataFrame(rows)
+
+
+def synthetic_regime(trajectories, *, window: float = 0.2, tolerance: float = 0.05):
+    """Per method: the final training loss and whether it stopped falling by the end of the budget.
+
+    A run has converged when its loss changed by less than ``tolerance`` (relative to its mean over the
+    window) over the last ``window`` of its steps, by a least-squares line (:func:`analysis.stats.trend`).
+    Columns: ``method, n, final_loss, relative_change, converged``.
+    """
+    import numpy as np
+    import pandas as pd
+    from analysis import stats
+
+    rows = []
+    for (method, seed), group in trajectories.sort_values("step").groupby(["method", "seed"], sort=True):
+        loss = group.loss.to_numpy(float)
+        tail = loss[-max(3, int(np.ceil(window * len(loss)))):]
+        change = stats.trend(loss, window=window) / max(float(np.mean(tail)), 1e-12)
+        rows.append({"method": method, "seed": seed, "final_loss": loss[-1], "relative_change": change,
+                     "converged": abs(change) < tolerance})
+    per_run = pd.DataFrame(rows)
+    return (per_run.groupby("method", sort=True)
+            .agg(n=("seed", "size"), final_loss=("final_loss", "mean"), relative_change=("relative_change", "mean"),
+                 converged=("converged", "sum")).reset_index())
 
 
 def figures_01_synthetic_regression(run_dir) -> List[str]:
@@ -195,9 +221,10 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
     ax.set_title("Loss over steps, mean and 95% CI across seeds")
     written += save_fig(ax, run_dir, "loss_curves")
 
-    summary = load_table(run_dir, "steps_to_target_summary")
-    ax = figures.method_comparison(summary, value="steps_to_target")
-    ax.set_ylabel("steps to reach the target loss")
+    ax = figures.km_curves(load_table(run_dir, "kaplan_meier"), group="method")
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("share of runs not yet at the target loss")
+    ax.set_title("Steps to the target loss: Kaplan-Meier, 95% bands (censored at the budget)")
     written += save_fig(ax, run_dir, "steps_to_target")
     return written
 
@@ -402,7 +429,7 @@ def run_specs(specs: Sequence[dict], runs_root, *, workers=None, backend: str = 
 
 def figures_02_baselines(run_dir) -> List[str]:
     import matplotlib.pyplot as plt
-    from analysis import figures, stats
+    from analysis import figures
 
     from ddc.store import load_metrics
 
@@ -421,12 +448,14 @@ def figures_02_baselines(run_dir) -> List[str]:
         ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="train", hue="tag")
         ax.set_title(f"{name}: training accuracy (overfitting regime check)")
         written += save_fig(ax, run_dir, f"{name}-train_curves")
-        if group.seed.nunique() >= 2:
-            ranks, cliques, cd = stats.critical_difference(group, value="test_acc", method_col="tag", block_col="seed", on_incomplete="drop")
-            ax = figures.critical_difference_diagram(ranks, cliques, cd, method_col="tag")
-            ax.set_title(f"{name}: average ranks over seeds (CD = {cd:.2f})")
-            written += save_fig(ax, run_dir, f"{name}-critical_difference")
         plt.close("all")
+    if (Path(run_dir) / "results" / "ranks_across_experiments.parquet").exists():
+        # Demšar (2006): methods ranked within each experiment (dataset x model), ranks averaged over experiments
+        ranks = load_table(run_dir, "ranks_across_experiments")
+        cliques = [c.split(", ") for c in ranks.cliques.iloc[0].split(" | ")] if ranks.cliques.iloc[0] else []
+        ax = figures.critical_difference_diagram(ranks, cliques, float(ranks.cd.iloc[0]), method_col="tag")
+        ax.set_title(f"Average ranks across {runs.sweep.nunique()} experiments (Nemenyi CD = {float(ranks.cd.iloc[0]):.2f})")
+        written += save_fig(ax, run_dir, "critical_difference")
     return written
 
 
@@ -493,3 +522,190 @@ def figures_03_ablation(run_dir) -> List[str]:
     written += save_fig(ax, run_dir, "settings")
     plt.close("all")
     return written
+
+
+# ----------------------------------------------------------------------------- shared statistics: regime, verdicts, degenerate settings
+
+#: run columns that fingerprint what a run trained: runs equal in all of them, seed by seed, are the same run
+FINGERPRINT = ("val_acc", "val_loss", "test_acc", "train_acc", "train_loss", "final_train_acc", "final_train_loss", "best_epoch")
+
+
+def accuracy_summary(runs, *, by, value: str = "test_acc"):
+    """:func:`analysis.stats.summarize` (mean, t interval over seeds) plus the test-set noise of one run:
+    ``binomial_se``, the binomial standard error of an accuracy equal to the mean on ``n_test`` images."""
+    from analysis import stats
+
+    by = [by] if isinstance(by, str) else list(by)
+    table = stats.summarize(runs, value=value, by=by)
+    if "n_test" in runs:
+        sizes = runs.groupby(by, dropna=False)["n_test"].mean().rename("n_test").reset_index()
+        table = table.merge(sizes, on=by, how="left")
+        table["binomial_se"] = stats.binomial_se(table["mean"], table["n_test"])
+    return table
+
+
+def regime_table(runs, run_dir, *, method_col: str = "tag", by: Sequence[str] = (), window: float = 0.2,
+                 tolerance: float = 0.01):
+    """The regime of every method: does it fit its training data, how well does it generalise, has it converged?
+
+    Per (``by``..., method), over its seeds: ``final_train_acc`` (training accuracy of the last epoch, masks on),
+    ``train_acc`` and ``test_acc`` at the best-validation epoch, ``test_binomial_se`` (test-set noise of one run),
+    ``generalization_gap`` with its t interval, ``train_rise`` (the rise of training accuracy over the last
+    ``window`` of the budget, least-squares, :func:`analysis.stats.trend`), ``converged`` (seeds whose rise is
+    below ``tolerance``) of ``n``, ``judged`` (seeds with at least 3 epochs, where a trend can be fitted). A method still rising at the end of its budget underfits: its comparisons say
+    so (:func:`regime_note`).
+    """
+    import numpy as np
+    import pandas as pd
+    from analysis import stats
+
+    from ddc.store import load_metrics
+
+    by = list(by)
+    metrics = load_metrics(run_paths(run_dir, runs))
+    curves = metrics[(metrics.split == "train") & (metrics.metric == "acc")].sort_values(["run_id", "epoch"])
+    rise = {run_id: stats.trend(group.value.to_numpy(), window=window)
+            for run_id, group in curves.groupby("run_id", sort=False)}
+    frame = runs.assign(train_rise=runs.run_id.map(rise))
+    rows = []
+    for key, group in frame.groupby(by + [method_col], sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        gap = group.generalization_gap.to_numpy(float)
+        low, high = stats.mean_interval(gap) if len(gap) > 1 else (np.nan, np.nan)
+        test = float(group.test_acc.mean())
+        rows.append({**dict(zip(by + [method_col], key)), "n": len(group),
+                     "final_train_acc": float(group.final_train_acc.mean()), "train_acc": float(group.train_acc.mean()),
+                     "test_acc": test,
+                     "test_binomial_se": float(stats.binomial_se(test, group.n_test.mean())) if "n_test" in group else np.nan,
+                     "generalization_gap": float(gap.mean()), "gap_ci_low": low, "gap_ci_high": high,
+                     "train_rise": float(group.train_rise.mean()),
+                     "converged": int((group.train_rise < tolerance).sum()),
+                     "judged": int(group.train_rise.notna().sum()), "window": window, "tolerance": tolerance})
+    return pd.DataFrame(rows)
+
+
+def regime_note(row) -> str:
+    """``"train 0.93 / test 0.75 ± 0.010, converged (5 of 5 seeds)"``, or says that training was still rising."""
+    text = (f"final training accuracy {row.final_train_acc:.3f}, test {row.test_acc:.3f} ± {row.test_binomial_se:.3f} "
+            f"(binomial SE), gap {row.generalization_gap:+.3f}")
+    if row.judged == 0:
+        return text + ", convergence not judged (fewer than 3 epochs)"
+    if row.converged == row.n:
+        return text + f", converged by the end of the budget ({row.converged} of {row.n} seeds)"
+    return (text + f", NOT converged: training accuracy still rose {row.train_rise:+.3f} over the last "
+            f"{100 * row.window:.0f}% of epochs ({row.n - row.converged} of {row.n} seeds rising by >= {row.tolerance:g}); "
+            f"its comparisons are those of an underfitted model")
+
+
+def load_trained(run_path, cache: Optional[dict] = None):
+    """``(config, splits, model)`` of a finished run: its own data splits and its best-validation weights, eval mode.
+
+    ``cache`` (a dict) keeps loaded splits, so runs that differ only in the method share them.
+    """
+    from ddc import data, models
+
+    run_path = Path(run_path)
+    config = json.loads((run_path / "config.json").read_text())
+    keys = ("dataset", "data_root", "val_fraction", "seed", "train_subset", "val_subset", "test_subset", "classes")
+    key = tuple(str(config.get(k)) for k in keys)
+    if cache is not None and key in cache:
+        splits = cache[key]
+    else:
+        splits = data.load(config["dataset"], root=config.get("data_root"), val_fraction=config["val_fraction"],
+                           seed=config["seed"], train_subset=config["train_subset"], val_subset=config["val_subset"],
+                           test_subset=config["test_subset"], classes=config.get("classes"))
+        if cache is not None:
+            cache[key] = splits
+    model = models.build(config["model"], input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model.load_state_dict(torch.load(run_path / "model.pt", weights_only=True))
+    model.eval()
+    return config, splits, model
+
+
+@torch.no_grad()
+def test_correct(run_path, cache: Optional[dict] = None, batch_size: int = 1000):
+    """Per test example, whether the run's best-validation model classifies it correctly (bool array)."""
+    _, splits, model = load_trained(run_path, cache)
+    x, y = splits.test.tensors
+    predictions = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return (predictions == y).numpy()
+
+
+def mcnemar_table(runs, run_dir, pairs, *, method_col: str = "tag", by: Sequence[str] = ()):
+    """McNemar's exact test for each ``(method, baseline)`` pair on each seed the two share (single-seed comparisons).
+
+    Columns: ``<by...>, method, baseline, seed, n, acc_a, acc_b, diff, only_a, only_b, pvalue``.
+    """
+    import pandas as pd
+    from analysis import stats
+
+    by = list(by)
+    paths = dict(zip(runs.run_id, run_paths(run_dir, runs)))
+    cache, rows = {}, []
+    for key, group in (runs.groupby(by, sort=True) if by else [((), runs)]):
+        key = key if isinstance(key, tuple) else (key,)
+        for method, baseline in pairs:
+            a, b = group[group[method_col] == method], group[group[method_col] == baseline]
+            for seed in sorted(set(a.seed) & set(b.seed)):
+                run_a, run_b = a[a.seed == seed].run_id.iloc[0], b[b.seed == seed].run_id.iloc[0]
+                result = stats.mcnemar(test_correct(paths[run_a], cache), test_correct(paths[run_b], cache))
+                rows.append({**dict(zip(by, key)), "method": method, "baseline": baseline, "seed": seed, **result})
+    return pd.DataFrame(rows)
+
+
+def degenerate_settings(runs, run_dir, *, setting_col: str, layer: Optional[str] = None, columns: Sequence[str] = FINGERPRINT):
+    """Settings that are not what their labels say: identical runs, or DropConnect at ``p_base`` in disguise.
+
+    ``identical_to``: the first setting (sorted) whose runs equal this one's in every ``columns`` value, seed by
+    seed (:func:`analysis.stats.identical_settings`). ``dropconnect_at_p_base``: every drop probability the
+    recorder saw on ``layer`` (after the pass-through first step) equals ``p_base`` (``drop_prob_min ==
+    drop_prob_max == p_base`` at every recorded step, every seed); None when the runs have no such records.
+    ``note``: a sentence saying which, if any.
+    """
+    import numpy as np
+    import pandas as pd
+    from analysis import stats
+
+    from ddc.store import load_records
+
+    present = [c for c in columns if c in runs]
+    table = stats.identical_settings(runs, setting_col=setting_col, block_col="seed", columns=present)
+    table = table.rename(columns={"group": "identical_to"})
+    uniform = {}
+    records = load_records(run_paths(run_dir, runs))
+    if len(records):
+        wanted = records[records.metric.isin(["drop_prob_min", "drop_prob_max"]) & ((records.layer == layer) if layer else True)]
+        wide = wanted.pivot_table(index=["run_id", "step", "layer"], columns="metric", values="value").reset_index()
+        p_base = runs.set_index("run_id")["p_base"] if "p_base" in runs else pd.Series(0.3, index=runs.run_id)
+        if {"drop_prob_min", "drop_prob_max"} <= set(wide.columns):
+            wide["p_base"] = wide.run_id.map(p_base)
+            wide["uniform"] = (np.isclose(wide.drop_prob_min, wide.p_base, atol=1e-7)
+                               & np.isclose(wide.drop_prob_max, wide.p_base, atol=1e-7))
+            per_run = wide.groupby("run_id").uniform.all()
+            setting_of = runs.set_index("run_id")[setting_col]
+            for setting, flags in per_run.groupby(per_run.index.map(setting_of)):
+                uniform[setting] = bool(flags.all())
+    table["dropconnect_at_p_base"] = table[setting_col].map(lambda s: uniform.get(s))
+    notes = []
+    for row in table.itertuples():
+        parts = []
+        if row.identical_to != getattr(row, setting_col):
+            parts.append(f"trains the same runs as {row.identical_to}")
+        if row.dropconnect_at_p_base:
+            p = runs.loc[runs[setting_col] == getattr(row, setting_col), "p_base"].iloc[0] if "p_base" in runs else None
+            parts.append("reduces to DropConnect" + (f" at p_base = {p:g}" if p is not None else "")
+                         + " (every recorded drop probability equals p_base)")
+        notes.append("; ".join(parts))
+    table["note"] = notes
+    return table
+
+
+def merge_degenerate(runs, degenerate, *, setting_col: str):
+    """Runs with every group of identical settings kept once, under one label naming all its members
+    (``"a ≡ b"``), so an analysis counts it as one level. Adds ``members`` (the labels merged)."""
+    members = degenerate.groupby("identical_to")[setting_col].apply(list)
+    keep = runs[runs[setting_col].isin(members.index)].copy()
+    label = {first: " ≡ ".join(map(str, group)) for first, group in members.items()}
+    keep["members"] = keep[setting_col].map(lambda s: list(map(str, members[s])))
+    keep[setting_col] = keep[setting_col].map(label)
+    return keep

@@ -67,11 +67,21 @@ def test_synthetic_regression_data(smoke_outputs):
     assert set(trajectories.method) == set(paper.SYNTHETIC_METHODS)
     assert trajectories.groupby("method").seed.nunique().min() == 3
     assert (trajectories.query("step == 0").groupby("seed")[["w1", "w2"]].nunique() == 1).all().all()  # same start
-    tests = pd.read_parquet(run_dir / "results" / "paired_tests.parquet")
-    assert {"p_wilcoxon_adj", "ci_low", "ci_high"} <= set(tests.columns)
-    conclusion = json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"]
+    steps = int(trajectories.step.max())
+    per_run = pd.read_parquet(run_dir / "results" / "per_run.parquet")
+    # a run that never reached the target is censored at the budget, not given budget + 1 steps
+    assert (per_run.steps_to_target <= steps).all()
+    assert (per_run.loc[~per_run.reached, "steps_to_target"] == steps).all()
+    logrank = pd.read_parquet(run_dir / "results" / "verdicts_time_to_target.parquet")
+    assert set(logrank[logrank.family == "primary"].baseline) == {"dropconnect", "none"}
+    assert (logrank.verdict == "exploratory").all()  # 3 seeds per method
+    verdicts = pd.read_parquet(run_dir / "results" / "verdicts.parquet")
+    assert {"n", "ci_low", "ci_high", "p_holm", "mde_dz", "verdict"} <= set(verdicts.columns)
+    assert (verdicts.family == "secondary").all() and (verdicts.value == "mean_loss").all()
+    conclusion = "\n".join(json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"])
     summary = pd.read_parquet(run_dir / "results" / "steps_to_target_summary.parquet").set_index("method")
-    assert f"{summary.loc['ddc', 'mean']:.1f}" in conclusion  # the sentence quotes the stored number
+    assert f"ddc {summary.loc['ddc', 'median']:.0f} [" in conclusion  # the sentence quotes the stored number
+    assert "Regime:" in conclusion and "MDE d_z" in conclusion
     assert {p.name for p in (run_dir / "figures").glob("*.png")} == {
         "contours_trajectories.png",
         "loss_curves.png",
@@ -87,13 +97,23 @@ def test_baselines_data(smoke_outputs):
     for _, group in runs.groupby("sweep"):
         # paired design: every method has every seed, and the same seed means the same split
         assert group.groupby("tag").seed.apply(sorted).map(tuple).nunique() == 1
-    versus = pd.read_parquet(run_dir / "results" / "versus_none.parquet")
-    assert set(versus.method) == set(paper.BASELINE_METHODS) - {"none"}
-    assert versus.p_wilcoxon_adj.between(0, 1).all() and (versus.p_wilcoxon_adj >= versus.p_wilcoxon - 1e-12).all()
+    verdicts = pd.read_parquet(run_dir / "results" / "verdicts.parquet")
+    n_experiments = runs.sweep.nunique()
+    primary = verdicts[verdicts.family == "primary"]
+    assert len(primary) == 2 * n_experiments and set(primary.baseline) == {"none", "dropconnect"}
+    assert (primary.tag == "ddc").all() and (primary.family_size == 2 * n_experiments).all()
+    assert set(verdicts[verdicts.family == "secondary"].tag) == set(paper.BASELINE_METHODS) - {"none", "ddc"}
+    assert (verdicts.p_holm >= verdicts.p_ttest - 1e-12).all() and verdicts.mde_dz.notna().all()
+    assert (verdicts.verdict == "exploratory").all()  # 2 seeds at smoke
     summary = pd.read_parquet(run_dir / "results" / "summary.parquet")
     for row in summary.itertuples():
-        assert row.ci_low <= row.mean <= row.ci_high
-    assert any(p.name.endswith("critical_difference.png") for p in (run_dir / "figures").iterdir())
+        assert row.ci_low <= row.mean <= row.ci_high and row.binomial_se > 0
+    regime = pd.read_parquet(run_dir / "results" / "regime.parquet")
+    assert len(regime) == len(paper.BASELINE_METHODS) * n_experiments
+    if n_experiments >= 2:  # Demšar: experiments are the blocks
+        friedman = pd.read_parquet(run_dir / "results" / "friedman_across_experiments.parquet").iloc[0]
+        assert friedman.n == n_experiments and friedman.k == len(paper.BASELINE_METHODS)
+        assert (run_dir / "figures" / "critical_difference.png").exists()
 
 
 def test_ablation_data(smoke_outputs):

@@ -591,3 +591,13 @@ def test_identical_settings_groups_bit_identical_runs():
     out = S.identical_settings(pd.DataFrame(rows), setting_col="cell", columns=["test_acc", "val_acc"]).set_index("cell")
     assert out.loc["c", "group"] == "a" and out.loc["a", "group"] == "a" and out.loc["a", "group_size"] == 2
     assert out.loc["b", "group"] == "b" and out.loc["d", "group_size"] == 1
+
+
+def test_trend_measures_what_is_left_to_rise():
+    flat = np.r_[np.linspace(0, 1, 40), np.ones(10)]
+    assert S.trend(flat, window=0.2) == pytest.approx(0.0, abs=1e-12)
+    rising = np.linspace(0.5, 0.9, 50)  # rises 0.4 over 49 steps: 0.0816 over its last 10 values... of 9 intervals
+    assert S.trend(rising, window=0.2) == pytest.approx(0.4 / 49 * 9)
+    noisy = np.r_[np.linspace(0, 1, 40), 1 + np.random.default_rng(0).normal(0, 0.005, 10)]
+    assert abs(S.trend(noisy)) < 0.01
+    assert np.isnan(S.trend([1.0, 2.0]))
