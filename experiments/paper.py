@@ -331,6 +331,38 @@ def gradient_rank_stability(snapshots):
     return pd.DataFrame(rows)
 
 
+def mask_overlap_against_null(records, runs, *, layer: str, method_col: str = "tag"):
+    """The overlap of consecutive masks against what chance alone gives at the same drop rates.
+
+    For every recorded step with a ``mask_jaccard`` (overlap of this and the previous recorded mask's dropped
+    sets), the null is the expected overlap of two *independent* uniform masks at the two steps' realised drop
+    rates, :func:`analysis.stats.independent_jaccard` (``r / (2 − r)`` at equal rates): a method "drops the
+    same edges more consistently" only if its overlap beats that. Per run, both are averaged over steps.
+
+    Returns a long frame ``<method_col>, seed, run_id, quantity, mask_jaccard, steps`` with ``quantity`` in
+    ``observed`` / ``independent masks`` (one row each per run), ready for a paired comparison by seed.
+    """
+    import pandas as pd
+    from analysis import stats
+
+    wanted = records[(records.layer == layer) & records.metric.isin(["mask_jaccard", "realized_drop_rate"])]
+    if wanted.empty:
+        return pd.DataFrame(columns=[method_col, "seed", "run_id", "quantity", "mask_jaccard", "steps"])
+    wide = wanted.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    if "mask_jaccard" not in wide:
+        return pd.DataFrame(columns=[method_col, "seed", "run_id", "quantity", "mask_jaccard", "steps"])
+    wide = wide.sort_values(["run_id", "step"])
+    wide["previous_rate"] = wide.groupby("run_id").realized_drop_rate.shift()
+    wide["null"] = stats.independent_jaccard(wide.realized_drop_rate, wide.previous_rate)
+    wide = wide.dropna(subset=["mask_jaccard", "null"])
+    per_run = wide.groupby("run_id").agg(observed=("mask_jaccard", "mean"), null=("null", "mean"), steps=("step", "size"))
+    per_run = per_run.join(runs.set_index("run_id")[[method_col, "seed"]]).reset_index()
+    long = per_run.melt(id_vars=[method_col, "seed", "run_id", "steps"], value_vars=["observed", "null"],
+                        var_name="quantity", value_name="mask_jaccard")
+    long["quantity"] = long.quantity.replace({"null": "independent masks"})
+    return long[[method_col, "seed", "run_id", "quantity", "mask_jaccard", "steps"]]
+
+
 def figures_04_dynamics(run_dir) -> List[str]:
     from analysis import figures
 
@@ -507,13 +539,15 @@ def figures_03_ablation(run_dir) -> List[str]:
     settings = load_json(run_dir, "settings")
     runs = load_table(run_dir, "runs")
     axes = settings["axes"]
-    tests = load_table(run_dir, "versus_default")
     written = []
     if len(axes) == 2:
-        cells = runs.groupby(axes, as_index=False).test_acc.mean()
-        pvalues = tests[axes + ["p_ttest_adj"]].rename(columns={"p_ttest_adj": "pvalue"})
-        ax = figures.ablation_heatmap(cells.merge(pvalues, on=axes, how="left"), x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue")
-        ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm paired-t p < 0.05 vs the paper default)")
+        # each cell gets the Holm p of its (merged) setting against the reference
+        verdicts = load_table(run_dir, "verdicts").set_index("cell")
+        degenerate = load_table(run_dir, "degenerate").set_index("cell")
+        cells = runs.assign(cell=cell_label(runs, axes)).groupby(axes + ["cell"], as_index=False).test_acc.mean()
+        cells["pvalue"] = cells.cell.map(degenerate.merged_label).map(verdicts.p_holm)
+        ax = figures.ablation_heatmap(cells, x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue")
+        ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm paired-t p < 0.05 vs {settings['reference']})")
         written += save_fig(ax, run_dir, "heatmap")
     runs = runs.assign(cell=cell_label(runs, axes))
     ax = figures.method_comparison(runs, value="test_acc", method_col="cell", rng=0)
@@ -697,15 +731,33 @@ def degenerate_settings(runs, run_dir, *, setting_col: str, layer: Optional[str]
                          + " (every recorded drop probability equals p_base)")
         notes.append("; ".join(parts))
     table["note"] = notes
+    members = table.groupby("identical_to")[setting_col].apply(lambda group: " ≡ ".join(map(str, group)))
+    table["merged_label"] = table["identical_to"].map(members)
     return table
 
 
 def merge_degenerate(runs, degenerate, *, setting_col: str):
     """Runs with every group of identical settings kept once, under one label naming all its members
-    (``"a ≡ b"``), so an analysis counts it as one level. Adds ``members`` (the labels merged)."""
-    members = degenerate.groupby("identical_to")[setting_col].apply(list)
-    keep = runs[runs[setting_col].isin(members.index)].copy()
-    label = {first: " ≡ ".join(map(str, group)) for first, group in members.items()}
-    keep["members"] = keep[setting_col].map(lambda s: list(map(str, members[s])))
-    keep[setting_col] = keep[setting_col].map(label)
+    (``"a ≡ b"``, :func:`degenerate_settings`' ``merged_label``), so an analysis counts it as one level."""
+    first = degenerate[degenerate[setting_col] == degenerate["identical_to"]]
+    keep = runs[runs[setting_col].isin(first[setting_col])].copy()
+    keep[setting_col] = keep[setting_col].map(dict(zip(first[setting_col], first["merged_label"])))
     return keep
+
+
+def reference_setting(runs, default_label: str, *, setting_col: str = "cell", select: str = "val_acc"):
+    """The setting every other one is compared with: the paper default when the grid has it (possibly merged
+    with identical settings), else the setting with the highest mean ``select`` (validation accuracy; test
+    accuracy never chooses). Returns ``(label, reason)``."""
+    for label in runs[setting_col].unique():
+        if default_label in str(label).split(" ≡ "):
+            return label, "the paper default"
+    best = runs.groupby(setting_col)[select].mean().idxmax()
+    return best, "the highest validation accuracy (the paper default is not in this grid)"
+
+
+def model_default_layer(recipe_name: str, profile: str = "quick") -> str:
+    """The first layer a recipe's model puts DDC on by default (the layer whose drop probabilities are recorded)."""
+    from ddc import models, recipes
+
+    return list(models.MODELS[recipes.recipe(recipe_name, profile)["model"]].ddc_layers)[0]

@@ -65,27 +65,26 @@ def _setting_differences(setting: str, all_settings) -> str:
 
 
 def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamples: int = 9999):
-    """Summary (mean and bootstrap CI per label) and paired tests vs ``baseline`` for one group."""
+    """Summary (mean, t interval per label, binomial SE of one run) and paired verdicts vs ``baseline`` for one group.
+
+    The group is one experiment, so its comparisons form one family: Holm runs over them, and only them.
+    ``seed`` and ``n_resamples`` are kept for callers; t intervals need no resampling.
+    """
     import numpy as np
     from analysis import stats
+    from analysis import verdicts as V
 
-    summary = stats.summarize(runs, value=value, by="label", rng=np.random.default_rng(seed), n_resamples=n_resamples)
+    summary = stats.summarize(runs, value=value, by="label")
+    if "n_test" in runs and value.endswith("acc"):
+        sizes = runs.groupby("label")["n_test"].mean()
+        summary["binomial_se"] = stats.binomial_se(summary["mean"], summary["label"].map(sizes).to_numpy())
     tests = None
-    labels = set(runs.label)
+    labels = sorted(set(runs.label))
     if baseline in labels and len(labels) > 1 and runs.seed.nunique() >= 2:
-        tests = stats.paired_comparison(
-            runs,
-            value=value,
-            method_col="label",
-            baseline=baseline,
-            rng=np.random.default_rng(seed + 1),
-            n_resamples=n_resamples,
-            on_unpaired="drop",
-        )
-    friedman = None
-    if len(labels) >= 3 and runs.seed.nunique() >= 2:
-        friedman = stats.friedman_test(runs, value=value, method_col="label", block_col="seed", on_incomplete="drop")
-    return summary, tests, friedman
+        tests = V.paired_verdicts(runs, value=value, pairs=[(label, baseline) for label in labels if label != baseline],
+                                  method_col="label", family="primary")
+        tests = tests if len(tests) else None
+    return summary, tests, None
 
 
 def build_report(
@@ -119,6 +118,7 @@ def build_report(
     metrics = load_metrics([Path(p) for p in runs.path])
     lines: List[str] = [f"# {title}", "", f"{len(runs)} runs; value: `{value}` (test metric at the best-validation epoch).", ""]
     settings = {s: i for i, s in enumerate(dict.fromkeys(runs.setting))}
+    means_by_group = []
     groups = runs.groupby([*GROUP, "setting"], sort=True)
     for number, ((dataset, model, setting), group) in enumerate(groups, 1):
         name = f"{dataset}-{model}-{settings[setting]}"
@@ -128,14 +128,16 @@ def build_report(
         if value not in group or group[value].isna().all():
             lines += [f"No `{value}` in these runs.", ""]
             continue
-        summary, tests, friedman = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples)
-        lines += ["Mean and 95% bootstrap CI over seeds:", "", _markdown_table(summary[["label", "n", "mean", "std", "ci_low", "ci_high"]]), ""]
+        summary, tests, _ = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples)
+        columns = ["label", "n", "mean", "std", "ci_low", "ci_high"] + (["binomial_se"] if "binomial_se" in summary else [])
+        lines += ["Mean and 95% t interval over seeds (`binomial_se`: the test-set noise of one run's accuracy):", "",
+                  _markdown_table(summary[columns]), ""]
         if tests is not None:
-            shown = tests[["label", "n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon_adj", "p_ttest_adj", "cohen_dz"]]
-            lines += [f"Paired differences vs `{baseline}` (Holm-adjusted p-values):", "", _markdown_table(shown), ""]
-        if friedman is not None:
-            row = friedman.iloc[0]
-            lines += [f"Friedman test across labels: chi2 = {row.statistic:.3f}, p = {row.pvalue:.3g} (k = {row.k}, n = {row.n}).", ""]
+            shown = tests[["label", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm", "cohen_dz", "mde", "verdict"]]
+            lines += [f"Paired differences vs `{baseline}` (paired t over seeds, 95% t interval; this experiment's "
+                      f"comparisons are one family, Holm within it; `mde`: the difference detectable with 80% power at "
+                      f"this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
+        means_by_group.append(group.groupby("label", as_index=False)[value].mean().assign(task=name))
         ax = figures.method_comparison(group, value=value, method_col="label", rng=0)
         ax.set_title(name)
         for path in figures.save_figure(ax, figure_dir / f"{name}-{value}", formats=("png",)):
@@ -148,8 +150,181 @@ def build_report(
             for path in figures.save_figure(ax, figure_dir / f"{name}-val-acc", formats=("png",)):
                 lines += [f"![{name} learning curves]({Path(path).relative_to(out_dir)})", ""]
             plt.close(ax.figure)
+    if len(means_by_group) >= 2:
+        import pandas as pd
+
+        means = pd.concat(means_by_group, ignore_index=True).assign(seed=0)
+        lines += ["## Across experiments", ""] + ranks_across_tasks(means, out_dir, method_col="label", task_col="task", value=value)
     report = out_dir / "report.md"
     out_dir.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines) + "\n")
+    say(f"report: written to {report}")
+    return report
+
+
+# ----------------------------------------------------------------------------- 05: the paper report, restated
+
+
+def _verdict_tables(folder: Path):
+    """The verdict tables a notebook stored (``results/verdicts*.parquet``), by name."""
+    import pandas as pd
+
+    return {path.stem: pd.read_parquet(path) for path in sorted((folder / "results").glob("verdicts*.parquet"))}
+
+
+def _restated_rows(table):
+    """Rows of a verdict table as they are shown in the report: the numbers the notebook stored, unchanged."""
+    import numpy as np
+
+    label_cols = [c for c in table.columns if c in ("experiment", "tag", "method", "cell", "label", "model", "metric", "quantity",
+                                                     "placement", "train_method", "factor")]
+    shown = table.copy()
+    shown.insert(0, "comparison", shown[label_cols].astype(str).agg(" / ".join, axis=1) + " vs " + shown["baseline"].astype(str))
+    if "p_ttest" in shown:  # paired t verdicts
+        columns = ["comparison", "value", "family", "family_size", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm",
+                   "mde_dz", "mde", "verdict"]
+    else:  # log-rank
+        columns = ["comparison", "family", "family_size", "n", "n_baseline", "statistic", "pvalue", "p_holm", "mde_hazard_ratio",
+                   "verdict"]
+    return shown[[c for c in columns if c in shown]].replace({np.inf: np.nan})
+
+
+def restate_verdicts(outputs) -> List[str]:
+    """Markdown: every notebook's stored verdict tables, restated as stored (one comparison, one answer)."""
+    lines: List[str] = []
+    for folder in sorted(p for p in Path(outputs).iterdir() if p.is_dir() and p.name[:2].isdigit()):
+        tables = _verdict_tables(folder)
+        if not tables:
+            continue
+        lines += [f"### {folder.name}", ""]
+        for name, table in tables.items():
+            if table.empty:
+                continue
+            lines += [f"`{name}` (families as declared in the notebook; Holm within each family):", "",
+                      _markdown_table(_restated_rows(table)), ""]
+    return lines
+
+
+def aggregate_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: str = "experiment", baseline: str = "none",
+                           value: str = "test_acc", focus: str = "ddc", seed: int = 0, n_resamples: int = 2000) -> List[str]:
+    """Markdown and figures for methods compared across tasks (experiments), after Agarwal et al. (2021).
+
+    Scores are normalised per task to ``(acc − mean acc of baseline) / (1 − mean acc of baseline)``, the share of
+    the baseline's test error a method removes. IQM and mean with stratified bootstrap intervals over
+    (task, seed), P(focus > other) for every other method with its interval (one summary figure per pair:
+    the per-task paired differences and P), performance profiles. Every interval is drawn from
+    ``np.random.default_rng(seed)``, so the report regenerates identically.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    from analysis import aggregates, figures, stats
+
+    figure_dir = Path(out_dir) / "figures"
+    arrays, tasks, seeds = aggregates.scores_from_frame(runs, value=value, method_col=method_col, task_col=task_col)
+    if baseline not in arrays or len(seeds) < 2:
+        return ["Aggregates across tasks need the baseline in every task and at least 2 shared seeds.", ""]
+    low = arrays[baseline].mean(axis=0)
+    normalised = {m: aggregates.normalise(a, low, 1.0) for m, a in arrays.items()}
+    gen = np.random.default_rng(seed)
+    table = aggregates.aggregate_intervals(normalised, rng=gen, n_resamples=n_resamples)
+    lines = [f"Across {len(tasks)} tasks ({', '.join(tasks)}) x {len(seeds)} seeds; score: share of `{baseline}`'s test error "
+             f"removed, `(acc − acc_{baseline}) / (1 − acc_{baseline})` per task; 95% stratified bootstrap intervals "
+             f"({n_resamples} resamples of seeds within tasks, the same seeds for every method).", "",
+             _markdown_table(table[["method", "aggregate", "estimate", "ci_low", "ci_high"]]), ""]
+    written = []
+    ax = figures.aggregate_intervals(table)
+    ax.set_title("IQM and mean of normalised test accuracy (95% stratified bootstrap)")
+    written += figures.save_figure(ax, figure_dir / "aggregates", formats=("png",))
+    plt.close(ax.figure)
+    thresholds = np.linspace(min(a.min() for a in normalised.values()), max(a.max() for a in normalised.values()), 60)
+    profile = aggregates.performance_profile(normalised, thresholds, rng=gen, n_resamples=n_resamples)
+    ax = figures.performance_profiles(profile)
+    ax.set_title("Performance profiles (95% stratified bootstrap bands)")
+    written += figures.save_figure(ax, figure_dir / "performance_profiles", formats=("png",))
+    plt.close(ax.figure)
+    rows = []
+    if focus in arrays:
+        for other in [m for m in arrays if m != focus]:
+            point, lo, hi = aggregates.probability_of_improvement_interval(arrays[focus], arrays[other], rng=gen,
+                                                                           n_resamples=n_resamples)
+            rows.append({"x": focus, "y": other, "estimate": point, "ci_low": lo, "ci_high": hi})
+            per_task = []
+            for t, task in enumerate(tasks):
+                d = arrays[focus][:, t] - arrays[other][:, t]
+                lo_t, hi_t = stats.mean_interval(d)
+                per_task.append({"task": task, "mean_diff": d.mean(), "ci_low": lo_t, "ci_high": hi_t})
+            per_task = pd.DataFrame(per_task)
+            fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(tasks) + 1.4))
+            y = np.arange(len(per_task))
+            ax.errorbar(per_task.mean_diff, y, xerr=[per_task.mean_diff - per_task.ci_low, per_task.ci_high - per_task.mean_diff],
+                        fmt="o", color="k", capsize=3)
+            ax.axvline(0, color="0.6", lw=0.8, ls=":")
+            ax.set_yticks(y, per_task.task)
+            ax.set_xlabel(f"{value}: {focus} − {other} (paired by seed, 95% t CI)")
+            ax.set_title(f"P({focus} > {other}) = {point:.2f} [{lo:.2f}, {hi:.2f}]")
+            written += figures.save_figure(fig, figure_dir / f"pair-{focus}-vs-{other}", formats=("png",))
+            plt.close(fig)
+    if rows:
+        poi = pd.DataFrame(rows)
+        lines += ["Probability of improvement, P(a run of X beats a run of Y on a random task), with 95% stratified bootstrap "
+                  "intervals:", "", _markdown_table(poi), ""]
+        ax = figures.probability_of_improvement(poi)
+        ax.set_title("Probability of improvement (95% stratified bootstrap)")
+        written += figures.save_figure(ax, figure_dir / "probability_of_improvement", formats=("png",))
+        plt.close(ax.figure)
+    lines += [f"![{Path(p).stem}]({Path(p).relative_to(out_dir)})" for p in written] + [""]
+    return lines
+
+
+def ranks_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: str = "experiment", value: str = "test_acc") -> List[str]:
+    """Markdown and one critical-difference figure: methods ranked within each task (block), as Demšar (2006) meant."""
+    import matplotlib.pyplot as plt
+    from analysis import figures, stats
+
+    means = runs.groupby([task_col, method_col], as_index=False)[value].mean()
+    complete = means.groupby(method_col)[task_col].nunique() == means[task_col].nunique()
+    means = means[means[method_col].isin(complete[complete].index)]
+    if means[task_col].nunique() < 2 or means[method_col].nunique() < 3:
+        return ["Ranks across tasks need at least 2 tasks and 3 methods in every one.", ""]
+    friedman = stats.friedman_test(means, value=value, method_col=method_col, block_col=task_col).iloc[0]
+    ranks, cliques, cd = stats.critical_difference(means, value=value, method_col=method_col, block_col=task_col)
+    ax = figures.critical_difference_diagram(ranks, cliques, cd, method_col=method_col)
+    ax.set_title(f"Average ranks over {int(friedman.n)} tasks (Nemenyi CD = {cd:.2f})")
+    path = figures.save_figure(ax, Path(out_dir) / "figures" / "critical_difference", formats=("png",))[0]
+    plt.close(ax.figure)
+    return [f"Each task (dataset x model) is a block; a method's score in it is its mean {value} over seeds. Friedman "
+            f"chi2 = {friedman.statistic:.3g}, p = {friedman.pvalue:.3g}; Iman-Davenport F = {friedman.iman_davenport_F:.3g}, "
+            f"p = {friedman.iman_davenport_p:.3g} (k = {int(friedman.k)}, n = {int(friedman.n)}).", "",
+            _markdown_table(ranks), "", f"![critical difference]({Path(path).relative_to(out_dir)})", ""]
+
+
+def build_paper_report(outputs, out_dir, *, title: str = "ddc paper report", baseline: str = "none", seed: int = 0,
+                       n_resamples: int = 2000, log=None) -> Path:
+    """``out_dir/report.md`` for the paper notebooks: their verdicts restated as stored, then 02's methods across
+    tasks (ranks and a CD diagram, aggregates). Nothing is recomputed that a notebook already decided."""
+    import pandas as pd
+
+    say = log or (lambda _: None)
+    outputs, out_dir = Path(outputs), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines: List[str] = [f"# {title}", "",
+                        "## Verdicts, restated from the notebooks", "",
+                        "Each notebook declares its families of comparisons (primary: what the experiment exists to "
+                        "decide; secondary: the rest); Holm runs within a family, never across notebooks. Intervals "
+                        "are 95% t intervals over paired seeds, `mde` the effect the test detects with 80% power at "
+                        "its n and family size; verdict words need 5 paired seeds.", ""]
+    say("report: restating the notebooks' verdicts")
+    lines += restate_verdicts(outputs)
+    baselines = outputs / "02_baselines" / "results" / "runs.parquet"
+    if baselines.exists():
+        runs = pd.read_parquet(baselines)
+        runs = runs.assign(experiment=runs.sweep.str.removeprefix("02-"))
+        say("report: methods across tasks (02_baselines)")
+        lines += ["## 02_baselines across tasks: ranks", ""] + ranks_across_tasks(runs, out_dir)
+        lines += ["## 02_baselines across tasks: aggregates (Agarwal et al. 2021)", ""]
+        lines += aggregate_across_tasks(runs, out_dir, baseline=baseline, seed=seed, n_resamples=n_resamples)
+    report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     say(f"report: written to {report}")
     return report

@@ -45,10 +45,11 @@ def test_report_contents(runs_root, tmp_path):
     report = build_report(runs_root, tmp_path / "r", n_resamples=499)
     text = report.read_text()
     assert "## mnist1d / mlp" in text and "9 runs" in text
-    assert "Paired differences vs `none` (Holm-adjusted p-values)" in text
-    assert "Friedman test" in text
+    assert "Paired differences vs `none` (paired t over seeds, 95% t interval; this experiment's comparisons are one family" in text
+    assert "Friedman" not in text  # one experiment: ranks across experiments need several (seeds are not Demšar's blocks)
     for label in ("none", "dropconnect", "ddc"):
         assert f"| {label} | 3 |" in text
+    assert "| exploratory |" in text  # 3 seeds: no verdict words
     assert (tmp_path / "r" / "figures").is_dir() and any((tmp_path / "r" / "figures").glob("*.png"))
 
 
