@@ -678,3 +678,19 @@ def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize="small")
     return ax
+
+
+def variance_by_source(table: pd.DataFrame, *, source_col: str = "source", ax: Axes | None = None) -> Axes:
+    """Standard deviation of a metric per source of randomness, with its interval (the square roots of
+    :func:`analysis.stats.variance_by_source`'s variance bounds); the group that varied everything last."""
+    _require(table, [source_col, "sd", "variance_low", "variance_high"], "table")
+    order = [s for s in table[source_col] if s != "all"] + [s for s in table[source_col] if s == "all"]
+    rows = table.set_index(source_col).loc[order]
+    ax = _get_ax(ax)
+    y = np.arange(len(rows))
+    low, high = np.sqrt(rows["variance_low"].to_numpy(float)), np.sqrt(rows["variance_high"].to_numpy(float))
+    sd = rows["sd"].to_numpy(float)
+    ax.errorbar(sd, y, xerr=[sd - low, high - sd], fmt="o", color="k", capsize=3)
+    ax.set_yticks(y, [str(s) for s in order])
+    ax.set_xlabel("standard deviation across runs (95% interval)")
+    return ax

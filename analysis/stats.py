@@ -75,6 +75,7 @@ __all__ = [
     "practical_equivalence",
     "summarize",
     "trend",
+    "variance_by_source",
     "variance_decomposition",
 ]
 
@@ -990,6 +991,7 @@ def practical_equivalence(
     block_col: str | Sequence[str] | None = None,
     higher_is_better: bool = True,
     alpha: float = 0.05,
+    correction: str | None = "holm",
 ) -> pd.DataFrame:
     """Which settings perform within ``margin`` of the chosen best one: two one-sided t-tests (TOST).
 
@@ -1010,16 +1012,23 @@ def practical_equivalence(
     exactly when the ``1 − 2 alpha`` t interval (``ci_low``, ``ci_high``; 90% at
     the default alpha) lies inside ``(−margin, margin)``.
 
-    * ``within_margin``: ``equivalent``, for the settings other than the reference
-      (always False on the reference row, so "k of N within margin" counts the
-      other settings only);
+    * ``p_tost_holm``: ``p_tost`` Holm-adjusted over the settings of this call
+      (``correction="holm"``, default; ``None`` leaves it equal to ``p_tost``), and
+      ``ci_low_holm, ci_high_holm``: the t interval at level ``1 − 2 a_i``, where
+      ``a_i`` is the level at which Holm tested that setting
+      (:func:`analysis.verdicts.holm_levels`), which lies inside the margin exactly
+      when the adjusted test declares equivalence;
+    * ``within_margin``: ``p_tost_holm < alpha``, for the settings other than the
+      reference (always False on the reference row, so "k of N within margin"
+      counts the other settings only);
     * ``in_region``: the reference plus every equivalent setting;
     * ``not_worse_than_margin``: lenient, ``ci_high > −margin``: the data do not
       show the setting to be worse than the reference by more than ``margin``.
 
     Returns one row per setting: ``<by...>, n, mean, select_mean, is_best, diff,
-    ci_low, ci_high, ci_method, p_tost, within_margin, in_region,
-    not_worse_than_margin, margin, confidence_level`` sorted by ``select_mean``
+    ci_low, ci_high, ci_method, p_tost, p_tost_holm, ci_low_holm, ci_high_holm,
+    within_margin, in_region, not_worse_than_margin, margin, confidence_level``
+    sorted by ``select_mean``
     (best first). ``n`` counts the setting's runs (the pairs used are the blocks
     it shares with the reference). The reference row has ``diff = 0``, a
     degenerate CI ``[0, 0]`` and ``p_tost`` NaN.
@@ -1056,7 +1065,7 @@ def practical_equivalence(
         row = {**dict(zip(by, s)), "n": len(x_all), "mean": float(x_all.mean()),
                "select_mean": float(select_means[s]), "is_best": s == best}
         if s == best:
-            row.update(diff=0.0, ci_low=0.0, ci_high=0.0, ci_method="none", p_tost=np.nan)
+            row.update(diff=0.0, ci_low=0.0, ci_high=0.0, ci_method="none", p_tost=np.nan, _df=np.nan)
         elif block_col is not None:
             x, y, _ = _pair(wide, str(s), str(best), method_col="/".join(by), on_unpaired="drop")
             x, y = sign * x, sign * y
@@ -1066,7 +1075,7 @@ def practical_equivalence(
                 p = 0.0 if abs(float(d.mean())) < margin else 1.0
             else:
                 p = float(ttost_paired(x, y, -margin, margin)[0])
-            row.update(diff=float(d.mean()), ci_low=lo, ci_high=hi, ci_method="t", p_tost=p)
+            row.update(diff=float(d.mean()), ci_low=lo, ci_high=hi, ci_method="t", p_tost=p, _df=len(d) - 1)
         else:
             x, y = sign * x_all, sign * values_of[best]
             if len(x) < 2 or len(y) < 2:
@@ -1075,10 +1084,27 @@ def practical_equivalence(
                 cm = CompareMeans(DescrStatsW(x), DescrStatsW(y))
                 lo, hi = (float(v) for v in cm.tconfint_diff(alpha=2 * alpha, usevar="unequal"))
                 p = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
-            row.update(diff=float(x.mean() - y.mean()), ci_low=lo, ci_high=hi, ci_method="welch t", p_tost=p)
+            row.update(diff=float(x.mean() - y.mean()), ci_low=lo, ci_high=hi, ci_method="welch t", p_tost=p, _df=np.nan)
         rows.append(row)
     out = pd.DataFrame(rows)
-    equivalent = (out["p_tost"] < alpha) & ~out["is_best"]
+    if correction not in ("holm", None):
+        raise ValueError(f"`correction` must be 'holm' or None, got {correction!r}")
+    out["p_tost_holm"] = adjust_pvalues(out["p_tost"], "holm") if correction == "holm" else out["p_tost"]
+    level = np.full(len(out), 1 - alpha)  # the level of each one-sided test
+    if correction == "holm":
+        from .verdicts import holm_levels
+
+        level = holm_levels(out["p_tost"].to_numpy(), alpha)
+    half_width = {}
+    for i, row in out.iterrows():
+        if row["is_best"] or not np.isfinite(level[i]) or row["ci_method"] != "t":
+            continue
+        widen = sps.t.ppf(level[i], row["_df"]) / sps.t.ppf(1 - alpha, row["_df"])
+        half_width[i] = (row["ci_high"] - row["ci_low"]) / 2 * widen
+    out["ci_low_holm"] = [out["diff"][i] - half_width[i] if i in half_width else np.nan for i in out.index]
+    out["ci_high_holm"] = [out["diff"][i] + half_width[i] if i in half_width else np.nan for i in out.index]
+    out = out.drop(columns="_df")
+    equivalent = (out["p_tost_holm"] < alpha) & ~out["is_best"]
     out["within_margin"] = equivalent.astype(bool)
     out["in_region"] = (equivalent | out["is_best"]).astype(bool)
     out["not_worse_than_margin"] = (out["ci_high"] > -margin) | out["is_best"]
@@ -1146,6 +1172,47 @@ def trend(values: np.ndarray, window: float = 0.2) -> float:
     w = min(len(v), max(3, int(np.ceil(window * len(v)))))
     slope = np.polyfit(np.arange(w, dtype=float), v[-w:], 1)[0]
     return float(slope * (w - 1))
+
+
+def variance_by_source(
+    df: pd.DataFrame, *, value: str, source_col: str = "source", total: str = "all", confidence_level: float = 0.95
+) -> pd.DataFrame:
+    """Variance of ``value`` when one source of randomness varies at a time, and its share of the total.
+
+    Input: one row per run with ``source_col`` naming the source that varied
+    (e.g. ``data``, ``init``, ``order``, ``mask``; every other source held fixed)
+    and the group ``total`` where every source varied together (Bouthillier et
+    al. 2021). Per group: ``n``, ``mean``, ``sd``, ``variance`` (ddof 1) with its
+    chi-square interval ``[(n−1) s² / χ²_{1−a/2}, (n−1) s² / χ²_{a/2}]`` (normal
+    data), and ``share = variance / variance(total)`` with the F interval of a
+    ratio of two variances (``share / F_{1−a/2}(n−1, n_t−1)``, ``share /
+    F_{a/2}(...)``; the groups are treated as independent samples). Shares need
+    not add up to 1: sources interact, and each estimate carries its own noise.
+    """
+    _require_columns(df, [value, source_col])
+    _require_numeric_finite(df, value)
+    _check_confidence(confidence_level)
+    a = 1 - confidence_level
+    groups = {k: g[value].to_numpy(float) for k, g in df.groupby(source_col, sort=True)}
+    if total not in groups:
+        raise ValueError(f"no rows with {source_col} == {total!r} (every source varied together); got {sorted(groups, key=str)}")
+    var_total, df_total = float(np.var(groups[total], ddof=1)), len(groups[total]) - 1
+    rows = []
+    for key, x in groups.items():
+        n = len(x)
+        var = float(np.var(x, ddof=1)) if n > 1 else float("nan")
+        lo = (n - 1) * var / sps.chi2.ppf(1 - a / 2, n - 1) if n > 1 else float("nan")
+        hi = (n - 1) * var / sps.chi2.ppf(a / 2, n - 1) if n > 1 else float("nan")
+        share = var / var_total if var_total > 0 else float("nan")
+        if n > 1 and df_total > 0 and key != total and np.isfinite(share):
+            share_lo = share / sps.f.ppf(1 - a / 2, n - 1, df_total)
+            share_hi = share / sps.f.ppf(a / 2, n - 1, df_total)
+        else:
+            share_lo = share_hi = float("nan")
+        rows.append({source_col: key, "n": n, "mean": float(x.mean()), "sd": float(np.sqrt(var)) if n > 1 else float("nan"),
+                     "variance": var, "variance_low": lo, "variance_high": hi, "share": share,
+                     "share_low": share_lo, "share_high": share_hi, "confidence_level": float(confidence_level)})
+    return pd.DataFrame(rows)
 
 
 def independent_jaccard(rate_a: Any, rate_b: Any = None) -> np.ndarray:

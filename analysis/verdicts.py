@@ -37,7 +37,7 @@ from scipy import stats as sps
 from . import power as _power
 from . import stats as _stats
 
-__all__ = ["MIN_VERDICT_N", "VERDICT_WORDS", "holm_levels", "paired_verdicts", "verdict_text", "word"]
+__all__ = ["MIN_VERDICT_N", "VERDICT_WORDS", "apply_families", "holm_levels", "paired_verdicts", "verdict_text", "word"]
 
 #: the fewest paired seeds on which a verdict word is printed
 MIN_VERDICT_N = 5
@@ -155,19 +155,31 @@ def paired_verdicts(
     columns = [*by_cols, method_col, "baseline", "value", "family", "family_size", "n", "mean", "mean_baseline",
                "mean_diff", "sd_diff", "df", "ci_low", "ci_high", "t_stat", "p_ttest", "p_holm", "holm_level",
                "ci_low_holm", "ci_high_holm", "cohen_dz", "dz_low", "dz_high", "hedges_g", "mde_dz", "mde",
-               "p_tost", "p_tost_holm", "margin", "verdict"]
+               "p_tost", "p_tost_holm", "margin", "higher_is_better", "verdict"]
     if not rows:
         return pd.DataFrame(columns=columns)
     out = pd.DataFrame(rows)
+    out["margin"] = np.nan if margin is None else float(margin)
+    out["higher_is_better"] = bool(higher_is_better)
+    out = apply_families(out, alpha=alpha, power=power, min_n=min_n)
+    return out[columns]
+
+
+def apply_families(table: pd.DataFrame, *, alpha: float = 0.05, power: float = 0.8, min_n: int = MIN_VERDICT_N) -> pd.DataFrame:
+    """(Re)compute everything that depends on the families: Holm p, Holm-level intervals, MDE and words.
+
+    ``table`` holds rows of :func:`paired_verdicts` (``family, n, mean_diff, sd_diff, df, p_ttest, p_tost,
+    higher_is_better`` are read), possibly concatenated from several calls (e.g. one per metric, each
+    with its own orientation): Holm then runs over each family across all of them. Returns a copy.
+    """
+    out = table.copy().reset_index(drop=True)
     out["family_size"] = out.groupby("family")["family"].transform("size").astype(int)
-    out["p_holm"] = np.nan
-    out["p_tost_holm"] = np.nan
-    out["holm_level"] = np.nan
+    for column in ("p_holm", "p_tost_holm", "holm_level"):
+        out[column] = np.nan
     for _, index in out.groupby("family").groups.items():
         out.loc[index, "p_holm"] = _stats.adjust_pvalues(out.loc[index, "p_ttest"], "holm")
         out.loc[index, "holm_level"] = holm_levels(out.loc[index, "p_ttest"].to_numpy(), alpha)
-        if margin is not None:
-            out.loc[index, "p_tost_holm"] = _stats.adjust_pvalues(out.loc[index, "p_tost"], "holm")
+        out.loc[index, "p_tost_holm"] = _stats.adjust_pvalues(out.loc[index, "p_tost"], "holm")
     se = out["sd_diff"] / np.sqrt(out["n"])
     half = sps.t.ppf(0.5 + out["holm_level"] / 2, out["df"]) * se
     out["ci_low_holm"] = out["mean_diff"] - half
@@ -175,10 +187,9 @@ def paired_verdicts(
     out["mde_dz"] = [_power.minimum_detectable_effect(int(n), alpha=alpha, family_size=int(m), power=power)
                      for n, m in zip(out["n"], out["family_size"])]
     out["mde"] = out["mde_dz"] * out["sd_diff"]
-    out["margin"] = np.nan if margin is None else float(margin)
     out["verdict"] = [word(int(r.n), r.p_holm, r.mean_diff, alpha=alpha, p_tost_holm=r.p_tost_holm,
-                           higher_is_better=higher_is_better, min_n=min_n) for r in out.itertuples()]
-    return out[columns]
+                           higher_is_better=bool(r.higher_is_better), min_n=min_n) for r in out.itertuples()]
+    return out
 
 
 def _signed(value: float, digits: int) -> str:

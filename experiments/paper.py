@@ -363,6 +363,39 @@ def mask_overlap_against_null(records, runs, *, layer: str, method_col: str = "t
     return long[[method_col, "seed", "run_id", "quantity", "mask_jaccard", "steps"]]
 
 
+#: the sources of randomness a run has, each with a seed of its own (``TrainConfig.<source>_seed``)
+SEED_SOURCES = ("data", "init", "order", "mask")
+
+
+def variance_source_specs(name: str, recipe: str, profile: str, values: Sequence[int], *, method: str = "ddc",
+                          method_options: Optional[dict] = None, **base) -> List[dict]:
+    """Sweeps that vary one source of randomness at a time (Bouthillier et al. 2021), and all together.
+
+    The base run has every source seeded ``values[0]``. For each source in :data:`SEED_SOURCES`, one run per
+    other value sets that source's seed alone (``<source>_seed``); a second sweep varies ``seed`` itself,
+    which moves every source together. Variants are labelled ``<source>=<value>``.
+    """
+    first, others = values[0], list(values[1:])
+    options = {"method": method, "method_options": dict(method_options or {})}
+    one_at_a_time = {f"{source}={v}": {**options, f"{source}_seed": v} for source in SEED_SOURCES for v in others}
+    return [sweep_spec(f"{name}-one_source", recipe, profile, one_at_a_time, [first], **base),
+            sweep_spec(f"{name}-all_sources", recipe, profile, {"all": options}, list(values), **base)]
+
+
+def variance_sources_table(runs):
+    """Runs of :func:`variance_source_specs` labelled by the source that varied: ``source`` (``all`` for the
+    sweep over ``seed``), with the base run (every source at the first seed) in every source's group."""
+    import pandas as pd
+
+    together = runs[runs.sweep.str.endswith("-all_sources")]
+    base = together[together.seed == together.seed.min()]
+    alone = runs[runs.sweep.str.endswith("-one_source")]
+    frames = [together.assign(source="all")]
+    for source in SEED_SOURCES:
+        frames += [base.assign(source=source), alone[alone.variant.str.startswith(f"{source}=")].assign(source=source)]
+    return pd.concat(frames, ignore_index=True)
+
+
 def figures_04_dynamics(run_dir) -> List[str]:
     from analysis import figures
 
@@ -374,6 +407,10 @@ def figures_04_dynamics(run_dir) -> List[str]:
     labels = runs[["run_id", "tag"]].rename(columns={"tag": "method"})
     layer = settings["layer"]
     written = []
+    if (Path(run_dir) / "results" / "variance_sources.parquet").exists():
+        ax = figures.variance_by_source(load_table(run_dir, "variance_sources"))
+        ax.set_title("Variance of test accuracy, one source of randomness at a time")
+        written += save_fig(ax, run_dir, "variance_sources")
     ax = figures.drop_rate_dynamics(records, layer=layer, hue="method", runs=labels)
     ax.set_title(f"{layer}: expected (solid) vs realised (dashed) drop rate")
     written += save_fig(ax, run_dir, "drop_rate_dynamics")
@@ -582,27 +619,37 @@ def regime_table(runs, run_dir, *, method_col: str = "tag", by: Sequence[str] = 
                  tolerance: float = 0.01):
     """The regime of every method: does it fit its training data, how well does it generalise, has it converged?
 
-    Per (``by``..., method), over its seeds: ``final_train_acc`` (training accuracy of the last epoch, masks on),
-    ``train_acc`` and ``test_acc`` at the best-validation epoch, ``test_binomial_se`` (test-set noise of one run),
-    ``generalization_gap`` with its t interval, ``train_rise`` (the rise of training accuracy over the last
-    ``window`` of the budget, least-squares, :func:`analysis.stats.trend`), ``converged`` (seeds whose rise is
-    below ``tolerance``) of ``n``, ``judged`` (seeds with at least 3 epochs, where a trend can be fitted). A method still rising at the end of its budget underfits: its comparisons say
-    so (:func:`regime_note`).
+    Training accuracy per epoch comes from the run store; see :func:`regime_from_rises` for the columns.
+    """
+    from analysis import stats
+
+    from ddc.store import load_metrics
+
+    metrics = load_metrics(run_paths(run_dir, runs))
+    curves = metrics[(metrics.split == "train") & (metrics.metric == "acc")].sort_values(["run_id", "epoch"])
+    rise = {run_id: stats.trend(group.value.to_numpy(), window=window)
+            for run_id, group in curves.groupby("run_id", sort=False)}
+    return regime_from_rises(runs.assign(train_rise=runs.run_id.map(rise)), method_col=method_col, by=by, window=window,
+                             tolerance=tolerance)
+
+
+def regime_from_rises(runs, *, method_col: str = "tag", by: Sequence[str] = (), window: float = 0.2, tolerance: float = 0.01):
+    """Per (``by``..., method), over its seeds, from one row per run with ``train_rise`` (the rise of training
+    accuracy over the last ``window`` of the budget, :func:`analysis.stats.trend`; NaN when not measurable):
+
+    ``final_train_acc`` (training accuracy of the last epoch, masks on), ``train_acc`` and ``test_acc`` at the
+    best-validation epoch, ``test_binomial_se`` (test-set noise of one run, from ``n_test``),
+    ``generalization_gap`` with its t interval, ``train_rise``, ``converged`` (seeds whose rise is below
+    ``tolerance``) of ``n``, ``judged`` (seeds with a measurable rise). A method still rising at the end of
+    its budget underfits: its comparisons say so (:func:`regime_note`).
     """
     import numpy as np
     import pandas as pd
     from analysis import stats
 
-    from ddc.store import load_metrics
-
     by = list(by)
-    metrics = load_metrics(run_paths(run_dir, runs))
-    curves = metrics[(metrics.split == "train") & (metrics.metric == "acc")].sort_values(["run_id", "epoch"])
-    rise = {run_id: stats.trend(group.value.to_numpy(), window=window)
-            for run_id, group in curves.groupby("run_id", sort=False)}
-    frame = runs.assign(train_rise=runs.run_id.map(rise))
     rows = []
-    for key, group in frame.groupby(by + [method_col], sort=True, dropna=False):
+    for key, group in runs.groupby(by + [method_col], sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         gap = group.generalization_gap.to_numpy(float)
         low, high = stats.mean_interval(gap) if len(gap) > 1 else (np.nan, np.nan)

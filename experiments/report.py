@@ -166,10 +166,11 @@ def build_report(
 
 
 def _verdict_tables(folder: Path):
-    """The verdict tables a notebook stored (``results/verdicts*.parquet``), by name."""
+    """The verdict tables a notebook stored (``results/verdicts*.parquet``, and ``equivalence.parquet``), by name."""
     import pandas as pd
 
-    return {path.stem: pd.read_parquet(path) for path in sorted((folder / "results").glob("verdicts*.parquet"))}
+    paths = sorted((folder / "results").glob("verdicts*.parquet")) + sorted((folder / "results").glob("equivalence.parquet"))
+    return {path.stem: pd.read_parquet(path) for path in paths}
 
 
 def _restated_rows(table):
@@ -179,6 +180,14 @@ def _restated_rows(table):
     label_cols = [c for c in table.columns if c in ("experiment", "tag", "method", "cell", "label", "model", "metric", "quantity",
                                                      "placement", "train_method", "factor")]
     shown = table.copy()
+    if "p_tost_holm" in shown and "is_best" in shown:  # equivalence (TOST) against the validation-chosen reference
+        reference = shown[shown.is_best].set_index("experiment").label if "experiment" in shown else None
+        shown["baseline"] = shown.experiment.map(reference) if reference is not None else shown.loc[shown.is_best, "label"].iloc[0]
+        shown = shown[~shown.is_best]
+        shown.insert(0, "comparison", (shown.experiment.astype(str) + " / " if "experiment" in shown else "")
+                     + shown.label.astype(str) + " vs " + shown.baseline.astype(str))
+        columns = ["comparison", "n", "diff", "ci_low", "ci_high", "p_tost", "p_tost_holm", "margin", "verdict"]
+        return shown[[c for c in columns if c in shown]]
     shown.insert(0, "comparison", shown[label_cols].astype(str).agg(" / ".join, axis=1) + " vs " + shown["baseline"].astype(str))
     if "p_ttest" in shown:  # paired t verdicts
         columns = ["comparison", "value", "family", "family_size", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm",

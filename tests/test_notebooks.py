@@ -164,6 +164,19 @@ def test_dynamics_data(smoke_outputs):
     assert set(regime.tag) == set(runs.tag)
     conclusion = "\n".join(json.loads((run_dir / "results" / "conclusions.json").read_text())["conclusion"])
     assert f"would overlap {null['ddc']:.3f}" in conclusion and "McNemar" in conclusion
+    # sources of variance, one at a time: each group is the base run plus runs that moved that source's seed alone
+    variance_runs = pd.read_parquet(run_dir / "results" / "variance_runs.parquet")
+    for source in ("data", "init", "order", "mask"):
+        group = variance_runs[variance_runs.source == source]
+        assert len(group) == 2 and group.seed.nunique() == 1
+        assert group[f"{source}_seed"].fillna(group.seed.iloc[0]).nunique() == 2
+        for other in {"data", "init", "order", "mask"} - {source}:
+            assert group[f"{other}_seed"].isna().all() or group[f"{other}_seed"].fillna(0).eq(0).all()
+    everything = variance_runs[variance_runs.source == "all"]
+    assert everything.seed.nunique() == 2
+    variance = pd.read_parquet(run_dir / "results" / "variance_sources.parquet").set_index("source")
+    assert set(variance.index) == {"data", "init", "order", "mask", "all"} and variance.loc["all", "share"] == pytest.approx(1.0)
+    assert "Sources of variance" in conclusion
 
 
 def test_report_collects_everything(smoke_outputs):

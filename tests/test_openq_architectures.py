@@ -88,7 +88,7 @@ def test_summary_intervals_and_contrasts(run_dir):
     summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
     runs = paper.load_table(run_dir, "runs").set_index(["experiment", "variant", "seed"]).test_acc
-    tests = paper.load_table(run_dir, "contrasts")
+    tests = paper.load_table(run_dir, "verdicts")
     assert len(tests) == sum(len(p) for p in SMOKE_PLACEMENTS.values()) * len(arch.CONTRASTS)
     for row in tests.itertuples():
         mine = runs.loc[row.experiment]
@@ -96,7 +96,12 @@ def test_summary_intervals_and_contrasts(run_dir):
         base = mine.loc["none"] if row.baseline == "none" else mine.loc[arch.label(row.baseline, row.placement)]
         assert row.mean_diff == pytest.approx((method - base).mean())
         assert row.ci_low - 1e-12 <= row.mean_diff <= row.ci_high + 1e-12
-        assert row.p_wilcoxon <= row.p_wilcoxon_adj <= 1
+        assert row.p_ttest <= row.p_holm <= 1 and row.verdict == "exploratory"  # 2 seeds at smoke
+        assert row.family == ("primary" if (row.method, row.baseline) in arch.PRIMARY_CONTRASTS else "secondary")
+    primary = tests[tests.family == "primary"]
+    assert (primary.family_size == len(primary)).all()  # Holm over every experiment and placement
+    regime_methods = paper.load_table(run_dir, "regime_methods")
+    assert len(regime_methods) == paper.load_table(run_dir, "runs").groupby(["experiment", "variant"]).ngroups
     regime = paper.load_table(run_dir, "regime").set_index(["experiment", "metric"])
     none = paper.load_table(run_dir, "runs").query("method_label == 'none'")
     for (experiment, metric), row in regime.iterrows():
@@ -174,7 +179,7 @@ def test_conclusion_quotes_the_stored_numbers(run_dir):
     for experiment, variant in ((RESNET, "none"), (RESNET, "ddc@fc"), (RESNET, "ddc@all_conv"), (VIT, "none"), (VIT, "ddc@attn_mlp")):
         s = summary.loc[(experiment, variant)]
         assert paper.format_ci(s["mean"], s.ci_low, s.ci_high) in texts[experiment]
-    tests = paper.load_table(run_dir, "contrasts")
+    tests = paper.load_table(run_dir, "verdicts")
     for experiment, placement in ((RESNET, "fc"), (VIT, "attn_mlp")):
         row = tests[(tests.experiment == experiment) & (tests.method == "ddc") & (tests.baseline == "dropconnect") & (tests.placement == placement)].iloc[0]
         assert f"{row.mean_diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]" in texts[experiment]
@@ -243,13 +248,14 @@ def test_contrasts_match_a_direct_paired_analysis():
         for method in ("none", "dropout", "dropconnect", "ddc"):
             rows.append({"experiment": "e", "placement": "fc", "method_label": method, "seed": seed, "acc": rng.uniform(0.5, 0.9)})
     frame = pd.DataFrame(rows)
-    out = arch.contrasts(frame, value="acc", n_resamples=199).set_index(["method", "baseline"])
+    out = arch.contrasts(frame, value="acc").set_index(["method", "baseline"])
     wide = frame.pivot(index="seed", columns="method_label", values="acc")
     for method, baseline in arch.CONTRASTS:
         d = wide[method] - wide[baseline]
         assert out.loc[(method, baseline), "mean_diff"] == pytest.approx(d.mean())
         assert out.loc[(method, baseline), "p_ttest"] == pytest.approx(ttest_rel(wide[method], wide[baseline]).pvalue)
-    assert (out.p_wilcoxon_adj >= out.p_wilcoxon).all()
+    assert (out.p_holm >= out.p_ttest).all() and set(out.verdict) <= {"better", "worse", "inconclusive"}  # 5 seeds
+    assert (out.loc[list(arch.PRIMARY_CONTRASTS), "family"] == "primary").all()
 
 
 def test_plan_placements_per_model_and_bad_input():

@@ -46,15 +46,20 @@ def test_models_were_trained_on_the_kept_classes_only(run_dir):
 def test_statistics_and_intervals(run_dir):
     summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
-    versus = paper.load_table(run_dir, "mc_versus_ddc")
-    assert set(versus.model) == {"mc:dropout", "mc:dropconnect", "det:none"}
-    assert set(versus.metric) == set(B.METRICS)
-    assert {"p_wilcoxon_adj", "ci_low", "ci_high", "mean_diff"} <= set(versus.columns)
+    versus = paper.load_table(run_dir, "verdicts")
+    assert set(versus.model) == {"mc:ddc"} and set(versus.baseline) == {"mc:dropout", "mc:dropconnect", "det:none"}
+    assert set(versus.value) == set(B.METRICS)
+    assert {"p_holm", "ci_low", "ci_high", "mean_diff", "mde", "verdict"} <= set(versus.columns)
+    primary = versus[versus.family == "primary"]
+    assert set(primary.value) == {"nll"} and (primary.family_size == 3).all()
+    assert (versus.higher_is_better == ~versus.value.isin(B.LOWER_IS_BETTER)).all()
     # the paired difference is recomputable from the stored scores
     scores = paper.load_table(run_dir, "scores")
     wide = scores.pivot(index="seed", columns="model", values="nll")
-    row = versus.query("model == 'mc:dropout' and metric == 'nll'").iloc[0]
-    assert row.mean_diff == pytest.approx((wide["mc:dropout"] - wide["mc:ddc"]).mean())
+    row = versus.query("baseline == 'mc:dropout' and value == 'nll'").iloc[0]
+    assert row.mean_diff == pytest.approx((wide["mc:ddc"] - wide["mc:dropout"]).mean())
+    regime = paper.load_table(run_dir, "regime")
+    assert set(regime.tag) == set(paper.load_table(run_dir, "runs").tag)
 
 
 def test_reliability_and_posterior_tables(run_dir):

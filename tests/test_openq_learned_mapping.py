@@ -46,13 +46,17 @@ def test_runs_and_matched_budget(run_dir):
 def test_statistics_and_intervals(run_dir):
     summary = paper.load_table(run_dir, "summary")
     assert ((summary.ci_low <= summary["mean"] + 1e-12) & (summary["mean"] <= summary.ci_high + 1e-12)).all()
-    versus = paper.load_table(run_dir, "versus_ddc")
-    row = versus.query("method == 'learned' and metric == 'test_acc'").iloc[0]
+    versus = paper.load_table(run_dir, "verdicts")
+    row = versus.query("method == 'learned' and baseline == 'ddc' and value == 'test_acc'").iloc[0]
+    assert row.family == "primary" and row.verdict == "exploratory"  # 2 seeds at smoke
+    assert (versus.query("value == 'test_loss'").family == "secondary").all()
     runs = paper.load_table(run_dir, "runs").pivot(index="seed", columns="method", values="test_acc")
     assert row.mean_diff == pytest.approx((runs["learned"] - runs["ddc"]).mean())
     assert row.ci_low <= row.mean_diff <= row.ci_high
     regime = paper.load_table(run_dir, "regime").set_index("metric")
     assert regime.loc["test_acc", "n"] == len(paper.load_table(run_dir, "runs"))
+    regime_methods = paper.load_table(run_dir, "regime_methods")
+    assert set(regime_methods.method) == {"ddc", "learned"} and (regime_methods.test_binomial_se > 0).all()
     timing = paper.load_table(run_dir, "timing")
     assert set(timing.method) == {"ddc", "learned"} and (timing.steps > 0).all()
 

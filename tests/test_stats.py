@@ -516,10 +516,16 @@ def test_practical_equivalence_is_tost_and_the_reference_is_chosen_on_validation
     assert not t.loc[0.5, "within_margin"] and not t.loc[0.5, "not_worse_than_margin"]
     # the reference is never counted "within margin" of itself, but belongs to its region
     assert not t.loc[0.1, "within_margin"] and t.loc[0.1, "in_region"]
-    # equivalent exactly when the 90% t interval lies inside the margin
-    others = out[~out["is_best"]]
+    # uncorrected: equivalent exactly when the 90% t interval lies inside the margin
+    raw = S.practical_equivalence(df, value="acc", select="val", by="p_base", margin=0.01, block_col="seed", correction=None)
+    others = raw[~raw["is_best"]]
     inside = (others["ci_low"] > -0.01) & (others["ci_high"] < 0.01)
     assert (inside == others["within_margin"]).all()
+    # Holm over the settings (default): the adjusted p decides, and the Holm-level interval agrees with it
+    others = out[~out["is_best"]]
+    assert np.allclose(others["p_tost_holm"], multipletests(others["p_tost"], method="holm")[1])
+    inside_holm = (others["ci_low_holm"] > -0.01) & (others["ci_high_holm"] < 0.01)
+    assert (inside_holm == others["within_margin"]).all() and (others["within_margin"] == (others["p_tost_holm"] < 0.05)).all()
     # unpaired version (Welch TOST)
     unpaired = S.practical_equivalence(df, value="acc", select="val", by="p_base", margin=0.01)
     assert (unpaired["ci_method"].iloc[1:] == "welch t").all()
@@ -539,7 +545,7 @@ def test_tost_size_at_the_margin():
         d = rng.normal(0.01, 0.01, size=(draws, n))
         frame = pd.DataFrame({"s": np.repeat(np.arange(-1, draws), n), "seed": np.tile(np.arange(n), draws + 1),
                               "acc": np.r_[np.zeros(n), -d.ravel()], "val": np.r_[np.ones(n), np.zeros(draws * n)]})
-        out = S.practical_equivalence(frame, value="acc", select="val", by="s", margin=0.01, block_col="seed")
+        out = S.practical_equivalence(frame, value="acc", select="val", by="s", margin=0.01, block_col="seed", correction=None)
         assert out["is_best"].sum() == 1 and out.loc[out.is_best, "s"].item() == -1
         size = out["within_margin"].sum() / draws
         assert size <= 0.06, (n, size)
@@ -601,3 +607,25 @@ def test_trend_measures_what_is_left_to_rise():
     noisy = np.r_[np.linspace(0, 1, 40), 1 + np.random.default_rng(0).normal(0, 0.005, 10)]
     assert abs(S.trend(noisy)) < 0.01
     assert np.isnan(S.trend([1.0, 2.0]))
+
+
+def test_variance_by_source_intervals_and_shares():
+    rng = np.random.default_rng(12)
+    sds = {"data": 0.02, "init": 0.01, "order": 0.005, "all": 0.025}
+    df = pd.DataFrame([{"source": k, "acc": 0.8 + rng.normal(0, sd)} for k, sd in sds.items() for _ in range(8)])
+    out = S.variance_by_source(df, value="acc").set_index("source")
+    x = df[df.source == "data"].acc
+    assert out.loc["data", "variance"] == pytest.approx(x.var())
+    assert out.loc["data", "variance_low"] == pytest.approx(7 * x.var() / sps.chi2.ppf(0.975, 7))
+    assert out.loc["all", "share"] == pytest.approx(1.0) and np.isnan(out.loc["all", "share_low"])
+    assert out.loc["data", "share"] == pytest.approx(x.var() / df[df.source == "all"].acc.var())
+    assert out.loc["data", "share_low"] < out.loc["data", "share"] < out.loc["data", "share_high"]
+    # coverage of the variance interval for normal data: 4000 groups of n = 5, true variance 4
+    samples = rng.normal(0, 2.0, size=(4000, 5))
+    many = pd.DataFrame({"source": np.repeat(np.arange(4000), 5), "acc": samples.ravel()})
+    many = pd.concat([many, df[df.source == "all"]], ignore_index=True)
+    table = S.variance_by_source(many, value="acc")
+    table = table[table.source != "all"]
+    assert 0.93 <= np.mean((table.variance_low <= 4.0) & (4.0 <= table.variance_high)) <= 0.97
+    with pytest.raises(ValueError, match="all"):
+        S.variance_by_source(df[df.source != "all"], value="acc")

@@ -62,6 +62,9 @@ ROLE_CONTRASTS = {"all_conv": ("conv2", "conv1"), "attn_mlp": ("mlp", "attn")}
 METHOD_ORDER = ("none", "dropout", "dropconnect", "ddc")
 #: (method, baseline) contrasts tested per placement, paired by seed
 CONTRASTS = (("ddc", "none"), ("ddc", "dropconnect"), ("ddc", "dropout"), ("dropconnect", "none"), ("dropout", "none"))
+#: the primary family (Holm over every experiment and placement): DDC against the baselines at its matched rate,
+#: the comparisons that say whether DDC's allocation of the drops helps, not just the amount
+PRIMARY_CONTRASTS = (("ddc", "dropconnect"), ("ddc", "dropout"))
 
 
 # ----------------------------------------------------------------------------- layers and labels
@@ -606,46 +609,29 @@ def by_placement(runs):
     return pd.concat(frames, ignore_index=True)
 
 
-def contrasts(frame, *, value: str, rng=0, n_resamples: int = 9999, pairs=CONTRASTS, method_col: str = "method_label"):
-    """Paired-by-seed differences ``method - baseline`` per (experiment, placement), Holm-adjusted
-    across every contrast of an experiment.
+def contrasts(frame, *, value: str, pairs=CONTRASTS, primary=PRIMARY_CONTRASTS, method_col: str = "method_label",
+              higher_is_better: bool = True, rng=None, n_resamples=None):
+    """Paired-by-seed verdicts ``method - baseline`` per (experiment, placement): :func:`analysis.verdicts.paired_verdicts`.
 
-    The per-seed differences of all contrasts of an experiment go through one
-    :func:`analysis.stats.paired_comparison` against a zero baseline (the same
-    numbers as a paired comparison of the two methods, and one Holm family).
-    Columns: ``experiment, placement, method, baseline, n, mean_diff, ci_low,
-    ci_high, p_wilcoxon, p_ttest, p_wilcoxon_adj, p_ttest_adj``.
+    ``primary`` pairs form the primary family (Holm over all of them, across experiments and placements),
+    the other ``pairs`` the secondary one. Columns: ``experiment, placement, method, baseline`` and the
+    verdict columns (``n, mean_diff, ci_low, ci_high, p_ttest, p_holm, mde, verdict``, ...).
+    ``rng`` and ``n_resamples`` are accepted for old callers; t intervals need no resampling.
     """
-    import numpy as np
-    import pandas as pd
-    from analysis import stats
+    from analysis import verdicts as V
 
-    columns = ["experiment", "placement", "method", "baseline", "n", "mean_diff", "ci_low", "ci_high",
-               "p_wilcoxon", "p_ttest", "p_wilcoxon_adj", "p_ttest_adj"]
-    gen = np.random.default_rng(rng)
-    out = []
-    for experiment, group in frame.groupby("experiment", sort=True):
-        diffs = []
-        for placement, cell in group.groupby("placement", sort=True):
-            wide = cell.pivot_table(index="seed", columns=method_col, values=value, aggfunc="mean")
-            for method, baseline in pairs:
-                if method in wide and baseline in wide:
-                    d = (wide[method] - wide[baseline]).dropna()
-                    diffs.append(pd.DataFrame({"contrast": f"{placement}|{method}|{baseline}", "seed": d.index, "d": d.to_numpy()}))
-        if not diffs:
-            continue
-        diffs = pd.concat(diffs, ignore_index=True)
-        if diffs.seed.nunique() < 2:
-            continue
-        zero = diffs.drop_duplicates("seed").assign(contrast="zero", d=0.0)
-        table = stats.paired_comparison(pd.concat([diffs, zero], ignore_index=True), value="d", method_col="contrast",
-                                        baseline="zero", rng=gen, n_resamples=n_resamples, on_unpaired="drop")
-        parts = table.contrast.str.split("|", expand=True)
-        out.append(table.assign(experiment=experiment, placement=parts[0], method=parts[1], baseline=parts[2])[columns])
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
+    table = V.paired_verdicts(frame, value=value, pairs=list(pairs), method_col=method_col, by=["experiment", "placement"],
+                              family={pair: "primary" for pair in primary}, higher_is_better=higher_is_better)
+    return table.rename(columns={method_col: "method"})
 
 
 # ----------------------------------------------------------------------------- conclusions
+
+
+def regime_all(runs, run_dir):
+    """:func:`experiments.paper.regime_table` for every variant of every experiment: training and test accuracy,
+    and whether training had converged by the end of the budget."""
+    return paper.regime_table(runs, run_dir, method_col="variant", by=["experiment"])
 
 
 def regime_summary(runs, *, rng=0, n_resamples: int = 9999):
@@ -672,7 +658,7 @@ ROLE_TEXT = {
 ROLE_BASELINE_TEXT = {"all_conv": "the first", "attn_mlp": "the attention projections"}
 
 
-def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None) -> List[str]:
+def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None, regime_methods=None) -> List[str]:
     """One paragraph per experiment, every number taken from the tables passed in."""
     texts = []
     for experiment, s in summary.groupby("experiment", sort=True):
@@ -694,8 +680,8 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None)
                     f"(Gaussian approximation {rate.gaussian_rate:.3f}), so Dropout/DropConnect ran at p = {rate.p_matched:.3f}; "
                     f"test accuracy {paper.format_ci(ddc_row['mean'], ddc_row.ci_low, ddc_row.ci_high)}")
             mine = tests[(tests.experiment == experiment) & (tests.placement == placement) & (tests.method == "ddc")] if len(tests) else tests
-            diffs = [f"vs {r.baseline} {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] (Holm p: paired t {r.p_ttest_adj:.3g}, Wilcoxon {r.p_wilcoxon_adj:.3g})"
-                     for r in mine.itertuples()]
+            diffs = [f"vs {r.baseline} {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] ({r.family}, Holm p {r.p_holm:.3g}, "
+                     f"n = {int(r.n)}, MDE {r.mde:.4f}: {r.verdict})" for r in mine.itertuples()]
             text += ("; DDC " + ", ".join(diffs)) if diffs else ""
             texts_bn = bn_summary[(bn_summary.experiment == experiment) & (bn_summary.placement == placement)] if len(bn_summary) else bn_summary
             if len(texts_bn):
@@ -708,6 +694,14 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None)
                     r = bt.iloc[0]
                     text += f" (DDC - none {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}])"
             parts.append(text + ".")
+        if regime_methods is not None and len(regime_methods):
+            mine_methods = regime_methods[regime_methods.experiment == experiment]
+            rising = mine_methods[mine_methods.converged < mine_methods.judged]
+            parts.append("Regime of every method: " + (
+                "convergence not judged (fewer than 3 epochs)" if mine_methods.judged.sum() == 0 else
+                f"all {len(mine_methods)} converged by the end of the budget" if len(rising) == 0 else
+                "; ".join(f"{r.variant}: {paper.regime_note(r)}" for r in rising.itertuples())
+                + f"; the other {len(mine_methods) - len(rising)} converged") + ".")
         role = roles[roles.experiment == experiment] if len(roles) else roles
         for r in role.itertuples():
             parts.append(f"{ROLE_TEXT[r.placement]} {r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] relative to "
@@ -778,7 +772,7 @@ def figures(run_dir) -> List[str]:
         ax.set_title(f"{experiment}: branch vs skip, train (solid) and eval (dashed)")
         ax.legend(fontsize="x-small", ncol=2)
         written += paper.save_fig(ax, run_dir, f"{experiment}-skip_ratio")
-    tests = paper.load_table(run_dir, "contrasts")
+    tests = paper.load_table(run_dir, "verdicts")
     tests = tests[tests.method == "ddc"]
     if len(tests):
         rows = [(e, pl) for e in sorted(tests.experiment.unique()) for pl in PLACEMENTS if ((tests.experiment == e) & (tests.placement == pl)).any()]

@@ -602,7 +602,7 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
     mean_drop = [r["mean_drop"] for r in trajectory if "mean_drop" in r and np.isfinite(r["mean_drop"])]
     summary = {
         "method": method, "seed": seed, "best_epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
-        "test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_loss": train_loss,
+        "test_acc": test_acc, "test_loss": test_loss, "n_test": len(y_test), "train_acc": train_acc, "train_loss": train_loss,
         "generalization_gap": train_acc - test_acc, "final_train_acc": last_train_acc, "steps": step,
         "mean_drop_rate": float(np.mean(mean_drop)) if mean_drop else 0.0,
         **{f"seconds_{name}": value for name, value in clock.items()},
@@ -673,6 +673,20 @@ def run_all(methods: Sequence[str], seeds: Sequence[int], config: RunConfig, *, 
     empty = pd.DataFrame()
     return (pd.DataFrame(runs), pd.DataFrame(trajectories),
             pd.concat(edges, ignore_index=True) if edges else empty, pd.concat(grids, ignore_index=True) if grids else empty)
+
+
+def regime(runs, trajectory, *, window: float = 0.2, tolerance: float = 0.01):
+    """Every method's regime (:func:`experiments.paper.regime_from_rises`): training and test accuracy, and
+    whether its running training accuracy (masks on, per epoch) had stopped rising by the end of the budget."""
+    from analysis import stats
+
+    from experiments import paper
+
+    curves = trajectory.dropna(subset=["running_train_acc"]).sort_values("epoch") if "running_train_acc" in trajectory else trajectory.iloc[:0]
+    rise = {key: stats.trend(group.running_train_acc.to_numpy(), window=window)
+            for key, group in curves.groupby(["method", "seed"], sort=False)}
+    frame = runs.assign(train_rise=[rise.get((m, s), float("nan")) for m, s in zip(runs.method, runs.seed)])
+    return paper.regime_from_rises(frame, method_col="method", window=window, tolerance=tolerance)
 
 
 def mapping_shape(edges):

@@ -127,9 +127,10 @@ def _varying(frame, factors=FACTORS) -> List[str]:
 
 
 def joint_decomposition(runs, *, value: str = "test_acc"):
-    """Per experiment, on the joint grid: type-II ANOVA variance shares with all interactions
-    (main effects only when there are no replicate seeds). Columns: ``experiment, term, sum_sq,
-    df, eta_sq, partial_eta_sq, omega_sq, pvalue``."""
+    """Per experiment, on the joint grid: type-II ANOVA variance shares with all interactions among the
+    factors and the seed as a block (main effects only when there are no residual degrees of freedom).
+    Columns: ``experiment, term, sum_sq, df, eta_sq, partial_eta_sq, omega_sq, pvalue`` (``term`` "seed":
+    the share the seeds explain)."""
     import pandas as pd
     from analysis import stats
 
@@ -142,38 +143,59 @@ def joint_decomposition(runs, *, value: str = "test_acc"):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _decompose(frame, value, factors):
+def _decompose(frame, value, factors, block: Optional[str] = "seed"):
+    """Type-II variance shares and p-values; the seeds pair the runs, so ``block`` (a column) enters as an
+    additive block when it has at least 2 levels (see :func:`analysis.stats.anova`)."""
     from analysis import stats
 
+    block = block if block is not None and block in frame and frame[block].nunique() >= 2 else None
     for interactions in (True, False):
         try:
-            shares = stats.variance_decomposition(frame, value=value, factors=factors, interactions=interactions)
-            table = stats.anova(frame, value=value, factors=factors, interactions=interactions)
+            shares = stats.variance_decomposition(frame, value=value, factors=factors, interactions=interactions, block=block)
+            table = stats.anova(frame, value=value, factors=factors, interactions=interactions, block=block)
         except ValueError:
             continue
-        return shares.merge(table[["term", "pvalue"]], on="term", how="left").assign(interactions=interactions)
+        return shares.merge(table[["term", "pvalue"]], on="term", how="left").assign(interactions=interactions, block=block or "")
     raise ValueError(f"no ANOVA possible for factors {factors} on {len(frame)} rows")
 
 
 def pooled_decomposition(runs, *, value: str = "test_acc"):
-    """Joint grid pooled over experiments, accuracy centred within each experiment: the
-    ``experiment:factor`` interactions measure how much the factors' effects differ between
-    experiments (effects that do not transfer)."""
-    joint = runs[runs.in_joint].copy()
-    joint["centred"] = joint[value] - joint.groupby("experiment")[value].transform("mean")
-    factors = ["experiment", *_varying(joint)]
-    return _decompose(joint, "centred", factors)
+    """Joint grid pooled over experiments: the ``experiment:factor`` interactions measure how much the
+    factors' effects differ between experiments (effects that do not transfer).
 
-
-def oat_effects(runs, *, value: str = "test_acc", rng=0, n_resamples: int = 9999):
-    """Per experiment and factor, on its OAT slice (the factor varied, the others at default):
-    the one-way variance share, and every level against the default paired by seed
-    (Holm-adjusted within the experiment). Returns ``(shares, versus_default)``."""
+    Seeds pair runs within an experiment, so every (experiment, seed) block is centred on its own mean: the
+    blocks' spread gets its own row (``experiment_seed``) and the terms are fitted to the within-block
+    variation. Shares (``eta_sq``) are of the variance within experiments. The p-values are left out (NaN):
+    the within-block residual would count the removed block means as degrees of freedom.
+    """
     import numpy as np
     import pandas as pd
-    from analysis import stats
 
-    gen = np.random.default_rng(rng)
+    joint = runs[runs.in_joint].copy()
+    within_experiment = joint[value] - joint.groupby("experiment")[value].transform("mean")
+    block_mean = joint.groupby(["experiment", "seed"])[value].transform("mean")
+    joint["centred"] = joint[value] - block_mean
+    factors = ["experiment", *_varying(joint)]
+    table = _decompose(joint, "centred", factors, block=None)
+    ss_within = float((within_experiment**2).sum())
+    ss_blocks = float(((block_mean - joint.groupby("experiment")[value].transform("mean")) ** 2).sum())
+    scale = (ss_within - ss_blocks) / ss_within if ss_within > 0 else np.nan
+    table["eta_sq"] = table["eta_sq"] * scale
+    table["pvalue"] = np.nan
+    blocks = pd.DataFrame([{"term": "experiment_seed", "sum_sq": ss_blocks,
+                            "df": float(joint.groupby(["experiment", "seed"]).ngroups - joint.experiment.nunique()),
+                            "eta_sq": ss_blocks / ss_within if ss_within > 0 else np.nan}])
+    return pd.concat([table, blocks], ignore_index=True)
+
+
+def oat_effects(runs, *, value: str = "test_acc", rng=None, n_resamples=None):
+    """Per experiment and factor, on its OAT slice (the factor varied, the others at default): the one-way
+    variance share (seed-blocked), and every level against the default, paired by seed
+    (:func:`analysis.verdicts.paired_verdicts`; a secondary family, Holm over all of them).
+    Returns ``(shares, versus_default)``. ``rng``/``n_resamples`` are accepted for old callers."""
+    import pandas as pd
+    from analysis import verdicts as V
+
     shares, versus = [], []
     for experiment, group in runs[runs.oat_factor.notna()].groupby("experiment", sort=True):
         for factor in FACTORS:
@@ -188,12 +210,16 @@ def oat_effects(runs, *, value: str = "test_acc", rng=0, n_resamples: int = 9999
         default_label = group.loc[group.is_default, "label"]
         if default_label.empty or group.seed.nunique() < 2 or group.label.nunique() < 2:
             continue
-        table = stats.paired_comparison(group, value=value, method_col="label", baseline=default_label.iloc[0], rng=gen,
-                                        n_resamples=n_resamples, on_unpaired="drop")
-        factor_of = group.drop_duplicates("label").set_index("label")
-        versus.append(table.assign(experiment=experiment, factor=table.label.map(factor_of.oat_factor),
-                                   **{f: table.label.map(factor_of[f]) for f in FACTORS}))
-    return pd.DataFrame(shares), (pd.concat(versus, ignore_index=True) if versus else pd.DataFrame())
+        reference = default_label.iloc[0]
+        pairs = [(label, reference) for label in sorted(group.label.unique()) if label != reference]
+        versus.append(V.paired_verdicts(group.drop_duplicates(["label", "seed"]), value=value, pairs=pairs, method_col="label",
+                                        family="secondary").assign(experiment=experiment))
+    if not versus:
+        return pd.DataFrame(shares), pd.DataFrame()
+    table = V.apply_families(pd.concat(versus, ignore_index=True))
+    factor_of = runs.drop_duplicates("label").set_index("label")
+    table = table.assign(factor=table.label.map(factor_of.oat_factor), **{f: table.label.map(factor_of[f]) for f in FACTORS})
+    return pd.DataFrame(shares), table
 
 
 def equivalence(runs, *, margin: float, value: str = "test_acc", select: str = "val_acc", alpha: float = 0.05):
@@ -201,17 +227,39 @@ def equivalence(runs, *, margin: float, value: str = "test_acc", select: str = "
 
     The reference ("best") setting is the one with the highest mean ``select``
     (validation accuracy): validation chooses, ``value`` (test accuracy) reports.
-    Equivalence within ``±margin`` is a paired TOST at ``alpha``.
+    Equivalence within ``±margin`` is a paired TOST at ``alpha``, Holm-adjusted over
+    the experiment's settings (the notebook's primary family).
+
+    Added columns: ``identical_to`` (a setting whose runs this one's equal, seed by
+    seed: a degenerate level, :func:`analysis.stats.identical_settings`),
+    ``dropconnect_at_p_base`` (``p_signal = 0``: every edge is dropped with
+    ``p_base``), ``verdict`` (``reference`` / ``equivalent`` / ``not shown
+    equivalent``, or ``exploratory`` below
+    :data:`analysis.verdicts.MIN_VERDICT_N` paired seeds).
     """
     import pandas as pd
     from analysis import stats
+    from analysis.verdicts import MIN_VERDICT_N
 
     frames = []
     for experiment, group in runs.groupby("experiment", sort=True):
         table = stats.practical_equivalence(group, value=value, select=select, by=list(FACTORS), margin=margin,
                                             block_col="seed", alpha=alpha)
-        frames.append(table.assign(experiment=experiment, label=[setting_label(r) for r in table[list(FACTORS)].to_dict("records")]))
+        table = table.assign(experiment=experiment, label=[setting_label(r) for r in table[list(FACTORS)].to_dict("records")])
+        fingerprint = [c for c in ("val_acc", "test_acc", "train_acc", "train_loss", "final_train_acc", "best_epoch") if c in group]
+        same = stats.identical_settings(group, setting_col="label", block_col="seed", columns=fingerprint).set_index("label")
+        table["identical_to"] = table.label.map(same.group)
+        table["dropconnect_at_p_base"] = table.p_signal == 0
+        pairs = group.groupby("label").seed.nunique()
+        table["verdict"] = ["reference" if r.is_best else "exploratory" if pairs[r.label] < MIN_VERDICT_N
+                            else "equivalent" if r.within_margin else "not shown equivalent" for r in table.itertuples()]
+        frames.append(table)
     return pd.concat(frames, ignore_index=True)
+
+
+def regime_all(runs, run_dir):
+    """:func:`experiments.paper.regime_table` for every setting of every experiment."""
+    return paper.regime_table(runs, run_dir, method_col="label", by=["experiment"])
 
 
 def relation(a: str, b: str) -> str:
@@ -321,7 +369,8 @@ def _regime_text(regime_table, experiment: str) -> str:
             f"({verdict}).")
 
 
-def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float, regime_table=None) -> List[str]:
+def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float, regime_table=None,
+                regime_methods=None) -> List[str]:
     """Sentences built from the stored tables (every number quoted from them)."""
     texts = []
     for experiment, eq in equivalence_table.groupby("experiment", sort=True):
@@ -338,28 +387,53 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
         if regime_text:  # (none for an experiment without paper-default runs)
             text += "." + regime_text.rstrip(".")
         others = eq[~eq.is_best]
-        text += (f". Of the {len(others)} other settings, {int(others.within_margin.sum())} are shown equivalent to it within "
-                 f"±{margin:g} (paired TOST at 5%: the 90% t interval of the test-accuracy difference inside ±{margin:g}), "
-                 f"{int(others.not_worse_than_margin.sum())} are not shown to be worse by more.")
+        distinct = others[(others.identical_to == others.label) & (others.identical_to != best.label)]
+        words = distinct.verdict.value_counts()
+        half = ((distinct.ci_high - distinct.ci_low) / 2).median() if len(distinct) else float("nan")
+        text += (f". Of the {len(distinct)} other distinct settings, {int(distinct.within_margin.sum())} are shown equivalent to it within "
+                 f"±{margin:g} (paired TOST at 5%, Holm over the experiment's settings: {', '.join(f'{n} {w}' for w, n in words.items())}; "
+                 f"the median 90% t interval is ±{half:.4f} wide against the margin ±{margin:g}), "
+                 f"{int(distinct.not_worse_than_margin.sum())} are not shown to be worse by more.")
+        degenerate = eq[(eq.identical_to != eq.label) | eq.dropconnect_at_p_base]
+        if len(degenerate):
+            text += " Degenerate settings: " + "; ".join(
+                (f"{r.label} trains the same runs as {r.identical_to}" if r.identical_to != r.label else f"{r.label}")
+                + (" (p_signal = 0: DropConnect at p_base)" if r.dropconnect_at_p_base else "")
+                for r in degenerate.itertuples()) + "."
         j = joint[joint.experiment == experiment] if len(joint) else joint
         if len(j):
             effects = j[j.term != "Residual"].sort_values("eta_sq", ascending=False)
             top = effects.iloc[0]
             residual = j[j.term == "Residual"].iloc[0]
-            text += (f" Joint grid: {top.term} explains the most variance ({100 * top.eta_sq:.1f}%, p = {top.pvalue:.3g}); "
+            effects = effects[effects.term != "seed"]
+            top = effects.iloc[0]
+            seeds = j[j.term == "seed"]
+            text += (f" Joint grid (seed-blocked ANOVA): {top.term} explains the most variance ({100 * top.eta_sq:.1f}%, p = {top.pvalue:.3g}); "
                      + ", ".join(f"{r.term} {100 * r.eta_sq:.1f}%" for r in effects.iloc[1:].itertuples())
-                     + f"; seeds (residual) {100 * residual.eta_sq:.1f}%.")
+                     + (f"; the seeds {100 * seeds.eta_sq.iloc[0]:.1f}%" if len(seeds) else "")
+                     + f"; residual {100 * residual.eta_sq:.1f}%.")
+        mine_regime = (regime_methods[regime_methods.experiment == experiment]
+                       if regime_methods is not None and len(regime_methods) else None)
+        if mine_regime is not None:
+            rising = mine_regime[mine_regime.converged < mine_regime.judged]
+            text += (f" Regime of the {len(mine_regime)} settings: training accuracy {mine_regime.final_train_acc.min():.3f}"
+                     f"-{mine_regime.final_train_acc.max():.3f}, test {mine_regime.test_acc.min():.3f}-{mine_regime.test_acc.max():.3f}; "
+                     + ("convergence not judged (fewer than 3 epochs)." if mine_regime.judged.sum() == 0 else
+                        "all converged by the end of the budget." if len(rising) == 0 else
+                        f"{len(rising)} still rising at the end of the budget (" + ", ".join(rising.label) + ").")
+                     )
         o = oat[oat.experiment == experiment] if len(oat) else oat
         if len(o):
             text += " One at a time: " + ", ".join(
                 f"{r.factor} {100 * r.eta_sq:.1f}% (range of means {r.range_of_means:.4f})" for r in o.itertuples()) + "."
         texts.append(text)
     if len(pooled):
-        effects = pooled[(pooled.term != "Residual") & (pooled.term != "experiment")]
+        effects = pooled[~pooled.term.isin(["Residual", "experiment", "experiment_seed"])]
         non_transfer = effects[effects.term.str.startswith("experiment:")]
-        text = (f"Pooled over experiments (accuracy centred per experiment), the factors' main effects explain "
+        text = (f"Pooled over experiments (accuracy centred per experiment, seeds as blocks), the factors' main effects explain "
                 f"{100 * effects[~effects.term.str.contains('experiment')].eta_sq.sum():.1f}% of the variance and their interactions with "
                 f"the experiment {100 * non_transfer.eta_sq.sum():.1f}% (effects that differ between experiments); seeds "
+                f"{100 * pooled[pooled.term == 'experiment_seed'].eta_sq.sum():.1f}%, residual "
                 f"{100 * pooled[pooled.term == 'Residual'].eta_sq.iloc[0]:.1f}%.")
         texts.append(text)
     for r in transfer_table.itertuples():
