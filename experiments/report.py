@@ -81,8 +81,10 @@ def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamp
     tests = None
     labels = sorted(set(runs.label))
     if baseline in labels and len(labels) > 1 and runs.seed.nunique() >= 2:
-        tests = V.paired_verdicts(runs, value=value, pairs=[(label, baseline) for label in labels if label != baseline],
-                                  method_col="label", family="primary")
+        pairs = [(label, baseline) for label in labels if label != baseline]
+        # methods against the baseline are one experiment; the settings of one method (labels "ddc (tau=0.3)") another
+        family = {pair: (f"{pair[0].split(' (')[0]} settings" if " (" in pair[0] else "methods") for pair in pairs}
+        tests = V.paired_verdicts(runs, value=value, pairs=pairs, method_col="label", family=family)
         tests = tests if len(tests) else None
     return summary, tests, None
 
@@ -133,10 +135,10 @@ def build_report(
         lines += ["Mean and 95% t interval over seeds (`binomial_se`: the test-set noise of one run's accuracy):", "",
                   _markdown_table(summary[columns]), ""]
         if tests is not None:
-            shown = tests[["label", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm", "cohen_dz", "mde", "verdict"]]
-            lines += [f"Paired differences vs `{baseline}` (paired t over seeds, 95% t interval; this experiment's "
-                      f"comparisons are one family, Holm within it; `mde`: the difference detectable with 80% power at "
-                      f"this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
+            shown = tests[["label", "family", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm", "cohen_dz", "mde", "verdict"]]
+            lines += [f"Paired differences vs `{baseline}` (paired t over seeds, 95% t interval; the methods are one "
+                      f"family and the settings of one method another, Holm within each; `mde`: the difference detectable "
+                      f"with 80% power at this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
         means_by_group.append(group.groupby("label", as_index=False)[value].mean().assign(task=name))
         ax = figures.method_comparison(group, value=value, method_col="label", rng=0)
         ax.set_title(name)

@@ -45,7 +45,8 @@ def test_report_contents(runs_root, tmp_path):
     report = build_report(runs_root, tmp_path / "r", n_resamples=499)
     text = report.read_text()
     assert "## mnist1d / mlp" in text and "9 runs" in text
-    assert "Paired differences vs `none` (paired t over seeds, 95% t interval; this experiment's comparisons are one family" in text
+    assert "Paired differences vs `none` (paired t over seeds, 95% t interval; the methods are one family" in text
+    assert "| ddc | methods | 3 |" in text
     assert "Friedman" not in text  # one experiment: ranks across experiments need several (seeds are not Demšar's blocks)
     for label in ("none", "dropconnect", "ddc"):
         assert f"| {label} | 3 |" in text

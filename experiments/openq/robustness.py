@@ -370,7 +370,7 @@ def _regime_text(regime_table, experiment: str) -> str:
 
 
 def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float, regime_table=None,
-                regime_methods=None) -> List[str]:
+                regime_methods=None, versus_default=None) -> List[str]:
     """Sentences built from the stored tables (every number quoted from them)."""
     texts = []
     for experiment, eq in equivalence_table.groupby("experiment", sort=True):
@@ -426,6 +426,12 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
         if len(o):
             text += " One at a time: " + ", ".join(
                 f"{r.factor} {100 * r.eta_sq:.1f}% (range of means {r.range_of_means:.4f})" for r in o.itertuples()) + "."
+        v = versus_default[versus_default.experiment == experiment] if versus_default is not None and len(versus_default) else None
+        if v is not None and len(v):
+            words = v.verdict.value_counts()
+            text += (f" Each one-at-a-time level against the paper default (secondary, Holm over {int(v.family_size.iloc[0])}, "
+                     f"{int(v.n.iloc[0])} paired seeds, MDE d_z {v.mde_dz.iloc[0]:.2f}, about {v.mde.median():.4f} test accuracy at "
+                     f"the median observed sd): " + ", ".join(f"{n} {w}" for w, n in words.items()) + ".")
         texts.append(text)
     if len(pooled):
         effects = pooled[~pooled.term.isin(["Residual", "experiment", "experiment_seed"])]
