@@ -411,9 +411,21 @@ class MaskRNG:
         self.seed, self.generator, self._generators = state["seed"], None, {}
         if state["given"] is not None:
             device, value = state["given"]
-            self.generator = torch.Generator(device=device)
-            self.generator.set_state(value)
-        self.load_state_dict(state["states"])
+            self.generator = _generator_at(device, value)
+        for key, value in state["states"].items():
+            generator = _generator_at(key, value)
+            if generator is not None:  # (a device this machine lacks: made from the seed when used)
+                self._generators[key] = generator
+
+
+def _generator_at(device: str, state: Tensor) -> Optional[torch.Generator]:
+    """A generator on ``device`` at ``state``, or None where this machine has no such device."""
+    try:
+        generator = torch.Generator(device=device)
+    except RuntimeError:
+        return None
+    generator.set_state(state)
+    return generator
 
 
 class LayerMethod(nn.Module):
@@ -444,6 +456,8 @@ class LayerMethod(nn.Module):
 
     def enter(self) -> None:
         """A forward pass around the layer begins (its own, its model's or a parent's)."""
+        if not self._depth:
+            self._effective = {}  # its own (nn.DataParallel's replicas share their __dict__'s values)
         self._depth += 1
 
     def exit(self) -> None:

@@ -334,3 +334,15 @@ def test_a_layer_called_by_itself_draws_a_mask_per_call():
     first = m.last["keep"].clone()
     layer(torch.randn(2, 6))
     assert not torch.equal(first, m.last["keep"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_model_saved_with_accelerator_generators_loads_on_a_cpu_machine():
+    rng = ddc.MaskRNG(seed=4)
+    rng.get("cpu")
+    state = rng.__getstate__()
+    state["states"]["cuda:0"] = state["states"]["cpu"].clone()  # as saved from a GPU run
+    loaded = ddc.MaskRNG.__new__(ddc.MaskRNG)
+    loaded.__setstate__(state)
+    assert set(loaded._generators) == {"cpu"}
+    assert torch.equal(torch.rand(3, generator=loaded.get("cpu")), torch.rand(3, generator=rng.get("cpu")))
