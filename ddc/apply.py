@@ -76,7 +76,13 @@ def regularized_class(base: type, weights: bool = False) -> type:
     key = (base, weights)
     cls = _CLASSES.get(key)
     if cls is None:
-        namespace = {"forward": _forward, "__module__": base.__module__, "_ddc_base": base, "__qualname__": base.__qualname__}
+        namespace = {
+            "forward": _forward,
+            "__prepare_scriptable__": _refuse_script,
+            "__module__": base.__module__,
+            "_ddc_base": base,
+            "__qualname__": base.__qualname__,
+        }
         if weights:
             for name in ("weight", "bias"):
                 namespace[name] = property(functools.partial(_read, name), doc=f"the {name}, masked inside a training forward")
@@ -100,6 +106,15 @@ def _forward(self, *args, **kwargs):
     if method is None:  # (the child was deleted by hand: the plain layer)
         return type(self)._ddc_base.forward(self, *args, **kwargs)
     return method(self, *args, **kwargs)
+
+
+def _refuse_script(self):
+    method = self._modules.get(ATTR)
+    raise RuntimeError(
+        f"ddc: torch.jit.script cannot compile a layer carrying method={getattr(method, 'name', None)!r} "
+        f"({getattr(method, 'layer_name', '') or type(self).__name__!r}): its masks are drawn in Python. "
+        "Use torch.compile, which keeps the method, or script the plain model (handle.remove() or ddc.detach)."
+    )
 
 
 def _read(name: str, layer: nn.Module):

@@ -346,3 +346,13 @@ def test_a_model_saved_with_accelerator_generators_loads_on_a_cpu_machine():
     loaded.__setstate__(state)
     assert set(loaded._generators) == {"cpu"}
     assert torch.equal(torch.rand(3, generator=loaded.get("cpu")), torch.rand(3, generator=rng.get("cpu")))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("method", METHODS)
+def test_torchscript_is_refused_with_a_message(method):
+    model, handle = _trained(method)
+    with pytest.raises(RuntimeError, match="torch.jit.script cannot compile a layer carrying method=.*'fc1'.*torch.compile"):
+        torch.jit.script(model)
+    handle.remove()
+    torch.jit.script(model)  # the plain model scripts
