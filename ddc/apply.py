@@ -37,6 +37,7 @@ import fnmatch
 import functools
 import inspect
 import logging
+import weakref
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -83,10 +84,10 @@ def regularized_class(base: type, weights: bool = False) -> type:
             "_ddc_base": base,
             "__qualname__": base.__qualname__,
         }
+        cls = _Regularized(base.__name__, (base,), namespace)
         if weights:
             for name in ("weight", "bias"):
-                namespace[name] = property(functools.partial(_read, name), doc=f"the {name}, masked inside a training forward")
-        cls = _Regularized(base.__name__, (base,), namespace)
+                setattr(cls, name, property(functools.partial(_read, cls, name), doc=f"the {name}, masked inside a training forward"))
         _CLASSES[key] = cls
     return cls
 
@@ -117,8 +118,7 @@ def _refuse_script(self):
     )
 
 
-def _read(name: str, layer: nn.Module):
-    cls = next(c for c in type(layer).__mro__ if "_ddc_base" in c.__dict__)
+def _read(cls: type, name: str, layer: nn.Module):
     params = layer.__dict__["_parameters"]
     raw = params[name] if name in params else getattr(super(cls, layer), name)
     method = layer.__dict__["_modules"].get(ATTR)
@@ -131,9 +131,13 @@ class _EnterScope:
 
     def __init__(self, paths: Iterable[str]):
         self.paths = tuple(paths)
+        self._found = None  # (weak reference to the module, its layers' methods): looked up once per module
 
     def methods(self, module: nn.Module) -> List[LayerMethod]:
-        found = []
+        found = self._found
+        if found is not None and found[0]() is module:
+            return found[1]
+        methods = []
         for path in self.paths:
             try:
                 layer = module.get_submodule(path)
@@ -141,8 +145,12 @@ class _EnterScope:
                 continue
             method = layer._modules.get(ATTR)
             if method is not None:
-                found.append(method)
-        return found
+                methods.append(method)
+        self._found = (weakref.ref(module), methods)
+        return methods
+
+    def __getstate__(self) -> dict:  # a copy looks its own methods up
+        return {"paths": self.paths, "_found": None}
 
     def __call__(self, module, args):
         for method in self.methods(module):

@@ -454,17 +454,21 @@ class LayerMethod(nn.Module):
         self._depth = 0  # forward passes open around the layer (see ddc.apply)
         self._effective: dict = {}  # masked parameters of the forward pass that is open
 
+    # (enter and exit run several times per forward pass: they write __dict__ directly,
+    # skipping nn.Module.__setattr__'s checks)
     def enter(self) -> None:
         """A forward pass around the layer begins (its own, its model's or a parent's)."""
-        if not self._depth:
-            self._effective = {}  # its own (nn.DataParallel's replicas share their __dict__'s values)
-        self._depth += 1
+        state = self.__dict__
+        if not state["_depth"]:
+            state["_effective"] = {}  # its own (nn.DataParallel's replicas share their __dict__'s values)
+        state["_depth"] += 1
 
     def exit(self) -> None:
         """It ends: the next forward pass draws new masks."""
-        self._depth = max(self._depth - 1, 0)
-        if not self._depth:
-            self._effective = {}
+        state = self.__dict__
+        state["_depth"] = max(state["_depth"] - 1, 0)
+        if not state["_depth"]:
+            state["_effective"] = {}
 
     def read(self, layer: nn.Module, name: str, raw: Optional[Tensor]) -> Optional[Tensor]:
         """What reading ``layer.<name>`` gives (weight methods: the masked parameter in a forward)."""
