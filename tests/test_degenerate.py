@@ -3,6 +3,7 @@ their average rank, zero-size layers are refused, and a property test over shape
 and every option."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -126,3 +127,42 @@ def test_drop_probabilities_are_finite_bounded_and_blind_to_positions(signal, fo
     if formula["normalize"] != "rank":
         prob, keep, finite = F.drop_and_keep(signal, **formula, generator=torch.Generator().manual_seed(0))
         assert torch.equal(prob, p) and bool(finite)
+
+
+@st.composite
+def ddc_options(draw):
+    p_base = draw(st.floats(0.0, 0.9))
+    return dict(
+        p_base=p_base,
+        p_signal=draw(st.floats(0.0, 1.0 - p_base)),
+        tau=draw(st.floats(0.05, 0.95)),
+        prefer=draw(st.sampled_from(F.PREFER)),
+        normalize=draw(st.sampled_from(F.NORMALIZE)),
+        scope=draw(st.sampled_from(["layer", "row", "global"])),
+        grad_ema=draw(st.sampled_from([0.0, 0.5])),
+        recalibration=draw(st.sampled_from(F.RECALIBRATION)),
+        drop_bias=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(options=ddc_options(), out_features=st.integers(1, 4), in_features=st.integers(1, 4), signal=signals())
+def test_ddc_layers_of_any_size_and_signal_draw_finite_bounded_masks(options, out_features, in_features, signal):
+    """The module path (global scope, EMA, re-calibration, bias masks included): whatever the
+    stored signal, drop probabilities stay finite and in range, and the masked weights finite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(in_features, out_features), nn.Linear(out_features, 2))
+    handle = ddc.apply(model, "ddc", layers=["0", "1"], seed=0, **options)
+    method = handle.methods["0"]
+    method.keep_last = True
+    model(torch.randn(3, in_features)).sum().backward()  # signals for both layers (global scope pools them)
+    flat = signal.reshape(-1).float()
+    method.weight_signal = flat.repeat(out_features * in_features // flat.numel() + 1)[: out_features * in_features].reshape(out_features, in_features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a signal that overflows its statistics counts as non-finite
+        p = method.weight_drop_prob(model[0].weight)
+        model(torch.randn(3, in_features))
+    low, high = options["p_base"], options["p_base"] + options["p_signal"]
+    assert torch.isfinite(p).all() and torch.all(p >= low - 1e-6) and torch.all(p <= high + 1e-6)
+    keep, scale = method.last["keep"], method.last["scale"]
+    assert torch.isfinite(model[0].weight.detach() * keep * scale).all()
