@@ -1,13 +1,27 @@
 """Figures for Dynamic DropConnect experiments (matplotlib + seaborn).
 
-Conventions
-    * Every plot function takes ``ax=None`` (a new figure is created when None)
-      and returns the :class:`matplotlib.axes.Axes` it drew on, with axis labels set.
+One convention for every figure of the toolkit and the notebooks
+    * Every plot function takes ``ax=None`` (a new constrained-layout figure is
+      made when None) and returns the :class:`matplotlib.axes.Axes` it drew on;
+      functions that draw small multiples return the Figure.
+    * One colour and marker per method in every figure (:data:`METHOD_STYLES`,
+      looked up by :func:`method_style`; a label naming a method, such as
+      ``mc:ddc`` or ``ddc@head``, gets that method's colour, and labels without a
+      method get a colour of their own that does not depend on the figure).
+    * Axis labels are words with units (:func:`axis_label`), not column names.
+    * Error bars and bands say what they are and over how many runs
+      (:func:`interval_label`); n = 1 is drawn hollow, without a bar, and said.
+    * Many labels go on the y axis of a point-and-interval plot
+      (:func:`method_comparison`) or into small multiples
+      (:func:`learning_curve_grid`); tick labels are never rotated into each other.
+    * Legends sit outside the data (:func:`place_legend`).
+    * :func:`layout_problems` finds tick labels that overlap each other or leave
+      the figure, and legends that cover data, from the renderer's bounding
+      boxes; :func:`save_figure` wraps titles and labels wider than their axes.
     * Inputs are the run store's tidy frames (see each docstring for columns);
-      nothing here imports the trainer.
-    * Statistics come from :mod:`analysis.stats` (e.g. :func:`method_comparison`
-      calls :func:`analysis.stats.summarize`), so a figure never disagrees with a
-      table. Randomness (bootstrap bands) takes an explicit ``rng``/``seed``.
+      nothing here imports the trainer. Statistics come from
+      :mod:`analysis.stats`, so a figure never disagrees with a table.
+      Randomness (bootstrap bands) takes an explicit ``rng``/``seed``.
     * Nothing is written to disk implicitly: call :func:`save_figure`.
     * The matplotlib backend is never set here; scripts/tests choose it.
 """
@@ -15,7 +29,10 @@ Conventions
 from __future__ import annotations
 
 import re
+import textwrap
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +45,208 @@ from matplotlib.figure import Figure, SubFigure
 from . import stats as _stats
 
 __all__ = [
+    "METHOD_STYLES",
     "ablation_heatmap",
+    "axis_label",
     "critical_difference_diagram",
     "drop_prob_heatmap",
     "drop_rate_dynamics",
     "grad_vs_drop",
+    "interval_label",
+    "layout_problems",
+    "learning_curve_grid",
     "learning_curves",
     "mask_overlap",
+    "mean_curves",
     "method_comparison",
+    "method_style",
+    "new_axes",
+    "place_legend",
     "save_figure",
+    "styles",
     "synthetic_contours",
 ]
 
 
 # --------------------------------------------------------------------------- #
-# helpers
+# the convention: colours, labels, legends
 # --------------------------------------------------------------------------- #
-def _get_ax(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.0)) -> Axes:
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
+@dataclass(frozen=True)
+class MethodStyle:
+    """How one method is drawn in every figure: its name in words, colour and marker."""
+
+    name: str
+    color: str
+    marker: str
+
+
+#: one colour (Okabe-Ito, told apart with the common colour-vision deficiencies) and marker per method
+METHOD_STYLES: dict[str, MethodStyle] = {
+    "none": MethodStyle("no drop", "#000000", "o"),
+    "dropout": MethodStyle("Dropout", "#E69F00", "s"),
+    "dropconnect": MethodStyle("DropConnect", "#0072B2", "^"),
+    "standout": MethodStyle("Standout", "#009E73", "D"),
+    "ddc": MethodStyle("DDC", "#D55E00", "P"),
+    "ddc_big": MethodStyle("DDC dropping big |g|", "#CC79A7", "v"),
+    "learned": MethodStyle("learned mapping", "#56B4E9", "X"),
+}
+#: colours for labels that name no method (Paul Tol's muted scheme without its pale colours; none is a method's)
+OTHER_COLORS = ("#882255", "#117733", "#332288", "#999933", "#AA4499", "#44AA99", "#661100", "#6699CC")
+OTHER_MARKERS = ("o", "s", "^", "D", "v", "<", ">", "h")
+LINESTYLES = ("-", "--", ":", "-.")
+
+#: column names -> axis labels with units
+AXIS_LABELS: dict[str, str] = {
+    "test_acc": "test accuracy (at the best-validation epoch)",
+    "val_acc": "validation accuracy",
+    "train_acc": "training accuracy (at the best-validation epoch)",
+    "final_train_acc": "training accuracy (last epoch)",
+    "generalization_gap": "training minus test accuracy",
+    "steps_to_target": "SGD steps to reach the target loss",
+    "mean_loss": "mean training loss over the run (MSE)",
+    "final_loss": "training loss at the last step (MSE)",
+    "step": "training step",
+    "epoch": "epoch",
+    "drop_prob_mean": "expected drop rate (mean drop probability)",
+    "realized_drop_rate": "realised drop rate (fraction of edges dropped)",
+    "drop_rate": "expected drop rate (fraction of edges)",
+    "mask_jaccard": "Jaccard overlap of consecutive drop masks",
+    "nll": "negative log-likelihood (nats)",
+    "brier": "Brier score",
+    "ece": "expected calibration error",
+    "auroc_heldout": "AUROC, held-out classes vs test",
+    "auroc_noise": "AUROC, noise vs test",
+    "auroc_rotation": "AUROC, rotated vs test",
+    "eta_sq": "share of variance (eta squared)",
+    "spearman": "Spearman rank correlation",
+}
+SPLITS = {"train": "training", "val": "validation", "test": "test"}
+METRICS = {"acc": "accuracy", "loss": "loss"}
+CI_METHODS = {"t": "t interval", "BCa": "BCa bootstrap", "percentile": "percentile bootstrap", "bootstrap": "bootstrap"}
+
+
+def method_of(label: Any) -> str | None:
+    """The method a label names (``"mc:ddc"`` -> ``"ddc"``, ``"normalize=none"`` -> None), or None."""
+    text = re.sub(r"[\w.]+=[^\s,;)]*", " ", str(label).lower())  # option values are not method names
+    for token in re.split(r"[^a-z0-9_]+", text):
+        if token in METHOD_STYLES:
+            return token
+    return None
+
+
+def method_style(label: Any) -> MethodStyle:
+    """The style of the method ``label`` names; labels naming none get a colour fixed by their text."""
+    method = method_of(label)
+    if method is not None:
+        return METHOD_STYLES[method]
+    index = zlib.crc32(str(label).encode()) % len(OTHER_COLORS)
+    return MethodStyle(str(label), OTHER_COLORS[index], OTHER_MARKERS[index])
+
+
+def styles(labels: Sequence[Any]) -> dict[Any, dict[str, str]]:
+    """``label -> {"color", "marker", "linestyle"}`` for one figure.
+
+    A method's colour and marker come from :data:`METHOD_STYLES`; several labels
+    of one method (``ddc@head``, ``ddc@all_conv``) differ by line style, in the
+    order given. Labels naming no method keep the colour their text picks unless
+    another label of the figure has it, then the next free one.
+    """
+    out: dict[Any, dict[str, str]] = {}
+    per_method: dict[str, int] = {}
+    taken = set()
+    for label in dict.fromkeys(labels):
+        method = method_of(label)
+        if method is not None:
+            count = per_method.get(method, 0)
+            per_method[method] = count + 1
+            style = METHOD_STYLES[method]
+            out[label] = {"color": style.color, "marker": style.marker, "linestyle": LINESTYLES[count % len(LINESTYLES)]}
+    for label in sorted((l for l in dict.fromkeys(labels) if l not in out), key=str):
+        index = zlib.crc32(str(label).encode()) % len(OTHER_COLORS)
+        for step in range(len(OTHER_COLORS)):
+            if (index + step) % len(OTHER_COLORS) not in taken:
+                index = (index + step) % len(OTHER_COLORS)
+                break
+        taken.add(index)
+        out[label] = {"color": OTHER_COLORS[index], "marker": OTHER_MARKERS[index], "linestyle": "-"}
+    return out
+
+
+def ordered(labels: Sequence[Any]) -> list:
+    """Labels in the figures' fixed order: methods as in :data:`METHOD_STYLES` (no drop first), then the rest by text."""
+    keys = list(METHOD_STYLES)
+
+    def rank(label):
+        method = method_of(label)
+        return (keys.index(method) if method is not None else len(keys), str(label))
+
+    return sorted(dict.fromkeys(labels), key=rank)
+
+
+def display_name(label: Any) -> str:
+    """A method key in words (``"none"`` -> ``"no drop"``); any other label as it is."""
+    return METHOD_STYLES[label].name if isinstance(label, str) and label in METHOD_STYLES else str(label)
+
+
+def axis_label(name: str, split: str | None = None) -> str:
+    """Words (with units) for a column name: ``"test_acc"`` -> ``"test accuracy (at the best-validation epoch)"``.
+
+    With ``split`` (``train``/``val``/``test``) a metric name such as ``acc`` becomes
+    ``"validation accuracy"``. Unknown names are returned with spaces for underscores.
+    """
+    if split is not None:
+        return f"{SPLITS.get(split, split)} {METRICS.get(name, name.replace('_', ' '))}"
+    return AXIS_LABELS.get(name, str(name).replace("_", " "))
+
+
+def interval_label(summary: pd.DataFrame, unit: str = "seeds") -> str:
+    """What an error bar is, and over how many runs: ``"mean and 95% CI (t interval), n = 5 seeds"``.
+
+    ``summary``: a frame of :func:`analysis.stats.summarize` (``n``, and when
+    present ``confidence_level`` and ``ci_method``).
+    """
+    level = float(summary["confidence_level"].iloc[0]) if "confidence_level" in summary.columns else 0.95
+    kinds = sorted({CI_METHODS.get(str(m), str(m)) for m in summary.get("ci_method", pd.Series(dtype=str)) if str(m) != "none"})
+    kind = f" ({', '.join(kinds)})" if kinds else ""
+    n = summary["n"].astype(int)
+    count = f"n = {n.iloc[0]} {unit}" if n.nunique() == 1 else f"n = {n.min()}-{n.max()} {unit}"
+    return f"mean and {100 * level:.0f}% CI{kind}, {count}"
+
+
+def new_axes(width: float = 6.4, height: float = 4.0) -> Axes:
+    """A new figure (constrained layout, so outside legends and long labels get room) with one Axes."""
+    _, ax = plt.subplots(figsize=(width, height), layout="constrained")
     return ax
 
 
+def _get_ax(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.0)) -> Axes:
+    return new_axes(*figsize) if ax is None else ax
+
+
+def place_legend(ax: Axes, title: str | None = None, **kwargs) -> Any:
+    """Put the legend of ``ax`` outside the data, at the right of the axes; returns it (None if nothing to show).
+
+    Works for matplotlib's and seaborn's legends (the existing legend's handles
+    and title are kept unless ``title`` is given).
+    """
+    old = ax.get_legend()
+    if old is not None:
+        handles, labels = list(old.legend_handles), [t.get_text() for t in old.get_texts()]
+        title = title if title is not None else old.get_title().get_text()
+        old.remove()
+    else:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    options = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, fontsize="small",
+                   title_fontsize="small")
+    options.update(kwargs)
+    return ax.legend(handles, labels, title=title or None, **options)
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
 def _require(df: Any, cols: Sequence[str], what: str) -> None:
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"`{what}` must be a pandas DataFrame, got {type(df).__name__}")
@@ -102,17 +299,63 @@ def _group_cols(records: pd.DataFrame, hue: str | None) -> list[str]:
 
 def _label(key: Any) -> str:
     key = key if isinstance(key, tuple) else (key,)
-    return " / ".join(str(k) for k in key)
-
-
-def _colors(n: int) -> list[Any]:
-    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    return [cycle[i % len(cycle)] for i in range(n)]
+    return " / ".join(display_name(k) for k in key)
 
 
 # --------------------------------------------------------------------------- #
-# training curves and method comparison
+# curves and method comparison
 # --------------------------------------------------------------------------- #
+def mean_curves(
+    data: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    hue: str,
+    unit: str = "run_id",
+    order: Sequence[Any] | None = None,
+    errorbar: Any = ("ci", 95),
+    seed: int = 0,
+    n_boot: int = 1000,
+    ax: Axes | None = None,
+) -> Axes:
+    """One mean curve per ``hue`` level, with a band (seaborn's ``errorbar``, default the 95% bootstrap
+    CI of the mean over ``unit``s at each ``x``), in the level's method style; legend outside.
+
+    ``data``: long frame with columns ``x``, ``y``, ``hue`` (and ``unit``, e.g. the run
+    or seed, one row per unit and ``x``). The legend's title says what the band is and n.
+    """
+    import seaborn as sns
+
+    _require(data, [x, y, hue], "data")
+    order = list(order) if order is not None else ordered(data[hue].unique())
+    ax = _get_ax(ax)
+    look = styles(order)
+    for level in order:
+        part = data[data[hue] == level]
+        if part.empty:
+            continue
+        sns.lineplot(data=part, x=x, y=y, errorbar=errorbar, n_boot=n_boot, seed=seed, estimator="mean", ax=ax,
+                     color=look[level]["color"], linestyle=look[level]["linestyle"], label=display_name(level))
+    counts = data.groupby(hue)[unit].nunique() if unit in data.columns else pd.Series(dtype=int)
+    n = f"n = {counts.min()}" if len(counts) and counts.min() == counts.max() else (f"n = {counts.min()}-{counts.max()}" if len(counts) else "")
+    band = {("ci", 95): "mean and 95% bootstrap CI", "sd": "mean ± 1 sd", "se": "mean ± 1 standard error", None: "mean"}.get(
+        tuple(errorbar) if isinstance(errorbar, list) else errorbar, f"mean, band: {errorbar}")
+    title = band + (f"\n({n} {'runs' if unit == 'run_id' else unit + 's'} each)" if n else "")
+    place_legend(ax, title=title)
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
+    _integer_ticks(ax, x)
+    return ax
+
+
+def _integer_ticks(ax: Axes, x: str) -> None:
+    """Steps and epochs are counts: no tick at 0.5."""
+    if x in ("step", "epoch") or x.endswith("_index"):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def learning_curves(
     metrics_df: pd.DataFrame,
     runs_df: pd.DataFrame | None = None,
@@ -130,11 +373,19 @@ def learning_curves(
     ``runs_df``: runs table with ``run_id`` and ``hue`` (not needed when
     ``metrics_df`` already has the ``hue`` column). Bands are seaborn's percentile
     bootstrap of the mean over runs at each epoch (``errorbar=("ci", 95)``) with a
-    fixed ``seed`` so the figure is reproducible. One line per ``hue`` level.
+    fixed ``seed`` so the figure is reproducible. One line per ``hue`` level, in
+    the method styles. More than about eight levels do not read as lines on one
+    axes: use :func:`learning_curve_grid`.
     """
-    _require(metrics_df, ["run_id", "epoch", "split", "metric", "value"], "metrics_df")
-    import seaborn as sns
+    d = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
+    ax = mean_curves(d, x="epoch", y="value", hue=hue, seed=seed, n_boot=n_boot, ax=ax)
+    ax.set_ylabel(axis_label(metric, split))
+    ax.set_title(f"{axis_label(metric, split)} over training")
+    return ax
 
+
+def _curve_frame(metrics_df, runs_df, *, metric, split, hue) -> pd.DataFrame:
+    _require(metrics_df, ["run_id", "epoch", "split", "metric", "value"], "metrics_df")
     d = metrics_df[(metrics_df["split"] == split) & (metrics_df["metric"] == metric)]
     if d.empty:
         raise ValueError(
@@ -143,16 +394,52 @@ def learning_curves(
         )
     d = _attach(d, runs_df, hue, "metrics_df")
     # one value per run and epoch (guards against duplicated logging)
-    d = d.groupby([hue, "run_id", "epoch"], as_index=False, sort=True)["value"].mean()
-    ax = _get_ax(ax)
-    sns.lineplot(
-        data=d, x="epoch", y="value", hue=hue, hue_order=sorted(d[hue].unique(), key=str),
-        errorbar=("ci", 95), n_boot=n_boot, seed=seed, estimator="mean", ax=ax,
-    )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{split} {metric}")
-    ax.set_title(f"{split} {metric} (mean, 95% CI over runs)")
-    return ax
+    return d.groupby([hue, "run_id", "epoch"], as_index=False, sort=True)["value"].mean()
+
+
+def learning_curve_grid(
+    metrics_df: pd.DataFrame,
+    runs_df: pd.DataFrame | None = None,
+    *,
+    metric: str = "acc",
+    split: str = "val",
+    hue: str = "method",
+    columns: int = 4,
+    seed: int = 0,
+    n_boot: int = 1000,
+    panel: tuple[float, float] = (3.0, 2.3),
+) -> Figure:
+    """Small multiples of :func:`learning_curves`: one panel per ``hue`` level (its mean and
+    95% bootstrap band), the other levels' means in light grey behind; shared axes. Returns the Figure.
+    """
+    d = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
+    levels = ordered(d[hue].unique())
+    columns = max(1, min(columns, len(levels)))
+    rows = -(-len(levels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns, panel[1] * rows + 0.8), sharex=True, sharey=True,
+                             squeeze=False, layout="constrained")
+    means = d.groupby([hue, "epoch"], as_index=False)["value"].mean()
+    look = styles(levels)
+    import seaborn as sns
+
+    for ax, level in zip(axes.flat, levels):
+        for other, g in means.groupby(hue, sort=True):
+            if other != level:
+                ax.plot(g["epoch"], g["value"], color="0.8", lw=0.8, zorder=1)
+        sns.lineplot(data=d[d[hue] == level], x="epoch", y="value", errorbar=("ci", 95), n_boot=n_boot, seed=seed,
+                     color=look[level]["color"], ax=ax, zorder=2)
+        ax.set_title(textwrap.fill(display_name(level), 34), fontsize="small")
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        _integer_ticks(ax, "epoch")
+    for ax in list(axes.flat)[len(levels):]:
+        ax.set_visible(False)
+    n = d.groupby(hue)["run_id"].nunique()
+    fig.supxlabel("epoch")
+    fig.supylabel(axis_label(metric, split))
+    fig.suptitle(f"{axis_label(metric, split)}: mean and 95% bootstrap band over n = {n.min()}"
+                 + (f"-{n.max()}" if n.max() != n.min() else "") + " runs; grey: the other panels' means", fontsize="medium")
+    return fig
 
 
 def method_comparison(
@@ -164,53 +451,74 @@ def method_comparison(
     order: Sequence[Any] | None = None,
     confidence_level: float = 0.95,
     show_points: bool = True,
+    points: pd.DataFrame | None = None,
+    unit: str = "seeds",
     ax: Axes | None = None,
 ) -> Axes:
-    """Per-method mean with confidence-interval error bars.
+    """Point-and-interval plot: one row per label (on the y axis, so any number of
+    labels reads), its mean and confidence interval, and the single runs as dots.
 
     Accepts either the output of :func:`analysis.stats.summarize` (columns
-    ``method_col, mean, ci_low, ci_high``) or a runs table (columns ``method_col``
-    and ``value``), in which case it is summarised with
-    :func:`analysis.stats.summarize` (t intervals; ``rng`` is accepted and unused)
-    and the raw per-run values are drawn as faint points (``show_points``).
+    ``method_col, n, mean, ci_low, ci_high``; ``points``, a runs table with
+    ``method_col`` and ``value``, adds the dots) or a runs table (columns
+    ``method_col`` and ``value``), in which case it is summarised with
+    :func:`analysis.stats.summarize` (its default interval; ``rng`` is passed on)
+    and the raw per-run values are drawn as dots (``show_points``). Each label
+    carries its n; a label with n = 1 has no interval and is drawn hollow. The x
+    label says what the bars are. Colours and markers follow :func:`styles`.
     """
     df = summary_or_runs_df
     _require(df, [method_col], "summary_or_runs_df")
-    raw = None
+    raw = points
     if {"mean", "ci_low", "ci_high"} <= set(df.columns):
         summary = df
     else:
         _require(df, [value], "summary_or_runs_df")
-        summary = _stats.summarize(df, value=value, by=method_col, confidence_level=confidence_level)
+        summary = _stats.summarize(df, value=value, by=method_col, rng=rng, confidence_level=confidence_level)
         raw = df
+    if raw is not None:
+        _require(raw, [method_col, value], "points")
     if summary[method_col].duplicated().any():
         raise ValueError(f"summary has several rows per {method_col!r}; summarise by {method_col!r} only")
     if order is None:
-        order = list(summary[method_col])
+        order = ordered(summary[method_col])
     missing = [m for m in order if m not in set(summary[method_col])]
     if missing:
         raise ValueError(f"`order` has methods not in the data: {missing}")
     s = summary.set_index(method_col).loc[list(order)]
-    x = np.arange(len(order))
-    ax = _get_ax(ax)
-    if raw is not None and show_points:
-        for i, m in enumerate(order):
-            v = raw.loc[raw[method_col] == m, value].to_numpy(float)
-            offs = np.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else np.zeros(1)
-            ax.scatter(x[i] + offs, v, s=12, color="0.6", alpha=0.7, zorder=1)
-    mean = s["mean"].to_numpy(float)
-    lo, hi = s["ci_low"].to_numpy(float), s["ci_high"].to_numpy(float)
-    yerr = np.vstack([mean - lo, hi - mean])
-    yerr = np.where(np.isfinite(yerr), yerr, 0.0)
-    ax.errorbar(x, mean, yerr=yerr, fmt="o", color="k", capsize=4, zorder=2)
-    ax.set_xticks(x)
-    ax.set_xticklabels([str(m) for m in order])
-    ax.set_xlabel(method_col)
-    ax.set_ylabel(value)
-    cl = summary["confidence_level"].iloc[0] if "confidence_level" in summary.columns else confidence_level
-    kind = {"t": "t", "BCa": "bootstrap", "percentile": "bootstrap"}.get(
-        str(summary["ci_method"].iloc[0]) if "ci_method" in summary.columns else "", "")
-    ax.set_title(f"{value}: mean and {100 * float(cl):.0f}% {kind + ' ' if kind else ''}CI")
+    if "n" not in s.columns:
+        s = s.assign(n=raw.groupby(method_col)[value].size().reindex(list(order)).to_numpy() if raw is not None else np.nan)
+    y = np.arange(len(order))
+    longest = max(len(display_name(label)) for label in order) + 12
+    ax = _get_ax(ax, figsize=(min(4.2 + 0.075 * longest, 12.0), 1.6 + 0.34 * len(order)))
+    look = styles(order)
+    for i, label in enumerate(order):
+        color, marker = look[label]["color"], look[label]["marker"]
+        mean, lo, hi, n = (float(s.loc[label, c]) for c in ("mean", "ci_low", "ci_high", "n"))
+        if raw is not None and show_points:
+            v = raw.loc[raw[method_col] == label, value].to_numpy(float)
+            offsets = np.linspace(-0.22, 0.22, len(v)) if len(v) > 1 else np.zeros(1)
+            ax.scatter(v, y[i] + offsets, s=10, color=color, alpha=0.45, linewidths=0, zorder=1)
+        interval = np.isfinite(lo) and np.isfinite(hi) and n > 1
+        if interval:
+            ax.errorbar([mean], [y[i]], xerr=[[mean - lo], [hi - mean]], fmt="none", ecolor=color, elinewidth=1.6, capsize=4, zorder=2)
+        ax.plot([mean], [y[i]], marker=marker, markersize=7, color=color, markerfacecolor=color if interval else "white",
+                linestyle="none", zorder=3)
+    ticks = []
+    for label in order:
+        n = s.loc[label, "n"]
+        count = "" if not np.isfinite(n) else f"  (n = {int(n)}{', no interval' if int(n) < 2 else ''})"
+        ticks.append(display_name(label) + count)
+    ax.set_yticks(y)
+    ax.set_yticklabels(ticks)
+    ax.set_ylim(len(order) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    if "n" in summary.columns:
+        bars = interval_label(summary.set_index(method_col).loc[list(order)].reset_index(), unit=unit)
+    else:
+        bars = f"mean and {100 * confidence_level:.0f}% CI"
+    ax.set_xlabel(f"{axis_label(value)}\n{bars}" + ("; dots: single runs" if raw is not None and show_points else ""))
+    ax.set_ylabel("")
     return ax
 
 
@@ -232,26 +540,37 @@ def drop_rate_dynamics(
     (optionally with a ``hue`` column such as ``method``; if absent and ``runs`` is
     given it is joined on ``run_id``; if neither, curves are per layer only).
     ``layer`` restricts to one layer or a list. Values are averaged over runs per
-    (hue, layer, step); one colour per (hue, layer) group, two lines each.
+    (hue, layer, step); one colour per (hue, layer) group (the method's colour;
+    layers of one method differ by marker), two lines each. Legend outside.
     """
     _require(records, ["step", "layer", "metric", "value"], "records")
     if hue is not None and hue not in records.columns and runs is not None:
         records = _attach(records, runs, hue, "records")
     d = _filter_layer(_select_metric(records, ["drop_prob_mean", "realized_drop_rate"]), layer)
     groups = _group_cols(d, hue)
+    if "layer" in groups and d["layer"].nunique() == 1 and len(groups) > 1:
+        groups.remove("layer")  # one layer: the title names it
     mean = d.groupby([*groups, "metric", "step"], sort=True)["value"].mean().reset_index()
     parts = list(mean.groupby(groups, sort=True)) if groups else [((), mean)]
     ax = _get_ax(ax)
-    styles = {"drop_prob_mean": ("-", "expected"), "realized_drop_rate": ("--", "realised")}
-    for color, (key, g) in zip(_colors(len(parts)), parts):
-        for metric, (ls, name) in styles.items():
+    lines = {"drop_prob_mean": ("-", "expected"), "realized_drop_rate": ("--", "realised")}
+    look = styles([key[0] if isinstance(key, tuple) and key else key for key, _ in parts]) if groups else {}
+    seen: dict[Any, int] = {}
+    for key, g in parts:
+        first = key[0] if isinstance(key, tuple) and key else key
+        color = look[first]["color"] if groups else "k"
+        marker = OTHER_MARKERS[seen.setdefault(first, 0) % len(OTHER_MARKERS)] if groups else None
+        seen[first] += 1
+        for metric, (ls, name) in lines.items():
             gm = g[g["metric"] == metric]
             if len(gm):
-                ax.plot(gm["step"], gm["value"], ls=ls, color=color, label=f"{_label(key)} ({name})" if groups else name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("drop rate")
+                ax.plot(gm["step"], gm["value"], ls=ls, color=color, marker=marker if seen[first] > 1 else None,
+                        markevery=max(len(gm) // 8, 1), label=f"{_label(key)} ({name})" if groups else name)
+    ax.set_xlabel(axis_label("step"))
+    ax.set_ylabel("drop rate (fraction of edges)")
     ax.set_title("expected (solid) vs realised (dashed) drop rate")
-    ax.legend(fontsize="small")
+    place_legend(ax, title="mean over runs")
+    _integer_ticks(ax, "step")
     return ax
 
 
@@ -285,10 +604,12 @@ def drop_prob_heatmap(
     mesh = ax.pcolormesh(steps, np.arange(len(qmetrics)), grid.to_numpy(float), shading="nearest", cmap=cmap)
     ax.set_yticks(np.arange(len(qmetrics)))
     ax.set_yticklabels([f"q{pat.match(m).group(1)}" for m in qmetrics])
-    ax.figure.colorbar(mesh, ax=ax, label=prefix.replace("_", " "))
-    ax.set_xlabel("step")
-    ax.set_ylabel("quantile")
-    ax.set_title(f"{prefix.replace('_', ' ')} quantiles over training")
+    name = {"drop_prob": "drop probability"}.get(prefix, prefix.replace("_", " "))
+    ax.figure.colorbar(mesh, ax=ax, label=name)
+    ax.set_xlabel(axis_label("step"))
+    ax.set_ylabel("quantile over the layer's edges")
+    ax.set_title(f"{name} quantiles over training")
+    _integer_ticks(ax, "step")
     return ax
 
 
@@ -303,25 +624,33 @@ def mask_overlap(
     """Jaccard overlap of consecutive drop masks (``mask_jaccard``) over steps.
 
     ``records``: recorder records ``run_id, step, layer, metric, value``; averaged
-    over runs per (hue, layer, step); one line per (hue, layer) group.
+    over runs per (hue, layer, step); one line per (hue, layer) group, in the
+    method's colour. Legend outside.
     """
     _require(records, ["step", "layer", "metric", "value"], "records")
     if hue is not None and hue not in records.columns and runs is not None:
         records = _attach(records, runs, hue, "records")
     d = _filter_layer(_select_metric(records, ["mask_jaccard"]), layer)
     groups = _group_cols(d, hue)
+    if "layer" in groups and d["layer"].nunique() == 1 and len(groups) > 1:
+        groups.remove("layer")
     mean = d.groupby([*groups, "step"], sort=True)["value"].mean().reset_index()
     ax = _get_ax(ax)
     if groups:
-        for key, g in mean.groupby(groups, sort=True):
-            ax.plot(g["step"], g["value"], label=_label(key))
-        ax.legend(fontsize="small")
+        parts = list(mean.groupby(groups, sort=True))
+        look = styles([_label(key) for key, _ in parts])
+        for key, g in parts:
+            first = key[0] if isinstance(key, tuple) else key
+            color = method_style(first).color if method_of(first) else look[_label(key)]["color"]
+            ax.plot(g["step"], g["value"], color=color, linestyle=look[_label(key)]["linestyle"], label=_label(key))
+        place_legend(ax, title="mean over runs")
     else:
-        ax.plot(mean["step"], mean["value"])
-    ax.set_xlabel("step")
-    ax.set_ylabel("mask Jaccard overlap")
+        ax.plot(mean["step"], mean["value"], color="k")
+    ax.set_xlabel(axis_label("step"))
+    ax.set_ylabel(axis_label("mask_jaccard"))
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("overlap of consecutive drop masks")
+    _integer_ticks(ax, "step")
     return ax
 
 
@@ -340,8 +669,8 @@ def grad_vs_drop(
     ``snapshot_grad_abs`` and ``snapshot_drop_prob``: arrays of the same number of
     elements (any shape; flattened). ``kind`` is ``"hexbin"`` (counts, log colour
     scale) or ``"scatter"``. With ``log_grad`` the x axis is log-scaled and
-    non-positive gradients are left out of the plot. ``annotate`` writes Spearman's
-    rank correlation (all finite pairs) in the corner.
+    non-positive gradients are left out of the plot. ``annotate`` adds Spearman's
+    rank correlation (all finite pairs) to the x label.
     """
     g = np.asarray(snapshot_grad_abs, dtype=float).reshape(-1)
     p = np.asarray(snapshot_drop_prob, dtype=float).reshape(-1)
@@ -357,17 +686,17 @@ def grad_vs_drop(
     gx, py = g[show], p[show]
     if kind == "hexbin":
         hb = ax.hexbin(gx, py, gridsize=gridsize, xscale="log" if log_grad else "linear", bins="log", mincnt=1, cmap="viridis")
-        ax.figure.colorbar(hb, ax=ax, label="count")
+        ax.figure.colorbar(hb, ax=ax, label="number of edges (log scale)")
     else:
-        ax.scatter(gx, py, s=4, alpha=0.4)
+        ax.scatter(gx, py, s=4, alpha=0.4, color=METHOD_STYLES["ddc"].color)
         if log_grad:
             ax.set_xscale("log")
+    ax.set_xlabel("|gradient|" + (" (log scale)" if log_grad else ""))
     if annotate:
         from scipy.stats import spearmanr
 
         rho = spearmanr(g[ok], p[ok]).statistic
-        ax.text(0.02, 0.97, f"Spearman ρ = {rho:.3f}", transform=ax.transAxes, va="top", ha="left", fontsize="small")
-    ax.set_xlabel("|gradient|")
+        ax.set_xlabel(ax.get_xlabel() + f"\nSpearman ρ = {rho:.3f} over {int(ok.sum())} edges")
     ax.set_ylabel("drop probability")
     return ax
 
@@ -386,19 +715,36 @@ def ablation_heatmap(
     alpha: float = 0.05,
     fmt: str = ".3f",
     cmap: str = "viridis",
+    default: dict | None = None,
+    default_name: str = "default",
+    rng: np.random.Generator | int = 0,
+    confidence_level: float = 0.95,
     ax: Axes | None = None,
 ) -> Axes:
-    """Mean ``value`` per (``y``, ``x``) cell, with ``*`` marking significant cells.
+    """Mean ``value`` per (``y``, ``x``) cell with its uncertainty, ``*`` on significant cells,
+    and the ``default`` cell outlined.
 
-    ``df``: long frame with columns ``x``, ``y`` and numeric ``value`` (several rows
-    per cell, e.g. seeds, are averaged). ``pvalues`` is either the name of a column
-    of ``df`` (one p-value per cell, e.g. from :func:`analysis.stats.paired_comparison`
+    ``df``: long frame with columns ``x``, ``y`` and numeric ``value``, one row per
+    run (e.g. seed). Each cell shows its mean and, with 2 or more runs, ``±`` the
+    half-width of its confidence interval (:func:`analysis.stats.summarize`, ``rng``);
+    the x label says so and gives n. ``pvalues`` is either the name of a column of
+    ``df`` (one p-value per cell, e.g. from :func:`analysis.stats.paired_comparison`
     merged in) or a frame with columns ``x``, ``y`` and ``p_col``; cells with
-    ``p < alpha`` get a ``*`` after the annotated mean.
+    ``p < alpha`` get a ``*`` after the mean. ``default``: ``{x: level, y: level}``
+    of the reference cell, drawn with a thick outline and labelled ``default_name``.
     """
     _require(df, [x, y, value], "df")
-    mean = df.pivot_table(index=y, columns=x, values=value, aggfunc="mean", sort=True)
-    text = np.vectorize(lambda v: "" if not np.isfinite(v) else format(v, fmt))(mean.to_numpy(float)).astype(object)
+    cells = df[[y, x, value]].dropna(subset=[value])
+    per_cell = cells.groupby([y, x]).size()
+    if (per_cell > 1).any():
+        summary = _stats.summarize(cells, value=value, by=[y, x], rng=rng, confidence_level=confidence_level)
+    else:
+        summary = cells.rename(columns={value: "mean"}).assign(n=1, ci_low=np.nan, ci_high=np.nan)
+    mean = summary.pivot_table(index=y, columns=x, values="mean", aggfunc="first", sort=True)
+    half = (summary.assign(half=(summary["ci_high"] - summary["ci_low"]) / 2)
+            .pivot_table(index=y, columns=x, values="half", aggfunc="first", sort=True, dropna=False)
+            .reindex(index=mean.index, columns=mean.columns))
+    star = np.zeros(mean.shape, dtype=bool)
     if pvalues is not None:
         if isinstance(pvalues, str):
             _require(df, [pvalues], "df")
@@ -412,18 +758,43 @@ def ablation_heatmap(
         pgrid = pf.pivot_table(index=y, columns=x, values="_p", aggfunc="first", sort=True).reindex(
             index=mean.index, columns=mean.columns
         )
-        sig = (pgrid.to_numpy(float) < alpha)
-        text = np.where(sig & (text != ""), text + "*", text)
+        star = pgrid.to_numpy(float) < alpha
+    m, h = mean.to_numpy(float), half.to_numpy(float)
+    text = np.empty(m.shape, dtype=object)
+    for i, j in np.ndindex(m.shape):
+        if not np.isfinite(m[i, j]):
+            text[i, j] = ""
+            continue
+        text[i, j] = format(m[i, j], fmt) + ("*" if star[i, j] else "") + (f"\n±{format(h[i, j], fmt)}" if np.isfinite(h[i, j]) else "")
     import seaborn as sns
 
-    ax = _get_ax(ax)
-    sns.heatmap(mean, annot=text, fmt="", cmap=cmap, ax=ax, cbar_kws={"label": f"mean {value}"})
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    title = f"mean {value}"
+    ax = _get_ax(ax, figsize=(max(5.6, 2.6 + 1.25 * mean.shape[1]), 2.2 + 0.8 * mean.shape[0]))
+    sns.heatmap(mean, annot=text, fmt="", cmap=cmap, ax=ax, cbar_kws={"label": f"mean {axis_label(value)}"},
+                annot_kws={"fontsize": "small"}, linewidths=0.5, linecolor="white")
+    ax.tick_params(axis="x", labelrotation=0)
+    ax.tick_params(axis="y", labelrotation=0)
+    outlined = False
+    if default is not None and x in default and y in default:
+        from matplotlib.patches import Rectangle
+
+        cols, rows = [str(c) for c in mean.columns], [str(r) for r in mean.index]
+        if str(default[x]) in cols and str(default[y]) in rows:
+            outlined = True
+            col, row = cols.index(str(default[x])), rows.index(str(default[y]))
+            ax.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor="black", lw=3, clip_on=False, zorder=5))
+            ax.text(col + 0.04, row + 0.06, default_name, ha="left", va="top", fontsize="x-small", color="white",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "edgecolor": "none"}, zorder=6)
+    n = summary["n"].astype(int)
+    count = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
+    notes = [f"cells: mean" + (f" ± half-width of the {100 * confidence_level:.0f}% CI" if np.isfinite(h).any() else "")
+             + f", {count} runs each"]
     if pvalues is not None:
-        title += f" (* p < {alpha:g})"
-    ax.set_title(title)
+        notes.append(f"* p < {alpha:g}")
+    if outlined:
+        notes.append(f"outlined: the {default_name}")
+    ax.set_xlabel(f"{x}\n" + "; ".join(notes))
+    ax.set_ylabel(y)
+    ax.set_title(f"mean {axis_label(value)}")
     return ax
 
 
@@ -455,7 +826,8 @@ def critical_difference_diagram(
     lo, hi = 1, max(k, int(np.ceil(vals.max())))
     n_left = (k + 1) // 2
     step = 0.22
-    ax = _get_ax(ax, figsize=(7.0, 1.2 + 0.3 * n_left))
+    ax = _get_ax(ax, figsize=(7.0, 1.4 + 0.3 * n_left))
+    look = styles(names)
     # axis and ticks
     ax.plot([lo, hi], [0, 0], color="k", lw=1)
     for t in range(lo, hi + 1):
@@ -467,8 +839,9 @@ def critical_difference_diagram(
             yv, xe, ha = -(i + 1) * step - 0.15, lo - 0.3, "right"
         else:
             yv, xe, ha = -(k - i) * step - 0.15, hi + 0.3, "left"
-        ax.plot([v, v, xe], [0, yv, yv], color="k", lw=0.8)
-        ax.text(xe + (-0.05 if ha == "right" else 0.05), yv, f"{m} ({v:.2f})", ha=ha, va="center", fontsize="small")
+        ax.plot([v, v, xe], [0, yv, yv], color=look[m]["color"], lw=1.0)
+        ax.text(xe + (-0.05 if ha == "right" else 0.05), yv, f"{display_name(m)} ({v:.2f})", ha=ha, va="center",
+                fontsize="small", color=look[m]["color"])
     # cliques
     for j, c in enumerate(cliques):
         cv = [vals[names.index(m)] for m in c]
@@ -482,11 +855,10 @@ def critical_difference_diagram(
     ax.set_xlim(lo - 1.8, hi + 1.8)
     ax.set_ylim(-(n_left + 1) * step - 0.2, 0.8)
     ax.set_yticks([])
-    for side in ("left", "right", "top"):
+    for side in ("left", "right", "top", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.spines["bottom"].set_visible(False)
     ax.set_xticks([])
-    ax.set_xlabel("average rank (lower is better)")
+    ax.set_xlabel("average rank (lower is better); thick bars join methods not significantly different")
     return ax
 
 
@@ -542,26 +914,183 @@ def synthetic_contours(
     if not np.isfinite(zmin) or not np.isfinite(zmax) or zmax <= zmin:
         raise ValueError("the loss surface is constant or not finite on the plotted grid")
     lv = zmin + (zmax - zmin) * np.linspace(0.0, 1.0, levels + 1)[1:] ** 2
-    ax = _get_ax(ax, figsize=(5.5, 5.0))
-    ax.contour(W1, W2, Z, levels=lv, colors="0.6", linewidths=0.7)
+    ax = _get_ax(ax, figsize=(6.8, 5.0))
+    ax.contour(W1, W2, Z, levels=lv, colors="0.75", linewidths=0.7)
     methods = sorted(mean[method_col].unique(), key=str)
-    for color, m in zip(_colors(len(methods)), methods):
+    look = styles(methods)
+    for m in methods:
         g = mean[mean[method_col] == m]
-        ax.plot(g["w1"], g["w2"], color=color, lw=1.5, label=str(m))
+        color = look[m]["color"]
+        ax.plot(g["w1"], g["w2"], color=color, linestyle=look[m]["linestyle"], lw=1.5, label=display_name(m))
         ax.scatter(g["w1"].iloc[[0]], g["w2"].iloc[[0]], color=color, marker="o", s=20, zorder=3)
         ax.scatter(g["w1"].iloc[[-1]], g["w2"].iloc[[-1]], color=color, marker="x", s=30, zorder=3)
     if true_w is not None:
-        ax.scatter([tw[0]], [tw[1]], marker="*", s=120, color="k", zorder=4, label="w*")
-    ax.set_xlabel("w1")
-    ax.set_ylabel("w2")
+        ax.scatter([tw[0]], [tw[1]], marker="*", s=120, color="k", zorder=4, label="true weights w*")
+    ax.set_xlabel("weight w1")
+    ax.set_ylabel("weight w2")
     ax.set_title("loss contours and mean trajectories")
-    ax.legend(fontsize="small")
+    place_legend(ax, title="mean over seeds\n(o start, x end)")
     return ax
+
+
+# --------------------------------------------------------------------------- #
+# reading the figure: layout problems
+# --------------------------------------------------------------------------- #
+def layout_problems(fig: Figure, *, tolerance: float = 1.0) -> list[str]:
+    """What does not read in ``fig``, from the renderer's bounding boxes (display pixels).
+
+    Finds, on every visible Axes (colour bars included): tick labels that overlap
+    each other by more than ``tolerance`` pixels in both directions, and tick
+    labels, axis labels, titles and legends that leave the figure; and legends
+    (of the axes or the figure) whose box covers plotted data of any Axes: lines
+    and their markers, scatter points, filled areas (bands, bars) and images.
+    Returns one sentence per problem (empty when the figure reads).
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox.padded(tolerance)
+    problems: list[str] = []
+    for number, ax in enumerate(fig.axes):
+        if not ax.get_visible():
+            continue
+        name = _axes_name(ax, number)
+        for axis_name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            labels = _drawn_tick_labels(axis)
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+            clashes = [f"{text_a!r} and {text_b!r}" for (text_a, a), (text_b, b) in _pairs(boxes) if _overlap(a, b) > tolerance]
+            if clashes:
+                more = f" and {len(clashes) - 3} more pairs" if len(clashes) > 3 else ""
+                problems.append(f"{name}: {axis_name} tick labels overlap: {'; '.join(clashes[:3])}{more}")
+            for text, box in boxes:
+                if not _inside(box, canvas):
+                    problems.append(f"{name}: {axis_name} tick label {text!r} leaves the figure")
+        for what, text in (("title", ax.title), ("x label", ax.xaxis.label), ("y label", ax.yaxis.label)):
+            if text.get_visible() and text.get_text().strip() and not _inside(text.get_window_extent(renderer), canvas):
+                problems.append(f"{name}: the {what} {text.get_text()!r} leaves the figure")
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None] + [(None, lg) for lg in fig.legends]
+    for owner, legend in legends:
+        if not legend.get_visible():
+            continue
+        box = legend.get_window_extent(renderer)
+        where = _axes_name(owner, fig.axes.index(owner)) if owner is not None else "figure"
+        if not _inside(box, canvas):
+            problems.append(f"{where}: the legend leaves the figure")
+        for number, ax in enumerate(fig.axes):
+            if ax.get_visible() and _covers_data(ax, box, renderer):
+                problems.append(f"{where}: the legend covers data of {_axes_name(ax, number)}")
+    for text in [fig._suptitle, fig._supxlabel, fig._supylabel]:
+        if text is not None and text.get_visible() and text.get_text().strip() and not _inside(text.get_window_extent(renderer), canvas):
+            problems.append(f"figure: {text.get_text()!r} leaves the figure")
+    return problems
+
+
+def _axes_name(ax: Axes, number: int) -> str:
+    title = ax.get_title() or ax.get_label()
+    return f"axes {number}" + (f" ({title[:60]!r})" if title and not title.startswith("<") else "")
+
+
+def _drawn_tick_labels(axis) -> list:
+    """The tick labels the axis draws: visible, not empty, at ticks inside the view interval."""
+    lo, hi = sorted(axis.get_view_interval())
+    slack = (hi - lo) * 1e-9
+    out = []
+    for ticks, locs in ((axis.get_major_ticks(len(axis.get_majorticklocs())), axis.get_majorticklocs()),
+                        (axis.get_minor_ticks(len(axis.get_minorticklocs())), axis.get_minorticklocs())):
+        for tick, loc in zip(ticks, locs):
+            if not lo - slack <= float(loc) <= hi + slack:
+                continue
+            out += [label for label in (tick.label1, tick.label2) if label.get_visible() and label.get_text().strip()]
+    return out
+
+
+def _pairs(boxes):
+    return [(boxes[i], boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))]
+
+
+def _overlap(a, b) -> float:
+    """The smaller of the two extents by which boxes ``a`` and ``b`` overlap (0 when apart)."""
+    return max(0.0, min(min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)))
+
+
+def _inside(box, canvas) -> bool:
+    return box.x0 >= canvas.x0 and box.y0 >= canvas.y0 and box.x1 <= canvas.x1 and box.y1 <= canvas.y1
+
+
+def _covers_data(ax: Axes, box, renderer) -> bool:
+    """Whether the display-space ``box`` covers any plotted data of ``ax``: lines (their segments,
+    or their markers), scatter points, filled areas and bars, images and meshes."""
+    from matplotlib.collections import Collection, LineCollection, PathCollection
+    from matplotlib.image import AxesImage
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.path import Path as MplPath
+    from matplotlib.spines import Spine
+
+    if _overlap(ax.get_window_extent(renderer), box) <= 0:
+        return False
+    for artist in ax.get_children():
+        if not artist.get_visible() or artist is ax.patch or isinstance(artist, Spine):
+            continue
+        if isinstance(artist, Line2D):
+            data = artist.get_xydata()
+            xy = artist.get_transform().transform(data) if len(data) else np.empty((0, 2))
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            joined = artist.get_linestyle() not in ("None", "none", " ", "")
+            if joined and len(xy) > 1 and MplPath(xy).intersects_bbox(box, filled=False):
+                return True
+            if len(xy) and _any_inside(xy, box):
+                return True
+        elif isinstance(artist, PathCollection) or (isinstance(artist, Collection) and len(artist.get_offsets()) > 1):
+            offsets = artist.get_offsets()
+            if len(offsets) and _any_inside(artist.get_offset_transform().transform(offsets), box):
+                return True
+        elif isinstance(artist, Collection):
+            transform = artist.get_transform()
+            filled = not isinstance(artist, LineCollection)
+            if any(transform.transform_path(path).intersects_bbox(box, filled=filled) for path in artist.get_paths()):
+                return True
+        elif isinstance(artist, (AxesImage, Patch)):
+            if _overlap(artist.get_window_extent(renderer), box) > 0:
+                return True
+    return False
+
+
+def _any_inside(points: np.ndarray, box) -> bool:
+    points = points[np.isfinite(points).all(axis=1)]
+    return bool(((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1)).any())
 
 
 # --------------------------------------------------------------------------- #
 # saving
 # --------------------------------------------------------------------------- #
+def _wrap_texts(fig: Figure) -> None:
+    """Wrap titles and axis labels longer than their axes (suptitles: than the figure), so nothing is cut."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+
+    def wrap(text, room_px):
+        content = text.get_text()
+        if not text.get_visible() or not content.strip() or room_px <= 0:
+            return
+        box = text.get_window_extent(renderer)
+        extent = box.height if text.get_rotation() in (90.0, 270.0) else box.width
+        if extent <= room_px:
+            return
+        lines = content.split("\n")
+        chars = max(10, int(max(len(line) for line in lines) * room_px / extent) - 1)
+        text.set_text("\n".join(textwrap.fill(line, chars) if len(line) > chars else line for line in lines))
+
+    for ax in fig.axes:
+        if ax.get_visible():
+            box = ax.get_window_extent(renderer)
+            wrap(ax.title, box.width)
+            wrap(ax.xaxis.label, box.width)
+            wrap(ax.yaxis.label, box.height)
+    for text, room in ((fig._suptitle, fig.bbox.width), (fig._supxlabel, fig.bbox.width), (fig._supylabel, fig.bbox.height)):
+        if text is not None:
+            wrap(text, 0.95 * room)
+
+
 def save_figure(
     fig_or_ax: Figure | Axes | Any,
     path: str | Path,
@@ -573,8 +1102,9 @@ def save_figure(
     """Save a figure (or the figure of an Axes) as ``<path>.<fmt>`` for each format.
 
     ``path`` is given *without* suffix (a name like ``"fig_p0.5"`` is kept whole).
-    Parent directories are created. PDFs are written without a creation date so
-    repeated saves are byte-identical. Returns the list of written paths.
+    Parent directories are created. Titles and x labels wider than their axes
+    are wrapped first. PDFs are written without a creation date so repeated
+    saves are byte-identical. Returns the list of written paths.
     """
     if isinstance(formats, str):
         formats = (formats,)
@@ -589,6 +1119,7 @@ def save_figure(
         fig = fig_or_ax.figure
     else:
         raise ValueError(f"`fig_or_ax` must be a matplotlib Figure or Axes, got {type(fig_or_ax).__name__}")
+    _wrap_texts(fig)
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)
     written = []

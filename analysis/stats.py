@@ -855,6 +855,10 @@ def _between_within_df(exog: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.where(between, df_between, df_within).astype(float)
 
 
+#: a mixed model's group variance at most this share of the total variance is "on the boundary" (0)
+BOUNDARY_SHARE = 1e-3
+
+
 def mixed_model(
     df: pd.DataFrame,
     *,
@@ -880,10 +884,14 @@ def mixed_model(
     randomised-block ANOVA's tests.
 
     Returns the fixed-effects table with columns ``term, estimate, std_err, t, df,
-    pvalue, ci_low, ci_high, df_method`` and a last row ``term="group_var"``
+    pvalue, ci_low, ci_high, df_method, note`` and a last row ``term="group_var"``
     holding the random-intercept variance (other columns NaN except
     ``estimate``/``std_err``). Terms are renamed back to column names, e.g.
-    ``"method[T.ddc]"``.
+    ``"method[T.ddc]"``. When the group variance is estimated at its boundary
+    (0; at most :data:`BOUNDARY_SHARE` of the total variance), the ``group_var``
+    row's ``note`` says so (the fixed effects are then those of ordinary least
+    squares); statsmodels' "MLE may be on the boundary" warning, raised for any
+    variance below 0.01 in absolute terms, is not passed on.
     """
     import statsmodels.formula.api as smf
 
@@ -893,14 +901,29 @@ def mixed_model(
         raise ValueError(f"`group` column {group!r} not found in df; available columns: {cols}")
     if df[group].nunique() < 2:
         raise ValueError(f"`group` column {group!r} needs at least 2 groups")
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
     data, names = _design(df, value, factors)
     data["_group"] = df[group].to_numpy()
-    with warnings.catch_warnings():
-        # statsmodels' ConvergenceWarning is left visible; only silence nan-sqrt noise
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # nan-sqrt noise
         model = smf.mixedlm(_formula(names, interactions, False), data, groups=data["_group"])
         fit = model.fit(reml=reml)
         bse_re = fit.bse_re
+    # statsmodels warns "MLE may be on the boundary" whenever a variance is below 0.01 in absolute
+    # terms, i.e. always for accuracies (variances ~1e-4): whether the group variance is at its
+    # boundary is judged against the total variance instead and said in the table. Its optimizer's
+    # "failed to converge ... retrying" notes are dropped when a retry converged; other warnings
+    # (e.g. a final fit that did not converge) stay visible.
+    for caught_warning in caught:
+        text = str(caught_warning.message)
+        settled = issubclass(caught_warning.category, ConvergenceWarning) and (
+            "boundary" in text or (fit.converged and ("failed to converge" in text or "Retrying" in text)))
+        if not settled:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno)
+    group_var = float(fit.cov_re.iloc[0, 0])
+    boundary = group_var <= BOUNDARY_SHARE * (group_var + float(fit.scale))
     fe = fit.fe_params.index
     estimate, std_err = fit.fe_params.to_numpy(float), fit.bse_fe.to_numpy(float)
     dof = _between_within_df(model.exog, data["_group"].to_numpy())
@@ -919,12 +942,15 @@ def mixed_model(
             "ci_low": estimate - half,
             "ci_high": estimate + half,
             "df_method": "between-within",
+            "note": "",
         }
     )
+    note = (f"variance of the {group} intercepts estimated at its boundary (0): the {group}s explain no variance "
+            "beyond the residual, and the fixed effects equal ordinary least squares'") if boundary else ""
     gv = pd.DataFrame(
-        [{"term": "group_var", "estimate": float(fit.cov_re.iloc[0, 0]),
+        [{"term": "group_var", "estimate": group_var,
           "std_err": float(np.asarray(bse_re)[0]) if len(bse_re) else np.nan,
-          "t": np.nan, "df": np.nan, "pvalue": np.nan, "ci_low": np.nan, "ci_high": np.nan, "df_method": ""}]
+          "t": np.nan, "df": np.nan, "pvalue": np.nan, "ci_low": np.nan, "ci_high": np.nan, "df_method": "", "note": note}]
     )
     return pd.concat([out, gv], ignore_index=True)
 

@@ -78,6 +78,19 @@ def format_ci(mean: float, low: float, high: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+DATASET_NAMES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10",
+                 "cifar100": "CIFAR-100", "synthetic": "synthetic regression"}
+MODEL_NAMES = {"simplecnn1": "SimpleCNN1", "simplecnn2": "SimpleCNN2", "mlp": "MLP", "resnet20": "ResNet-20",
+               "resnet18": "ResNet-18", "vgg13bn": "VGG-13-BN", "alexnet": "AlexNet", "vit": "ViT", "linreg2d": "2-D linear model"}
+
+
+def experiment_title(name: str) -> str:
+    """A recipe-like name in words for figure titles: ``"02-mnist1d-simplecnn1"`` -> ``"MNIST-1D, SimpleCNN1"``."""
+    parts = [p for p in str(name).split("-") if not p.isdigit()]
+    words = [DATASET_NAMES.get(p) or MODEL_NAMES.get(p) or p for p in parts]
+    return ", ".join(words)
+
+
 # ----------------------------------------------------------------------------- 01 synthetic regression
 
 SYNTHETIC_METHODS: Dict[str, dict] = {
@@ -201,24 +214,25 @@ def synthetic_regime(trajectories, *, window: float = 0.2, tolerance: float = 0.
 
 
 def figures_01_synthetic_regression(run_dir) -> List[str]:
-    import seaborn as sns
     from analysis import figures
 
     from ddc.data import SYNTHETIC_NOISE_STD, SYNTHETIC_WEIGHTS
 
     trajectories = load_table(run_dir, "trajectories")
+    order = [m for m in SYNTHETIC_METHODS if m in set(trajectories.method)] or sorted(trajectories.method.unique())
+    seeds = trajectories.seed.nunique()
     written = []
     ax = figures.synthetic_contours(
         trajectories, true_w=list(SYNTHETIC_WEIGHTS), cov=torch.eye(2).numpy(), noise_var=SYNTHETIC_NOISE_STD**2
     )
-    ax.set_title("2-D linear regression: mean trajectories over seeds")
+    ax.set_title(f"2-D linear regression: loss contours and mean trajectories over {seeds} seeds")
     written += save_fig(ax, run_dir, "contours_trajectories")
 
-    ax = sns.lineplot(data=trajectories, x="step", y="loss", hue="method", errorbar=("ci", 95), seed=0)
+    ax = figures.mean_curves(trajectories, x="step", y="loss", hue="method", unit="seed", order=order)
     ax.set_yscale("log")
     ax.set_xlabel("SGD step")
-    ax.set_ylabel("training MSE (plain weights)")
-    ax.set_title("Loss over steps, mean and 95% CI across seeds")
+    ax.set_ylabel("training loss of the plain weights (MSE, log scale)")
+    ax.set_title("Training loss over SGD steps")
     written += save_fig(ax, run_dir, "loss_curves")
 
     ax = figures.km_curves(load_table(run_dir, "kaplan_meier"), group="method")
@@ -227,6 +241,33 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
     ax.set_title("Steps to the target loss: Kaplan-Meier, 95% bands (censored at the budget)")
     written += save_fig(ax, run_dir, "steps_to_target")
     return written
+
+
+# ----------------------------------------------------------------------------- 05 report
+
+
+def figures_05_report(run_dir) -> List[str]:
+    """Redraw the report's figures from the run store, and write ``report.md`` and ``report.html`` again
+    (with the settings 05 stored; nothing is trained). Returns the figure files."""
+    from ddc.store import default_root, run_dirs
+    from experiments.report import build_report
+    from experiments.report_html import write_html
+
+    run_dir = Path(run_dir)
+    base = run_dir.parent
+    settings = load_json(run_dir, "settings") if (run_dir / "results" / "settings.json").exists() else {}
+    # the store beside the outputs (so they can move), else where 05 read it
+    candidates = [default_root(base.name, base.parent)] + ([Path(settings["runs_root"])] if settings.get("runs_root") else [])
+    store_root = next((c for c in candidates if c.is_dir() and run_dirs(c)), None)
+    if store_root is None:
+        return []
+    title = settings.get("title", f"ddc report ({base.name} profile)")
+    options = {k: settings[k] for k in ("value", "baseline") if k in settings}
+    if "bootstrap_resamples" in settings:
+        options["n_resamples"] = settings["bootstrap_resamples"]
+    report = build_report(store_root, run_dir, title=title, **options)
+    write_html(report, paths=store_root, outputs=base, title=title)
+    return [str(p) for p in sorted((run_dir / "figures").glob("*.png"))]
 
 
 # ----------------------------------------------------------------------------- regeneration
@@ -261,7 +302,8 @@ def regenerate_figures(base, log=print) -> List[str]:
     base = Path(base)
     written = []
     functions = figure_functions()
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit())
+    # the report last: its HTML page embeds every other notebook's figures
+    folders = sorted((p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()), key=lambda p: ("report" in p.name, p.name))
     for number, folder in enumerate(folders, 1):
         function = functions.get(folder.name.split("-")[0])
         if function is None:
@@ -406,37 +448,38 @@ def figures_04_dynamics(run_dir) -> List[str]:
     records = load_records(run_paths(run_dir, runs))
     labels = runs[["run_id", "tag"]].rename(columns={"tag": "method"})
     layer = settings["layer"]
+    where = f"{DATASET_NAMES.get(settings['dataset'], settings['dataset'])}, {MODEL_NAMES.get(settings['model'], settings['model'])}, layer {layer}"
     written = []
     if (Path(run_dir) / "results" / "variance_sources.parquet").exists():
         ax = figures.variance_by_source(load_table(run_dir, "variance_sources"))
         ax.set_title("Variance of test accuracy, one source of randomness at a time")
         written += save_fig(ax, run_dir, "variance_sources")
     ax = figures.drop_rate_dynamics(records, layer=layer, hue="method", runs=labels)
-    ax.set_title(f"{layer}: expected (solid) vs realised (dashed) drop rate")
+    ax.set_title(f"{where}: expected (solid) and realised (dashed) drop rate")
     written += save_fig(ax, run_dir, "drop_rate_dynamics")
     ax = figures.mask_overlap(records, layer=layer, hue="method", runs=labels)
-    ax.set_title(f"{layer}: overlap of dropped edges between consecutive steps")
+    ax.set_title(f"{where}: overlap of the dropped edges between consecutive steps")
     written += save_fig(ax, run_dir, "mask_overlap")
     ddc_ids = runs.loc[runs.method == "ddc", "run_id"]
     if len(ddc_ids):
         ddc_records = records[records.run_id == ddc_ids.iloc[0]]
         ax = figures.drop_prob_heatmap(ddc_records, layer=layer)
-        ax.set_title(f"DDC drop-probability quantiles over training ({layer})")
+        ax.set_title(f"DDC drop-probability quantiles over training ({where})")
         written += save_fig(ax, run_dir, "drop_prob_heatmap")
         snapshots = load_table(run_dir, "ddc_snapshots")
         last = snapshots[snapshots.step == snapshots.step.max()]
         ax = figures.grad_vs_drop(last.grad_abs.to_numpy(), last.drop_freq.to_numpy())
-        ax.set_ylabel("cumulative drop frequency of the edge")
-        ax.set_title(f"DDC: |gradient| vs how often each edge was dropped (step {int(last.step.iloc[0])})")
+        ax.set_ylabel("fraction of steps the edge was dropped")
+        ax.set_title(f"DDC: |gradient| at step {int(last.step.iloc[0])} against how often each edge was dropped")
         written += save_fig(ax, run_dir, "grad_vs_drop_frequency")
         stability = load_table(run_dir, "gradient_rank_stability")
         if not stability.empty:
-            import seaborn as sns
-
-            ax = sns.lineplot(data=stability, x="step", y="spearman", marker="o")
-            ax.set_xlabel("step")
-            ax.set_ylabel("Spearman(|g| now, |g| at previous snapshot)")
-            ax.set_title("Is the gradient magnitude a stable per-edge proxy?")
+            ax = figures.new_axes()
+            ax.plot(stability.step, stability.spearman, marker=figures.METHOD_STYLES["ddc"].marker,
+                    color=figures.METHOD_STYLES["ddc"].color)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("Spearman correlation of per-edge |g|\nwith the previous snapshot")
+            ax.set_title("DDC: is the gradient magnitude a stable per-edge proxy? (one run)")
             written += save_fig(ax, run_dir, "gradient_rank_stability")
     return written
 
@@ -503,20 +546,23 @@ def figures_02_baselines(run_dir) -> List[str]:
     from ddc.store import load_metrics
 
     runs = load_table(run_dir, "runs")
+    summaries = load_table(run_dir, "summary")
     metrics = load_metrics(run_paths(run_dir, runs))
     written = []
     for experiment, group in runs.groupby("sweep", sort=True):
         name = experiment.removeprefix("02-")
-        ax = figures.method_comparison(group, value="test_acc", method_col="tag", rng=0)
-        ax.set_title(f"{name}: test accuracy at the best-validation epoch")
+        title = experiment_title(name)
+        order = [m for m in BASELINE_METHODS if m in set(group.tag)] + sorted(set(group.tag) - set(BASELINE_METHODS))
+        summary = summaries[summaries.experiment.isin([experiment, name])]
+        ax = figures.method_comparison(summary if len(summary) else group, value="test_acc", method_col="tag", order=order,
+                                       points=group if len(summary) else None)
+        ax.set_title(f"{title}: test accuracy at the best-validation epoch")
         written += save_fig(ax, run_dir, f"{name}-test_acc")
         group_metrics = metrics[metrics.run_id.isin(group.run_id)]
-        ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="val", hue="tag")
-        ax.set_title(f"{name}: validation accuracy (mean, 95% CI over seeds)")
-        written += save_fig(ax, run_dir, f"{name}-val_curves")
-        ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split="train", hue="tag")
-        ax.set_title(f"{name}: training accuracy (overfitting regime check)")
-        written += save_fig(ax, run_dir, f"{name}-train_curves")
+        for split, what in (("val", "validation accuracy"), ("train", "training accuracy (is the no-drop model overfitting?)")):
+            ax = figures.learning_curves(group_metrics, group[["run_id", "tag"]], metric="acc", split=split, hue="tag")
+            ax.set_title(f"{title}: {what}")
+            written += save_fig(ax, run_dir, f"{name}-{'val' if split == 'val' else 'train'}_curves")
         plt.close("all")
     if (Path(run_dir) / "results" / "ranks_across_experiments.parquet").exists():
         # Demšar (2006): methods ranked within each experiment (dataset x model), ranks averaged over experiments
@@ -569,6 +615,12 @@ def cell_label(frame, axes: Sequence[str]):
     return frame[list(axes)].astype(str).apply(lambda row: ", ".join(f"{a}={v}" for a, v in zip(axes, row)), axis=1)
 
 
+def cell_values(label: str, axes: Sequence[str]) -> dict:
+    """The inverse of :func:`cell_label` for one label: ``{axis: level as text}`` (empty when it names other axes)."""
+    values = dict(part.split("=", 1) for part in str(label).split(", ") if "=" in part)
+    return values if set(axes) <= set(values) else {}
+
+
 def figures_03_ablation(run_dir) -> List[str]:
     import matplotlib.pyplot as plt
     from analysis import figures
@@ -576,20 +628,25 @@ def figures_03_ablation(run_dir) -> List[str]:
     settings = load_json(run_dir, "settings")
     runs = load_table(run_dir, "runs")
     axes = settings["axes"]
+    where = experiment_title(settings["experiment"])
+    reference = str(settings.get("reference", ""))
     written = []
     if len(axes) == 2:
-        # each cell gets the Holm p of its (merged) setting against the reference
+        # each cell gets the Holm p of its (merged) setting against the reference, and its own runs for its interval
         verdicts = load_table(run_dir, "verdicts").set_index("cell")
         degenerate = load_table(run_dir, "degenerate").set_index("cell")
-        cells = runs.assign(cell=cell_label(runs, axes)).groupby(axes + ["cell"], as_index=False).test_acc.mean()
+        cells = runs.assign(cell=cell_label(runs, axes))
         cells["pvalue"] = cells.cell.map(degenerate.merged_label).map(verdicts.p_holm)
-        ax = figures.ablation_heatmap(cells, x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue")
-        ax.set_title(f"{settings['factor']}: mean test accuracy (* Holm paired-t p < 0.05 vs {settings['reference']})")
+        ax = figures.ablation_heatmap(cells, x=axes[0], y=axes[1], value="test_acc", pvalues="pvalue",
+                                      default=cell_values(reference.split(" ≡ ")[0], axes),
+                                      default_name="default" if settings.get("reference_because") == "the paper default" else "reference")
+        ax.set_title(f"Ablation of {settings['factor']} on {where}: mean test accuracy per setting "
+                     f"(* Holm paired t p < 0.05 against {reference})")
         written += save_fig(ax, run_dir, "heatmap")
     runs = runs.assign(cell=cell_label(runs, axes))
-    ax = figures.method_comparison(runs, value="test_acc", method_col="cell", rng=0)
-    ax.set_title(f"{settings['factor']}: test accuracy per setting (mean, 95% CI)")
-    ax.tick_params(axis="x", labelrotation=60)
+    summary = load_table(run_dir, "summary")
+    ax = figures.method_comparison(summary, value="test_acc", method_col="cell", points=runs)
+    ax.set_title(f"Ablation of {settings['factor']} on {where}: test accuracy per setting")
     written += save_fig(ax, run_dir, "settings")
     plt.close("all")
     return written

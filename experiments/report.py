@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import List, Sequence
 
 GROUP = ("dataset", "model")
+#: more labels than this get their learning curves as small multiples, not as lines on one axes
+MAX_CURVES = 8
 #: config fields that say *which* method a run is, or which repetition; all
 #: other fields define the experimental setting that runs are grouped by
 METHOD_FIELDS = ("method", "method_options", "layers", "seed", "tag")
@@ -89,6 +91,33 @@ def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamp
     return summary, tests, None
 
 
+def _group_figures(group, summary, metrics, *, value: str, title: str, stem: Path):
+    """The figures of one group: ``value`` per label (point and interval), and the validation
+    accuracy curves (small multiples when there are more labels than one axes can tell apart).
+    Yields ``(path, alt text)``."""
+    import matplotlib.pyplot as plt
+    from analysis import figures
+
+    ax = figures.method_comparison(summary, value=value, method_col="label", points=group)
+    ax.set_title(f"{title}: {figures.axis_label(value)}")
+    for path in figures.save_figure(ax, Path(f"{stem}-{value}"), formats=("png",)):
+        yield path, f"{title}: {value}"
+    plt.close(ax.figure)
+    group_metrics = metrics[metrics.run_id.isin(group.run_id)]
+    if group_metrics.empty or "acc" not in set(group_metrics.metric):
+        return
+    if group.label.nunique() > MAX_CURVES:
+        fig = figures.learning_curve_grid(group_metrics, group[["run_id", "label"]], metric="acc", split="val", hue="label")
+        fig.suptitle(f"{title}: {fig.get_suptitle()}", fontsize="medium")
+    else:
+        ax = figures.learning_curves(group_metrics, group[["run_id", "label"]], metric="acc", split="val", hue="label")
+        ax.set_title(f"{title}: validation accuracy")
+        fig = ax.figure
+    for path in figures.save_figure(fig, Path(f"{stem}-val-acc"), formats=("png",)):
+        yield path, f"{title}: validation accuracy"
+    plt.close(fig)
+
+
 def build_report(
     paths,
     out_dir,
@@ -104,10 +133,8 @@ def build_report(
     ``log`` (e.g. ``print``) is told what is being done, one line per group.
     """
     say = log or (lambda _: None)
-    import matplotlib.pyplot as plt
-    from analysis import figures
-
     from ddc.store import load_metrics, load_runs
+    from experiments.paper import experiment_title
 
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
@@ -140,18 +167,9 @@ def build_report(
                       f"family and the settings of one method another, Holm within each; `mde`: the difference detectable "
                       f"with 80% power at this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
         means_by_group.append(group.groupby("label", as_index=False)[value].mean().assign(task=name))
-        ax = figures.method_comparison(group, value=value, method_col="label", rng=0)
-        ax.set_title(name)
-        for path in figures.save_figure(ax, figure_dir / f"{name}-{value}", formats=("png",)):
-            lines += [f"![{name}]({Path(path).relative_to(out_dir)})", ""]
-        plt.close(ax.figure)
-        group_metrics = metrics[metrics.run_id.isin(group.run_id)]
-        if not group_metrics.empty and "acc" in set(group_metrics.metric):
-            ax = figures.learning_curves(group_metrics, group[["run_id", "label"]], metric="acc", split="val", hue="label")
-            ax.set_title(f"{name}: validation accuracy")
-            for path in figures.save_figure(ax, figure_dir / f"{name}-val-acc", formats=("png",)):
-                lines += [f"![{name} learning curves]({Path(path).relative_to(out_dir)})", ""]
-            plt.close(ax.figure)
+        heading = f"{experiment_title(f'{dataset}-{model}')}" + (f" ({differs})" if differs else "")
+        for path, alt in _group_figures(group, summary, metrics, value=value, title=heading, stem=figure_dir / name):
+            lines += [f"![{alt}]({Path(path).relative_to(out_dir)})", ""]
     if len(means_by_group) >= 2:
         import pandas as pd
 

@@ -81,11 +81,22 @@ def _assert_saved(ax, tmp_path, name):
         assert p.exists() and p.stat().st_size > 0
 
 
+def _means(ax):
+    """x of the mean markers of a point-and-interval plot (one-point lines), top to bottom."""
+    return [float(line.get_xdata()[0]) for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() not in ("|", "_")]
+
+
 def test_learning_curves(metrics, runs, tmp_path):
     ax = F.learning_curves(metrics, runs, metric="acc", split="val")
-    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val acc"
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "validation accuracy"
     assert len(ax.get_lines()) >= len(METHODS)
     assert len(ax.collections) >= len(METHODS)  # one CI band per method
+    legend = ax.get_legend()
+    assert "95% bootstrap CI" in legend.get_title().get_text() and "6 runs each" in legend.get_title().get_text()
+    # each method in its own colour, the same in every figure
+    colours = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert colours == {F.METHOD_STYLES[m].name: F.METHOD_STYLES[m].color for m in METHODS}
+    assert F.layout_problems(ax.figure) == []
     _assert_saved(ax, tmp_path, "learning_curves")
     with pytest.raises(ValueError, match="split='test'"):
         F.learning_curves(metrics, runs, split="test")
@@ -93,35 +104,74 @@ def test_learning_curves(metrics, runs, tmp_path):
         F.learning_curves(metrics, None)
 
 
+def test_learning_curve_grid_has_a_panel_per_label(metrics, runs):
+    many = runs.assign(setting=[f"setting {i % 11}" for i in range(len(runs))])
+    fig = F.learning_curve_grid(metrics, many, metric="acc", split="train", hue="setting", columns=4)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 11 and {ax.get_title() for ax in shown} == {f"setting {i}" for i in range(11)}
+    assert F.layout_problems(fig) == []
+
+
 def test_method_comparison(runs, tmp_path):
     ax = F.method_comparison(runs, value="test_acc", rng=0)
-    assert ax.get_xlabel() == "method" and ax.get_ylabel() == "test_acc"
-    assert [t.get_text() for t in ax.get_xticklabels()] == sorted(METHODS)
+    # labels on the y axis with their n; the x label says what the bars are
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{F.METHOD_STYLES[m].name}  (n = 6)" for m in ["dropout", "dropconnect", "ddc"]]
+    assert ax.get_xlabel().startswith("test accuracy") and "95% CI (t interval), n = 6 seeds" in ax.get_xlabel()
     # from a summarize() frame: same points as the stats module
     summ = S.summarize(runs, value="test_acc", by="method", rng=0)
+    summ = summ.set_index("method").loc[["dropout", "dropconnect", "ddc"]].reset_index()  # the figures' method order
+    assert np.allclose(_means(ax), summ["mean"])
     _, ax2 = plt.subplots()
     F.method_comparison(summ, ax=ax2)
-    y1 = ax.containers[0].lines[0].get_ydata()
-    y2 = ax2.containers[0].lines[0].get_ydata()
-    assert np.allclose(y1, summ["mean"]) and np.allclose(y1, y2)
+    assert np.allclose(_means(ax2), summ["mean"])
+    bars = [c for c in ax.containers]
+    assert len(bars) == len(METHODS)
+    for bar, row in zip(bars, summ.itertuples()):
+        segment = bar.lines[2][0].get_segments()[0]
+        assert np.allclose(sorted(segment[:, 0]), [row.ci_low, row.ci_high])
+    assert F.layout_problems(ax.figure) == []
     _assert_saved(ax, tmp_path, "method_comparison")
-    # t intervals need no randomness: a runs table alone gives the same error bars
-    _, ax3 = plt.subplots()
-    F.method_comparison(runs, value="test_acc", ax=ax3)
-    assert np.allclose(ax3.containers[0].lines[0].get_ydata(), y1)
-    assert "95% t CI" in ax3.get_title()
+
+
+def test_method_comparison_says_when_a_label_has_one_run(runs):
+    one = pd.concat([runs, pd.DataFrame([{"method": "standout", "seed": 0, "test_acc": 0.8}])], ignore_index=True)
+    ax = F.method_comparison(one, value="test_acc")
+    assert "Standout  (n = 1, no interval)" in [t.get_text() for t in ax.get_yticklabels()]
+    assert len(ax.containers) == len(METHODS)  # no bar for n = 1
+    assert "n = 1-6 seeds" in ax.get_xlabel()
+
+
+def test_one_style_per_method_everywhere():
+    assert F.method_of("mc:ddc") == "ddc" and F.method_of("ddc@head") == "ddc" and F.method_of("det:none") == "none"
+    assert F.method_of("normalize=none, scope=layer") is None  # an option's value is not a method
+    assert F.method_of("ddc (normalize=none)") == "ddc"
+    look = F.styles(["ddc@head", "ddc@all_conv", "dropconnect@head", "setting a", "setting b"])
+    assert look["ddc@head"]["color"] == look["ddc@all_conv"]["color"] == F.METHOD_STYLES["ddc"].color
+    assert look["ddc@head"]["linestyle"] != look["ddc@all_conv"]["linestyle"]
+    assert look["setting a"]["color"] != look["setting b"]["color"]
+    assert look["setting a"]["color"] not in {s.color for s in F.METHOD_STYLES.values()}
+    assert F.styles(["setting a"])["setting a"] == F.styles(["setting a", "x"])["setting a"]  # the text picks it
+    assert len({s.color for s in F.METHOD_STYLES.values()}) == len(F.METHOD_STYLES)
+
+
+def test_axis_labels_are_words():
+    assert F.axis_label("test_acc") == "test accuracy (at the best-validation epoch)"
+    assert F.axis_label("acc", "val") == "validation accuracy" and F.axis_label("loss", "train") == "training loss"
+    assert F.axis_label("some_column") == "some column"
 
 
 def test_drop_rate_dynamics(records, tmp_path):
     ax = F.drop_rate_dynamics(records)
-    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "drop rate"
+    assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "drop rate (fraction of edges)"
     assert len(ax.get_lines()) == 2 * len(METHODS) * len(LAYERS)
     _, ax1 = plt.subplots()
     F.drop_rate_dynamics(records, layer="fc1", ax=ax1)
     assert len(ax1.get_lines()) == 2 * len(METHODS)
+    assert {line.get_color() for line in ax1.get_lines()} == {F.METHOD_STYLES[m].color for m in METHODS}
     # without a method column: per layer only; the runs table can supply it
     bare = records.drop(columns="method")
     assert len(F.drop_rate_dynamics(bare).get_lines()) == 2 * len(LAYERS)
+    assert F.layout_problems(ax.figure) == []
     _assert_saved(ax, tmp_path, "drop_rate_dynamics")
     with pytest.raises(ValueError, match="layer"):
         F.drop_rate_dynamics(records, layer="nope")
@@ -129,7 +179,7 @@ def test_drop_rate_dynamics(records, tmp_path):
 
 def test_drop_prob_heatmap(records, tmp_path):
     ax = F.drop_prob_heatmap(records, layer="fc2")
-    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "quantile"
+    assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "quantile over the layer's edges"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["q10", "q50", "q90"]
     assert sum(isinstance(c, QuadMesh) for c in ax.collections) == 1
     _assert_saved(ax, tmp_path, "drop_prob_heatmap")
@@ -139,7 +189,8 @@ def test_drop_prob_heatmap(records, tmp_path):
 
 def test_mask_overlap(records, tmp_path):
     ax = F.mask_overlap(records)
-    assert ax.get_xlabel() == "step" and "Jaccard" in ax.get_ylabel()
+    assert ax.get_xlabel() == "training step" and "Jaccard" in ax.get_ylabel()
+    assert F.layout_problems(ax.figure) == []
     assert len(ax.get_lines()) == len(METHODS) * len(LAYERS)
     _assert_saved(ax, tmp_path, "mask_overlap")
 
@@ -149,9 +200,9 @@ def test_grad_vs_drop(tmp_path):
     g = np.abs(rng.normal(size=(64, 32)))
     p = 1 / (1 + np.exp(3 * np.log(g)))
     ax = F.grad_vs_drop(g, p)
-    assert ax.get_xlabel() == "|gradient|" and ax.get_ylabel() == "drop probability"
+    assert ax.get_xlabel().startswith("|gradient| (log scale)\nSpearman ρ = ") and ax.get_ylabel() == "drop probability"
     assert len(ax.collections) == 1
-    assert any("Spearman" in t.get_text() for t in ax.texts)
+    assert "over 2048 edges" in ax.get_xlabel()
     _, ax2 = plt.subplots()
     F.grad_vs_drop(g, p, kind="scatter", ax=ax2)
     assert ax2.get_xscale() == "log"
@@ -163,11 +214,21 @@ def test_grad_vs_drop(tmp_path):
 def test_ablation_heatmap(runs, tmp_path):
     cells = runs[["method", "p_base"]].drop_duplicates()
     pv = cells.assign(pvalue=np.where(cells["method"] == "ddc", 0.01, 0.5))
-    ax = F.ablation_heatmap(runs, x="p_base", y="method", value="test_acc", pvalues=pv)
-    assert ax.get_xlabel() == "p_base" and ax.get_ylabel() == "method"
-    texts = [t.get_text() for t in ax.texts]
+    ax = F.ablation_heatmap(runs, x="p_base", y="method", value="test_acc", pvalues=pv, default={"p_base": 0.3, "method": "ddc"})
+    assert ax.get_xlabel().startswith("p_base\ncells: mean ± half-width of the 95% CI, n = 3 runs each")
+    assert ax.get_ylabel() == "method"
+    texts = [t.get_text() for t in ax.texts if t.get_text() != "default"]
     assert len(texts) == len(cells)
-    assert sum(t.endswith("*") for t in texts) == 2  # the two ddc cells
+    assert sum("*" in t for t in texts) == 2  # the two ddc cells
+    # each cell: its mean and the half-width of its interval, as the stats module gives them
+    summary = S.summarize(runs, value="test_acc", by=["method", "p_base"]).set_index(["method", "p_base"])
+    row = summary.loc[("dropout", 0.1)]
+    assert f"{row['mean']:.3f}\n±{(row.ci_high - row.ci_low) / 2:.3f}" in texts
+    # the default cell is outlined and labelled
+    outlined = [p for p in ax.patches if p.get_linewidth() >= 3]
+    assert len(outlined) == 1 and outlined[0].get_xy() == (1, 0) and "default" in [t.get_text() for t in ax.texts]
+    F.save_figure(ax, tmp_path / "heat", formats=("png",))  # wraps labels longer than their axes
+    assert F.layout_problems(ax.figure) == []
     # column form
     merged = runs.merge(pv, on=["method", "p_base"])
     _, ax2 = plt.subplots()
@@ -184,7 +245,7 @@ def test_critical_difference_diagram(runs, tmp_path):
     assert len(ax.get_lines()) >= len(ranks) + len(cliques) + 1
     assert any(t.get_text().startswith("CD = ") for t in ax.texts)
     labels = " ".join(t.get_text() for t in ax.texts)
-    assert all(m in labels for m in METHODS)
+    assert all(F.display_name(m) in labels for m in METHODS)
     _assert_saved(ax, tmp_path, "cd_diagram")
 
 
@@ -203,7 +264,8 @@ def test_synthetic_contours(tmp_path):
                 w = w - rate * 2 * cov @ d
     traj = pd.DataFrame(rows)
     ax = F.synthetic_contours(traj, true_w=w_star, cov=cov)
-    assert ax.get_xlabel() == "w1" and ax.get_ylabel() == "w2"
+    assert ax.get_xlabel() == "weight w1" and ax.get_ylabel() == "weight w2"
+    assert F.layout_problems(ax.figure) == []
     assert len(ax.get_lines()) == 2
     _assert_saved(ax, tmp_path, "synthetic")
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
-from experiments import paper
+from ddc.cli import main
 from ddc.notebooks import check_parameters, discover, run_notebooks
+from experiments import paper
 
 NOTEBOOKS = discover()
 COMMON = {"profile", "run_dir"}
@@ -206,10 +208,42 @@ def test_figures_regenerate_without_training(smoke_outputs, tmp_path):
     base, _ = smoke_outputs
     copy = tmp_path / "smoke"
     shutil.copytree(base, copy)
+    before = {p.relative_to(copy) for p in copy.glob("*/figures/*.png")}
     for figures in copy.glob("*/figures"):
         shutil.rmtree(figures)
+    (copy / "05_report" / "report.html").unlink()
     runs_before = sorted(p.name for p in (copy / "runs").iterdir())
     written = paper.regenerate_figures(copy, log=lambda *_: None)
     assert written and all(Path(p).stat().st_size > 0 for p in written)
-    assert (copy / "01_synthetic_regression" / "figures" / "contours_trajectories.png").exists()
+    # every figure, 05's included, and the HTML page are back; nothing was trained
+    assert {p.relative_to(copy) for p in copy.glob("*/figures/*.png")} == before
+    assert any(p.parts[0] == "05_report" for p in before) and (copy / "05_report" / "report.html").exists()
     assert sorted(p.name for p in (copy / "runs").iterdir()) == runs_before
+    # the index keeps its timing table when `ddc figures` rewrites it
+    result = CliRunner().invoke(main, ["figures", "--output", str(tmp_path), "--profile", "smoke", "-q"])
+    assert result.exit_code == 0, result.output
+    index = (copy / "INDEX.md").read_text()
+    assert "| notebook | time | finished |" in index and "| 02_baselines |" in index and "05_report/report.html" in index
+
+
+def test_every_figure_reads(smoke_outputs, tmp_path):
+    """Tick labels apart and inside the figure, legends off the data: every figure of 01-05 at smoke."""
+    from notebook_checks import unreadable_figures
+
+    base, _ = smoke_outputs
+    copy = tmp_path / "smoke"
+    shutil.copytree(base, copy)
+    functions = paper.figure_functions()
+    problems = {}
+    for folder in sorted(p for p in copy.iterdir() if p.is_dir() and p.name[:2] in PAPER):
+        found = unreadable_figures(folder, functions[folder.name.split("-")[0]])
+        problems.update({f"{folder.name}/{name}": p for name, p in found.items()})
+    assert problems == {}
+
+
+def test_executed_notebooks_are_clean(smoke_outputs):
+    """No warnings (stderr) and no stray values (execute_result) in the executed notebooks: every output is meant."""
+    from notebook_checks import stray_outputs
+
+    _, executed = smoke_outputs
+    assert {e.notebook: stray_outputs(e.output) for e in executed if stray_outputs(e.output)} == {}

@@ -306,3 +306,15 @@ def test_role_contrast_for_both_families():
         assert out.loc[experiment, "mean_diff"] == pytest.approx((per_seed[role] - per_seed[baseline]).mean())
         assert (out.loc[experiment, "role"], out.loc[experiment, "baseline"]) == (role, baseline)
     assert arch.role_contrast(frame[frame.placement == "fc"]).empty
+
+
+def test_every_figure_reads(run_dir):
+    from notebook_checks import unreadable_figures
+
+    assert unreadable_figures(run_dir, arch.figures) == {}
+
+
+def test_executed_notebook_is_clean(run_dir):
+    from notebook_checks import stray_outputs
+
+    assert stray_outputs(run_dir / "06_oq_architectures.ipynb") == []

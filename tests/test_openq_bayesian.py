@@ -175,3 +175,15 @@ def test_train_specs_lay_overrides_over_the_recipe():
     configs = load_spec(spec).expand()
     assert len(configs) == len(B.TRAIN_METHODS)
     assert all(c.classes == [0, 1, 2] and c.epochs == 1 and c.train_subset == 256 for c in configs)
+
+
+def test_every_figure_reads(run_dir):
+    from notebook_checks import unreadable_figures
+
+    assert unreadable_figures(run_dir, B.figures) == {}
+
+
+def test_executed_notebook_is_clean(run_dir):
+    from notebook_checks import stray_outputs
+
+    assert stray_outputs(run_dir / "08_oq_bayesian.ipynb") == []

@@ -393,3 +393,21 @@ def test_notebook_with_several_layers(multi_layer_run_dir):
     summary = paper.load_table(run_dir, "mapping_shape_summary").set_index(["metric", "method"])
     assert summary.loc[("rho_z_grad", "ddc"), "n"] == 2  # pooled over layers: one row per run
     assert {p.name for p in (run_dir / "figures").glob("*.png")} == {"test_acc.png", "training.png", "mapping.png", "edges.png"}
+
+
+def test_every_figure_reads(run_dir):
+    from notebook_checks import unreadable_figures
+
+    assert unreadable_figures(run_dir, L.figures) == {}
+
+
+def test_every_figure_of_several_layers_reads(multi_layer_run_dir):
+    from notebook_checks import unreadable_figures
+
+    assert unreadable_figures(multi_layer_run_dir, L.figures) == {}
+
+
+def test_executed_notebook_is_clean(run_dir):
+    from notebook_checks import stray_outputs
+
+    assert stray_outputs(run_dir / "07_oq_learned_mapping.ipynb") == []

@@ -249,3 +249,15 @@ def test_validation_chooses_in_equivalence_and_transfer():
     assert table.regret_a_in_b == pytest.approx(means["e1-simplecnn1", best["e1-simplecnn1"]] - means["e1-simplecnn1", best["e1-mlp"]])
     assert table.regret_b_in_a == pytest.approx(means["e1-mlp", best["e1-mlp"]] - means["e1-mlp", best["e1-simplecnn1"]])
     assert table.regret_b_in_a < 0  # validation's choice is not the test-best one here
+
+
+def test_every_figure_reads(run_dir):
+    from notebook_checks import unreadable_figures
+
+    assert unreadable_figures(run_dir, rob.figures) == {}
+
+
+def test_executed_notebook_is_clean(run_dir):
+    from notebook_checks import stray_outputs
+
+    assert stray_outputs(run_dir / "09_oq_robustness.ipynb") == []

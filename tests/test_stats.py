@@ -430,7 +430,7 @@ def test_mixed_model_matches_statsmodels():
         warnings.simplefilter("ignore")
         out = S.mixed_model(df, value="test_acc", factors=["method"], group="seed")
         ref = smf.mixedlm("test_acc ~ C(method)", df, groups=df["seed"]).fit(reml=True)
-    assert list(out.columns) == ["term", "estimate", "std_err", "t", "df", "pvalue", "ci_low", "ci_high", "df_method"]
+    assert list(out.columns) == ["term", "estimate", "std_err", "t", "df", "pvalue", "ci_low", "ci_high", "df_method", "note"]
     assert out["term"].iloc[-1] == "group_var"
     assert "method[T.none]" in set(out["term"])
     fe = out.iloc[:-1]
@@ -629,3 +629,21 @@ def test_variance_by_source_intervals_and_shares():
     assert 0.93 <= np.mean((table.variance_low <= 4.0) & (4.0 <= table.variance_high)) <= 0.97
     with pytest.raises(ValueError, match="all"):
         S.variance_by_source(df[df.source != "all"], value="acc")
+
+
+def test_mixed_model_reports_a_group_variance_on_the_boundary_in_its_table():
+    import warnings
+
+    def runs(shrink, seed):
+        noise = np.random.default_rng(seed).normal(0, 0.01, size=(2, 5))
+        noise -= shrink * noise.mean(axis=0, keepdims=True)  # shrink: seeds' means pulled together
+        return pd.DataFrame([{"a": a, "seed": s, "v": (0.1 if a == "x" else 0.2) + noise[i, s]} for i, a in enumerate("xy")
+                             for s in range(5)])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning escapes: statsmodels' boundary warning and its settled retries
+        flat = S.mixed_model(runs(0.5, 0), value="v", factors=["a"], group="seed").set_index("term")
+        # statsmodels warns here too (a variance below 0.01), though the seeds carry a third of the variance
+        spread = S.mixed_model(runs(0.0, 0), value="v", factors=["a"], group="seed").set_index("term")
+    assert "boundary" in flat.loc["group_var", "note"] and (flat.drop("group_var").note == "").all()
+    assert spread.loc["group_var", "note"] == "" and spread.loc["group_var", "estimate"] > 0.2 * 0.0001

@@ -716,36 +716,34 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None,
 def figures(run_dir) -> List[str]:
     """Every figure of notebook 06, from its stored tables."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
     from analysis import figures as afig
 
     runs = paper.load_table(run_dir, "runs")
     written = []
     for experiment, group in runs.groupby("experiment", sort=True):
+        title = paper.experiment_title(experiment)
         order = ["none"] + [label(m, p) for p in PLACEMENTS for m in METHOD_ORDER[1:] if label(m, p) in set(group.variant)]
-        ax = afig.method_comparison(group, value="test_acc", method_col="variant", rng=0, order=order)
-        ax.tick_params(axis="x", labelrotation=60)
-        ax.set_title(f"{experiment}: test accuracy (mean, 95% CI over seeds)")
+        ax = afig.method_comparison(group, value="test_acc", method_col="variant", order=order)
+        ax.set_title(f"{title}: test accuracy per method and placement (method@layers)")
         written += paper.save_fig(ax, run_dir, f"{experiment}-test_acc")
 
     dynamics = paper.load_table(run_dir, "drop_dynamics")
     dynamics = dynamics[dynamics.metric == "drop_prob_mean"]
     for experiment, group in dynamics.groupby("experiment", sort=True):
         per_step = group.groupby(["variant", "seed", "step"], as_index=False).value.mean()
-        ax = sns.lineplot(data=per_step, x="step", y="value", hue="variant", errorbar=("ci", 95), seed=0)
-        ax.set_ylabel("expected drop rate (mean over the placement's layers)")
-        ax.set_title(f"{experiment}: drop rate over training")
+        ax = afig.mean_curves(per_step, x="step", y="value", hue="variant", unit="seed")
+        ax.set_ylabel("expected drop rate\n(mean over the placement's layers)")
+        ax.set_title(f"{paper.experiment_title(experiment)}: drop rate over training")
         written += paper.save_fig(ax, run_dir, f"{experiment}-drop_dynamics")
 
     layers = paper.load_table(run_dir, "layer_drop_summary")
     layers = layers[layers.method == "ddc"]
     for experiment, group in layers.groupby("experiment", sort=True):
-        fig, ax = plt.subplots(figsize=(8, 4))
-        sns.lineplot(data=group, x="layer_index", y="drop_rate", hue="placement", style="placement", markers=True,
-                     errorbar=("ci", 95), seed=0, ax=ax)
+        ax = afig.mean_curves(group.assign(placement="ddc@" + group.placement), x="layer_index", y="drop_rate", hue="placement",
+                              unit="seed")
         ax.set_xlabel("layer depth index (model order)")
         ax.set_ylabel("DDC mean expected drop rate")
-        ax.set_title(f"{experiment}: DDC drop rate per layer")
+        ax.set_title(f"{paper.experiment_title(experiment)}: DDC's drop rate per layer, by placement")
         written += paper.save_fig(ax, run_dir, f"{experiment}-layer_drop_rates")
 
     bn = paper.load_table(run_dir, "bn_stats")
@@ -753,31 +751,31 @@ def figures(run_dir) -> List[str]:
         shown = group[group.placement.isna() | (group.placement == "all_conv")]
         if shown.empty:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4))
-        sns.lineplot(data=shown, x="bn_index", y="eval_over_train", hue="variant", errorbar=("ci", 95), seed=0, ax=ax)
+        ax = afig.mean_curves(shown, x="bn_index", y="eval_over_train", hue="variant", unit="seed")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("BatchNorm layer (model order)")
         ax.set_ylabel("BN input variance, eval / train mode")
-        ax.set_title(f"{experiment}: variance shift at every BN layer (all-conv placement vs none)")
+        ax.set_title(f"{paper.experiment_title(experiment)}: variance shift at every BN layer (all-conv placement vs none)")
         written += paper.save_fig(ax, run_dir, f"{experiment}-bn_variance_shift")
 
     skip = paper.load_table(run_dir, "skip_stats")
     for experiment, group in skip.groupby("experiment", sort=True):
-        long = group.melt(id_vars=["variant", "seed", "block_index"], value_vars=["ratio_train", "ratio_eval"], var_name="mode", value_name="ratio")
-        long["mode"] = long["mode"].str.removeprefix("ratio_")
-        fig, ax = plt.subplots(figsize=(8, 4))
-        sns.lineplot(data=long, x="block_index", y="ratio", hue="variant", style="mode", errorbar=None, ax=ax)
-        ax.set_xlabel("residual branch (model order; ViT: attention and MLP branches alternate)")
-        ax.set_ylabel("std(residual branch) / std(shortcut)")
-        ax.set_title(f"{experiment}: branch vs skip, train (solid) and eval (dashed)")
-        ax.legend(fontsize="x-small", ncol=2)
-        written += paper.save_fig(ax, run_dir, f"{experiment}-skip_ratio")
+        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), sharey=True, layout="constrained")
+        for ax, mode in zip(axes, ("train", "eval")):
+            afig.mean_curves(group, x="block_index", y=f"ratio_{mode}", hue="variant", unit="seed", ax=ax)
+            ax.set_xlabel("residual branch (model order; ViT: attention and MLP branches alternate)")
+            ax.set_ylabel("std(residual branch) / std(shortcut)")
+            ax.set_title(f"{mode} mode")
+            if mode == "train":
+                ax.get_legend().remove()
+        fig.suptitle(f"{paper.experiment_title(experiment)}: the residual branch against the skip connection")
+        written += paper.save_fig(fig, run_dir, f"{experiment}-skip_ratio")
     tests = paper.load_table(run_dir, "verdicts")
     tests = tests[tests.method == "ddc"]
     if len(tests):
         rows = [(e, pl) for e in sorted(tests.experiment.unique()) for pl in PLACEMENTS if ((tests.experiment == e) & (tests.placement == pl)).any()]
         baselines = [b for b in METHOD_ORDER if b in set(tests.baseline)]
-        fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+        ax = afig.new_axes(10.0, 0.55 * len(rows) + 2.2)
         for j, baseline in enumerate(baselines):
             mine = tests[tests.baseline == baseline].set_index(["experiment", "placement"])
             ys, xs, lo, hi = [], [], [], []
@@ -788,13 +786,16 @@ def figures(run_dir) -> List[str]:
                     xs.append(r.mean_diff)
                     lo.append(r.mean_diff - r.ci_low)
                     hi.append(r.ci_high - r.mean_diff)
-            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", capsize=3, label=f"DDC - {baseline}")
+            style = afig.method_style(baseline)
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt=style.marker, color=style.color, capsize=3, label=f"DDC minus {style.name}")
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")
-        ax.set_yticks(range(len(rows)), [f"{e} / {pl}" for e, pl in rows])
+        ax.set_yticks(range(len(rows)), [f"{paper.experiment_title(e)} / {pl}" for e, pl in rows])
         ax.invert_yaxis()
-        ax.set_xlabel("test accuracy difference, paired by seed (mean, 95% bootstrap CI)")
+        n = tests["n"]
+        ax.set_xlabel("test accuracy difference, paired by seed\n"
+                      f"mean and 95% CI, n = {n.min()}" + (f"-{n.max()}" if n.max() != n.min() else "") + " seeds")
         ax.set_title("DDC against no drop and the matched-rate baselines, every architecture and placement")
-        ax.legend(fontsize="small")
-        written += paper.save_fig(fig, run_dir, "ddc_contrasts")
+        afig.place_legend(ax)
+        written += paper.save_fig(ax, run_dir, "ddc_contrasts")
     plt.close("all")
     return written

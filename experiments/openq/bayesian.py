@@ -428,6 +428,14 @@ def posterior_grid(posterior, bins: int = 8):
 # ----------------------------------------------------------------------------- figures
 
 
+def _summary_n(scores, order):
+    """A summary-like frame (n per model) for the scores figure's interval label."""
+    import pandas as pd
+
+    n = scores.groupby("model").seed.nunique().reindex(order)
+    return pd.DataFrame({"model": order, "n": n.to_numpy(), "confidence_level": 0.95, "ci_method": "t"})
+
+
 def figures(run_dir) -> List[str]:
     """Rebuild every figure of the notebook from ``run_dir/results``."""
     import matplotlib.pyplot as plt
@@ -440,56 +448,64 @@ def figures(run_dir) -> List[str]:
     scores = load_table(run_dir, "scores")
     bins = load_table(run_dir, "reliability")
     order = sorted(scores.model.unique())
+    look = afig.styles(order)
 
-    fig, ax = plt.subplots(figsize=(6, 5))
+    ax = afig.new_axes(7.5, 5.0)
     pooled = bins.assign(conf_sum=bins.confidence.fillna(0) * bins["count"], acc_sum=bins.accuracy.fillna(0) * bins["count"])
     pooled = pooled.groupby(["model", "bin"], as_index=False)[["count", "conf_sum", "acc_sum"]].sum()
     pooled = pooled[pooled["count"] > 0]
     for name in order:
         part = pooled[pooled.model == name]
-        ax.plot(part.conf_sum / part["count"], part.acc_sum / part["count"], marker="o", ms=3,
-                ls="--" if name.startswith("det:") else "-", label=name)
-    ax.plot([0, 1], [0, 1], color="grey", lw=1)
-    ax.set_xlabel("confidence (bin mean)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Reliability diagram, pooled over seeds (det: eval mode, mc: MC average)")
-    ax.legend(fontsize=7)
+        ax.plot(part.conf_sum / part["count"], part.acc_sum / part["count"], marker=look[name]["marker"], ms=4,
+                color=look[name]["color"], ls="--" if name.startswith("det:") else "-", label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, label="perfect calibration")
+    ax.set_xlabel("confidence (mean in the bin)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(f"Reliability diagram, pooled over {scores.seed.nunique()} seeds")
+    afig.place_legend(ax, title="det: eval mode (dashed)\nmc: MC average (solid)")
     written += save_fig(ax, run_dir, "reliability")
 
     shown_metrics = [m for m in ("nll", "ece", "auroc_heldout", "auroc_noise", "auroc_rotation") if m in scores]
-    fig, axes = plt.subplots(1, len(shown_metrics), figsize=(4.5 * len(shown_metrics), 4.5))
-    for ax, metric in zip(axes, shown_metrics):
-        afig.method_comparison(scores, value=metric, method_col="model", rng=0, order=order, ax=ax)
-        ax.set_title(f"{metric}\n(mean, 95% CI over seeds)")
-        ax.tick_params(axis="x", labelrotation=60)
+    fig, axes = plt.subplots(1, len(shown_metrics), figsize=(3.4 * len(shown_metrics) + 1.6, 1.6 + 0.34 * len(order)),
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, metric in zip(axes[0], shown_metrics):
+        afig.method_comparison(scores, value=metric, method_col="model", order=order, ax=ax)
+        ax.set_xlabel(afig.axis_label(metric))
+    fig.suptitle(f"Scores per model: {afig.interval_label(_summary_n(scores, order))}; dots: single seeds", fontsize="medium")
     written += save_fig(fig, run_dir, "scores")
 
     kinds = ["clean"] + [k for k in OOD_KINDS if f"entropy_{k}" in scores]
     long = scores.melt(id_vars=["model", "seed"], value_vars=[f"entropy_{k}" for k in kinds], var_name="inputs", value_name="entropy")
     long["inputs"] = long["inputs"].str.removeprefix("entropy_")
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(order)), 4))
-    sns.barplot(long, x="model", y="entropy", hue="inputs", order=order, hue_order=kinds, errorbar=None, alpha=0.6, ax=ax)
-    sns.stripplot(long, x="model", y="entropy", hue="inputs", order=order, hue_order=kinds, dodge=True, palette="dark:black",
-                  size=3, legend=False, ax=ax)
-    ax.set_ylabel("mean predictive entropy (nats)")
-    ax.set_title("Predictive entropy by input: in-distribution test vs OOD (bars: mean over seeds; dots: seeds)")
-    ax.tick_params(axis="x", labelrotation=60)
-    written += save_fig(fig, run_dir, "entropy")
+    ax = afig.new_axes(7.5, 1.6 + 0.5 * len(order))
+    sns.barplot(long, y="model", x="entropy", hue="inputs", order=order, hue_order=kinds, errorbar=None, alpha=0.6, ax=ax,
+                orient="h")
+    sns.stripplot(long, y="model", x="entropy", hue="inputs", order=order, hue_order=kinds, dodge=True, palette="dark:black",
+                  size=3, legend=False, ax=ax, orient="h")
+    ax.set_xlabel("mean predictive entropy (nats)\nbars: mean over seeds; dots: single seeds")
+    ax.set_ylabel("")
+    ax.set_title("Predictive entropy by input: in-distribution test vs out of distribution")
+    afig.place_legend(ax, title="inputs")
+    written += save_fig(ax, run_dir, "entropy")
 
     posterior = load_table(run_dir, "posterior")
     if not posterior.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
         shown = posterior.sample(min(len(posterior), 20000), random_state=0)
         points = axes[0].scatter(shown.z_grad, shown.snr, c=shown.z_weight.clip(-2, 3), s=3, cmap="viridis", alpha=0.5)
         fig.colorbar(points, ax=axes[0], label="z(|w|) (clipped to [-2, 3])")
-        axes[0].axhline(1.0, color="red", ls="--", label="DropConnect p = 0.5: SNR 1")
+        axes[0].axhline(1.0, color=afig.METHOD_STYLES["dropconnect"].color, ls="--")
+        axes[0].annotate("DropConnect p = 0.5: SNR 1", xy=(1.0, 1.0), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                         textcoords="offset points", ha="right", va="bottom", fontsize="small",
+                         color=afig.METHOD_STYLES["dropconnect"].color)
         axes[0].set_xlabel("z(|g|) (DDC's normalised gradient magnitude)")
         axes[0].set_ylabel("implied SNR  |E w| / sd(w)  = sqrt((1-p)/p)")
         axes[0].set_title("DDC's implied per-edge signal-to-noise ratio")
-        axes[0].legend()
         grid = load_table(run_dir, "posterior_grid")
         table = grid.pivot(index="weight_bin", columns="grad_bin", values="snr").sort_index(ascending=False)
-        sns.heatmap(table, ax=axes[1], cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6})
+        sns.heatmap(table, ax=axes[1], cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6},
+                    cbar_kws={"label": "mean implied SNR"})
+        axes[1].tick_params(axis="y", labelrotation=0)
         axes[1].set_xlabel("|g| quantile bin (low -> high)")
         axes[1].set_ylabel("|w| quantile bin")
         axes[1].set_title("mean implied SNR by |g| and |w| bin")

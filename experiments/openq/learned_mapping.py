@@ -730,35 +730,46 @@ def figures(run_dir) -> List[str]:
     import seaborn as sns
     from analysis import figures as afig
 
+    from experiments.paper import experiment_title as paper_title
     from experiments.paper import load_json, load_table, save_fig
 
     written = []
     settings = load_json(run_dir, "settings")
     runs = load_table(run_dir, "runs")
-    ax = afig.method_comparison(runs, value="test_acc", method_col="method", rng=0)
-    ax.set_title(f"{settings['model']} on {settings['dataset']}: test accuracy (best-validation epoch)")
+    where = f"{paper_title(settings['dataset'] + '-' + settings['model'])}"
+    ax = afig.method_comparison(runs, value="test_acc", method_col="method")
+    ax.set_title(f"{where}: test accuracy at the best-validation epoch")
     written += save_fig(ax, run_dir, "test_acc")
 
     trajectory = load_table(run_dir, "trajectory")
     if "mean_drop" in trajectory:
-        fig, axes = plt.subplots(1, 3, figsize=(17, 4))
-        sns.lineplot(data=trajectory.dropna(subset=["mean_drop"]), x="step", y="mean_drop", hue="method", ax=axes[0], errorbar=None)
+        methods = sorted(trajectory.method.unique())
+        look = afig.styles(methods)
+        palette = {m: look[m]["color"] for m in methods}
+        fig, axes = plt.subplots(1, 3, figsize=(18, 4.6), layout="constrained")
+        sns.lineplot(data=trajectory.dropna(subset=["mean_drop"]), x="step", y="mean_drop", hue="method", hue_order=methods,
+                     palette=palette, ax=axes[0], errorbar=None)
+        axes[0].set_xlabel("training step")
         axes[0].set_ylabel("mean drop probability of the head" if settings.get("layers", "fc") == "fc"
                            else f"mean drop probability, {settings['layers']} (edge-weighted)")
-        axes[0].set_title("Matched drop budget: every masked method follows DDC's mean")
+        axes[0].set_title("Matched drop budget: every masked method follows DDC's mean (mean over seeds)")
+        afig.place_legend(axes[0], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
         if "meta_loss" in trajectory and trajectory.meta_loss.notna().any():
             meta = trajectory.dropna(subset=["meta_loss"])
             sns.lineplot(data=meta, x="step", y="meta_loss", hue="seed", ax=axes[1], palette="tab10")
+            axes[1].set_xlabel("training step")
             axes[1].set_ylabel("look-ahead held-out loss (log scale)")
             axes[1].set_yscale("log")  # early steps, with BatchNorm's running statistics still off, reach 1e3
-            axes[1].set_title("Mapping training (learned method)")
+            axes[1].set_title("Mapping training (learned method), one line per seed")
+            afig.place_legend(axes[1], title="seed", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=5)
         if "val_acc" in trajectory and trajectory.val_acc.notna().any():
             curve = trajectory.dropna(subset=["val_acc"]).melt(id_vars=["method", "seed", "epoch"], value_vars=["running_train_acc", "val_acc"],
                                                                 var_name="split", value_name="accuracy")
             curve["split"] = curve.split.map({"running_train_acc": "train (running, masks on)", "val_acc": "select half of validation"})
-            sns.lineplot(data=curve, x="epoch", y="accuracy", hue="method", style="split", ax=axes[2], errorbar=None)
+            sns.lineplot(data=curve, x="epoch", y="accuracy", hue="method", hue_order=methods, palette=palette, style="split",
+                         ax=axes[2], errorbar=None)
             axes[2].set_title("Learning curves (mean over seeds)")
-            axes[2].legend(fontsize=7)
+            afig.place_legend(axes[2], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
         written += save_fig(fig, run_dir, "training")
 
     grid = load_table(run_dir, "mapping_grid")
@@ -766,7 +777,7 @@ def figures(run_dir) -> List[str]:
     if several:
         written += save_fig(_mapping_by_layer(grid, settings), run_dir, "mapping")
     elif not grid.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
         mean_grid = grid.groupby(["z_weight", "z_grad"], as_index=False).p_learned.mean()
         table = mean_grid.pivot(index="z_weight", columns="z_grad", values="p_learned").sort_index(ascending=False)
         image = axes[0].imshow(table.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1,
@@ -786,7 +797,7 @@ def figures(run_dir) -> List[str]:
         axes[1].set_ylabel("drop probability")
         axes[1].set_ylim(0, 1)
         axes[1].set_title("Learned mapping vs DDC's fixed curve")
-        axes[1].legend(fontsize=7)
+        afig.place_legend(axes[1])
         written += save_fig(fig, run_dir, "mapping")
 
     edges = load_table(run_dir, "edges")
@@ -795,13 +806,15 @@ def figures(run_dir) -> List[str]:
         if not learned.empty and "layer" in learned and learned.layer.nunique() > 1:
             written += save_fig(_edges_by_layer(learned), run_dir, "edges")
         elif not learned.empty:
-            fig, ax = plt.subplots(figsize=(6, 4.5))
-            ax.scatter(learned.z_grad, learned.p_learned, s=4, alpha=0.4, label="learned (final edges, all seeds)")
-            ax.scatter(learned.z_grad, learned.p_ddc, s=4, alpha=0.4, label="DDC formula on the same edges")
+            ax = afig.new_axes(8.0, 4.5)
+            ax.scatter(learned.z_grad, learned.p_learned, s=4, alpha=0.4, color=afig.METHOD_STYLES["learned"].color,
+                       label="learned (final edges, all seeds)")
+            ax.scatter(learned.z_grad, learned.p_ddc, s=4, alpha=0.4, color=afig.METHOD_STYLES["ddc"].color,
+                       label="DDC formula on the same edges")
             ax.set_xlabel("z(|g|)")
             ax.set_ylabel("drop probability")
             ax.set_title("Per-edge drop probability at the end of training")
-            ax.legend(fontsize=7)
+            afig.place_legend(ax, markerscale=3)
             written += save_fig(ax, run_dir, "edges")
     plt.close("all")
     return written
@@ -817,6 +830,7 @@ def _layer_order(table):
 def _mapping_by_layer(grid, settings):
     """The learned mapping of every mapped layer: one heatmap per layer and the curves at z(|w|) ~ 0."""
     import matplotlib.pyplot as plt
+    from analysis import figures as afig
 
     layers = _layer_order(grid)
     columns = min(4, len(layers) + 1)
@@ -845,7 +859,7 @@ def _mapping_by_layer(grid, settings):
     curves.set_ylabel("drop probability")
     curves.set_ylim(0, 1)
     curves.set_title(f"Learned vs DDC, z(|w|) = {nearest:.2f}", fontsize=9)
-    curves.legend(fontsize=6)
+    afig.place_legend(curves, fontsize="x-small")
     for ax in axes[len(layers) + 1 :]:
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes[: len(layers)]), label="learned drop probability (mean over seeds)", shrink=0.6, location="left")
@@ -856,9 +870,10 @@ def _mapping_by_layer(grid, settings):
 def _edges_by_layer(learned, per_layer: int = 2000):
     """Final per-edge probabilities, learned (colour: layer) against DDC's formula; a seeded sample per layer."""
     import matplotlib.pyplot as plt
+    from analysis import figures as afig
 
     layers = _layer_order(learned)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
     sample = _sample_edges(learned, per_layer)
     colours = plt.get_cmap("viridis")(np.linspace(0, 1, len(layers)))
     ax.scatter(sample.z_grad, sample.p_ddc, s=3, alpha=0.3, color="black", label="DDC formula on the same edges")
@@ -868,7 +883,7 @@ def _edges_by_layer(learned, per_layer: int = 2000):
     ax.set_xlabel("z(|g|)")
     ax.set_ylabel("drop probability")
     ax.set_title(f"Per-edge drop probability at the end of training (at most {per_layer} edges per layer and seed)")
-    ax.legend(fontsize=6, markerscale=3)
+    afig.place_legend(ax, markerscale=3, fontsize="x-small")
     return fig
 
 

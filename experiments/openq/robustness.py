@@ -461,6 +461,7 @@ def figures(run_dir) -> List[str]:
     import matplotlib.pyplot as plt
     import numpy as np
     import seaborn as sns
+    from analysis import figures as afig
 
     runs = paper.load_table(run_dir, "runs")
     settings = paper.load_json(run_dir, "settings")
@@ -470,51 +471,70 @@ def figures(run_dir) -> List[str]:
     oat = runs[runs.oat_factor.notna()]
     if len(oat):
         experiments = sorted(oat.experiment.unique())
-        fig, axes = plt.subplots(1, len(FACTORS), figsize=(4 * len(FACTORS), 3.6), squeeze=False)
+        look = afig.styles([paper.experiment_title(e) for e in experiments])
+        fig, axes = plt.subplots(1, len(FACTORS), figsize=(3.6 * len(FACTORS) + 2.6, 3.8), squeeze=False, sharey=True,
+                                 layout="constrained")
         for ax, factor in zip(axes[0], FACTORS):
-            part = oat[oat.oat_factor.isin([factor, "default"])]
-            sns.lineplot(data=part, x=factor, y="test_acc", hue="experiment", hue_order=experiments, marker="o",
-                         errorbar=("ci", 95), seed=0, ax=ax, legend=factor == FACTORS[0])
+            part = oat[oat.oat_factor.isin([factor, "default"])].assign(experiment=lambda f: f.experiment.map(paper.experiment_title))
+            for experiment in experiments:
+                name = paper.experiment_title(experiment)
+                sns.lineplot(data=part[part.experiment == name], x=factor, y="test_acc", marker=look[name]["marker"],
+                             color=look[name]["color"], errorbar=("ci", 95), seed=0, ax=ax, label=name)
             ax.axvline(DEFAULT[factor], color="grey", lw=0.8, ls=":")
-            ax.set_title(f"{factor} varied, others at default")
-        axes[0][0].legend(fontsize="x-small")
-        fig.tight_layout()
+            ax.set_title(f"{factor} varied, the others at the default")
+            ax.set_ylabel(afig.axis_label("test_acc"))
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        n = oat.groupby(["experiment", "label"]).seed.nunique()
+        fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small",
+                   title=f"mean; band: 95% bootstrap CI\nover n = {n.min()}" + (f"-{n.max()}" if n.max() != n.min() else "")
+                   + " seeds;\ndotted: the default", title_fontsize="small")
         written += paper.save_fig(fig, run_dir, "one_at_a_time")
 
     joint = runs[runs.in_joint]
     for experiment, group in joint.groupby("experiment", sort=True):
         levels = sorted(group.p_signal.unique())
-        fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(levels), figsize=(4.8 * len(levels), 4.2), squeeze=False, layout="constrained")
         for ax, level in zip(axes[0], levels):
-            cells = group[group.p_signal == level].pivot_table(index="p_base", columns="tau", values="test_acc", aggfunc="mean")
-            sns.heatmap(cells, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar=False)
+            afig.ablation_heatmap(group[group.p_signal == level], x="tau", y="p_base", value="test_acc", default=DEFAULT, ax=ax)
             ax.set_title(f"p_signal = {level:g}")
-        fig.suptitle(f"{experiment}: mean test accuracy on the joint grid")
+        fig.suptitle(f"{paper.experiment_title(experiment)}: mean test accuracy on the joint grid")
         written += paper.save_fig(fig, run_dir, f"{experiment}-joint_grid")
 
     eq = paper.load_table(run_dir, "equivalence")
+    verdicts = {"within": ("#009E73", "within the margin of the best"), "lenient": ("#E69F00", "not shown worse than the margin"),
+                "worse": ("#D55E00", "worse by more than the margin")}
     for experiment, group in eq.groupby("experiment", sort=True):
         group = group.reset_index(drop=True)
-        fig, ax = plt.subplots(figsize=(7, 0.3 * len(group) + 1.5))
+        ax = afig.new_axes(8.0, 0.3 * len(group) + 2.0)
         y = np.arange(len(group))
-        colors = np.where(group.within_margin, "tab:green", np.where(group.not_worse_than_margin, "tab:orange", "tab:red"))
+        kind = np.where(group.within_margin, "within", np.where(group.not_worse_than_margin, "lenient", "worse"))
         ax.errorbar(group["diff"], y, xerr=[group["diff"] - group.ci_low, group.ci_high - group["diff"]], fmt="none", ecolor="grey")
-        ax.scatter(group["diff"], y, c=colors, zorder=3)
-        ax.axvline(-margin, color="black", ls="--", lw=0.8)
-        ax.set_yticks(y, group.label, fontsize="x-small")
+        for key, (color, text) in verdicts.items():
+            mask = kind == key
+            if mask.any():
+                ax.scatter(group["diff"][mask], y[mask], color=color, zorder=3, label=text)
+        ax.axvline(-margin, color="black", ls="--", lw=0.8, label=f"- margin ({margin:g})")
+        ax.set_yticks(y, group.label, fontsize="small")
         ax.invert_yaxis()
-        ax.set_xlabel("test accuracy minus the best setting's (paired, 90% CI)")
-        ax.set_title(f"{experiment}: within margin {margin:g} (green), not shown worse (orange)")
-        written += paper.save_fig(fig, run_dir, f"{experiment}-equivalence")
+        level = float(group.confidence_level.iloc[0]) if "confidence_level" in group else 0.90
+        ax.set_xlabel(f"test accuracy minus the best setting's, paired by seed\nmean and {100 * level:.0f}% CI, "
+                      f"n = {int(group.n.min())} seeds")
+        ax.set_title(f"{paper.experiment_title(experiment)}: practical equivalence with the best setting")
+        afig.place_legend(ax)
+        written += paper.save_fig(ax, run_dir, f"{experiment}-equivalence")
 
     shares = paper.load_table(run_dir, "joint_variance")
     if len(shares):
         wide = shares.pivot_table(index="experiment", columns="term", values="eta_sq", aggfunc="first").fillna(0.0)
-        ax = wide.plot.bar(stacked=True, figsize=(8, 4), colormap="tab20")
-        ax.set_ylabel("share of variance (eta squared)")
-        ax.set_title("Joint grid: variance of test accuracy explained per term")
-        ax.legend(fontsize="x-small", bbox_to_anchor=(1.0, 1.0))
-        ax.tick_params(axis="x", labelrotation=20)
+        wide.index = [paper.experiment_title(e) for e in wide.index]
+        ax = afig.new_axes(9.0, 1.8 + 0.45 * len(wide))
+        wide.plot.barh(stacked=True, colormap="tab20", ax=ax)
+        ax.invert_yaxis()
+        ax.set_xlabel(afig.axis_label("eta_sq"))
+        ax.set_title("Joint grid: share of the variance of test accuracy explained per term")
+        afig.place_legend(ax, title="term")
         written += paper.save_fig(ax, run_dir, "variance_shares")
 
     table = paper.load_table(run_dir, "transfer")
@@ -524,9 +544,13 @@ def figures(run_dir) -> List[str]:
         for r in table.itertuples():
             i, j = names.index(r.a), names.index(r.b)
             matrix[i, j] = matrix[j, i] = r.spearman
-        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 1.3 * len(names) + 1.5))
-        sns.heatmap(matrix, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="coolwarm", xticklabels=names, yticklabels=names, ax=ax)
-        ax.set_title("Transfer: Spearman correlation of setting means")
-        written += paper.save_fig(fig, run_dir, "transfer_spearman")
+        titles = [paper.experiment_title(n) for n in names]
+        ax = afig.new_axes(2.0 * len(names) + 3.0, 1.3 * len(names) + 2.0)
+        sns.heatmap(matrix, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="coolwarm", xticklabels=titles, yticklabels=titles, ax=ax,
+                    cbar_kws={"label": "Spearman correlation"})
+        ax.tick_params(axis="x", labelrotation=0)
+        ax.tick_params(axis="y", labelrotation=0)
+        ax.set_title("Transfer: Spearman correlation of the setting means between experiments")
+        written += paper.save_fig(ax, run_dir, "transfer_spearman")
     plt.close("all")
     return written
