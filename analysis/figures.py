@@ -330,12 +330,14 @@ def mean_curves(
     order = list(order) if order is not None else ordered(data[hue].unique())
     ax = _get_ax(ax)
     look = styles(order)
+    few = data[x].nunique() <= 2  # a line needs points to be seen
     for level in order:
         part = data[data[hue] == level]
         if part.empty:
             continue
         sns.lineplot(data=part, x=x, y=y, errorbar=errorbar, n_boot=n_boot, seed=seed, estimator="mean", ax=ax,
-                     color=look[level]["color"], linestyle=look[level]["linestyle"], label=display_name(level))
+                     color=look[level]["color"], linestyle=look[level]["linestyle"], label=display_name(level),
+                     marker=look[level]["marker"] if few else None)
     counts = data.groupby(hue)[unit].nunique() if unit in data.columns else pd.Series(dtype=int)
     n = f"n = {counts.min()}" if len(counts) and counts.min() == counts.max() else (f"n = {counts.min()}-{counts.max()}" if len(counts) else "")
     band = {("ci", 95): "mean and 95% bootstrap CI", "sd": "mean ± 1 sd", "se": "mean ± 1 standard error", None: "mean"}.get(
@@ -349,10 +351,14 @@ def mean_curves(
 
 
 def _integer_ticks(ax: Axes, x: str) -> None:
-    """Steps and epochs are counts: no tick at 0.5."""
+    """Steps and epochs are counts: no tick at 0.5 (and one tick when there is one count)."""
     if x in ("step", "epoch") or x.endswith("_index"):
         from matplotlib.ticker import MaxNLocator
 
+        lo, hi = ax.get_xlim()
+        if hi - lo < 1:
+            middle = round((lo + hi) / 2)
+            ax.set_xlim(middle - 0.5, middle + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 

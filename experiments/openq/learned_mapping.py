@@ -862,7 +862,8 @@ def _mapping_by_layer(grid, settings):
     afig.place_legend(curves, fontsize="x-small")
     for ax in axes[len(layers) + 1 :]:
         ax.set_visible(False)
-    fig.colorbar(image, ax=list(axes[: len(layers)]), label="learned drop probability (mean over seeds)", shrink=0.6, location="left")
+    fig.colorbar(image, ax=list(axes[: len(layers)]), label="learned drop probability (mean over seeds)", shrink=0.5, location="bottom",
+                 aspect=40)
     fig.suptitle("Learned mapping p(z(|g|), z(|w|)) per layer (EMA feature set equal, final shift of each layer)")
     return fig
 
