@@ -1149,13 +1149,18 @@ def km_curves(km: pd.DataFrame, *, group: str = "method", ax: Axes | None = None
     """
     _require(km, [group, "time", "survival", "ci_low", "ci_high"], "km")
     ax = _get_ax(ax)
-    for color, (key, curve) in zip(_colors(km[group].nunique()), km.groupby(group, sort=True)):
-        ax.step(curve["time"], curve["survival"], where="post", color=color, label=_label(key))
+    levels = ordered(km[group].unique())
+    look = styles(levels)
+    for key in levels:
+        curve = km[km[group] == key]
+        color = look[key]["color"]
+        ax.step(curve["time"], curve["survival"], where="post", color=color, linestyle=look[key]["linestyle"], label=display_name(key))
         ax.fill_between(curve["time"], curve["ci_low"], curve["ci_high"], step="post", color=color, alpha=0.15, lw=0)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("time")
     ax.set_ylabel("share not yet reached")
-    ax.legend(fontsize="small")
+    level = float(km["confidence_level"].iloc[0]) if "confidence_level" in km else 0.95
+    place_legend(ax, title=f"Kaplan-Meier estimate;\nband: pointwise {100 * level:.0f}% CI")
     return ax
 
 
@@ -1166,19 +1171,23 @@ def aggregate_intervals(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     aggregate, estimate, ci_low, ci_high``).
     """
     _require(table, ["method", "aggregate", "estimate", "ci_low", "ci_high"], "table")
-    ax = _get_ax(ax)
-    methods = list(dict.fromkeys(table["method"]))
+    methods = ordered(table["method"])
     aggregates = list(dict.fromkeys(table["aggregate"]))
+    ax = _get_ax(ax, figsize=(6.8, 1.4 + 0.45 * len(methods)))
     offsets = np.linspace(-0.15, 0.15, len(aggregates)) if len(aggregates) > 1 else [0.0]
-    for color, offset, name in zip(_colors(len(aggregates)), offsets, aggregates):
-        rows = table[table["aggregate"] == name].set_index("method").loc[methods]
-        y = np.arange(len(methods)) + offset
+    look = styles(methods)
+    for shade, offset, name in zip(("k", "0.55", "0.75", "0.35"), offsets, aggregates):
+        rows = table[table["aggregate"] == name].set_index("method").reindex(methods).dropna(subset=["estimate"])
+        y = np.array([methods.index(m) for m in rows.index]) + offset
         ax.errorbar(rows["estimate"], y, xerr=[rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]],
-                    fmt="o", color=color, capsize=3, label=str(name))
+                    fmt="none", ecolor=shade, capsize=3)
+        ax.scatter(rows["estimate"], y, color=[look[m]["color"] for m in rows.index], edgecolors=shade, zorder=3,
+                   marker="o", label=str(name))
     ax.axvline(0, color="0.6", lw=0.8, ls=":")
-    ax.set_yticks(np.arange(len(methods)), [_label(m) for m in methods])
-    ax.set_xlabel("normalised score")
-    ax.legend(fontsize="small")
+    ax.set_yticks(np.arange(len(methods)), [display_name(m) for m in methods])
+    ax.set_ylim(len(methods) - 0.5, -0.5)
+    ax.set_xlabel("normalised score: estimate and interval")
+    place_legend(ax, title="aggregate")
     return ax
 
 
@@ -1193,7 +1202,8 @@ def probability_of_improvement(table: pd.DataFrame, *, ax: Axes | None = None) -
     ax.errorbar(table["estimate"], y, xerr=[table["estimate"] - table["ci_low"], table["ci_high"] - table["estimate"]],
                 fmt="o", color="k", capsize=3)
     ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
-    ax.set_yticks(y, [f"P({_label(a)} > {_label(b)})" for a, b in zip(table["x"], table["y"])])
+    ax.set_yticks(y, [f"P({display_name(a)} > {display_name(b)})" for a, b in zip(table["x"], table["y"])])
+    ax.set_ylim(len(table) - 0.5, -0.5)
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability of improvement")
     return ax
@@ -1207,13 +1217,17 @@ def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
     """
     _require(table, ["method", "threshold", "fraction", "ci_low", "ci_high"], "table")
     ax = _get_ax(ax)
-    for color, (method, rows) in zip(_colors(table["method"].nunique()), table.groupby("method", sort=False)):
-        ax.plot(rows["threshold"], rows["fraction"], color=color, label=_label(method))
+    methods = ordered(table["method"])
+    look = styles(methods)
+    for method in methods:
+        rows = table[table["method"] == method]
+        color = look[method]["color"]
+        ax.plot(rows["threshold"], rows["fraction"], color=color, linestyle=look[method]["linestyle"], label=display_name(method))
         ax.fill_between(rows["threshold"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.15, lw=0)
     ax.set_xlabel("normalised score threshold")
     ax.set_ylabel("fraction of runs above")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize="small")
+    place_legend(ax, title="band: pointwise interval")
     return ax
 
 
@@ -1229,5 +1243,7 @@ def variance_by_source(table: pd.DataFrame, *, source_col: str = "source", ax: A
     sd = rows["sd"].to_numpy(float)
     ax.errorbar(sd, y, xerr=[sd - low, high - sd], fmt="o", color="k", capsize=3)
     ax.set_yticks(y, [str(s) for s in order])
-    ax.set_xlabel("standard deviation across runs (95% interval)")
+    ax.set_ylim(len(order) - 0.5, -0.5)
+    n = f", n = {int(rows['n'].min())}" + (f"-{int(rows['n'].max())}" if rows['n'].max() != rows['n'].min() else "") + " runs each" if "n" in rows else ""
+    ax.set_xlabel(f"standard deviation across runs\n(point and 95% interval{n})")
     return ax

@@ -290,3 +290,26 @@ def test_save_figure_paths(tmp_path):
     assert p1 == p2
     with pytest.raises(ValueError, match="fig_or_ax"):
         F.save_figure("not a figure", tmp_path / "z")
+
+
+def test_summary_figures_follow_the_convention(tmp_path):
+    """Kaplan-Meier curves, aggregates, performance profiles, P(X > Y), variance by source: method colours,
+    legends outside the data, nothing that does not read."""
+    steps = np.arange(0, 30)
+    km = pd.concat([pd.DataFrame({"method": m, "time": steps, "survival": np.exp(-steps / r), "ci_low": np.exp(-steps / r) * 0.8,
+                                  "ci_high": np.minimum(np.exp(-steps / r) * 1.2, 1)}) for m, r in (("ddc", 5), ("dropconnect", 9))])
+    ax = F.km_curves(km, group="method")
+    assert {line.get_color() for line in ax.get_lines()} == {F.METHOD_STYLES["ddc"].color, F.METHOD_STYLES["dropconnect"].color}
+    agg = pd.DataFrame([{"method": m, "aggregate": a, "estimate": e, "ci_low": e - 0.1, "ci_high": e + 0.1}
+                        for m, e in (("none", 0.2), ("ddc", 0.5)) for a in ("IQM", "mean")])
+    profiles = pd.DataFrame([{"method": m, "threshold": t, "fraction": 1 - t, "ci_low": 0.9 - t, "ci_high": min(1.0, 1.1 - t)}
+                             for m in ("none", "ddc") for t in np.linspace(0, 0.8, 9)])
+    poi = pd.DataFrame([{"x": "ddc", "y": "none", "estimate": 0.7, "ci_low": 0.55, "ci_high": 0.85}])
+    variance = pd.DataFrame({"source": ["data", "init", "all"], "sd": [0.02, 0.01, 0.025], "variance_low": [2e-4, 5e-5, 4e-4],
+                             "variance_high": [9e-4, 3e-4, 1.2e-3], "n": 8})
+    drawn = [ax, F.aggregate_intervals(agg), F.performance_profiles(profiles), F.probability_of_improvement(poi),
+             F.variance_by_source(variance)]
+    for number, axes in enumerate(drawn):
+        F.save_figure(axes, tmp_path / f"summary-{number}", formats=("png",))
+        assert F.layout_problems(axes.figure) == [], number
+    assert [t.get_text() for t in drawn[1].get_yticklabels()] == ["no drop", "DDC"]
