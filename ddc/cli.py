@@ -24,6 +24,7 @@ import click
 from .clierrors import UserError, store_error
 from .configfile import ConfigFileError, load_mapping, parse_pairs
 from .recipes import DEFAULT_PROFILE, PROFILES
+from .sweep.executors import BACKENDS as SWEEP_BACKENDS
 from .train import TrainConfig
 
 
@@ -288,13 +289,76 @@ def runs_sql(query, root, profile):
     click.echo(frame.to_string(index=False))
 
 
-def _register_sweep():
-    from .sweep import sweep_command
-
-    main.add_command(sweep_command, "sweep")
+# ----------------------------------------------------------------------------- sweeps
 
 
-_register_sweep()
+@main.command("sweep")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
+@click.option("--root", default=None, type=click.Path(file_okay=False), help="Run store root [default: $DDC_RUNS, else outputs/<the spec's profile>/runs].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Parallel runs [default: all cores / the cluster's workers].")
+@click.option("--backend", type=click.Choice(SWEEP_BACKENDS), default=None, help="Where runs execute [default: dask with --address, else local].")
+@click.option("--address", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (implies --backend dask).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads of a worker outside training; each run trains with its config's num_threads (default 1).")
+@click.option("--dry-run", is_flag=True, help="List the run ids and whether each is done, failed, partial or pending; run nothing.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar of the sweep.")
+def sweep(spec_path, root, workers, backend, address, threads, dry_run, progress):
+    """Run the grid of runs described by the YAML sweep SPEC into the run store.
+
+    Finished runs are skipped, interrupted ones resume, failing ones are
+    recorded under ROOT/.failed and the sweep goes on. Run it again after an
+    interruption to complete the grid. Exits with status 1 if any run failed.
+    """
+    from .sweep import load_spec, run_sweep, sweep_root
+
+    backend = backend or ("dask" if address else "local")
+    try:
+        spec = load_spec(spec_path)
+        if address and backend != "dask":
+            raise ValueError("--address needs --backend dask")
+    except ValueError as error:
+        raise UserError(error) from None
+    root = str(sweep_root(root, spec))
+    if dry_run:
+        _list_sweep(spec, root)
+        return
+    try:
+        result = run_sweep(spec, root, workers=workers, backend=backend, address=address, progress=progress, threads=threads)
+    except OSError as error:  # the store cannot be written: named, one line
+        raise store_error(error) from None
+    _report_sweep(result, root)
+
+
+def _list_sweep(spec, root: str) -> None:
+    """``--dry-run``: each run's status and variant, then the counts."""
+    from .sweep import sweep_status
+
+    status = sweep_status(spec, root) if Path(root).exists() else {run_id: "pending" for run_id in spec.run_ids()}
+    variants = {run.run_id: run.variant for run in spec.runs()}
+    for run_id, state in status.items():
+        label = f"  [{variants[run_id]}]" if variants[run_id] else ""
+        click.echo(f"{state:<8} {run_id}{label}")
+    counts = {name: list(status.values()).count(name) for name in ("done", "failed", "partial", "pending")}
+    click.echo(f"sweep {spec.name}: {len(status)} runs, " + ", ".join(f"{count} {name}" for name, count in counts.items()) + f" (root {root})")
+
+
+def _report_sweep(result, root: str) -> None:
+    """What a sweep did; exit status 1 when a run failed."""
+    from .sweep import FAILED
+    from .sweep.runner import first_line
+
+    click.echo(
+        f"sweep {result.spec.name}: {len(result.run_ids)} runs, {len(result.skipped)} already done, "
+        f"{len(result.completed)} completed, {len(result.failed)} failed in {result.seconds:.1f}s (root {root})"
+    )
+    for run_id, why in result.retried.items():
+        state = "failed again" if run_id in result.failed else "then completed"
+        click.echo(f"  retried {run_id}: {why}; {state}")
+    if result.failed:
+        for run_id, error in result.failed.items():
+            click.echo(f"  failed {run_id}: {first_line(error)}", err=True)
+        click.echo(f"tracebacks in {Path(root) / FAILED}; run the sweep again to retry them", err=True)
+        sys.exit(1)
+
 
 
 @main.command()

@@ -1,0 +1,249 @@
+"""Where a sweep's runs execute: one ``concurrent.futures``-style interface, three backends.
+
+:class:`Executor`: ``submit(fn, *args) -> future``, ``as_completed(futures)``.
+
+- ``local`` (:class:`LocalExecutor`): a ``pebble.ProcessPool`` (``spawn``
+  context) of ``os.cpu_count()`` workers. Unlike
+  ``concurrent.futures.ProcessPoolExecutor``, whose pool breaks and fails every
+  unfinished run when one worker dies, it fails only the task of the dead
+  worker and starts a new worker;
+- ``dask`` (:class:`DaskExecutor`): ``dask.distributed`` on an existing
+  scheduler (``address``) or on a ``LocalCluster`` bound to 127.0.0.1. The run
+  root must then be a filesystem shared by the workers;
+- ``serial`` (:class:`SerialExecutor`): in this process, one run after the
+  other (debugging).
+
+Process control: a local worker dies with its sweep (Linux, ``PR_SET_PDEATHSIG``),
+and :func:`worker_death` tells a dead worker from a failing task.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+BACKENDS = ("local", "dask", "serial")
+
+
+class Executor:
+    """The ``concurrent.futures``-style interface every backend implements.
+
+    ``submit(fn, *args)`` returns a future with ``result()`` / ``exception()``;
+    ``as_completed(futures)`` yields them as they finish. Use as a context
+    manager; ``shutdown(cancel=True)`` drops what has not started.
+    """
+
+    workers: int = 1
+
+    def submit(self, fn: Callable, *args) -> Any:  # pragma: no cover - interface
+        """Schedule ``fn(*args)``; returns its future."""
+        raise NotImplementedError
+
+    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        """The ``futures`` as they finish."""
+        return concurrent.futures.as_completed(list(futures))
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Wait for the submitted work and free the workers (``cancel``: drop what has not started)."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.shutdown(cancel=exc_type is not None)
+
+
+def _init_worker(threads: Optional[int]) -> None:
+    _die_with_parent()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the sweep process dies, even by SIGKILL.
+
+    Otherwise orphaned workers would keep training until their current run
+    ends. The run itself is safe either way (published whole or resumed).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # pragma: no cover - no libc: workers simply outlive the parent
+        pass
+
+
+class LocalExecutor(Executor):
+    """Worker processes on this machine (``pebble.ProcessPool``, ``spawn``/``forkserver``).
+
+    A worker that dies fails only its own task (``pebble.ProcessExpired``);
+    the pool replaces it and the other tasks go on. ``threads``: torch threads
+    of a worker outside training (each run trains with its config's ``num_threads``).
+    ``workers`` defaults to ``os.cpu_count()``.
+
+    Raises:
+        ValueError: ``context`` is not ``spawn`` or ``forkserver``, or ``workers`` is not a positive integer.
+    """
+
+    def __init__(self, workers: Optional[int] = None, *, threads: Optional[int] = 1, context: str = "spawn"):
+        import pebble
+
+        if context not in ("spawn", "forkserver"):
+            raise ValueError(f"context={context!r} must be 'spawn' or 'forkserver' (fork is unsafe with torch threads)")
+        self.workers = check_workers(workers or os.cpu_count() or 1)
+        self.threads = threads
+        self._pool = pebble.ProcessPool(
+            max_workers=self.workers,
+            initializer=_init_worker,
+            initargs=(threads,),
+            context=multiprocessing.get_context(context),
+        )
+
+    def submit(self, fn, *args):
+        return self._pool.schedule(fn, args=args)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        if cancel:
+            self._pool.stop()
+        else:
+            self._pool.close()
+        self._pool.join()
+
+
+class DaskExecutor(Executor):
+    """``dask.distributed``: an existing scheduler at ``address``, or a loopback ``LocalCluster``
+    of ``workers`` single-threaded processes (default ``os.cpu_count()``).
+
+    Raises:
+        ValueError: ``workers`` is not a positive integer.
+        OSError: the scheduler at ``address`` cannot be reached (``distributed``'s error).
+    """
+
+    def __init__(self, workers: Optional[int] = None, *, address: Optional[str] = None, threads: Optional[int] = 1):
+        from distributed import Client, LocalCluster
+
+        self.threads = threads
+        self._cluster = None
+        if address:
+            self._client = Client(address)
+            self.workers = max(len(self._client.scheduler_info().get("workers", {})), 1)
+        else:
+            self.workers = check_workers(workers or os.cpu_count() or 1)
+            self._cluster = LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
+            self._client = Client(self._cluster)
+
+    @property
+    def client(self):
+        """The ``distributed.Client``."""
+        return self._client
+
+    def submit(self, fn, *args):
+        return self._client.submit(fn, *args, pure=False)
+
+    def as_completed(self, futures):
+        from distributed import as_completed
+
+        return as_completed(list(futures))
+
+    def shutdown(self, cancel: bool = False) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()
+
+
+class SerialExecutor(Executor):
+    """Runs each call in this process when submitted (for debugging: breakpoints work).
+
+    A ``KeyboardInterrupt`` stops the sweep; any other error goes into the call's future.
+    """
+
+    def __init__(self, workers: Optional[int] = None, **_):
+        self.workers = 1
+
+    def submit(self, fn, *args):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as error:  # noqa: BLE001 - delivered through the future
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            future.set_exception(error)
+        return future
+
+
+def check_workers(workers) -> int:
+    """``workers``, checked.
+
+    Raises:
+        ValueError: ``workers`` is not a positive integer.
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be a positive integer")
+    return workers
+
+
+def make_executor(backend: str = "local", *, workers: Optional[int] = None, address: Optional[str] = None, threads: Optional[int] = 1) -> Executor:
+    """An :class:`Executor` for ``backend`` (``local``, ``dask`` or ``serial``).
+
+    ``workers``: processes (default: the backend's); ``address``: a dask
+    scheduler (``dask`` only); ``threads``: torch threads of a worker outside training.
+
+    Raises:
+        ValueError: an unknown ``backend``, an ``address`` without ``dask``, or a bad ``workers``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} must be one of {', '.join(BACKENDS)}")
+    if address and backend != "dask":
+        raise ValueError(f"address={address!r} is only used by backend='dask'")
+    if workers is not None:
+        check_workers(workers)
+    if backend == "local":
+        return LocalExecutor(workers, threads=threads)
+    if backend == "dask":
+        return DaskExecutor(workers, address=address, threads=threads)
+    return SerialExecutor()
+
+
+
+def worker_death(error: BaseException) -> str:
+    """What killed the worker of a task, or '' when ``error`` is not a worker's death.
+
+    ``error``: what the task's future raised (pebble's ``ProcessExpired``,
+    ``BrokenProcessPool``, dask's ``KilledWorker``, or the task's own error).
+    """
+    import signal
+
+    code = getattr(error, "exitcode", None)
+    if type(error).__name__ == "ProcessExpired" and isinstance(code, int):
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"its worker process died of {name} (exit code {code})"
+        return f"its worker process exited with code {code}"
+    if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+        return f"its worker process died ({error})"
+    if type(error).__name__ == "KilledWorker":  # dask: the task's workers died (dask retries them itself)
+        return f"its dask worker died ({error})"
+    return ""
+
