@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ddc.apply import apply
+from ddc.train import Callback
 
 # ----------------------------------------------------------------------------- common
 
@@ -115,9 +116,11 @@ def synthetic_trajectories(
     """Train the 2-weight regression with each method and seed; one row per step.
 
     Every method starts from the same ``init`` and, for one seed, sees the same
-    mini-batches (the batch order comes from a generator seeded by the seed);
-    masks draw from their own generator. ``loss`` is the full training-set MSE
-    of the plain (unmasked) weights after the step.
+    mini-batches (the batch order comes from a generator seeded by the seed;
+    full batches only, reshuffled when a pass is used up); masks draw from
+    their own generator. The loop is :func:`ddc.train.fit`, for ``steps``
+    steps. ``loss`` is the full training-set MSE of the plain (unmasked)
+    weights after the step.
 
     Returns a DataFrame with columns ``method, seed, step, w1, w2, loss``.
     """
@@ -125,35 +128,36 @@ def synthetic_trajectories(
 
     from ddc.data import load
     from ddc.models import LinearRegression2D
+    from ddc.train import fit
 
     rows = []
     for seed in seeds:
         splits = load("synthetic", seed=seed, train_subset=n_train)
-        x, y = splits.train.tensors
+        inputs, targets = splits.train.tensors
         for label, spec in methods.items():
             options = {k: v for k, v in spec.items() if k != "method"}
             model = LinearRegression2D()
             with torch.no_grad():
                 model.linear.weight.copy_(torch.tensor([list(init)]))
             handle = apply(model, spec["method"], layers=["linear"], seed=seed + 7919, **options)
-            opt = torch.optim.SGD(model.parameters(), lr=lr)
-            order_gen = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(x), generator=order_gen)
-            position = 0
-            rows.append(_trajectory_row(label, seed, 0, model, x, y))
-            for step in range(1, steps + 1):
-                if position + batch_size > len(x):
-                    order, position = torch.randperm(len(x), generator=order_gen), 0
-                index = order[position : position + batch_size]
-                position += batch_size
-                model.train()
-                loss = nn.functional.mse_loss(model(x[index]), y[index])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                rows.append(_trajectory_row(label, seed, step, model, x, y))
+            trajectory = _Trajectory(label, seed, model, inputs, targets)
+            fit(model, torch.optim.SGD(model.parameters(), lr=lr), inputs, targets, loss_fn=nn.functional.mse_loss,
+                batch_size=batch_size, order_generator=torch.Generator().manual_seed(seed), max_steps=steps,
+                drop_last=True, task="regression", callbacks=[trajectory])
+            rows += trajectory.rows
             handle.remove()
     return pd.DataFrame(rows)
+
+
+class _Trajectory(Callback):
+    """The weights and the full training-set loss, before training (step 0) and after every step."""
+
+    def __init__(self, label, seed, model, inputs, targets):
+        self.label, self.seed, self.model, self.inputs, self.targets = label, seed, model, inputs, targets
+        self.rows = [_trajectory_row(label, seed, 0, model, inputs, targets)]
+
+    def on_step(self, state, step) -> None:
+        self.rows.append(_trajectory_row(self.label, self.seed, step.index + 1, self.model, self.inputs, self.targets))
 
 
 @torch.no_grad()

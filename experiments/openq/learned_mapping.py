@@ -93,6 +93,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from ddc import functional as F
+from ddc.train import Callback
 from ddc import WeightDrop, disabled
 
 NOTEBOOK = "07_oq_learned_mapping"
@@ -472,142 +473,168 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
     """Train one model with ``method`` (none | uniform | ddc | learned) on the layers ``config.layers``.
 
     Same initial weights, data order and held-out split for every method of a
-    seed. Returns ``(summary, trajectory, edges, grid)``: one summary row, a
-    per-step record, the final per-edge probabilities (ddc/uniform/learned;
-    a ``layer`` column names each edge's layer), and the learned mapping on a
-    (z(|g|), z(|w|)) grid per mapped layer (learned only).
+    seed. The loop is :func:`ddc.train.fit`: the select half of the held-out
+    data chooses the epoch (:class:`ddc.train.Selection`), and
+    :class:`_MetaSteps` records each step and takes the meta-steps. Returns
+    ``(summary, trajectory, edges, grid)``: one summary row, a per-step record,
+    the final per-edge probabilities (ddc/uniform/learned; a ``layer`` column
+    names each edge's layer), and the learned mapping on a (z(|g|), z(|w|))
+    grid per mapped layer (learned only).
     """
     from ddc import models
-    from ddc.apply import apply
-    from ddc.train import TrainConfig, learning_rate
+    from ddc.train import Selection, TrainConfig, fit, learning_rate
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
     splits = load_splits(config, seed) if splits is None else splits
     (x_meta, y_meta), (x_sel, y_sel) = [(x.to(device), y.to(device)) for x, y in _hold_out(splits, seed)]
     x_train, y_train = (t.to(device) for t in splits.train.tensors)
-    x_test, y_test = (t.to(device) for t in splits.test.tensors)
     torch.manual_seed(seed)  # the same initial weights for every method
     model = models.build(config.model, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if config.layer not in linear:
         raise ValueError(f"layer={config.layer!r} must name a Linear layer of {config.model}: one of {', '.join(linear)}")
     names = mapped_layers(model, config.layers, config.layer)
-    head_only = config.layers == "fc"  # the fast path: the look-ahead needs only the head's input features
     layers = {name: model.get_submodule(name) for name in names}
-    sizes = np.array([layers[name].weight.numel() for name in names], dtype=float)
     positions = layer_positions(names)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     schedule = TrainConfig(epochs=config.epochs, lr=config.lr, min_lr=config.min_lr, warmup_epochs=config.warmup_epochs)
-    remove, learned, mapping = None, {}, None
-    ddc_options = dict(p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
-    if method == "ddc":
-        remove = apply(model, "ddc", layers=names, seed=seed + MASK_SEED_OFFSET, **ddc_options).remove
-    elif method in ("uniform", "learned"):
-        mapping = Mapping(config.hidden, seed=seed + 1).to(device)
-        rng = _rng(seed)  # one mask generator shared by the layers, as ddc.apply does
-        learned = {name: LearnedDropConnect(mapping, layer_index=positions[name], ema_decay=config.ema_decay, rng=rng,
-                                            **ddc_options) for name in names}
-        removers = [attach(layers[name], learned[name]) for name in names]
+    remove, learned, mapping = _put_method(method, seed, model, layers, positions, config, device)
+    meta = _MetaSteps(method, seed, model, layers, learned, mapping, config, (x_meta, y_meta))
+    seconds_eval = [0.0]
 
-        def remove():
-            for undo in removers:
-                undo()
-    meta_optimizer = torch.optim.Adam(mapping.parameters(), lr=config.meta_lr) if method == "learned" else None
-    meta_generator = torch.Generator().manual_seed(seed + 2)
-    order_generator = torch.Generator().manual_seed(seed)
-    # the look-ahead's input: the head's input (head only), else the last stage's input
-    entry = config.layer if head_only else f"layer{model.num_stages}"
-    captured = {}
-    hook = model.get_submodule(entry).register_forward_pre_hook(lambda module, args: captured.__setitem__("h", args[0].detach()))
+    def validate(trained):
+        started = time.perf_counter()
+        accuracy, loss = _accuracy_loss(trained, x_sel, y_sel, config.eval_batch_size)
+        seconds_eval[0] += time.perf_counter() - started
+        return {"acc": accuracy, "loss": loss}
 
-    def record(row, means, targets):
-        """The step's mean drop / target: the layer's (one layer) or edge-weighted over layers, plus per layer."""
-        if len(names) == 1:
-            row.update(mean_drop=means[0], target=targets[0])
-            return
-        row.update(mean_drop=float(np.dot(means, sizes) / sizes.sum()), target=float(np.dot(targets, sizes) / sizes.sum()))
-        for name, mean, target in zip(names, means, targets):
-            row.update({f"mean_drop[{name}]": mean, f"target[{name}]": target})
-
-    trajectory, best, step = [], None, 0
-    clock = {"train": 0.0, "meta": 0.0, "eval": 0.0}
-    for epoch in range(config.epochs):
-        lr = learning_rate(schedule, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        order = torch.randperm(len(x_train), generator=order_generator).to(device)
-        correct = 0
-        for start in range(0, len(order), config.batch_size):
-            started = time.perf_counter()
-            index = order[start : start + config.batch_size]
-            x, y = x_train[index], y_train[index]
-            model.train()
-            out = model(x)
-            loss = TF.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            correct += int((out.detach().argmax(1) == y).sum())
-            row = {"method": method, "seed": seed, "step": step, "epoch": epoch, "train_loss": float(loss.detach())}
-            if learned:
-                record(row, [learned[name].mean_drop for name in names], [learned[name].target for name in names])
-            elif method == "ddc":
-                signals = [layers[name].ddc_method.weight_signal for name in names]
-                targets = [ddc_target(signal, **ddc_options) if signal is not None else float("nan") for signal in signals]
-                record(row, targets, targets)
-            clock["train"] += time.perf_counter() - started
-            ready = learned and all(m.weight_signal is not None for m in learned.values())
-            if method == "learned" and ready and step % config.meta_every == 0:
-                started = time.perf_counter()
-                h_train = captured["h"]
-                pick = torch.randint(len(x_meta), (config.meta_batch,), generator=meta_generator)
-                model.eval()
-                with torch.no_grad():
-                    model(x_meta[pick.to(device)])
-                h_meta = captured["h"]
-                options = dict(lr=lr, optimizer=meta_optimizer, temperature=config.temperature, generator=meta_generator)
-                if head_only:
-                    row["meta_loss"] = meta_step(learned[config.layer], layers[config.layer], h_train, y, h_meta,
-                                                 y_meta[pick.to(device)], **options)
-                else:
-                    row["meta_loss"] = meta_step_layers(learned, model, entry, config.layer, h_train, y, h_meta,
-                                                        y_meta[pick.to(device)], **options)
-                clock["meta"] += time.perf_counter() - started
-            if config.record_every and step % config.record_every == 0:
-                trajectory.append(row)
-            step += 1
-        last_train_acc = correct / len(x_train)
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            started = time.perf_counter()
-            val_acc, val_loss = _accuracy_loss(model, x_sel, y_sel, config.eval_batch_size)
-            if trajectory and trajectory[-1]["epoch"] == epoch:  # the learning curve: on the epoch's last recorded step
-                trajectory[-1].update(val_acc=val_acc, val_loss=val_loss, running_train_acc=last_train_acc)
-            if best is None or val_acc > best["val_acc"]:
-                best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch,
-                        "state": copy.deepcopy(model.state_dict())}
-            clock["eval"] += time.perf_counter() - started
-    hook.remove()
-
+    state = fit(model, optimizer, x_train, y_train, loss_fn=TF.cross_entropy, batch_size=config.batch_size,
+                order_generator=torch.Generator().manual_seed(seed), epochs=config.epochs,
+                learning_rate=lambda epoch: learning_rate(schedule, epoch),
+                callbacks=[Selection(model, validate, every=config.eval_every), meta])
+    meta.close()
     edges, grid = _edges_and_grid(method, seed, layers, learned, positions, config)
     started = time.perf_counter()
-    final_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best["state"])
-    test_acc, test_loss = _accuracy_loss(model, x_test, y_test, config.eval_batch_size)
+    final_weights = copy.deepcopy(model.state_dict())
+    model.load_state_dict(state.best.weights)
+    test_acc, test_loss = _accuracy_loss(model, *(t.to(device) for t in splits.test.tensors), config.eval_batch_size)
     train_acc, train_loss = _accuracy_loss(model, x_train, y_train, config.eval_batch_size)  # how well it fits
-    model.load_state_dict(final_state)
-    clock["eval"] += time.perf_counter() - started
+    model.load_state_dict(final_weights)
+    seconds_eval[0] += time.perf_counter() - started
     if remove is not None:
         remove()
-    mean_drop = [r["mean_drop"] for r in trajectory if "mean_drop" in r and np.isfinite(r["mean_drop"])]
+    mean_drop = [row["mean_drop"] for row in meta.trajectory if "mean_drop" in row and np.isfinite(row["mean_drop"])]
+    best = state.best
     summary = {
-        "method": method, "seed": seed, "best_epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
-        "test_acc": test_acc, "test_loss": test_loss, "n_test": len(y_test), "train_acc": train_acc, "train_loss": train_loss,
-        "generalization_gap": train_acc - test_acc, "final_train_acc": last_train_acc, "steps": step,
-        "mean_drop_rate": float(np.mean(mean_drop)) if mean_drop else 0.0,
-        **{f"seconds_{name}": value for name, value in clock.items()},
+        "method": method, "seed": seed, "best_epoch": best.epoch, "val_acc": best.metrics["val"]["acc"],
+        "val_loss": best.metrics["val"]["loss"], "test_acc": test_acc, "test_loss": test_loss, "n_test": len(splits.test),
+        "train_acc": train_acc,
+        "train_loss": train_loss, "generalization_gap": train_acc - test_acc, "final_train_acc": state.train_metrics["acc"],
+        "steps": state.step, "mean_drop_rate": float(np.mean(mean_drop)) if mean_drop else 0.0,
+        "seconds_train": state.train_time - meta.seconds, "seconds_meta": meta.seconds, "seconds_eval": seconds_eval[0],
     }
-    return summary, trajectory, edges, grid
+    return summary, meta.trajectory, edges, grid
+
+
+def _put_method(method: str, seed: int, model: nn.Module, layers: Dict[str, nn.Module], positions: Dict[str, float],
+                config: RunConfig, device: str):
+    """Put ``method`` on ``layers``: ``(remove, learned, mapping)`` (remove None for ``none``; learned and mapping
+    only for ``uniform``/``learned``)."""
+    from ddc.apply import apply
+
+    names = list(layers)
+    ddc_options = dict(p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
+    if method == "ddc":
+        return apply(model, "ddc", layers=names, seed=seed + MASK_SEED_OFFSET, **ddc_options).remove, {}, None
+    if method not in ("uniform", "learned"):
+        return None, {}, None
+    mapping = Mapping(config.hidden, seed=seed + 1).to(device)
+    rng = _rng(seed)  # one mask generator shared by the layers, as ddc.apply does
+    learned = {name: LearnedDropConnect(mapping, layer_index=positions[name], ema_decay=config.ema_decay, rng=rng,
+                                        **ddc_options) for name in names}
+    removers = [attach(layers[name], learned[name]) for name in names]
+
+    def remove():
+        for undo in removers:
+            undo()
+
+    return remove, learned, mapping
+
+
+class _MetaSteps(Callback):
+    """The per-step record of a run (drop rate against DDC's target) and, for ``learned``, the meta-steps;
+    at the end of an evaluated epoch, its learning-curve point on the epoch's last recorded row."""
+
+    def __init__(self, method, seed, model, layers, learned, mapping, config: RunConfig, meta_split):
+        self.method, self.seed, self.model, self.layers, self.learned, self.config = method, seed, model, layers, learned, config
+        self.names = list(layers)
+        self.sizes = np.array([layers[name].weight.numel() for name in self.names], dtype=float)
+        self.x_meta, self.y_meta = meta_split
+        self.meta_optimizer = torch.optim.Adam(mapping.parameters(), lr=config.meta_lr) if method == "learned" else None
+        self.meta_generator = torch.Generator().manual_seed(seed + 2)
+        self.head_only = config.layers == "fc"  # the fast path: the look-ahead needs only the head's input features
+        # the look-ahead's input: the head's input (head only), else the last stage's input
+        self.entry = config.layer if self.head_only else f"layer{model.num_stages}"
+        self.captured = {}
+        self.hook = model.get_submodule(self.entry).register_forward_pre_hook(
+            lambda module, args: self.captured.__setitem__("h", args[0].detach()))
+        self.trajectory, self.seconds = [], 0.0
+
+    def on_step(self, state, step) -> None:
+        row = {"method": self.method, "seed": self.seed, "step": step.index, "epoch": step.epoch,
+               "train_loss": float(step.loss.detach())}
+        if self.learned:
+            self._record(row, [self.learned[name].mean_drop for name in self.names],
+                         [self.learned[name].target for name in self.names])
+        elif self.method == "ddc":
+            signals = [self.layers[name].ddc_method.weight_signal for name in self.names]
+            config = self.config
+            targets = [ddc_target(signal, config.p_base, config.p_signal, config.tau) if signal is not None else float("nan")
+                       for signal in signals]
+            self._record(row, targets, targets)
+        ready = self.learned and all(m.weight_signal is not None for m in self.learned.values())
+        if self.method == "learned" and ready and step.index % self.config.meta_every == 0:
+            started = time.perf_counter()
+            row["meta_loss"] = self._meta_step(step)
+            self.seconds += time.perf_counter() - started
+        if self.config.record_every and step.index % self.config.record_every == 0:
+            self.trajectory.append(row)
+
+    def _meta_step(self, step) -> float:
+        config, model = self.config, self.model
+        h_train = self.captured["h"]
+        pick = torch.randint(len(self.x_meta), (config.meta_batch,), generator=self.meta_generator).to(self.x_meta.device)
+        model.eval()
+        with torch.no_grad():
+            model(self.x_meta[pick])
+        h_meta = self.captured["h"]
+        options = dict(lr=step.lr, optimizer=self.meta_optimizer, temperature=config.temperature, generator=self.meta_generator)
+        if self.head_only:
+            return meta_step(self.learned[config.layer], self.layers[config.layer], h_train, step.targets, h_meta,
+                             self.y_meta[pick], **options)
+        return meta_step_layers(self.learned, model, self.entry, config.layer, h_train, step.targets, h_meta,
+                                self.y_meta[pick], **options)
+
+    def _record(self, row, means, targets) -> None:
+        """The step's mean drop / target: the layer's (one layer) or edge-weighted over layers, plus per layer."""
+        if len(self.names) == 1:
+            row.update(mean_drop=means[0], target=targets[0])
+            return
+        total = self.sizes.sum()
+        row.update(mean_drop=float(np.dot(means, self.sizes) / total), target=float(np.dot(targets, self.sizes) / total))
+        for name, mean, target in zip(self.names, means, targets):
+            row.update({f"mean_drop[{name}]": mean, f"target[{name}]": target})
+
+    def on_epoch_end(self, state) -> None:
+        rows, epoch = self.trajectory, state.epoch - 1
+        if state.val_metrics is not None and rows and rows[-1]["epoch"] == epoch:  # the learning curve
+            rows[-1].update(val_acc=state.val_metrics["acc"], val_loss=state.val_metrics["loss"],
+                            running_train_acc=state.train_metrics["acc"])
+
+    def close(self) -> None:
+        """Remove the hook that captures the look-ahead's input."""
+        self.hook.remove()
 
 
 def _rng(seed):
