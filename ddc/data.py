@@ -883,59 +883,30 @@ def load(
     seed = _check_seed(seed)
     classes = check_classes(name, classes)
     raw = _load_raw(name, root, seed, download, verify)
-    task = "regression" if name == "synthetic" else "classification"
-    stratify_by = raw.train_y if task == "classification" else None
-    test_stratify_by = raw.test_y if task == "classification" else None
-
-    train_idx, val_idx = split_indices(len(raw.train_x), val_fraction, seed)
-    test_idx = torch.arange(len(raw.test_x))
-    heldout_idx = None
-    if classes is not None:
-        kept = torch.tensor(classes, dtype=raw.train_y.dtype)
-        train_idx = train_idx[torch.isin(raw.train_y[train_idx], kept)]
-        val_idx = val_idx[torch.isin(raw.train_y[val_idx], kept)]
-        in_test = torch.isin(raw.test_y, kept)
-        heldout_idx, test_idx = test_idx[~in_test], test_idx[in_test]
-        for split, indices in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
-            if len(indices) == 0:
-                raise ValueError(f"classes={list(classes)!r}: the {split} split holds no example of these classes")
-    try:
-        train_idx = select_subset(train_idx, train_subset, stratify_by, _generator(seed, "train"), "train_subset")
-        val_idx = select_subset(val_idx, val_subset, stratify_by, _generator(seed, "val"), "val_subset")
-        test_idx = select_subset(test_idx, test_subset, test_stratify_by, _generator(seed, "test"), "test_subset")
-    except ValueError as error:
-        if classes is None:
-            raise
-        raise ValueError(f"{error} (the split holds only the examples of classes {list(classes)})") from None
-
-    splits = {
-        "train": (_as_float(raw.train_x[train_idx], raw.x_scale), raw.train_y[train_idx]),
-        "val": (_as_float(raw.train_x[val_idx], raw.x_scale), raw.train_y[val_idx]),
-        "test": (_as_float(raw.test_x[test_idx], raw.x_scale), raw.test_y[test_idx]),
-    }
+    subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
+    indices = _choose_examples(raw, name, val_fraction, seed, subsets, classes)
+    splits = {}
+    for split, chosen in indices.items():
+        inputs, labels = (raw.test_x, raw.test_y) if split in ("test", "heldout") else (raw.train_x, raw.train_y)
+        splits[split] = (_as_float(inputs[chosen], raw.x_scale), labels[chosen])
     if classes is not None:
         # original id -> rank among the kept classes; held-out examples keep their ids
         relabel = torch.full((NUM_CLASSES[name],), -1, dtype=torch.int64)
         relabel[list(classes)] = torch.arange(len(classes))
-        splits = {key: (x, relabel[y]) for key, (x, y) in splits.items()}
-        if len(heldout_idx):
-            size = None if test_subset is None else min(test_subset, len(heldout_idx))
-            heldout_idx = select_subset(heldout_idx, size, test_stratify_by, _generator(seed, "heldout"), "test_subset")
-        splits["heldout"] = (_as_float(raw.test_x[heldout_idx], raw.x_scale), raw.test_y[heldout_idx])
+        splits.update({split: (inputs, relabel[labels]) for split, (inputs, labels) in splits.items() if split != "heldout"})
     normalization = None
     if normalize and name != "synthetic":
         mean, std = _channel_stats(splits["train"][0])
-        splits = {key: (_normalize(x, mean, std), y) for key, (x, y) in splits.items()}
+        splits = {split: (_normalize(inputs, mean, std), labels) for split, (inputs, labels) in splits.items()}
         normalization = {"mean": mean.tolist(), "std": std.tolist(), "computed_on": "train split"}
-
     info = {
         "source": raw.source,
         "normalization": normalization,
-        "sizes": {key: len(x) for key, (x, _) in splits.items()},
+        "sizes": {split: len(inputs) for split, (inputs, _) in splits.items()},
         "official_sizes": {"train": len(raw.train_x), "test": len(raw.test_x)},
         "seed": seed,
         "val_fraction": val_fraction,
-        "subsets": {"train": train_subset, "val": val_subset, "test": test_subset},
+        "subsets": subsets,
         **raw.extra_info,
     }
     if classes is not None:
@@ -947,11 +918,48 @@ def load(
         test=TensorDataset(*splits["test"]),
         num_classes=NUM_CLASSES[name] if classes is None else len(classes),
         input_shape=tuple(raw.train_x.shape[1:]),
-        task=task,
+        task="regression" if name == "synthetic" else "classification",
         name=name,
         info=info,
         heldout=TensorDataset(*splits["heldout"]) if classes is not None else None,
     )
+
+
+def _choose_examples(raw: _RawData, name: str, val_fraction: float, seed: int, subsets: dict,
+                     classes: tuple[int, ...] | None) -> dict[str, torch.Tensor]:
+    """Indices of each split's examples: ``train``/``val`` into the official training set,
+    ``test`` (and, with a class filter, ``heldout``) into the official test set."""
+    classification = name != "synthetic"
+    stratify_by = raw.train_y if classification else None
+    test_stratify_by = raw.test_y if classification else None
+    train_indices, val_indices = split_indices(len(raw.train_x), val_fraction, seed)
+    test_indices = torch.arange(len(raw.test_x))
+    heldout_indices = None
+    if classes is not None:
+        kept = torch.tensor(classes, dtype=raw.train_y.dtype)
+        train_indices = train_indices[torch.isin(raw.train_y[train_indices], kept)]
+        val_indices = val_indices[torch.isin(raw.train_y[val_indices], kept)]
+        in_test = torch.isin(raw.test_y, kept)
+        heldout_indices, test_indices = test_indices[~in_test], test_indices[in_test]
+        for split, chosen in (("train", train_indices), ("val", val_indices), ("test", test_indices)):
+            if len(chosen) == 0:
+                raise ValueError(f"classes={list(classes)!r}: the {split} split holds no example of these classes")
+    try:
+        indices = {
+            "train": select_subset(train_indices, subsets["train"], stratify_by, _generator(seed, "train"), "train_subset"),
+            "val": select_subset(val_indices, subsets["val"], stratify_by, _generator(seed, "val"), "val_subset"),
+            "test": select_subset(test_indices, subsets["test"], test_stratify_by, _generator(seed, "test"), "test_subset"),
+        }
+    except ValueError as error:
+        if classes is None:
+            raise
+        raise ValueError(f"{error} (the split holds only the examples of classes {list(classes)})") from None
+    if classes is not None:
+        if len(heldout_indices):
+            size = None if subsets["test"] is None else min(subsets["test"], len(heldout_indices))
+            heldout_indices = select_subset(heldout_indices, size, test_stratify_by, _generator(seed, "heldout"), "test_subset")
+        indices["heldout"] = heldout_indices
+    return indices
 
 
 def describe(root: str | os.PathLike | None = None) -> list[dict]:
