@@ -1,7 +1,12 @@
-"""One training run from one config: reproducible, paired across methods, honest about selection.
+"""Training: one loop (:func:`fit`), and one run from one config (:func:`run`).
 
-``run(config, root)`` trains a model with a method on a dataset and writes a
-run directory into the run store (see :mod:`ddc.store`). Guarantees:
+:func:`fit` is the training loop of every run and experiment: mini-batch SGD
+over tensors, with :class:`Callback` hooks per epoch and per step, and
+:class:`Selection` (validation chooses the epoch whose weights are kept).
+
+``run(config, root)`` trains a model with a method on a dataset through
+:func:`fit` and writes a run directory into the run store (see
+:mod:`ddc.store`). Guarantees:
 
 - **Paired runs.** The seed fixes the data (split, subsets), the initial
   weights, the data order and the masks, whatever the method: masks draw from
@@ -36,9 +41,10 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -111,11 +117,16 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> List[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The names of every config field, in declaration order."""
+        return [config_field.name for config_field in dataclasses.fields(cls)]
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        """Build and validate; unknown keys raise a ``ValueError`` that lists the allowed ones."""
+        """Build a config from ``{field: value}`` and validate it (:meth:`validate`).
+
+        Raises:
+            ValueError: an unknown field (the message lists the allowed ones) or a bad value.
+        """
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ValueError(
@@ -126,6 +137,12 @@ class TrainConfig:
         return config
 
     def validate(self) -> "TrainConfig":
+        """Check every field and make the config canonical (method options spelled out, sorted classes,
+        the default thread count as None), so that equal settings get equal run ids; returns ``self``.
+
+        Raises:
+            ValueError: a field holds a value it does not allow; the message names the field and the allowed values.
+        """
         from .data import DATASETS, check_classes
         from .models import MODELS
 
@@ -163,15 +180,20 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r} must be positive")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction!r} must lie in (0, 1)")
-        if self.layers is not None and (isinstance(self.layers, str) or not all(isinstance(x, str) for x in self.layers)):
+        if self.layers is not None and (isinstance(self.layers, str) or not all(isinstance(layer, str) for layer in self.layers)):
             raise ValueError(f"layers={self.layers!r} must be a list of layer names or glob patterns, or None")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
+        """Every field as plain values (what ``config.json`` stores)."""
         return dataclasses.asdict(self)
 
     def source_seed(self, source: str) -> int:
-        """The seed of one source of randomness (``"data"``, ``"init"``, ``"order"`` or ``"mask"``)."""
+        """The seed of one source of randomness (``"data"``, ``"init"``, ``"order"`` or ``"mask"``).
+
+        Raises:
+            ValueError: ``source`` is not one of those.
+        """
         check_choice("source", source, tuple(name[: -len("_seed")] for name in SEED_SOURCES))
         value = getattr(self, f"{source}_seed")
         return self.seed if value is None else value
@@ -184,11 +206,11 @@ class TrainConfig:
         earlier run keeps its id.
         """
         identity = {
-            k: v
-            for k, v in self.to_dict().items()
-            if k not in OPERATIONAL
-            and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
-            and not (k in SEED_SOURCES and v == self.seed)
+            name: value
+            for name, value in self.to_dict().items()
+            if name not in OPERATIONAL
+            and not (name in LATER_FIELDS and value == LATER_FIELDS[name])
+            and not (name in SEED_SOURCES and value == self.seed)
         }
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.model}-{self.method}-s{self.seed}-{digest}"
@@ -209,7 +231,11 @@ def _check_device_name(device) -> None:
 
 
 def check_device(device: str) -> None:
-    """Raise ``ValueError`` naming ``device`` when this process cannot use it."""
+    """Check that this process can use ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``).
+
+    Raises:
+        ValueError: ``device`` is not a device name, or not available here; the message names it.
+    """
     _check_device_name(device)
     parsed = torch.device(device)
     if parsed.type == "cpu":
@@ -229,6 +255,59 @@ def check_device(device: str) -> None:
 def environment(config: "TrainConfig") -> Dict[str, Any]:
     """What changes a run's numbers besides its config: torch version, thread count, device."""
     return {"torch": torch.__version__, "num_threads": config.num_threads or DEFAULT_THREADS, "device": config.device}
+
+
+class ReusedRunWarning(UserWarning):
+    """A finished run is reused by its id although it was made under another environment (another torch version)."""
+
+
+#: run ids this process has warned about (:func:`warn_if_made_elsewhere` warns once per run)
+_WARNED_REUSED: set = set()
+
+
+def environment_change(config: "TrainConfig", run_path) -> str:
+    """How the environment a finished run at ``run_path`` was made under differs from this process's.
+
+    ``""`` when they agree, or when the run predates recorded environments.
+    Otherwise e.g. ``"torch '2.12.0' (here '2.13.0')"``, one entry per
+    differing key of :func:`environment`. An unreadable ``config.json`` counts as unknown.
+    """
+    try:
+        stored = store.read_json(Path(run_path) / "config.json").get("environment")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(stored, dict):
+        return ""
+    current = environment(config)
+    return ", ".join(f"{key} {stored.get(key)!r} (here {current[key]!r})" for key in current if stored.get(key) != current[key])
+
+
+def warn_if_made_elsewhere(reused: Sequence[Tuple["TrainConfig", Path]], *, stacklevel: int = 2) -> None:
+    """One :class:`ReusedRunWarning` naming the finished runs among ``reused`` (``(config, run path)``
+    pairs, reused as they are) that were made under another environment than this process's.
+
+    Each run is named once per process. A run's id covers its seed, config,
+    thread count and device, not the torch version: another version may pick
+    other kernels, so its numbers could differ in their low-order bits from a
+    run trained here. ``stacklevel``: as for :func:`warnings.warn`, counted from
+    the caller (2, the default: the caller's caller is named).
+    """
+    changes = []
+    for config, run_path in reused:
+        run_id = config.run_id()
+        change = environment_change(config, run_path)
+        if change and run_id not in _WARNED_REUSED:
+            _WARNED_REUSED.add(run_id)
+            changes.append(f"run {run_id} at {run_path} was made under {change}")
+    if not changes:
+        return
+    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more such runs" if len(changes) > 5 else "")
+    warnings.warn(
+        f"{shown}; reused as {'it is' if len(changes) == 1 else 'they are'}: a run id covers the seed, the config, "
+        f"the thread count and the device, not the torch version (move a run away to train it again here)",
+        ReusedRunWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 @contextlib.contextmanager
@@ -367,6 +446,7 @@ class Selection(Callback):
         self.model, self.validate, self.metric, self.maximize, self.every = model, validate, metric, maximize, every
 
     def on_epoch_end(self, state: FitState) -> None:
+        """Evaluate on validation when due; keep the weights when the score beats the best so far."""
         if state.epoch % self.every and state.epoch != state.epochs:
             state.val_metrics = None
             return
@@ -608,7 +688,8 @@ def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor, task: str, batch
 def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optional[Callable[[str], None]] = None) -> Path:
     """Train ``config`` and publish its run directory under ``root``; returns its path.
 
-    A finished run with the same id is returned as it is (nothing retrained).
+    A finished run with the same id is returned as it is (nothing retrained;
+    :class:`ReusedRunWarning` when it was made under another torch version).
     An unfinished one with a checkpoint is resumed (``log`` says so).
     ``splits``: the config's data, already loaded. ``log``: one-line notes
     (default: stderr). With ``wait`` (the default) a run that another process
@@ -625,6 +706,7 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
         config.validate()
         run_dir = store.RunDir(root, config.run_id())
         if run_dir.finished:
+            warn_if_made_elsewhere([(config, run_dir.final)])
             return run_dir.final
         run_dir.check_final_path()
         check_device(config.device)
@@ -640,6 +722,7 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
     try:
         with store.run_lock(root, run_id, wait=wait, on_wait=waiting):
             if run_dir.finished:  # the other writer finished it while this one waited
+                warn_if_made_elsewhere([(config, run_dir.final)])
                 return run_dir.final
             run_dir.check_final_path()
             with _torch_threads(config.num_threads or DEFAULT_THREADS):
@@ -698,21 +781,21 @@ def _train(config: TrainConfig, run_dir: store.RunDir, splits, model, handle, lo
 def _start_or_resume(job: _Run) -> RunState:
     """A new run's state (its ``config.json`` written), or the checkpoint's (the environment checked)."""
     config, run_dir = job.config, job.run_dir
-    env = environment(config)
+    current = environment(config)
     if not job.checkpoint_path.exists():
-        run_dir.start({**config.to_dict(), "run_id": run_dir.run_id, "data_info": _jsonable(job.splits.info), "environment": env})
-        return RunState(environment=env)
+        run_dir.start({**config.to_dict(), "run_id": run_dir.run_id, "data_info": _jsonable(job.splits.info), "environment": current})
+        return RunState(environment=current)
     state = RunState.from_checkpoint(_restore(job))
     started = state.environment or None  # checkpoints before environments were stored carry none
-    if started is not None and started != env:
-        changed = ", ".join(f"{key} {started.get(key)!r} -> {env[key]!r}" for key in env if started.get(key) != env[key])
+    if started is not None and started != current:
+        changed = ", ".join(f"{key} {started.get(key)!r} -> {current[key]!r}" for key in current if started.get(key) != current[key])
         raise RunSetupError(
             f"run {run_dir.run_id} stopped at epoch {state.epoch} of {config.epochs} and would resume with other settings "
             f"({changed}), mixing two kinds of numbers in one run; resume it with the settings it started with, "
             f"or delete {run_dir.path} to train it again from the start"
         )
     state.resumed_at_epochs.append(state.epoch)
-    state.environment = env
+    state.environment = current
     job.log(f"resuming run {run_dir.run_id} from its checkpoint at epoch {state.epoch} of {config.epochs}")
     return state
 
@@ -861,4 +944,4 @@ def _restore(job: _Run) -> Dict[str, Any]:
 
 
 def _jsonable(info: dict) -> dict:
-    return json.loads(json.dumps(info, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return json.loads(json.dumps(info, default=lambda value: value.tolist() if hasattr(value, "tolist") else str(value)))

@@ -206,6 +206,34 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert result.exit_code == 1 and "1 already done" in result.output and "1 failed" in result.output
 
 
+
+def test_finished_runs_made_under_another_torch_are_named_in_one_warning(tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    from ddc import train
+
+    monkeypatch.setattr(train, "_WARNED_REUSED", set())
+    spec = load_spec({"name": "reused", "base": {**TINY, "epochs": 1}, "seeds": [0, 1, 2]})
+    root = tmp_path / "runs"
+    first = run_sweep(spec, root, backend="serial", progress=False)
+    assert sorted(first.completed) == sorted(spec.run_ids())
+    for run_id in spec.run_ids()[:2]:
+        config = json.loads((root / run_id / "config.json").read_text())
+        config["environment"]["torch"] = "0.0.1"
+        (root / run_id / "config.json").write_text(json.dumps(config))
+    with pytest.warns(train.ReusedRunWarning) as caught:
+        again = run_sweep(spec, root, backend="serial", progress=False)
+    assert again.skipped == spec.run_ids() and len(caught) == 1
+    message = str(caught[0].message)
+    assert all(run_id in message for run_id in spec.run_ids()[:2]) and spec.run_ids()[2] not in message
+    assert "torch '0.0.1'" in message and "reused as they are" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each run is named once in a process
+        run_sweep(spec, root, backend="serial", progress=False)
+
+
+
 # ----------------------------------------------------------------------------- SIGKILL and resume
 
 SCRIPT = "import sys\nfrom ddc.sweep import sweep_command\nif __name__ == '__main__':\n    sweep_command(sys.argv[1:])\n"

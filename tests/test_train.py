@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -152,6 +153,35 @@ def test_finished_run_is_not_retrained(tmp_path):
     stamp = os.stat(path / "summary.json").st_mtime_ns
     assert train.run(tiny(epochs=1), tmp_path) == path
     assert os.stat(path / "summary.json").st_mtime_ns == stamp
+
+
+
+def _made_under_torch(path, version):
+    """Rewrite a finished run's recorded environment as if another torch version had made it."""
+    config = json.loads((path / "config.json").read_text())
+    config["environment"]["torch"] = version
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_finished_run_made_under_another_torch_is_reused_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "_WARNED_REUSED", set())
+    config = tiny(epochs=1, record_every=0)
+    path = train.run(config, tmp_path)
+    summary = (path / "summary.json").read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same environment: no warning
+        assert train.run(config, tmp_path) == path
+    _made_under_torch(path, "0.0.1")
+    with pytest.warns(train.ReusedRunWarning) as caught:
+        assert train.run(config, tmp_path) == path
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert config.run_id() in message and "torch '0.0.1'" in message and f"(here {torch.__version__!r})" in message
+    assert "thread count and the device, not the torch version" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per run in a process
+        assert train.run(config, tmp_path) == path
+    assert (path / "summary.json").read_bytes() == summary  # reused as it is
 
 
 def test_interrupted_run_resumes_to_identical_result(tmp_path, monkeypatch):

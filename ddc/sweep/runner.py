@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import store
-from ..train import TrainConfig
+from ..train import TrainConfig, warn_if_made_elsewhere
 from .executors import BACKENDS, Executor, check_workers, make_executor, worker_death
 from .results import failed_path, sweep_connect, sweep_frame, sweep_root
 from .spec import Spec, SpecLike, SweepRun, load_spec
@@ -112,7 +112,9 @@ def run_sweep(
     torch's default): every run trains with its config's ``num_threads``
     (:data:`ddc.train.DEFAULT_THREADS` unless set), whoever runs it. An
     ``executor`` you made yourself (any :class:`Executor`) replaces
-    ``backend``/``workers``/``address``; it is not shut down.
+    ``backend``/``workers``/``address``; it is not shut down. Finished runs
+    made under another torch version are named in one
+    :class:`ddc.train.ReusedRunWarning`.
 
     Raises:
         ValueError: a bad spec (naming the field or run), ``backend`` or ``workers``.
@@ -134,6 +136,8 @@ def run_sweep(
             result.skipped.append(run.run_id)
         else:
             pending.append(run)
+    skipped = set(result.skipped)
+    warn_if_made_elsewhere([(run.config, root / run.run_id) for run in runs if run.run_id in skipped])
     with _ProgressBar(result, enabled=progress) as bar:
         if pending:
             root.mkdir(parents=True, exist_ok=True)
