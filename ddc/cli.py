@@ -70,6 +70,11 @@ def _key_values(pairs, option: str) -> Dict[str, Any]:
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
+    """The mapping of config fields in the YAML/JSON file ``path`` (``--config``).
+
+    Raises:
+        UserError: the file is empty, unreadable, not YAML or not a mapping; the message names it.
+    """
     try:
         return load_mapping(path, "--config file")
     except ConfigFileError as error:
@@ -81,14 +86,16 @@ _FIELD_TYPES = {"int": int, "float": float, "str": str, "Optional[int]": int, "O
 
 def _field_options(command):
     """Decorate ``command`` with one option per TrainConfig field (except the structured ones)."""
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in ("method_options", "layers", "classes"):
+    for config_field in reversed(dataclasses.fields(TrainConfig)):
+        name = config_field.name
+        flag = "--" + name.replace("_", "-")
+        if name in ("method_options", "layers", "classes"):
             continue
-        if f.type == "bool":
-            command = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=f"[{f.default}]")(command)
+        if config_field.type == "bool":
+            command = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=f"[{config_field.default}]")(command)
         else:
-            command = click.option(flag, f.name, type=_FIELD_TYPES[f.type], default=None, help=f"[default: {f.default}]")(command)
+            command = click.option(flag, name, type=_FIELD_TYPES[config_field.type], default=None,
+                                   help=f"[default: {config_field.default}]")(command)
     return command
 
 
@@ -110,7 +117,13 @@ def main():
 @click.option("--wait/--no-wait", default=True, show_default=True, help="When another process is writing this run: wait for it, or exit.")
 @_field_options
 def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_run, wait, **fields):
-    """Train one run and write it into the run store."""
+    """Train one run and write it into the run store.
+    \f
+
+    Raises:
+        UserError: a bad recipe, file, option or value, a busy path (exit 2; nothing written).
+        click.ClickException: another process writes the run and --no-wait was given.
+    """
     from . import recipes, store
     from .train import RunSetupError, run
 
@@ -122,17 +135,17 @@ def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_ru
         raise UserError(f"--recipe: {error}") from None
     if config_file:
         values.update(load_config_file(config_file))
-    values.update({k: v for k, v in fields.items() if v is not None})
+    values.update({name: value for name, value in fields.items() if value is not None})
     if opts:
         options = values.get("method_options") or {}
         if not isinstance(options, dict):
             raise UserError(f"method_options={options!r} must be a mapping of option names to values")
         values["method_options"] = {**options, **_key_values(opts, "--opt")}
     if layers:
-        values["layers"] = [x.strip() for x in layers.split(",") if x.strip()]
+        values["layers"] = [layer.strip() for layer in layers.split(",") if layer.strip()]
     if classes:
         try:
-            values["classes"] = [int(x) for x in classes.split(",") if x.strip()]
+            values["classes"] = [int(label) for label in classes.split(",") if label.strip()]
         except ValueError:
             raise UserError(f"--classes {classes!r} must be comma-separated integers") from None
     try:
@@ -153,7 +166,7 @@ def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_ru
     except OSError as error:
         raise store_error(error) from None
     summary = json.loads((path / "summary.json").read_text())
-    click.echo(json.dumps({k: summary[k] for k in sorted(summary)}, indent=2))
+    click.echo(json.dumps({key: summary[key] for key in sorted(summary)}, indent=2))
     click.echo(f"run {config.run_id()} written to {path}")
 
 
@@ -197,7 +210,13 @@ def data_list(root):
 @click.argument("name")
 @click.option("--root", default=None, help="Where to put it (default: $DDC_DATA or ./data).")
 def data_fetch(name, root):
-    """Download NAME from the standard mirrors and verify its MD5 checksums."""
+    """Download NAME from the standard mirrors and verify its MD5 checksums.
+    \f
+
+    Raises:
+        UserError: NAME is not a dataset with files (exit 2).
+        click.ClickException: every mirror failed.
+    """
     from . import data as data_module
 
     try:
@@ -238,25 +257,34 @@ def runs_ls(root, columns, profile):
     """One line per finished run under ROOT (default: $DDC_RUNS, else outputs/<profile>/runs).
 
     Run folders that cannot be read are named on stderr and left out.
+    \f
+
+    Raises:
+        UserError: no run store there, or an unknown column (exit 2).
     """
     from . import store
 
     root = _store_to_read(root, profile)
     frame = store.load_runs(_good_runs(root))
-    wanted = [c.strip() for c in (columns or DEFAULT_COLUMNS).split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in frame.columns]
+    wanted = [column.strip() for column in (columns or DEFAULT_COLUMNS).split(",") if column.strip()]
+    unknown = [column for column in wanted if column not in frame.columns]
     if columns and unknown:
         raise UserError(f"--columns: no column {', '.join(map(repr, unknown))}; columns: {', '.join(frame.columns)}")
     if frame.empty:
         click.echo(f"no finished runs under {root}")
         return
-    click.echo(frame[[c for c in wanted if c in frame.columns]].to_string(index=False))
+    click.echo(frame[[column for column in wanted if column in frame.columns]].to_string(index=False))
 
 
 @runs.command("show")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 def runs_show(run):
-    """Config, summary and per-epoch metrics of one run directory."""
+    """Config, summary and per-epoch metrics of one run directory.
+    \f
+
+    Raises:
+        UserError: RUN is not a readable run (exit 2).
+    """
     from . import store
 
     path = Path(run)
@@ -276,7 +304,12 @@ def runs_show(run):
 @click.option("--root", default=None, type=click.Path(), help=_ROOT_HELP)
 @_profile_option("Whose default run store to query.")
 def runs_sql(query, root, profile):
-    """Run SQL over tables runs, metrics, records (DuckDB); unreadable runs are named on stderr and left out."""
+    """Run SQL over tables runs, metrics, records (DuckDB); unreadable runs are named on stderr and left out.
+    \f
+
+    Raises:
+        UserError: no run store there, or an SQL error (exit 2).
+    """
     import duckdb
 
     from . import store
@@ -307,6 +340,11 @@ def sweep(spec_path, root, workers, backend, address, threads, dry_run, progress
     Finished runs are skipped, interrupted ones resume, failing ones are
     recorded under ROOT/.failed and the sweep goes on. Run it again after an
     interruption to complete the grid. Exits with status 1 if any run failed.
+    \f
+
+    Raises:
+        UserError: a bad spec or option (exit 2; nothing written).
+        click.ClickException: the run store cannot be written (exit 1, the path named).
     """
     from .sweep import load_spec, run_sweep, sweep_root
 
@@ -363,35 +401,40 @@ def _report_sweep(result, root: str) -> None:
 
 @main.command()
 @click.argument("runs_paths", nargs=-1, type=click.Path())
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: outputs/<profile>/report].")
+@click.option("--out", "out_folder", default=None, type=click.Path(file_okay=False), help="Output folder [default: outputs/<profile>/report].")
 @click.option("--value", default="test_acc", show_default=True, help="Summary column to compare.")
 @click.option("--baseline", default="none", show_default=True, help="Label the other methods are compared with.")
 @_profile_option("Whose default run store to report on.")
 @click.option("--html", "as_html", is_flag=True, help="Also one self-contained HTML page: conclusions, every figure, tables, configuration, versions.")
 @click.option("--outputs", default=None, type=click.Path(file_okay=False), help="With --html: notebook outputs to include [default: the folder holding the run store, when it holds notebook outputs].")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say what is being done.")
-def report(runs_paths, out, value, baseline, profile, as_html, outputs, quiet):
+def report(runs_paths, out_folder, value, baseline, profile, as_html, outputs, quiet):
     """Report from stored runs (tables with CIs, Holm-corrected tests, figures); trains nothing.
 
     RUNS_PATHS: run stores or run folders [default: $DDC_RUNS, else outputs/<profile>/runs].
     Writes report.md and figures/ (and report.html with --html) into --out.
+    \f
+
+    Raises:
+        UserError: no run store there, or nothing to report (exit 2).
+        click.UsageError: --outputs is not a folder (exit 2).
     """
     from experiments.report import build_report
     from experiments.report_html import build_html_report, outputs_of
 
     from . import store
 
-    paths = [str(_store_to_read(p, profile)) for p in runs_paths] or [str(_store_to_read(None, profile))]
-    out = Path(out) if out is not None else Path(store.OUTPUTS) / profile / "report"
+    paths = [str(_store_to_read(path, profile)) for path in runs_paths] or [str(_store_to_read(None, profile))]
+    out_folder = Path(out_folder) if out_folder is not None else Path(store.OUTPUTS) / profile / "report"
     log = None if quiet else _progress_line
     if outputs is not None and not Path(outputs).is_dir():
         raise click.UsageError(f"--outputs {outputs} is not a folder; pass the folder `ddc notebooks run` wrote for one profile, e.g. outputs/{profile}")
     try:
         if as_html:
             found = Path(outputs) if outputs is not None else (outputs_of(paths[0]) if len(paths) == 1 else None)
-            path = build_html_report(paths, out, outputs=found, value=value, baseline=baseline, log=log)
+            path = build_html_report(paths, out_folder, outputs=found, value=value, baseline=baseline, log=log)
         else:
-            path = build_report(paths, out, value=value, baseline=baseline, log=log)
+            path = build_report(paths, out_folder, value=value, baseline=baseline, log=log)
     except ValueError as error:
         raise UserError(error) from None
     click.echo(f"report written to {path}")
@@ -417,6 +460,11 @@ def notebooks_run(profile, suite, only, params, output, quiet):
 
     Progress goes to stderr: each notebook as it starts and ends, and a status
     line with runs done of total, elapsed time and an estimate.
+    \f
+
+    Raises:
+        UserError: an unknown notebook or parameter, or --suite with --only (exit 2).
+        click.ClickException: a notebook failed (its name and the error).
     """
     from .notebooks import SUITES, NotebookFailed, run_notebooks
 
@@ -430,7 +478,7 @@ def notebooks_run(profile, suite, only, params, output, quiet):
         raise UserError(error) from None
     except NotebookFailed as error:
         raise click.ClickException(str(error)) from None
-    total = sum(e.seconds for e in executed)
+    total = sum(notebook.seconds for notebook in executed)
     click.echo(f"{len(executed)} notebook(s) in {total:.0f} s; index: {Path(output) / profile / 'INDEX.md'}")
 
 
@@ -451,7 +499,12 @@ def notebooks_list():
 @_profile_option("Whose outputs to redraw.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say what is being done.")
 def figures(output, profile, quiet):
-    """Regenerate every figure from stored results, without training."""
+    """Regenerate every figure from stored results, without training.
+    \f
+
+    Raises:
+        UserError: no notebook outputs there (exit 2).
+    """
     from experiments import paper
 
     from .notebooks import write_index

@@ -44,14 +44,22 @@ def _loader():
 
 
 def loads(text: str) -> Any:
-    """Parse YAML text with numbers such as ``3e-1`` read as floats. Raises ``yaml.YAMLError``."""
+    """Parse YAML text with numbers such as ``3e-1`` read as floats.
+
+    Raises:
+        yaml.YAMLError: ``text`` is not YAML.
+    """
     import yaml
 
     return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_value(text: str, *, name: str = "value") -> Any:
-    """One ``KEY=VALUE`` value as YAML: numbers, booleans, null, lists, else the string itself."""
+    """One ``KEY=VALUE`` value as YAML: numbers, booleans, null, lists, else the string itself.
+
+    Raises:
+        ConfigFileError: ``text`` is not valid YAML; the message names ``name``.
+    """
     import yaml
 
     try:
@@ -61,19 +69,27 @@ def parse_value(text: str, *, name: str = "value") -> Any:
 
 
 def parse_pairs(pairs: Iterable[str], option: str) -> Dict[str, Any]:
-    """``["KEY=VALUE", ...]`` to a dict; a pair without ``=`` or with an empty key names ``option``."""
-    out: Dict[str, Any] = {}
+    """``["KEY=VALUE", ...]`` to a dict of parsed values (:func:`parse_value`).
+
+    Raises:
+        ConfigFileError: a pair without ``=``, with an empty key or a bad value; the message names ``option``.
+    """
+    parsed: Dict[str, Any] = {}
     for pair in pairs:
-        key, eq, value = pair.partition("=")
+        key, equals, value = pair.partition("=")
         key = key.strip()
-        if not eq or not key:
+        if not equals or not key:
             raise ConfigFileError(f"{option} {pair!r} must look like KEY=VALUE")
-        out[key] = parse_value(value, name=f"{option} {key}")
-    return out
+        parsed[key] = parse_value(value, name=f"{option} {key}")
+    return parsed
 
 
 def load_mapping(path: Union[str, os.PathLike], what: str = "config file") -> Dict[str, Any]:
-    """The mapping in a YAML/JSON file. Empty, unreadable, invalid or non-mapping files raise, naming ``path``."""
+    """The mapping in a YAML/JSON file; ``what`` names the file's role in messages.
+
+    Raises:
+        ConfigFileError: the file is unreadable, not text, empty, not YAML, or not a mapping; the message names ``path``.
+    """
     import yaml
 
     path = Path(path)

@@ -261,8 +261,11 @@ def check_classes(name: str, classes) -> tuple[int, ...] | None:
 
     ``classes`` must be None or a list/tuple of at least two distinct integers in
     ``[0, number of classes)``; a list naming every class is the same as None
-    (same data, same labels), so it comes back as None. Raises ``ValueError``
-    naming ``classes`` and the allowed values.
+    (same data, same labels), so it comes back as None.
+
+    Raises:
+        ValueError: ``classes`` is not such a list, or ``name`` is a regression dataset or unknown;
+            the message names ``classes`` and the allowed values.
     """
     if classes is None:
         return None
@@ -274,7 +277,7 @@ def check_classes(name: str, classes) -> tuple[int, ...] | None:
     if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple)):
         raise ValueError(f"classes={classes!r} must be {allowed}")
     values = list(classes)
-    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in values):
+    if not all(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < num_classes for value in values):
         raise ValueError(f"classes={classes!r} must be {allowed}")
     if len(set(values)) != len(values):
         raise ValueError(f"classes={classes!r} repeats a class; it must be {allowed}")
@@ -293,7 +296,11 @@ def _dashed(name: str) -> str:
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex MD5 of a file, read in chunks."""
+    """Hex MD5 of a file, read in chunks of ``chunk_size`` bytes.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
@@ -326,8 +333,11 @@ def read_idx(path: str | os.PathLike):
     """Parse an IDX file (raw or gzip-compressed) into a numpy array.
 
     Layout: two zero bytes, a dtype code, the number of dimensions, one
-    big-endian uint32 per dimension, then the data in C order. Raises
-    ``ValueError`` naming the file when the header or the data size is wrong.
+    big-endian uint32 per dimension, then the data in C order.
+
+    Raises:
+        ValueError: the header or the data size is wrong, or the gzip stream is broken; the message names the file.
+        OSError: the file cannot be read.
     """
     import numpy as np
 
@@ -344,7 +354,7 @@ def read_idx(path: str | os.PathLike):
     header_size = 4 + 4 * ndim
     if ndim == 0 or len(content) < header_size:
         raise ValueError(f"IDX file {path} is corrupt or truncated: incomplete header")
-    dims = tuple(int(d) for d in np.frombuffer(content, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(size) for size in np.frombuffer(content, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
     expected_bytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     found_bytes = len(content) - header_size
@@ -358,11 +368,15 @@ def read_idx(path: str | os.PathLike):
 
 
 def write_idx(path: str | os.PathLike, array) -> pathlib.Path:
-    """Write a numpy array as an IDX file; gzip-compressed when ``path`` ends in ``.gz``."""
+    """Write a numpy array as an IDX file; gzip-compressed when ``path`` ends in ``.gz``. Returns the path.
+
+    Raises:
+        ValueError: the array's dtype has no IDX code (uint8, int8, int16, int32, float32, float64 do).
+    """
     import numpy as np
 
     array = np.asarray(array)
-    codes = {np.dtype(v).newbyteorder("=").str: k for k, v in _IDX_DTYPES.items()}
+    codes = {np.dtype(stored).newbyteorder("=").str: code for code, stored in _IDX_DTYPES.items()}
     native = array.dtype.newbyteorder("=").str
     if native not in codes:
         raise ValueError(f"array dtype must be one of uint8, int8, int16, int32, float32, float64; got {array.dtype}")
@@ -407,11 +421,11 @@ def _search_locations(name: str, root: str | os.PathLike | None) -> list[tuple[p
     """Ordered (directory, why it is searched) pairs for ``name``, without duplicates."""
     located: list[tuple[pathlib.Path, str]] = []
     if root is not None:
-        located += [(d, "root argument") for d in _dirs_under(name, pathlib.Path(root), include_base=True)]
+        located += [(directory, "root argument") for directory in _dirs_under(name, pathlib.Path(root), include_base=True)]
     env_dir = os.environ.get("DDC_DATA")
     if env_dir:
-        located += [(d, "$DDC_DATA") for d in _dirs_under(name, pathlib.Path(env_dir), include_base=False)]
-    located += [(d, "./data") for d in _dirs_under(name, pathlib.Path.cwd() / "data", include_base=False)]
+        located += [(directory, "$DDC_DATA") for directory in _dirs_under(name, pathlib.Path(env_dir), include_base=False)]
+    located += [(directory, "./data") for directory in _dirs_under(name, pathlib.Path.cwd() / "data", include_base=False)]
     located.append((SYSTEM_DATASET_DIR / _dashed(name), "system datasets"))
     seen: set[pathlib.Path] = set()
     unique = []
@@ -423,7 +437,11 @@ def _search_locations(name: str, root: str | os.PathLike | None) -> list[tuple[p
 
 
 def how_to_get(name: str) -> str:
-    """The command(s) that make ``name`` available."""
+    """The command(s) that make ``name`` available.
+
+    Raises:
+        ValueError: ``name`` is not a dataset.
+    """
     name = _check_name(name)
     if name == "synthetic":
         return "generated in memory (nothing to get)"
@@ -442,8 +460,11 @@ def find(name: str, root: str | os.PathLike | None = None) -> pathlib.Path:
     ``root/<name-with-dashes>``), ``$DDC_DATA/<name>``, ``./data/<name>``
     (also with dashes), then ``/usr/share/datasets/<name-with-dashes>``. For
     CIFAR the archive's folder (``cifar-10-batches-py`` / ``cifar-100-python``)
-    is also accepted inside and beside each of those. Raises
-    ``FileNotFoundError`` listing every place looked and how to get the data.
+    is also accepted inside and beside each of those.
+
+    Raises:
+        FileNotFoundError: no complete directory was found; the message lists every place looked and how to get the data.
+        ValueError: ``name`` is not a dataset with files.
     """
     name = _check_file_dataset(name)
     looked = []
@@ -462,6 +483,9 @@ def check_files(name: str, directory: str | os.PathLike) -> str | None:
 
     IDX files: header, data size, shapes and labels (files are read in full).
     CIFAR pickles: their MD5 against :data:`CIFAR_PICKLE_MD5`.
+
+    Raises:
+        ValueError: ``name`` is not a dataset with files.
     """
     name = _check_file_dataset(name)
     directory = pathlib.Path(directory)
@@ -514,8 +538,8 @@ def _fetch_file(file_name: str, expected_md5: str, mirrors: tuple[str, ...], tar
 
 def _extract_archive(archive: pathlib.Path, target: pathlib.Path) -> None:
     """Unpack a tar archive, refusing members that would land outside ``target``."""
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
+    with tarfile.open(archive) as tar_file:
+        tar_file.extractall(target, filter="data")
 
 
 def _fetch_target(name: str, root: str | os.PathLike | None) -> pathlib.Path:
@@ -531,6 +555,11 @@ def fetch(name: str, root: str | os.PathLike | None = None) -> pathlib.Path:
     are then unpacked and each pickle checked against :data:`CIFAR_PICKLE_MD5`.
     IDX ``.gz`` files are kept compressed; :func:`load` reads them directly.
     Called only explicitly: :func:`load` never downloads unless ``download=True``.
+
+    Raises:
+        ValueError: ``name`` is not a dataset with files.
+        ChecksumError: every mirror gave a file with the wrong MD5.
+        OSError: a download or a write failed on every mirror.
     """
     name = _check_file_dataset(name)
     source = SOURCES[name]
@@ -679,7 +708,7 @@ def _mnist1d_arrays(seed: int):
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as stored:
-                arrays, args_dict = tuple(stored[k] for k in keys), json.loads(str(stored["args"]))
+                arrays, args_dict = tuple(stored[key] for key in keys), json.loads(str(stored["args"]))
             _check_mnist1d(arrays, args_dict, cache)
             return arrays, args_dict
         except Exception as error:  # noqa: BLE001 - any unreadable cache (0 bytes, truncated zip, wrong rows) is made again
@@ -698,14 +727,14 @@ def _mnist1d_arrays(seed: int):
     if missing:
         raise ValueError(f"mnist1d.data.make_dataset returned no {sorted(missing)}; got keys {sorted(dataset)}")
     arrays = tuple(np.asarray(dataset[key]) for key in keys)
-    args_dict = {k: v for k, v in vars(args).items()}
+    args_dict = dict(vars(args))
     _check_mnist1d(arrays, json.loads(json.dumps(args_dict, default=str)), "mnist1d.data.make_dataset")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".npz", dir=cache.parent)
-        with os.fdopen(fd, "wb") as fh:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".npz", dir=cache.parent)
+        with os.fdopen(descriptor, "wb") as fh:
             np.savez(fh, **dict(zip(keys, arrays)), args=np.array(json.dumps(args_dict, default=str)))
-        os.replace(tmp, cache)
+        os.replace(temporary, cache)
     except OSError:
         pass  # a read-only home: no cache, same data
     return arrays, args_dict
@@ -713,26 +742,26 @@ def _mnist1d_arrays(seed: int):
 
 def _check_mnist1d(arrays, args: dict, source) -> None:
     """Shapes, counts and labels of MNIST-1D arrays against the arguments that made them."""
-    x, y, x_test, y_test = arrays
+    train_inputs, train_labels, test_inputs, test_labels = arrays
     length = int(args.get("final_seq_length", 40))
-    total = int(args.get("num_samples", len(x) + len(x_test)))
-    for what, inputs, labels in (("train", x, y), ("test", x_test, y_test)):
+    total = int(args.get("num_samples", len(train_inputs) + len(test_inputs)))
+    for what, inputs, labels in (("train", train_inputs, train_labels), ("test", test_inputs, test_labels)):
         if inputs.ndim != 2 or inputs.shape[1] != length or labels.ndim != 1 or len(inputs) != len(labels):
             raise ValueError(f"{source}: {what} inputs {inputs.shape} and labels {labels.shape} do not fit (N, {length}) and (N,)")
         _check_labels(labels, NUM_CLASSES["mnist1d"], source)
-    if len(x) + len(x_test) != total:
-        raise ValueError(f"{source} holds {len(x) + len(x_test)} examples; its arguments make {total}")
+    if len(train_inputs) + len(test_inputs) != total:
+        raise ValueError(f"{source} holds {len(train_inputs) + len(test_inputs)} examples; its arguments make {total}")
 
 
 def _load_mnist1d(seed: int) -> _RawData:
-    (x, y, x_test, y_test), args = _mnist1d_arrays(seed)
+    (train_inputs, train_labels, test_inputs, test_labels), args = _mnist1d_arrays(seed)
     return _RawData(
-        train_x=torch.tensor(x, dtype=torch.float32).unsqueeze(1),
-        train_y=torch.tensor(y, dtype=torch.int64),
-        test_x=torch.tensor(x_test, dtype=torch.float32).unsqueeze(1),
-        test_y=torch.tensor(y_test, dtype=torch.int64),
+        train_x=torch.tensor(train_inputs, dtype=torch.float32).unsqueeze(1),
+        train_y=torch.tensor(train_labels, dtype=torch.int64),
+        test_x=torch.tensor(test_inputs, dtype=torch.float32).unsqueeze(1),
+        test_y=torch.tensor(test_labels, dtype=torch.int64),
         source=f"generated by mnist1d.data.make_dataset (seed={seed})",
-        extra_info={"mnist1d_args": {k: v for k, v in args.items() if k != "url"}},
+        extra_info={"mnist1d_args": {name: value for name, value in args.items() if name != "url"}},
     )
 
 
@@ -781,7 +810,8 @@ def _generator(seed: int, stage: str) -> torch.Generator:
 
 
 def split_indices(num_examples: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint (train, val) index tensors: a seeded permutation, the first ``round(n*val_fraction)`` go to val."""
+    """Disjoint, sorted ``(train, val)`` int64 index tensors into ``num_examples`` examples: a permutation
+    seeded by ``seed``, whose first ``round(num_examples * val_fraction)`` go to val."""
     permutation = torch.randperm(num_examples, generator=_generator(seed, "split"))
     num_val = int(round(num_examples * val_fraction))
     return permutation[num_val:].sort().values, permutation[:num_val].sort().values
@@ -798,7 +828,11 @@ def select_subset(
 
     Stratification: after a random shuffle each example gets the key
     ``(rank within its class + 0.5) / class count``; taking the smallest keys
-    picks every class in proportion to its frequency.
+    picks every class in proportion to its frequency. ``indices``: ``(n,)``
+    int64; ``labels``: the labels of the whole array ``indices`` points into.
+
+    Raises:
+        ValueError: ``size`` is not None or an integer in ``[1, n]``; the message names ``field_name``.
     """
     if size is None:
         return indices
@@ -877,6 +911,12 @@ def load(
       not make yourself.
 
     The same arguments always give identical tensors.
+
+    Raises:
+        ValueError: a bad argument (named with its allowed values), a class filter that empties a split,
+            a subset larger than its split, or files whose labels, shapes or counts are wrong (naming the file).
+        FileNotFoundError: the dataset's files are not found (the message says where it looked and how to get them).
+        ChecksumError: a CIFAR pickle's MD5 does not match (``verify=True``).
     """
     name = _check_name(name)
     val_fraction = _check_val_fraction(val_fraction)
@@ -911,7 +951,7 @@ def load(
     }
     if classes is not None:
         info["classes"] = list(classes)
-        info["heldout_classes"] = [c for c in range(NUM_CLASSES[name]) if c not in classes]
+        info["heldout_classes"] = [label for label in range(NUM_CLASSES[name]) if label not in classes]
     return DataSplits(
         train=TensorDataset(*splits["train"]),
         val=TensorDataset(*splits["val"]),

@@ -65,9 +65,9 @@ def default_root(profile: Optional[str] = None, outputs: PathLike = OUTPUTS) -> 
     """
     from .recipes import DEFAULT_PROFILE
 
-    env = os.environ.get(RUNS_ENV)
-    if env:
-        return Path(env)
+    from_environment = os.environ.get(RUNS_ENV)
+    if from_environment:
+        return Path(from_environment)
     return Path(outputs) / (profile or DEFAULT_PROFILE) / "runs"
 
 
@@ -128,27 +128,33 @@ def _writing(path: PathLike):
 
 
 def _atomic(path: Path, write) -> Path:
+    """``write(temporary)`` into a new file beside ``path``, then rename it onto ``path``."""
     path = Path(path)
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(descriptor)
         try:
-            write(tmp)
-            os.replace(tmp, path)
+            write(temporary)
+            os.replace(temporary, path)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if os.path.exists(temporary):
+                os.unlink(temporary)
             raise
     return path
 
 
-def write_json(path: PathLike, obj) -> Path:
-    """Write ``obj`` as JSON, atomically."""
+def write_json(path: PathLike, value) -> Path:
+    """Write ``value`` as JSON (sorted keys; numpy and torch scalars as numbers), atomically; returns ``path``.
 
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+    Raises:
+        StoreWriteError: the file cannot be written (the message names the path).
+        TypeError: ``value`` holds something JSON cannot store.
+    """
+
+    def write(temporary):
+        with open(temporary, "w") as fh:
+            json.dump(value, fh, indent=2, sort_keys=True, default=_json_default)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -167,19 +173,34 @@ def _json_default(value):
 
 
 def read_json(path: PathLike):
+    """The JSON value in ``path``.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not JSON (``json.JSONDecodeError``).
+    """
     with open(path) as fh:
         return json.load(fh)
 
 
 def write_parquet(path: PathLike, frame) -> Path:
-    """Write a pandas DataFrame as parquet, atomically."""
-    return _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+    """Write a pandas DataFrame as parquet (no index), atomically; returns ``path``.
+
+    Raises:
+        StoreWriteError: the file cannot be written (the message names the path).
+    """
+    return _atomic(Path(path), lambda temporary: frame.to_parquet(temporary, index=False))
 
 
-def write_torch(path: PathLike, obj) -> Path:
+def write_torch(path: PathLike, value) -> Path:
+    """``torch.save(value)`` into ``path``, atomically; returns ``path``.
+
+    Raises:
+        StoreWriteError: the file cannot be written (the message names the path).
+    """
     import torch
 
-    return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    return _atomic(Path(path), lambda temporary: torch.save(value, temporary))
 
 
 # ----------------------------------------------------------------------------- one run
@@ -189,6 +210,9 @@ class RunDir:
     """Writes one run. Work happens under ``<root>/.partial/<run_id>``; ``finish`` publishes it.
 
     Hold :func:`run_lock` for the run while writing (``ddc.train.run`` does).
+
+    Raises:
+        ValueError: ``run_id`` is empty, holds a ``/`` or starts with ``.``.
     """
 
     def __init__(self, root: PathLike, run_id: str):
@@ -201,10 +225,15 @@ class RunDir:
 
     @property
     def finished(self) -> bool:
+        """Whether the run is published (its final path holds ``summary.json``)."""
         return (self.final / "summary.json").exists()
 
     def check_final_path(self) -> None:
-        """Raise :class:`RunPathOccupied` when the final path holds something that is not a finished run."""
+        """Check that the final path is free or holds this finished run.
+
+        Raises:
+            RunPathOccupied: the final path holds something that is not a finished run (it is left alone).
+        """
         if self.finished or not (self.final.exists() or self.final.is_symlink()):
             return
         kind = "a directory" if self.final.is_dir() else "a file"
@@ -214,28 +243,46 @@ class RunDir:
         )
 
     def start(self, config: dict) -> "RunDir":
+        """Create the work directory and write ``config.json``; returns ``self``.
+
+        Raises:
+            StoreWriteError: the directory or the file cannot be written.
+        """
         with _writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / "config.json", config)
         return self
 
     def write_metrics(self, rows: Sequence[dict]) -> None:
-        """Rewrite ``metrics.parquet`` with all rows so far (small: one row per epoch and metric)."""
+        """Rewrite ``metrics.parquet`` with all rows so far (small: one row per epoch and metric).
+
+        Raises:
+            StoreWriteError: the file cannot be written.
+        """
         import pandas as pd
 
         write_parquet(self.path / "metrics.parquet", pd.DataFrame(list(rows), columns=METRIC_COLUMNS))
 
     def records_dir(self) -> Path:
+        """Where the Recorder's parquet parts go."""
         return self.path / "records"
 
     def snapshot(self, step: int, tensors: dict) -> Path:
+        """Save the Recorder's full tensors of ``step`` as ``snapshots/step-NNNNNNNN.pt``; returns the path.
+
+        Raises:
+            StoreWriteError: the file cannot be written.
+        """
         return write_torch(self.path / "snapshots" / f"step-{step:08d}.pt", tensors)
 
     def finish(self, summary: Optional[dict] = None, *, required: Sequence[str] = ("config.json",)) -> Path:
         """Write ``summary.json`` (unless None: already written) and move the run into place in one rename.
 
-        Refuses (``RuntimeError``) to publish a run that lacks a ``required``
-        file, and (:class:`RunPathOccupied`) to replace anything at the final path.
+        Raises:
+            RuntimeError: the run lacks a ``required`` file (nothing is published).
+            RunPathOccupied: something is at the final path, another writer's finished run included
+                (it is not replaced).
+            StoreWriteError: a file or the rename cannot be written.
         """
         if summary is not None:
             write_json(self.path / "summary.json", summary)
@@ -258,8 +305,11 @@ def run_lock(root: PathLike, run_id: str, *, wait: bool = True, on_wait: Optiona
     drops when its process dies (even by SIGKILL), so no stale lock survives.
     The holder writes who it is into the file. When another process holds it:
     ``wait=True`` calls ``on_wait(holder)`` once and blocks until it is free;
-    ``wait=False`` raises :class:`RunBusy` naming the holder. Raises
-    :class:`StoreWriteError` when the lock cannot be made (read-only root, ...).
+    ``wait=False`` raises :class:`RunBusy` naming the holder.
+
+    Raises:
+        RunBusy: another process holds the lock and ``wait`` is False.
+        StoreWriteError: the lock file cannot be made (read-only root, ...).
     """
     try:
         import fcntl
@@ -269,26 +319,26 @@ def run_lock(root: PathLike, run_id: str, *, wait: bool = True, on_wait: Optiona
     path = Path(root) / LOCKS / f"{run_id}.lock"
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = lock_holder(root, run_id) or "another process"
             if not wait:
                 raise RunBusy(f"run {run_id} is being written by {holder} (lock {path}); it was left alone") from None
             if on_wait is not None:
                 on_wait(holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        os.close(descriptor)
 
 
 def lock_holder(root: PathLike, run_id: str) -> Optional[str]:
@@ -316,11 +366,17 @@ class RecordWriter:
         self.next_part = len(existing)
 
     def add(self, step: int, epoch: int, layer: str, metric: str, value: float) -> None:
+        """Buffer one row; flushes a part when ``flush_rows`` rows are buffered."""
         self.rows.append((self.run_id, step, epoch, layer, metric, value))
         if len(self.rows) >= self.flush_rows:
             self.flush()
 
     def flush(self) -> None:
+        """Write the buffered rows as the next part (``part-NNNNN.parquet``); nothing when none is buffered.
+
+        Raises:
+            StoreWriteError: the part cannot be written.
+        """
         if not self.rows:
             return
         import pandas as pd
@@ -377,7 +433,9 @@ def scan(paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[Path], Dict[P
 
     A root's entries starting with ``.`` (``.partial``, ``.locks``, ...) and
     directories with neither ``config.json`` nor ``summary.json`` are not runs.
-    Raises ``FileNotFoundError`` for a path that does not exist.
+
+    Raises:
+        FileNotFoundError: a path is neither a run directory nor a directory.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -386,7 +444,8 @@ def scan(paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[Path], Dict[P
         if _is_run_like(path):
             candidates.append(path)
         elif path.is_dir():
-            candidates += [p for p in path.iterdir() if not p.name.startswith(".") and p.is_dir() and _is_run_like(p)]
+            candidates += [entry for entry in path.iterdir()
+                           if not entry.name.startswith(".") and entry.is_dir() and _is_run_like(entry)]
         else:
             raise FileNotFoundError(f"no run directory or run root at {path}")
     good, bad = [], {}
@@ -403,6 +462,9 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
     """Good finished run directories under the given roots or run paths (sorted, no duplicates).
 
     Bad ones (see :func:`scan`) are left out with a ``UserWarning`` naming them.
+
+    Raises:
+        FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
     good, bad = scan(paths)
     if bad:
@@ -416,9 +478,9 @@ def flatten_config(config: dict) -> dict:
     row = {}
     for key, value in config.items():
         if key == "method_options" and isinstance(value, dict):
-            row.update({k: _scalar(v) for k, v in value.items()})
+            row.update({option: _scalar(setting) for option, setting in value.items()})
         elif isinstance(value, dict):
-            row.update({f"{key}.{k}": _scalar(v) for k, v in value.items()})
+            row.update({f"{key}.{name}": _scalar(entry) for name, entry in value.items()})
         else:
             row[key] = _scalar(value)
     return row
@@ -433,6 +495,9 @@ def load_runs(paths) -> "pandas.DataFrame":
 
     With no run the frame is empty but has the columns of a training run
     (:func:`empty_runs_frame`), so queries on it give no rows rather than errors.
+
+    Raises:
+        FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
     import pandas as pd
 
@@ -452,23 +517,31 @@ def empty_runs_frame() -> "pandas.DataFrame":
     from .train import SUMMARY_KEYS, TrainConfig  # the trainer defines what a run holds
 
     fields = [name for name in TrainConfig.field_names() if name != "method_options"]
-    columns = ["run_id", "path", *fields, *(k for k in SUMMARY_KEYS if k not in fields)]
+    columns = ["run_id", "path", *fields, *(key for key in SUMMARY_KEYS if key not in fields)]
     return pd.DataFrame({column: pd.Series(dtype=object) for column in columns})
 
 
 def load_metrics(paths) -> "pandas.DataFrame":
-    """Per-epoch metrics of all runs, long format (``METRIC_COLUMNS``)."""
+    """Per-epoch metrics of all runs, long format (``METRIC_COLUMNS``).
+
+    Raises:
+        FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
+    """
     import pandas as pd
 
-    frames = [pd.read_parquet(p / "metrics.parquet") for p in run_dirs(paths) if (p / "metrics.parquet").exists()]
+    frames = [pd.read_parquet(run / "metrics.parquet") for run in run_dirs(paths) if (run / "metrics.parquet").exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
 
 
 def load_records(paths) -> "pandas.DataFrame":
-    """Recorder rows of all runs, long format (``RECORD_COLUMNS``)."""
+    """Recorder rows of all runs, long format (``RECORD_COLUMNS``).
+
+    Raises:
+        FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
+    """
     import pandas as pd
 
-    frames = [pd.read_parquet(part) for p in run_dirs(paths) for part in sorted((p / "records").glob("part-*.parquet"))]
+    frames = [pd.read_parquet(part) for run in run_dirs(paths) for part in sorted((run / "records").glob("part-*.parquet"))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
 
 
@@ -477,32 +550,39 @@ def connect(paths):
 
     ``runs`` comes from the JSON files; ``metrics`` and ``records`` are read
     straight from the parquet files by DuckDB.
+
+    Raises:
+        FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
     import duckdb
 
     dirs = run_dirs(paths)
-    con = duckdb.connect()
-    runs = load_runs(dirs)
-    con.register("runs_df", runs)
-    con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
+    connection = duckdb.connect()
+    connection.register("runs_df", load_runs(dirs))
+    connection.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
     for view, pattern, columns in (
         ("metrics", "metrics.parquet", METRIC_COLUMNS),
         ("records", "records/part-*.parquet", RECORD_COLUMNS),
     ):
-        files = [str(f) for d in dirs for f in sorted(d.glob(pattern))]
+        files = [str(file) for run in dirs for file in sorted(run.glob(pattern))]
         if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listing}])")
+            listing = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
+            connection.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listing}])")
         else:
-            empty = ", ".join(f"NULL AS {c}" for c in columns)
-            con.execute(f"CREATE VIEW {view} AS SELECT {empty} WHERE FALSE")
-    return con
+            empty = ", ".join(f"NULL AS {column}" for column in columns)
+            connection.execute(f"CREATE VIEW {view} AS SELECT {empty} WHERE FALSE")
+    return connection
 
 
 def sql(query: str, paths) -> "pandas.DataFrame":
-    """Run SQL over the runs under ``paths``; tables ``runs``, ``metrics``, ``records``."""
-    con = connect(paths)
+    """Run SQL over the runs under ``paths``; tables ``runs``, ``metrics``, ``records``.
+
+    Raises:
+        duckdb.Error: the query is not valid SQL over those tables.
+        FileNotFoundError: a path does not exist (:func:`scan`).
+    """
+    connection = connect(paths)
     try:
-        return con.execute(query).df()
+        return connection.execute(query).df()
     finally:
-        con.close()
+        connection.close()

@@ -39,8 +39,12 @@ class Executor:
 
     workers: int = 1
 
-    def submit(self, fn: Callable, *args) -> Any:  # pragma: no cover - interface
-        """Schedule ``fn(*args)``; returns its future."""
+    def submit(self, function: Callable, *args) -> Any:  # pragma: no cover - interface
+        """Schedule ``function(*args)``; returns its future.
+
+        Raises:
+            NotImplementedError: always, here; every backend implements it.
+        """
         raise NotImplementedError
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
@@ -53,7 +57,7 @@ class Executor:
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
         self.shutdown(cancel=exc_type is not None)
 
 
@@ -110,10 +114,12 @@ class LocalExecutor(Executor):
             context=multiprocessing.get_context(context),
         )
 
-    def submit(self, fn, *args):
-        return self._pool.schedule(fn, args=args)
+    def submit(self, function, *args):
+        """Schedule ``function(*args)`` on a worker process (it must be picklable by name)."""
+        return self._pool.schedule(function, args=args)
 
     def shutdown(self, cancel: bool = False) -> None:
+        """Wait for the tasks (``cancel``: stop the workers now) and join them."""
         if cancel:
             self._pool.stop()
         else:
@@ -154,15 +160,18 @@ class DaskExecutor(Executor):
         """The ``distributed.Client``."""
         return self._client
 
-    def submit(self, fn, *args):
-        return self._client.submit(fn, *args, pure=False)
+    def submit(self, function, *args):
+        """Schedule ``function(*args)`` on the cluster (never cached as a pure call)."""
+        return self._client.submit(function, *args, pure=False)
 
     def as_completed(self, futures):
+        """The futures as they finish (``distributed.as_completed``)."""
         from distributed import as_completed
 
         return as_completed(list(futures))
 
     def shutdown(self, cancel: bool = False) -> None:
+        """Close the client, and the local cluster when this executor started one."""
         with contextlib.suppress(Exception):
             self._client.close()
         if self._cluster is not None:
@@ -179,10 +188,15 @@ class SerialExecutor(Executor):
     def __init__(self, workers: Optional[int] = None, **_):
         self.workers = 1
 
-    def submit(self, fn, *args):
+    def submit(self, function, *args):
+        """Call ``function(*args)`` now; returns a finished future.
+
+        Raises:
+            KeyboardInterrupt: the call was interrupted (it stops the sweep).
+        """
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            future.set_result(fn(*args))
+            future.set_result(function(*args))
         except BaseException as error:  # noqa: BLE001 - delivered through the future
             if isinstance(error, KeyboardInterrupt):
                 raise

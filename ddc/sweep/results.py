@@ -103,7 +103,7 @@ def sweep_connect(spec: SpecLike, root: Optional[Path] = None):
     else:
         connection = duckdb.connect()
         for view, columns in (("metrics", store.METRIC_COLUMNS), ("records", store.RECORD_COLUMNS)):
-            connection.execute(f"CREATE VIEW {view} AS SELECT {', '.join(f'NULL AS {c}' for c in columns)} WHERE FALSE")
+            connection.execute(f"CREATE VIEW {view} AS SELECT {', '.join(f'NULL AS {column}' for column in columns)} WHERE FALSE")
     connection.register("sweep_runs_df", frame)
     connection.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM sweep_runs_df")
     return connection

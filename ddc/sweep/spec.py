@@ -59,12 +59,17 @@ class SweepRun:
 
     @property
     def run_id(self) -> str:
+        """The run's id (:meth:`ddc.train.TrainConfig.run_id`)."""
         return self.config.run_id()
 
 
 @dataclass
 class Spec:
-    """A parsed, checked sweep spec. :meth:`expand` gives its validated configs."""
+    """A parsed, checked sweep spec. :meth:`runs` gives its validated runs, :meth:`expand` their configs.
+
+    Build one with :meth:`from_dict` or :func:`load_spec` (a spec made by hand
+    is parsed again when loaded, so it gets the same checks).
+    """
 
     name: str
     base: Dict[str, Any] = field(default_factory=dict)
@@ -114,18 +119,19 @@ class Spec:
         return spec
 
     def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"name": self.name, "base": copy.deepcopy(self.base)}
+        """The spec as the mapping it was parsed from (keys of :data:`SPEC_KEYS`), ready for YAML."""
+        values: Dict[str, Any] = {"name": self.name, "base": copy.deepcopy(self.base)}
         if self.description:
-            out["description"] = self.description
+            values["description"] = self.description
         if self.methods is not None:
-            out["methods"] = copy.deepcopy(self.methods)
+            values["methods"] = copy.deepcopy(self.methods)
         if self.grid:
-            out["grid"] = copy.deepcopy(self.grid)
+            values["grid"] = copy.deepcopy(self.grid)
         if self.zips:
-            out["zip"] = copy.deepcopy(self.zips)
+            values["zip"] = copy.deepcopy(self.zips)
         if self.seeds is not None:
-            out["seeds"] = list(self.seeds)
-        return out
+            values["seeds"] = list(self.seeds)
+        return values
 
     # ---- expansion -----------------------------------------------------------
 
@@ -145,11 +151,11 @@ class Spec:
         variants: List[Tuple[Optional[str], Dict[str, Any]]] = (
             list(self.methods.items()) if self.methods is not None else [(None, {})]
         )
-        out: List[SweepRun] = []
+        expanded: List[SweepRun] = []
         seen = set()
         for seed in seeds:
             for label, entry in variants:
-                fields = {k: v for k, v in entry.items() if k not in VARIANT_AXES}
+                fields = {key: value for key, value in entry.items() if key not in VARIANT_AXES}
                 local_points = _points(entry.get("grid", {}), entry.get("zip", []))
                 for local in local_points:
                     for point in _points(self.grid, self.zips):
@@ -165,22 +171,31 @@ class Spec:
                         full_point = {**fields, **local, **point}
                         if seed is not None:
                             full_point["seed"] = seed
-                        out.append(SweepRun(config=config, variant=label, point=full_point))
-        return out
+                        expanded.append(SweepRun(config=config, variant=label, point=full_point))
+        return expanded
 
     def expand(self) -> List[TrainConfig]:
         """The validated :class:`TrainConfig` of every run (``progress=False``)."""
-        return [copy.deepcopy(r.config) for r in self.runs()]
+        return [copy.deepcopy(run.config) for run in self.runs()]
 
     def run_ids(self) -> List[str]:
-        return [r.run_id for r in self.runs()]
+        """The run ids of :meth:`runs`, in submission order."""
+        return [run.run_id for run in self.runs()]
 
     def __len__(self) -> int:
+        """The number of distinct runs."""
         return len(self.runs())
 
 
 def load_spec(spec: SpecLike) -> Spec:
-    """A :class:`Spec` from a YAML/JSON file path, a dict, or a Spec (returned as is)."""
+    """A :class:`Spec` from a YAML/JSON file path, a dict, or a Spec (returned as is once checked).
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: the file is empty, not YAML or not a mapping (:class:`ddc.configfile.ConfigFileError`),
+            or the spec is invalid (:meth:`Spec.from_dict`); the message names the file.
+        TypeError: ``spec`` is none of a path, a mapping or a Spec.
+    """
     if isinstance(spec, Spec):  # one built by hand is parsed again, so it gets the same checks
         return spec if spec._runs is not None else Spec.from_dict(spec.to_dict(), source=spec.source)
     if isinstance(spec, Mapping):
@@ -227,13 +242,13 @@ def _parse_seeds(seeds) -> Optional[List[int]]:
 def _check_axes_set_once(spec: "Spec") -> None:
     """An axis key set in two places would silently override the other; and ``seed`` is either an axis or ``seeds``."""
     places: Dict[str, str] = {}
-    for where, keys in [("grid", spec.grid), *((f"zip[{i}]", group) for i, group in enumerate(spec.zips))]:
+    for where, keys in [("grid", spec.grid), *((f"zip[{index}]", group) for index, group in enumerate(spec.zips))]:
         for key in keys:
             if key in places:
                 raise ValueError(f"axis {key!r} appears in both {places[key]} and {where}")
             places[key] = where
     for label, entry in (spec.methods or {}).items():
-        local = [("grid", entry.get("grid", {}))] + [(f"zip[{i}]", group) for i, group in enumerate(entry.get("zip", []))]
+        local = [("grid", entry.get("grid", {}))] + [(f"zip[{index}]", group) for index, group in enumerate(entry.get("zip", []))]
         local_places: Dict[str, str] = {}
         for axis, keys in local:
             for key in keys:
@@ -252,7 +267,7 @@ def _check_key(key, where: str) -> None:
     """Reject a key that is not a TrainConfig field, a dotted mapping key, or recipe/profile."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"{where}: key {key!r} must be a non-empty string")
-    head, dot, tail = key.partition(".")
+    head, dotted, tail = key.partition(".")
     allowed = TrainConfig.field_names()
     if head not in allowed and head not in PSEUDO_FIELDS:
         import difflib
@@ -260,11 +275,11 @@ def _check_key(key, where: str) -> None:
         close = difflib.get_close_matches(head, allowed + list(PSEUDO_FIELDS), n=1)
         raise ValueError(
             f"{where}: unknown config field {head!r}"
-            + (f" (in {key!r})" if dot else "")
+            + (f" (in {key!r})" if dotted else "")
             + (f" (did you mean {close[0]!r}?)" if close else "")
             + f"; allowed fields: {', '.join(allowed)}, recipe, profile"
         )
-    if dot:
+    if dotted:
         if head not in MAPPING_FIELDS:
             raise ValueError(f"{where}: {key!r}: dotted keys only reach into {', '.join(MAPPING_FIELDS)}, not {head!r}")
         if not tail or "." in tail:
@@ -276,15 +291,15 @@ def _parse_grid(grid, where: str) -> Dict[str, List[Any]]:
         return {}
     if not isinstance(grid, Mapping):
         raise ValueError(f"{where} must be a mapping of axis name -> list of values; got {grid!r}")
-    out = {}
+    parsed = {}
     for key, values in grid.items():
         _check_key(key, f"{where} axis {key!r}")
         if not isinstance(values, (list, tuple)):
             raise ValueError(f"{where} axis {key!r} must be a list of values; got {values!r}")
         if len(values) == 0:
             raise ValueError(f"{where} axis {key!r} is empty: give at least one value")
-        out[key] = list(values)
-    return out
+        parsed[key] = list(values)
+    return parsed
 
 
 def _parse_zips(zips, where: str) -> List[Dict[str, List[Any]]]:
@@ -293,31 +308,31 @@ def _parse_zips(zips, where: str) -> List[Dict[str, List[Any]]]:
     groups = [zips] if isinstance(zips, Mapping) else zips
     if not isinstance(groups, (list, tuple)):
         raise ValueError(f"{where} must be a mapping of axis -> list (or a list of such mappings); got {zips!r}")
-    out = []
-    for i, group in enumerate(groups):
-        label = f"{where}[{i}]" if not isinstance(zips, Mapping) else where
+    parsed_groups = []
+    for index, group in enumerate(groups):
+        label = f"{where}[{index}]" if not isinstance(zips, Mapping) else where
         parsed = _parse_grid(group, label)
         if not parsed:
             raise ValueError(f"{label} is empty: give at least one axis")
         lengths = {key: len(values) for key, values in parsed.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{label}: zipped axes must have equal lengths; got {lengths}")
-        out.append(parsed)
-    return out
+        parsed_groups.append(parsed)
+    return parsed_groups
 
 
 def _parse_methods(methods) -> Optional[Dict[str, Dict[str, Any]]]:
     if methods is None:
         return None
     if isinstance(methods, (list, tuple)):  # shorthand: a list of method names
-        if not all(isinstance(m, str) for m in methods):
+        if not all(isinstance(method, str) for method in methods):
             raise ValueError(f"methods={methods!r}: a list of methods must hold method names; use a mapping label -> fields")
-        methods = {m: {"method": m} for m in methods}
+        methods = {method: {"method": method} for method in methods}
     if not isinstance(methods, Mapping):
         raise ValueError(f"methods must be a mapping of label -> config fields (or a list of method names); got {methods!r}")
     if not methods:
         raise ValueError("methods axis is empty: give at least one method")
-    out = {}
+    variants = {}
     for label, entry in methods.items():
         where = f"methods[{label!r}]"
         if not isinstance(label, str) or not label:
@@ -330,13 +345,13 @@ def _parse_methods(methods) -> Optional[Dict[str, Dict[str, Any]]]:
         for key in entry:
             if key not in VARIANT_AXES:
                 _check_key(key, where)
-        parsed = {k: v for k, v in entry.items() if k not in VARIANT_AXES}
+        parsed = {key: value for key, value in entry.items() if key not in VARIANT_AXES}
         if "grid" in entry:
             parsed["grid"] = _parse_grid(entry["grid"], f"{where}.grid")
         if "zip" in entry:
             parsed["zip"] = _parse_zips(entry["zip"], f"{where}.zip")
-        out[label] = parsed
-    return out
+        variants[label] = parsed
+    return variants
 
 
 def _points(grid: Mapping[str, List[Any]], zips: Sequence[Mapping[str, List[Any]]]) -> List[Dict[str, Any]]:
@@ -344,7 +359,7 @@ def _points(grid: Mapping[str, List[Any]], zips: Sequence[Mapping[str, List[Any]
     factors: List[List[Dict[str, Any]]] = [[{key: value} for value in values] for key, values in grid.items()]
     for group in zips:
         keys = list(group)
-        factors.append([dict(zip(keys, values)) for values in zip(*(group[k] for k in keys))])
+        factors.append([dict(zip(keys, values)) for values in zip(*(group[key] for key in keys))])
     points = []
     for combo in itertools.product(*factors):
         point: Dict[str, Any] = {}
@@ -355,8 +370,9 @@ def _points(grid: Mapping[str, List[Any]], zips: Sequence[Mapping[str, List[Any]
 
 
 def _assign(values: Dict[str, Any], key: str, value) -> None:
-    head, dot, tail = key.partition(".")
-    if dot:
+    """Set ``key`` (a field, or ``method_options.NAME``) in ``values``; a mapping of method options merges."""
+    head, dotted, tail = key.partition(".")
+    if dotted:
         current = values.get(head)
         current = dict(current) if isinstance(current, Mapping) else {}
         current[tail] = copy.deepcopy(value)
@@ -394,7 +410,7 @@ def _describe(label, point, seed) -> str:
     parts = []
     if label is not None:
         parts.append(f"methods[{label!r}]")
-    parts += [f"{k}={v!r}" for k, v in point.items()]
+    parts += [f"{key}={value!r}" for key, value in point.items()]
     if seed is not None:
         parts.append(f"seed={seed}")
     return "run " + (", ".join(parts) if parts else "(base)")
