@@ -38,6 +38,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
@@ -1209,6 +1210,28 @@ def probability_of_improvement(table: pd.DataFrame, *, ax: Axes | None = None) -
     return ax
 
 
+def paired_differences_by_task(per_task: pd.DataFrame, *, xlabel: str, ax: Axes | None = None) -> Axes:
+    """One row per task: the mean paired difference of two methods with its interval; 0 (no difference) marked.
+
+    Takes a frame with columns ``task, mean_diff, ci_low, ci_high`` (e.g. per task
+    :func:`analysis.stats.mean_interval` of seed-paired differences); ``xlabel``
+    says what was differenced and what the interval is.
+    Raises:
+        ValueError: a column is missing.
+    """
+    _require(per_task, ["task", "mean_diff", "ci_low", "ci_high"], "per_task")
+    ax = _get_ax(ax, figsize=(6.4, 0.45 * len(per_task) + 1.6))
+    y = np.arange(len(per_task))
+    ax.errorbar(per_task["mean_diff"], y, xerr=[per_task["mean_diff"] - per_task["ci_low"], per_task["ci_high"] - per_task["mean_diff"]],
+                fmt="o", color="k", capsize=3)
+    ax.axvline(0, color="0.6", lw=0.8, ls=":")
+    ax.set_yticks(y, [str(t) for t in per_task["task"]])
+    ax.set_ylim(len(per_task) - 0.5, -0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.set_xlabel(xlabel)
+    return ax
+
+
 def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Fraction of (seed, task) scores above each threshold, per method, with pointwise bands.
 
@@ -1224,6 +1247,7 @@ def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
         color = look[method]["color"]
         ax.plot(rows["threshold"], rows["fraction"], color=color, linestyle=look[method]["linestyle"], label=display_name(method))
         ax.fill_between(rows["threshold"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.15, lw=0)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # a few round thresholds: negative ones are wide labels
     ax.set_xlabel("normalised score threshold")
     ax.set_ylabel("fraction of runs above")
     ax.set_ylim(-0.02, 1.02)

@@ -251,10 +251,10 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
 
 
 def figures_05_report(run_dir) -> List[str]:
-    """Redraw the report's figures from the run store, and write ``report.md`` and ``report.html`` again
+    """Redraw the report's figures from the stored results, and write ``report.md`` and ``report.html`` again
     (with the settings 05 stored; nothing is trained). Returns the figure files."""
     from ddc.store import default_root, run_dirs
-    from experiments.report import build_report
+    from experiments.report import build_paper_report
     from experiments.report_html import write_html
 
     run_dir = Path(run_dir)
@@ -266,10 +266,10 @@ def figures_05_report(run_dir) -> List[str]:
     if store_root is None:
         return []
     title = settings.get("title", f"ddc report ({base.name} profile)")
-    options = {k: settings[k] for k in ("value", "baseline") if k in settings}
+    options = {"baseline": settings.get("baseline", "none"), "seed": settings.get("bootstrap_seed", 0)}
     if "bootstrap_resamples" in settings:
         options["n_resamples"] = settings["bootstrap_resamples"]
-    report = build_report(store_root, run_dir, title=title, **options)
+    report = build_paper_report(base, run_dir, title=title, **options)
     write_html(report, paths=store_root, outputs=base, title=title)
     return [str(p) for p in sorted((run_dir / "figures").glob("*.png"))]
 
@@ -748,13 +748,14 @@ def load_trained(run_path, cache: Optional[dict] = None):
 
     run_path = Path(run_path)
     config = json.loads((run_path / "config.json").read_text())
-    keys = ("dataset", "data_root", "val_fraction", "seed", "train_subset", "val_subset", "test_subset", "classes")
-    key = tuple(str(config.get(k)) for k in keys)
+    data_seed = config["seed"] if config.get("data_seed") is None else config["data_seed"]  # as TrainConfig.source_seed
+    keys = ("dataset", "data_root", "val_fraction", "train_subset", "val_subset", "test_subset", "classes")
+    key = (data_seed,) + tuple(str(config.get(k)) for k in keys)
     if cache is not None and key in cache:
         splits = cache[key]
     else:
         splits = data.load(config["dataset"], root=config.get("data_root"), val_fraction=config["val_fraction"],
-                           seed=config["seed"], train_subset=config["train_subset"], val_subset=config["val_subset"],
+                           seed=data_seed, train_subset=config["train_subset"], val_subset=config["val_subset"],
                            test_subset=config["test_subset"], classes=config.get("classes"))
         if cache is not None:
             cache[key] = splits

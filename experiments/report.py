@@ -284,16 +284,12 @@ def aggregate_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: 
                 lo_t, hi_t = stats.mean_interval(d)
                 per_task.append({"task": task, "mean_diff": d.mean(), "ci_low": lo_t, "ci_high": hi_t})
             per_task = pd.DataFrame(per_task)
-            fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(tasks) + 1.4))
-            y = np.arange(len(per_task))
-            ax.errorbar(per_task.mean_diff, y, xerr=[per_task.mean_diff - per_task.ci_low, per_task.ci_high - per_task.mean_diff],
-                        fmt="o", color="k", capsize=3)
-            ax.axvline(0, color="0.6", lw=0.8, ls=":")
-            ax.set_yticks(y, per_task.task)
-            ax.set_xlabel(f"{value}: {focus} − {other} (paired by seed, 95% t CI)")
-            ax.set_title(f"P({focus} > {other}) = {point:.2f} [{lo:.2f}, {hi:.2f}]")
-            written += figures.save_figure(fig, figure_dir / f"pair-{focus}-vs-{other}", formats=("png",))
-            plt.close(fig)
+            ax = figures.paired_differences_by_task(
+                per_task, xlabel=f"{figures.axis_label(value)}: {figures.display_name(focus)} − "
+                                 f"{figures.display_name(other)} (paired by seed, 95% t CI, n = {len(seeds)} seeds)")
+            ax.set_title(f"P({figures.display_name(focus)} > {figures.display_name(other)}) = {point:.2f} [{lo:.2f}, {hi:.2f}]")
+            written += figures.save_figure(ax, figure_dir / f"pair-{focus}-vs-{other}", formats=("png",))
+            plt.close(ax.figure)
     if rows:
         poi = pd.DataFrame(rows)
         lines += ["Probability of improvement, P(a run of X beats a run of Y on a random task), with 95% stratified bootstrap "

@@ -528,3 +528,18 @@ def test_selection_keeps_the_best_validation_epoch_and_its_weights():
     every = train.Selection(model, lambda _: {"loss": next(losses)}, metric="loss", maximize=False, every=2)
     _, state = _fit_linear(epochs=5, model=model, callbacks=[every])  # epochs 2, 4 and the last, 5
     assert state.best.epoch == 3 and state.best.score == -1.0 and state.val_metrics == {"loss": 2.0}
+
+
+def test_experiments_reload_a_run_with_its_own_data_seed(tmp_path):
+    """experiments.paper.load_trained rebuilds the splits the run trained on: data_seed, not seed."""
+    from experiments.paper import load_trained
+
+    config = tiny(method="dropconnect", epochs=1, record_every=0, data_seed=5)
+    path = train.run(config, tmp_path)
+    loaded_config, splits, model = load_trained(path, cache={})
+    expected, _, handle = train.build(config)
+    handle.remove()
+    assert loaded_config["data_seed"] == 5
+    assert torch.equal(splits.train.tensors[0], expected.train.tensors[0])
+    assert torch.equal(splits.test.tensors[0], expected.test.tensors[0])
+    assert not model.training

@@ -35,7 +35,6 @@ posterior with per-edge alpha = p / (1-p)).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as TF
 
 from ddc import functional as F
+from experiments.paper import load_trained  # noqa: F401  (re-exported: the run's splits and best-validation weights)
 
 NOTEBOOK = "08_oq_bayesian"
 
@@ -176,38 +176,6 @@ def kept_classes(num_classes: int, heldout: Sequence[int]) -> Optional[List[int]
     if len(kept) < 2:
         raise ValueError(f"heldout_classes={heldout!r} leaves {len(kept)} class(es); at least 2 must remain")
     return kept if heldout else None
-
-
-def load_trained(run_path, cache: Optional[dict] = None):
-    """``(config, splits, model)`` of a finished run: the run's own data splits and weights (eval mode).
-
-    ``cache`` (a dict) keeps loaded splits, so runs that differ only in the method share them.
-    """
-    from ddc import data, models
-
-    run_path = Path(run_path)
-    config = json.loads((run_path / "config.json").read_text())
-    keys = ("dataset", "data_root", "val_fraction", "seed", "train_subset", "val_subset", "test_subset", "classes")
-    key = tuple(str(config.get(k)) for k in keys)
-    if cache is not None and key in cache:
-        splits = cache[key]
-    else:
-        splits = data.load(
-            config["dataset"],
-            root=config.get("data_root"),
-            val_fraction=config["val_fraction"],
-            seed=config["seed"],
-            train_subset=config["train_subset"],
-            val_subset=config["val_subset"],
-            test_subset=config["test_subset"],
-            classes=config.get("classes"),  # absent in configs written before the class filter
-        )
-        if cache is not None:
-            cache[key] = splits
-    model = models.build(config["model"], input_shape=splits.input_shape, num_classes=splits.num_classes)
-    model.load_state_dict(torch.load(run_path / "model.pt", weights_only=True))
-    model.eval()
-    return config, splits, model
 
 
 def _check_head(model) -> None:
