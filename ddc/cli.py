@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 
 import click
 
+from ._optional import missing_extra, require, require_extra
 from .clierrors import UserError, store_error
 from .configfile import ConfigFileError, load_mapping, parse_pairs
 from .recipes import DEFAULT_PROFILE, PROFILES
@@ -99,7 +100,21 @@ def _field_options(command):
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _MainGroup(click.Group):
+    """The ``ddc`` group: a command that needs an optional dependency which is
+    not installed ends with one line naming the extra to install (exit code 2)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as error:
+            hint = missing_extra(error)
+            if hint is None:
+                raise
+            raise UserError(hint) from None
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ddc")
 def main():
     """Dynamic DropConnect toolkit: train, record, sweep, analyse, run the paper notebooks."""
@@ -310,7 +325,7 @@ def runs_sql(query, root, profile):
     Raises:
         UserError: no run store there, or an SQL error (exit 2).
     """
-    import duckdb
+    duckdb = require("duckdb", "ddc runs sql")
 
     from . import store
 
@@ -418,7 +433,10 @@ def report(runs_paths, out_folder, value, baseline, profile, as_html, outputs, q
     Raises:
         UserError: no run store there, or nothing to report (exit 2).
         click.UsageError: --outputs is not a folder (exit 2).
+        UserError: the runs or analysis extra is not installed (exit 2).
     """
+    require_extra("runs", "ddc report")
+    require_extra("analysis", "ddc report")
     from experiments.report import build_report
     from experiments.report_html import build_html_report, outputs_of
 
@@ -465,7 +483,9 @@ def notebooks_run(profile, suite, only, params, output, quiet):
     Raises:
         UserError: an unknown notebook or parameter, or --suite with --only (exit 2).
         click.ClickException: a notebook failed (its name and the error).
+        UserError: the notebooks extra is not installed (exit 2).
     """
+    require_extra("notebooks", "ddc notebooks run")
     from .notebooks import SUITES, NotebookFailed, run_notebooks
 
     if suite and only:
@@ -503,8 +523,10 @@ def figures(output, profile, quiet):
     \f
 
     Raises:
-        UserError: no notebook outputs there (exit 2).
+        UserError: no notebook outputs there, or the runs or analysis extra is not installed (exit 2).
     """
+    require_extra("runs", "ddc figures")
+    require_extra("analysis", "ddc figures")
     from experiments import paper
 
     from .notebooks import write_index

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import TensorDataset
 
+from ._optional import require
+
 __all__ = [
     "DATASETS",
     "DataSplits",
@@ -700,7 +702,8 @@ def _mnist1d_arrays(seed: int):
     import tempfile
 
     import numpy as np
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d_data = require("mnist1d.data", "the MNIST-1D dataset")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     keys = ("x", "y", "x_test", "y_test")
     version = importlib.metadata.version("mnist1d")

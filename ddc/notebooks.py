@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
 from . import progress, store
+from ._optional import require
 from .functional import check_choice
 from .recipes import DEFAULT_PROFILE, PROFILES
 
@@ -81,7 +82,7 @@ def select(notebooks: List[Path], only: Optional[Iterable[str]]) -> List[Path]:
 
 
 def declared_parameters(notebook: Path) -> Dict[str, dict]:
-    import papermill
+    papermill = require("papermill", "running the notebooks")
 
     return papermill.inspect_notebook(str(notebook))
 
@@ -106,7 +107,7 @@ def check_parameters(notebooks: List[Path], parameters: Dict[str, object]) -> Di
 
 
 def _tags(notebook: Path) -> set:
-    import nbformat
+    nbformat = require("nbformat", "running the notebooks")
 
     nb = nbformat.read(str(notebook), as_version=4)
     return {tag for cell in nb.cells for tag in cell.get("metadata", {}).get("tags", [])}
@@ -182,8 +183,8 @@ def run_notebooks(
 
 def _execute(notebook: Path, output: Path, values: dict, run_dir: Path) -> None:
     """Papermill on the driver's own interpreter; the kernel's own stderr goes to ``kernel.log``."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    papermill = require("papermill", "running the notebooks")
+    PapermillExecutionError = require("papermill.exceptions", "running the notebooks").PapermillExecutionError
 
     log_path = run_dir / KERNEL_LOG
     try:
@@ -218,9 +219,9 @@ def driver_kernel_manager(kernel_log=None):
     encryption" warning). The kernel process's stdout/stderr (its own log,
     not the cells' output) go to ``kernel_log`` when given.
     """
-    from ipykernel.kernelspec import get_kernel_dict
-    from jupyter_client.kernelspec import KernelSpec
-    from jupyter_client.manager import AsyncKernelManager
+    get_kernel_dict = require("ipykernel.kernelspec", "running the notebooks").get_kernel_dict
+    KernelSpec = require("jupyter_client.kernelspec", "running the notebooks").KernelSpec
+    AsyncKernelManager = require("jupyter_client.manager", "running the notebooks").AsyncKernelManager
 
     python_arguments = ["-Xfrozen_modules=off"] if sys.version_info >= (3, 11) else []
     try:
@@ -243,7 +244,7 @@ def driver_kernel_manager(kernel_log=None):
             return await super().start_kernel(**kw)
 
         def _curve(self) -> bool:
-            import zmq
+            zmq = require("zmq", "running the notebooks")
 
             return "transport_encryption" in self.trait_names() and zmq.has("curve") and bool(
                 "curve" in spec.get("metadata", {}).get("supported_encryption", [])

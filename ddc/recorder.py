@@ -842,7 +842,9 @@ class Recorder:
 
     def to_frame(self):
         """Rows kept in memory (no writer) as a DataFrame."""
-        import pandas as pd
+        from ._optional import require
+
+        pd = require("pandas", "Recorder.to_frame")
 
         self._drain()
         return pd.DataFrame(self.rows, columns=["step", "epoch", "layer", "metric", "value"])

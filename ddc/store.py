@@ -39,6 +39,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ._optional import require
+
 PathLike = Union[str, os.PathLike]
 
 PARTIAL = ".partial"
@@ -183,12 +185,23 @@ def read_json(path: PathLike):
         return json.load(fh)
 
 
+def require_parquet() -> None:
+    """Check that the run store's tables can be written (pandas and pyarrow), before a run writes anything.
+
+    Raises:
+        ddc._optional.MissingExtra: pandas or pyarrow is not installed (``pip install 'ddc[runs]'``).
+    """
+    require("pandas", "the run store")
+    require("pyarrow", "the run store's parquet files")
+
+
 def write_parquet(path: PathLike, frame) -> Path:
     """Write a pandas DataFrame as parquet (no index), atomically; returns ``path``.
 
     Raises:
         StoreWriteError: the file cannot be written (the message names the path).
     """
+    require("pyarrow", "writing parquet files")
     return _atomic(Path(path), lambda temporary: frame.to_parquet(temporary, index=False))
 
 
@@ -259,7 +272,7 @@ class RunDir:
         Raises:
             StoreWriteError: the file cannot be written.
         """
-        import pandas as pd
+        pd = require("pandas", "the run store")
 
         write_parquet(self.path / "metrics.parquet", pd.DataFrame(list(rows), columns=METRIC_COLUMNS))
 
@@ -379,7 +392,7 @@ class RecordWriter:
         """
         if not self.rows:
             return
-        import pandas as pd
+        pd = require("pandas", "the run store")
 
         frame = pd.DataFrame(self.rows, columns=RECORD_COLUMNS)
         frame["value"] = frame["value"].astype("float64")
@@ -499,7 +512,7 @@ def load_runs(paths) -> "pandas.DataFrame":
     Raises:
         FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
-    import pandas as pd
+    pd = require("pandas", "the run store")
 
     rows = []
     for path in run_dirs(paths):
@@ -512,7 +525,7 @@ def load_runs(paths) -> "pandas.DataFrame":
 
 def empty_runs_frame() -> "pandas.DataFrame":
     """No rows; ``run_id``, ``path``, the fields of :class:`ddc.train.TrainConfig` and its summary keys."""
-    import pandas as pd
+    pd = require("pandas", "the run store")
 
     from .train import SUMMARY_KEYS, TrainConfig  # the trainer defines what a run holds
 
@@ -527,7 +540,7 @@ def load_metrics(paths) -> "pandas.DataFrame":
     Raises:
         FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
-    import pandas as pd
+    pd = require("pandas", "the run store")
 
     frames = [pd.read_parquet(run / "metrics.parquet") for run in run_dirs(paths) if (run / "metrics.parquet").exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
@@ -539,7 +552,7 @@ def load_records(paths) -> "pandas.DataFrame":
     Raises:
         FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
-    import pandas as pd
+    pd = require("pandas", "the run store")
 
     frames = [pd.read_parquet(part) for run in run_dirs(paths) for part in sorted((run / "records").glob("part-*.parquet"))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
@@ -554,7 +567,7 @@ def connect(paths):
     Raises:
         FileNotFoundError: a path is neither a run directory nor a directory (:func:`scan`).
     """
-    import duckdb
+    duckdb = require("duckdb", "SQL over the run store")
 
     dirs = run_dirs(paths)
     connection = duckdb.connect()

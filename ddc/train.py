@@ -700,8 +700,10 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
         ddc.store.RunPathOccupied: something that is not a finished run sits at the run's path (it is left alone).
         ddc.store.RunBusy: another process writes the run and ``wait`` is False.
         ddc.store.StoreWriteError: the store cannot be written.
+        ddc._optional.MissingExtra: pandas or pyarrow is not installed (``pip install 'ddc[runs]'``); nothing written.
     """
     log = log or _to_stderr
+    store.require_parquet()
     try:
         config.validate()
         run_dir = store.RunDir(root, config.run_id())

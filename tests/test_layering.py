@@ -58,3 +58,122 @@ def test_the_rule_catches_a_violation(tmp_path, monkeypatch):
     (fake / "bad.py").write_text("import numpy\n\ndef f():\n    from ddc import functional\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert _violations("analysis") == ["analysis/bad.py:4 imports ddc"]
+
+
+# ----------------------------------------------------------------------------- optional dependencies
+# ``pip install ddc`` gives the layers and the command line; everything else is
+# an extra (pyproject.toml). ``ddc`` may import at module level only the
+# standard library and the base dependencies; an optional package is imported
+# inside the function that needs it, through ``ddc._optional.require``, so that
+# its absence is one line naming the extra.
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - python < 3.11
+    import tomli as tomllib
+
+import importlib.metadata
+import re
+
+from ddc._optional import EXTRA_OF
+
+
+def _distribution_name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _project():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _import_names(distributions: set) -> set:
+    """Top-level import names of the installed ``distributions`` (e.g. pyyaml -> yaml)."""
+    return {
+        module for module, owners in importlib.metadata.packages_distributions().items()
+        if any(_distribution_name(owner) in distributions for owner in owners)
+    }
+
+
+def _scoped_imports(path: Path):
+    """``(top-level package, line, inside a function?)`` of every absolute import in ``path``.
+
+    An import under a module-level ``try``/``if`` or in a class body runs at
+    import time, so only a function body counts as "inside a function".
+    """
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield alias.name.split(".")[0], child.lineno, in_function
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                yield child.module.split(".")[0], child.lineno, in_function
+            yield from walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    yield from walk(ast.parse(path.read_text(), filename=str(path)), False)
+
+
+def _module_level_violations(package_root: Path, allowed: set):
+    found = []
+    for path in sorted(package_root.rglob("*.py")):
+        for top, line, in_function in _scoped_imports(path):
+            if not in_function and top not in allowed and top not in sys.stdlib_module_names:
+                found.append(f"{path.relative_to(package_root.parent).as_posix()}:{line} imports {top} at module level")
+    return found
+
+
+def _base_import_names() -> set:
+    base = {_distribution_name(requirement) for requirement in _project()["dependencies"]}
+    return {"ddc"} | _import_names(base)
+
+
+def test_ddc_imports_only_base_dependencies_at_module_level():
+    assert _module_level_violations(ROOT / "ddc", _base_import_names()) == []
+
+
+def test_ddc_imports_optional_packages_only_through_require():
+    """A plain ``import pandas`` inside a function would fail with a traceback, not the line naming the extra."""
+    found = []
+    for path in sorted((ROOT / "ddc").rglob("*.py")):
+        for top, line, _ in _scoped_imports(path):
+            if top in EXTRA_OF:
+                found.append(f"{path.relative_to(ROOT).as_posix()}:{line} imports {top} (use ddc._optional.require)")
+    assert found == []
+
+
+def test_base_rule_catches_an_optional_import_at_module_level(tmp_path):
+    fake = tmp_path / "ddc"
+    fake.mkdir()
+    (fake / "bad.py").write_text(
+        "import os\nimport torch\ntry:\n    import pandas\nexcept ImportError:\n    pass\n\ndef f():\n    import scipy\n"
+    )
+    assert _module_level_violations(fake, _base_import_names()) == ["ddc/bad.py:4 imports pandas at module level"]
+
+
+def _extra_closure(extras: dict, name: str) -> set:
+    """Distribution names that ``pip install 'ddc[name]'`` installs directly (following ``ddc[...]`` references)."""
+    found = set()
+    for requirement in extras[name]:
+        if _distribution_name(requirement) == _project()["name"]:
+            inner = re.search(r"\[(.*)\]", requirement).group(1)
+            for other in inner.split(","):
+                found |= _extra_closure(extras, other.strip())
+        else:
+            found.add(_distribution_name(requirement))
+    return found
+
+
+def test_the_extra_named_for_each_optional_package_installs_it():
+    extras = _project()["optional-dependencies"]
+    assert {"runs", "analysis", "notebooks", "dask", "lab", "dev", "all"} <= set(extras)
+    named = {}
+    for module, extra in EXTRA_OF.items():
+        assert extra in extras, f"{module}: extra {extra!r} is not in pyproject.toml"
+        named[module] = _import_names(_extra_closure(extras, extra))
+    # zmq and jupyter_client come with ipykernel; every other one is listed in its extra itself
+    missing = sorted(module for module, names in named.items() if module not in names and module not in {"zmq", "jupyter_client"})
+    assert missing == []
+    from ddc._optional import INCLUDES
+
+    for extra, included in INCLUDES.items():
+        assert _extra_closure(extras, extra) >= set().union(*(_extra_closure(extras, e) for e in included))
+    assert _extra_closure(extras, "all") >= set().union(*(_extra_closure(extras, e) for e in set(EXTRA_OF.values())))

@@ -28,7 +28,8 @@ def _pyproject():
     specs = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         specs += extra
-    return dict(_requirement(s) for s in specs)
+    # "ddc[runs,...]" inside an extra names other extras of the project itself, not a dependency
+    return dict(_requirement(s) for s in specs if not s.startswith(project["name"] + "["))
 
 
 def _environment():

@@ -26,6 +26,8 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from .._optional import require
+
 BACKENDS = ("local", "dask", "serial")
 
 
@@ -137,7 +139,8 @@ class DaskExecutor(Executor):
     """
 
     def __init__(self, workers: Optional[int] = None, *, address: Optional[str] = None, threads: Optional[int] = 1):
-        from distributed import Client, LocalCluster
+        distributed = require("distributed", "the dask sweep backend")
+        Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
         self.threads = threads
         self._cluster = None
@@ -166,7 +169,7 @@ class DaskExecutor(Executor):
 
     def as_completed(self, futures):
         """The futures as they finish (``distributed.as_completed``)."""
-        from distributed import as_completed
+        as_completed = require("distributed", "the dask sweep backend").as_completed
 
         return as_completed(list(futures))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import store
+from .._optional import require
 from .spec import Spec, SpecLike, SweepRun, load_spec
 
 #: where a failed run's record (config, error, traceback) goes, under the run root
@@ -71,7 +72,7 @@ def sweep_frame(spec: SpecLike, root=None):
     Raises:
         ValueError, FileNotFoundError, TypeError: ``spec`` cannot be loaded (:func:`load_spec`).
     """
-    import pandas as pd
+    pd = require("pandas", "sweep results")
 
     spec = load_spec(spec)
     runs, dirs = _finished_dirs(spec, sweep_root(root, spec))
@@ -92,7 +93,7 @@ def sweep_connect(spec: SpecLike, root: Optional[Path] = None):
     Raises:
         ValueError, FileNotFoundError, TypeError: ``spec`` cannot be loaded (:func:`load_spec`).
     """
-    import duckdb
+    duckdb = require("duckdb", "SQL over sweep results")
 
     spec = load_spec(spec)
     root = sweep_root(root, spec)

@@ -120,9 +120,11 @@ def run_sweep(
         ValueError: a bad spec (naming the field or run), ``backend`` or ``workers``.
         FileNotFoundError: no spec file at the path given.
         OSError: the run root cannot be created.
+        ddc._optional.MissingExtra: pandas or pyarrow is not installed (``pip install 'ddc[runs]'``); nothing runs.
     """
     started = time.perf_counter()
     spec = load_spec(spec)  # validates everything before anything runs
+    store.require_parquet()
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} must be one of {', '.join(BACKENDS)}")
     if workers is not None:
