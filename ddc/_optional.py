@@ -31,8 +31,8 @@ EXTRA_OF = {
     "dask": "dask",
     "distributed": "dask",
 }
-#: extras that include others (``notebooks = ["ddc[runs,mnist1d,analysis]", ...]`` in pyproject.toml)
-INCLUDES = {"notebooks": ("runs", "mnist1d", "analysis")}
+#: extras that include others, directly or through another (``"ddc[runs]"`` inside an extra of pyproject.toml)
+INCLUDES = {"analysis": ("runs",), "notebooks": ("runs", "mnist1d", "analysis")}
 
 
 class MissingExtra(ModuleNotFoundError):

@@ -433,9 +433,8 @@ def report(runs_paths, out_folder, value, baseline, profile, as_html, outputs, q
     Raises:
         UserError: no run store there, or nothing to report (exit 2).
         click.UsageError: --outputs is not a folder (exit 2).
-        UserError: the runs or analysis extra is not installed (exit 2).
+        UserError: the analysis extra is not installed (exit 2).
     """
-    require_extra("runs", "ddc report")
     require_extra("analysis", "ddc report")
     from experiments.report import build_report
     from experiments.report_html import build_html_report, outputs_of
@@ -523,9 +522,8 @@ def figures(output, profile, quiet):
     \f
 
     Raises:
-        UserError: no notebook outputs there, or the runs or analysis extra is not installed (exit 2).
+        UserError: no notebook outputs there, or the analysis extra is not installed (exit 2).
     """
-    require_extra("runs", "ddc figures")
     require_extra("analysis", "ddc figures")
     from experiments import paper
 

@@ -36,8 +36,16 @@ __all__ = [
     "SimpleCNN2",
     "AlexNet",
     "VGG13BN",
+    "PadShortcut",
+    "BasicBlock",
+    "CifarResNet",
     "ResNet18",
     "ResNet20",
+    "PatchEmbedding",
+    "MultiHeadSelfAttention",
+    "FeedForward",
+    "TransformerBlock",
+    "vit_projection_layers",
     "VisionTransformer",
     "MODELS",
     "build",
@@ -409,7 +417,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class _CifarResNet(nn.Module):
+class CifarResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem (stride 1, no max-pool), BasicBlock stages, global pool, ``fc``."""
 
     ddc_layers: tuple[str, ...] = ("fc",)
@@ -447,7 +455,7 @@ class _CifarResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
-class ResNet18(_CifarResNet):
+class ResNet18(CifarResNet):
     """ResNet-18 for 32x32 inputs (also 1x28x28): stages 64/128/256/512, 2 blocks each,
     option-B (projection) shortcuts; about 11.2M parameters for 10 classes."""
 
@@ -455,7 +463,7 @@ class ResNet18(_CifarResNet):
         super().__init__((64, 128, 256, 512), (2, 2, 2, 2), "B", num_classes, in_channels)
 
 
-class ResNet20(_CifarResNet):
+class ResNet20(CifarResNet):
     """ResNet-20 of He et al. (2016) for CIFAR (also 1x28x28): 3 stages x 3 blocks,
     16/32/64 channels, option-A (zero-padding) shortcuts; about 0.27M parameters."""
 

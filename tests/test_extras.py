@@ -84,6 +84,7 @@ def test_mnist1d_without_its_extra(monkeypatch, tmp_path):
     (["train", "--dataset", "synthetic", "--model", "linreg2d", "--epochs", "1", "--no-progress"], "pyarrow", "runs"),
     (["report"], "scipy", "analysis"),
     (["figures"], "seaborn", "analysis"),
+    (["report"], "pandas", "analysis"),  # the analysis extra includes runs
     (["notebooks", "list"], "papermill", "notebooks"),
     (["notebooks", "run", "--only", "01"], "pandas", "notebooks"),  # the notebooks extra includes runs
 ])

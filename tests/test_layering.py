@@ -177,3 +177,105 @@ def test_the_extra_named_for_each_optional_package_installs_it():
     for extra, included in INCLUDES.items():
         assert _extra_closure(extras, extra) >= set().union(*(_extra_closure(extras, e) for e in included))
     assert _extra_closure(extras, "all") >= set().union(*(_extra_closure(extras, e) for e in set(EXTRA_OF.values())))
+
+
+# ----------------------------------------------------------------------------- experiments use the public API
+# ``experiments/``, the notebooks and the examples in the README and docs use
+# only the public API of ``ddc``: no ``_private`` name imported from it, no
+# ``ddc.x._y`` attribute, no reaching into another object's ``__dict__``
+# (such as popping a layer's ``forward``).
+
+import json
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_uses(source: str, where: str):
+    """``where:line what`` for every private use of ``ddc`` in ``source`` (Python code)."""
+    tree = ast.parse(source)
+    bound, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] != "ddc":
+                    continue
+                if any(_is_private(part) for part in alias.name.split(".")):
+                    found.append(f"{where}:{node.lineno} imports {alias.name}")
+                bound.add(alias.asname or "ddc")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "ddc":
+            if any(_is_private(part) for part in node.module.split(".")):
+                found.append(f"{where}:{node.lineno} imports from {node.module}")
+            for alias in node.names:
+                if _is_private(alias.name):
+                    found.append(f"{where}:{node.lineno} imports {node.module}.{alias.name}")
+                bound.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "__dict__" and ast.unparse(node.value) != "self":
+            found.append(f"{where}:{node.lineno} reaches into __dict__")  # a class may keep its own
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                found.append(f"{where}:{node.lineno} uses {ast.unparse(node)}")
+    return sorted(set(found), key=lambda entry: int(entry[len(where) + 1:].split(" ")[0]))
+
+
+def _notebook_code(path: Path) -> str:
+    """The notebook's code cells as one Python source; IPython magics and shell lines become blank lines."""
+    cells = json.loads(path.read_text())["cells"]
+    lines = []
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"])
+            lines += ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    return "\n".join(lines)
+
+
+def _markdown_code(path: Path) -> str:
+    """The ```python blocks of a markdown file as one Python source."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return "\n".join(blocks)
+
+
+def _public_api_violations(root: Path):
+    found = []
+    for path in sorted((root / "experiments").rglob("*.py")):
+        found += _private_uses(path.read_text(), path.relative_to(root).as_posix())
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        found += _private_uses(_notebook_code(path), path.relative_to(root).as_posix())
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        if path.exists():
+            found += _private_uses(_markdown_code(path), path.relative_to(root).as_posix())
+    return found
+
+
+def test_experiments_notebooks_and_examples_use_only_public_ddc():
+    assert _public_api_violations(ROOT) == []
+
+
+def test_public_api_rule_catches_each_kind(tmp_path):
+    source = (
+        "import ddc\nimport ddc._fast as fast\nfrom ddc.models import _CifarResNet, MLP\nfrom ddc import apply as ddc_apply\n"
+        "from ddc._optional import require\nimport torch\n"
+        "ddc.apply._attach(None)\nddc_apply._attach(None)\nMLP._private\ntorch._C\nlayer.__dict__.pop('forward')\n"
+        "self.__dict__['mapping'] = 1\n"
+    )
+    assert _private_uses(source, "x.py") == [
+        "x.py:2 imports ddc._fast",
+        "x.py:3 imports ddc.models._CifarResNet",
+        "x.py:5 imports from ddc._optional",
+        "x.py:7 uses ddc.apply._attach",
+        "x.py:8 uses ddc_apply._attach",
+        "x.py:9 uses MLP._private",
+        "x.py:11 reaches into __dict__",
+    ]
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "n.ipynb").write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": ["from ddc import _x"]},
+        {"cell_type": "code", "source": ["%matplotlib inline\n", "from ddc.train import _run\n"]},
+    ]}))
+    (tmp_path / "README.md").write_text("text\n```python\nimport ddc\nddc.functional._kernel\n```\n")
+    assert _public_api_violations(tmp_path) == ["notebooks/n.ipynb:2 imports ddc.train._run", "README.md:2 uses ddc.functional._kernel"]

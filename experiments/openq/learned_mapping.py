@@ -293,12 +293,12 @@ def mapped_layers(model: nn.Module, layers: str, head: str) -> List[str]:
     convolutions ``conv1``/``conv2`` of every block of a CIFAR ResNet's last
     stage (``layer3.*.conv*`` for ResNet-20; projection shortcuts excluded).
     """
-    from ddc.models import _CifarResNet
+    from ddc.models import CifarResNet
 
     F.check_choice("layers", layers, LAYER_SETS)
     names = []
     if "last_stage" in layers.split("+"):
-        if not isinstance(model, _CifarResNet):
+        if not isinstance(model, CifarResNet):
             raise ValueError(f"layers={layers!r} needs a CIFAR ResNet (resnet20, resnet18); "
                              f"{type(model).__name__} has no residual stages: use layers='fc'")
         pattern = f"layer{model.num_stages}.*.conv*"
@@ -414,7 +414,7 @@ class RunConfig:
             raise ValueError(f"layer={self.layer!r} must be the qualified name of a Linear layer (e.g. 'fc')")
         F.check_choice("layers", self.layers, LAYER_SETS)
         if "last_stage" in self.layers.split("+"):
-            resnets = tuple(name for name, cls in models.MODELS.items() if issubclass(cls, models._CifarResNet))
+            resnets = tuple(name for name, cls in models.MODELS.items() if issubclass(cls, models.CifarResNet))
             if self.model not in resnets:
                 raise ValueError(f"layers={self.layers!r} needs a CIFAR ResNet (model one of {', '.join(resnets)}); "
                                  f"model={self.model!r} has no residual stages: use layers='fc'")
