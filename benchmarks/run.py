@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 import ddc
-from ddc import functional as F
+from ddc import functional as dfn
 from ddc.models import ResNet20, SimpleCNN1
 from ddc.recorder import Recorder
 
@@ -174,7 +174,7 @@ class Runner:
 
     def step(self) -> torch.Tensor:
         if self.variant == "ddc+compile":
-            with F.compiled():
+            with dfn.compiled():
                 return self._step()
         return self._step()
 

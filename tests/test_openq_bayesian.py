@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as TF
+import torch.nn.functional as F
 
 from experiments import paper
 from ddc.notebooks import run_notebooks
@@ -110,7 +110,7 @@ def _probs(n=200, c=5, seed=0):
 def test_nll_matches_cross_entropy():
     logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(1))
     targets = torch.randint(7, (50,), generator=torch.Generator().manual_seed(2))
-    assert B.nll(torch.softmax(logits, 1), targets) == pytest.approx(float(TF.cross_entropy(logits, targets)), rel=1e-5)
+    assert B.nll(torch.softmax(logits, 1), targets) == pytest.approx(float(F.cross_entropy(logits, targets)), rel=1e-5)
 
 
 def test_brier_and_ece_against_loops():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import ddc
-from ddc import functional as F
+from ddc import functional as dfn
 from experiments import paper
 from ddc.notebooks import run_notebooks
 from experiments.openq import learned_mapping as L
@@ -120,10 +120,10 @@ def test_features_ddc_curve_and_target():
     signal, weight = torch.randn(10, 8, generator=g), torch.randn(10, 8, generator=g)
     features = L.edge_features(signal, weight, signal.abs(), layer_index=2)
     assert features.shape == (80, 4)
-    assert torch.allclose(features[:, 0], F.normalized_signal(signal.abs()).reshape(-1), atol=1e-5)
+    assert torch.allclose(features[:, 0], dfn.normalized_signal(signal.abs()).reshape(-1), atol=1e-5)
     assert torch.allclose(features[:, 0], features[:, 2]) and (features[:, 3] == 2).all()
-    z = F.normalized_signal(signal.abs())
-    expected = F.drop_probability(signal, p_base=0.3, p_signal=0.5, tau=0.5)
+    z = dfn.normalized_signal(signal.abs())
+    expected = dfn.drop_probability(signal, p_base=0.3, p_signal=0.5, tau=0.5)
     assert np.allclose(L.ddc_curve(z.numpy()), expected.numpy(), atol=1e-5)
     assert L.ddc_target(signal, 0.3, 0.5, 0.5) == pytest.approx(float(expected.mean()), abs=1e-6)
 

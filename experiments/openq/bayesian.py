@@ -40,9 +40,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as TF
+import torch.nn.functional as F
 
-from ddc import functional as F
+from ddc import functional as dfn
 from experiments.paper import load_trained  # noqa: F401  (re-exported: the run's splits and best-validation weights)
 
 NOTEBOOK = "08_oq_bayesian"
@@ -74,7 +74,7 @@ def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
 
 def brier(probs: torch.Tensor, targets: torch.Tensor) -> float:
     """Multi-class Brier score: mean over examples of ``sum_c (p_c - onehot_c)^2``."""
-    onehot = TF.one_hot(targets, probs.shape[1]).to(probs.dtype)
+    onehot = F.one_hot(targets, probs.shape[1]).to(probs.dtype)
     return float(((probs - onehot) ** 2).sum(1).double().mean())
 
 
@@ -208,7 +208,7 @@ def gradient_signal(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     weight = model.linear1.weight
     weight.grad = None
     with torch.enable_grad():
-        loss = TF.cross_entropy(head(model, h), targets)
+        loss = F.cross_entropy(head(model, h), targets)
         (grad,) = torch.autograd.grad(loss, weight)
     return grad.detach()
 
@@ -341,7 +341,7 @@ def implied_posterior(weight: torch.Tensor, signal: torch.Tensor, options: dict)
 
     keys = ("p_base", "p_signal", "tau", "prefer", "normalize")
     kwargs = {k: options[k] for k in keys if k in options}
-    drop_prob = F.drop_probability(signal, **kwargs)
+    drop_prob = dfn.drop_probability(signal, **kwargs)
     scale = 1.0 / (1.0 - drop_prob.double().mean())
     moments = mixture_moments(weight, drop_prob, scale)
     g, w = signal.abs().double(), weight.abs().double()

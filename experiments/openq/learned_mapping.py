@@ -89,10 +89,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as TF
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddc import functional as F
+from ddc import functional as dfn
 from ddc.train import Callback
 from ddc import WeightDrop, disabled
 
@@ -183,7 +183,7 @@ def relaxed_keep(drop_prob: Tensor, temperature: float, generator: Optional[torc
 
 def ddc_target(signal: Tensor, p_base: float, p_signal: float, tau: float) -> float:
     """Mean of DDC's drop probability on ``signal``: the budget the learned mapping must match."""
-    return float(F.drop_probability(signal, p_base=p_base, p_signal=p_signal, tau=tau).double().mean())
+    return float(dfn.drop_probability(signal, p_base=p_base, p_signal=p_signal, tau=tau).double().mean())
 
 
 def ddc_curve(z: np.ndarray, p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5) -> np.ndarray:
@@ -210,7 +210,7 @@ class LearnedDropConnect(WeightDrop):
     def __init__(self, mapping: Mapping, *, layer_index: float = 0, ema_decay: float = 0.9,
                  p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5, **options):
         super().__init__(**options)
-        F.check_drop_config(p_base, p_signal, tau)
+        dfn.check_drop_config(p_base, p_signal, tau)
         self.__dict__["mapping"] = mapping  # not a submodule: the model's optimiser never sees it
         self.layer_index, self.ema_decay = float(layer_index), float(ema_decay)
         self.p_base, self.p_signal, self.tau = float(p_base), float(p_signal), float(tau)
@@ -271,9 +271,9 @@ def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_
     p = method.drop_prob(weight)
     keep = relaxed_keep(p, temperature, generator)
     effective = weight * keep / keep.mean()
-    loss_train = TF.cross_entropy(TF.linear(h_train, effective, bias), y_train)
+    loss_train = F.cross_entropy(F.linear(h_train, effective, bias), y_train)
     (grad,) = torch.autograd.grad(loss_train, weight, create_graph=True)
-    loss_meta = TF.cross_entropy(TF.linear(h_meta, weight - lr * grad, bias), y_meta)
+    loss_meta = F.cross_entropy(F.linear(h_meta, weight - lr * grad, bias), y_meta)
     optimizer.zero_grad(set_to_none=True)
     loss_meta.backward()
     optimizer.step()
@@ -295,7 +295,7 @@ def mapped_layers(model: nn.Module, layers: str, head: str) -> List[str]:
     """
     from ddc.models import CifarResNet
 
-    F.check_choice("layers", layers, LAYER_SETS)
+    dfn.check_choice("layers", layers, LAYER_SETS)
     names = []
     if "last_stage" in layers.split("+"):
         if not isinstance(model, CifarResNet):
@@ -339,7 +339,7 @@ def _tail(model: nn.Module, entry: str, head: str, weights: Dict[str, Tensor], h
     out = model.flatten(model.avgpool(out))
     layer = model.get_submodule(head)
     bias = layer.bias.detach() if layer.bias is not None else None
-    return TF.linear(out, weights[head] if head in weights else layer.weight.detach(), bias)
+    return F.linear(out, weights[head] if head in weights else layer.weight.detach(), bias)
 
 
 def meta_step_layers(methods: Dict[str, LearnedDropConnect], model: nn.Module, entry: str, head: str,
@@ -361,12 +361,12 @@ def meta_step_layers(methods: Dict[str, LearnedDropConnect], model: nn.Module, e
         effective[name] = weights[name] * keep / keep.mean()
     with disabled(*layers.values()):
         # training side: batch statistics, as in the real step (on copies of the running statistics)
-        loss_train = TF.cross_entropy(_tail(model, entry, head, effective, h_train, train=True), y_train)
+        loss_train = F.cross_entropy(_tail(model, entry, head, effective, h_train, train=True), y_train)
         grads = torch.autograd.grad(loss_train, list(weights.values()), create_graph=True)
         updated = {name: weights[name] - lr * grad for name, grad in zip(weights, grads)}
         # meta side: eval mode (running statistics), as the head-only path, model selection and testing;
         # the held-out loss then does not depend on how the meta batch normalises itself
-        loss_meta = TF.cross_entropy(_tail(model, entry, head, updated, h_meta, train=False), y_meta)
+        loss_meta = F.cross_entropy(_tail(model, entry, head, updated, h_meta, train=False), y_meta)
     optimizer.zero_grad(set_to_none=True)
     loss_meta.backward(inputs=list(optimizer.param_groups[0]["params"]))
     optimizer.step()
@@ -408,11 +408,11 @@ class RunConfig:
         """Reject bad settings with the field's name and what is allowed."""
         from ddc import data, models
 
-        F.check_choice("dataset", self.dataset, tuple(d for d in data.DATASETS if d != "synthetic"))
-        F.check_choice("model", self.model, tuple(models.MODELS))
+        dfn.check_choice("dataset", self.dataset, tuple(d for d in data.DATASETS if d != "synthetic"))
+        dfn.check_choice("model", self.model, tuple(models.MODELS))
         if not isinstance(self.layer, str) or not self.layer:
             raise ValueError(f"layer={self.layer!r} must be the qualified name of a Linear layer (e.g. 'fc')")
-        F.check_choice("layers", self.layers, LAYER_SETS)
+        dfn.check_choice("layers", self.layers, LAYER_SETS)
         if "last_stage" in self.layers.split("+"):
             resnets = tuple(name for name, cls in models.MODELS.items() if issubclass(cls, models.CifarResNet))
             if self.model not in resnets:
@@ -440,7 +440,7 @@ class RunConfig:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be an integer >= 0")
         if not isinstance(self.ema_decay, (int, float)) or isinstance(self.ema_decay, bool) or not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay!r} must lie in [0, 1)")
-        F.check_drop_config(self.p_base, self.p_signal, self.tau)
+        dfn.check_drop_config(self.p_base, self.p_signal, self.tau)
 
 
 def _hold_out(splits, seed: int):
@@ -457,7 +457,7 @@ def _accuracy_loss(model, x, y, batch_size):
     correct, total = 0, 0.0
     for start in range(0, len(x), batch_size):
         out = model(x[start : start + batch_size])
-        total += float(TF.cross_entropy(out, y[start : start + batch_size], reduction="sum"))
+        total += float(F.cross_entropy(out, y[start : start + batch_size], reduction="sum"))
         correct += int((out.argmax(1) == y[start : start + batch_size]).sum())
     return correct / len(x), total / len(x)
 
@@ -509,7 +509,7 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
         seconds_eval[0] += time.perf_counter() - started
         return {"acc": accuracy, "loss": loss}
 
-    state = fit(model, optimizer, x_train, y_train, loss_fn=TF.cross_entropy, batch_size=config.batch_size,
+    state = fit(model, optimizer, x_train, y_train, loss_fn=F.cross_entropy, batch_size=config.batch_size,
                 order_generator=torch.Generator().manual_seed(seed), epochs=config.epochs,
                 learning_rate=lambda epoch: learning_rate(schedule, epoch),
                 callbacks=[Selection(model, validate, every=config.eval_every), meta])
@@ -662,7 +662,7 @@ def _edges_and_grid(method, seed, layers: Dict[str, nn.Module], learned: Dict[st
         if signal is None:
             return None, None
         features = edge_features(signal, weight, ema)
-        p_ddc = F.drop_probability(signal, p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
+        p_ddc = dfn.drop_probability(signal, p_base=config.p_base, p_signal=config.p_signal, tau=config.tau)
         edges = pd.DataFrame({"method": method, "seed": seed, "layer": name, "edge": np.arange(weight.numel()),
                               **{key: features[:, i].cpu().numpy() for i, key in enumerate(FEATURES[:3])},
                               "p_ddc": p_ddc.reshape(-1).double().cpu().numpy()})
