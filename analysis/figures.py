@@ -449,6 +449,26 @@ def learning_curve_grid(
     return fig
 
 
+def _checked_order(labels: pd.Series, order: Sequence[Any] | None) -> list:
+    """``order``, or the labels in their display order (:func:`ordered`) when it is None.
+
+    Raises:
+        ValueError: ``order`` names a label that is not in ``labels``.
+    """
+    if order is None:
+        order = ordered(labels)
+    missing = [m for m in order if m not in set(labels)]
+    if missing:
+        raise ValueError(f"`order` has methods not in the data: {missing}")
+    return order
+
+
+def _label_with_n(label: Any, n: float) -> str:
+    """``label``'s display name and its count of runs, e.g. ``"DDC  (n = 5)"``; ``"no interval"`` below 2."""
+    count = "" if not np.isfinite(n) else f"  (n = {int(n)}{', no interval' if int(n) < 2 else ''})"
+    return display_name(label) + count
+
+
 def method_comparison(
     summary_or_runs_df: pd.DataFrame,
     *,
@@ -487,11 +507,7 @@ def method_comparison(
         _require(raw, [method_col, value], "points")
     if summary[method_col].duplicated().any():
         raise ValueError(f"summary has several rows per {method_col!r}; summarise by {method_col!r} only")
-    if order is None:
-        order = ordered(summary[method_col])
-    missing = [m for m in order if m not in set(summary[method_col])]
-    if missing:
-        raise ValueError(f"`order` has methods not in the data: {missing}")
+    order = _checked_order(summary[method_col], order)
     s = summary.set_index(method_col).loc[list(order)]
     if "n" not in s.columns:
         s = s.assign(n=raw.groupby(method_col)[value].size().reindex(list(order)).to_numpy() if raw is not None else np.nan)
@@ -511,13 +527,8 @@ def method_comparison(
             ax.errorbar([mean], [y[i]], xerr=[[mean - lo], [hi - mean]], fmt="none", ecolor=color, elinewidth=1.6, capsize=4, zorder=2)
         ax.plot([mean], [y[i]], marker=marker, markersize=7, color=color, markerfacecolor=color if interval else "white",
                 linestyle="none", zorder=3)
-    ticks = []
-    for label in order:
-        n = s.loc[label, "n"]
-        count = "" if not np.isfinite(n) else f"  (n = {int(n)}{', no interval' if int(n) < 2 else ''})"
-        ticks.append(display_name(label) + count)
     ax.set_yticks(y)
-    ax.set_yticklabels(ticks)
+    ax.set_yticklabels([_label_with_n(label, s.loc[label, "n"]) for label in order])
     ax.set_ylim(len(order) - 0.5, -0.5)
     ax.grid(axis="x", alpha=0.3)
     if "n" in summary.columns:
@@ -711,6 +722,60 @@ def grad_vs_drop(
 # --------------------------------------------------------------------------- #
 # ablations and rankings
 # --------------------------------------------------------------------------- #
+def _significant_cells(df: pd.DataFrame, pvalues: str | pd.DataFrame | None, *, x: str, y: str, p_col: str,
+                       alpha: float, grid: pd.DataFrame) -> np.ndarray:
+    """Boolean ``(rows, columns)`` array of ``grid``'s shape: the cells whose p-value is below ``alpha``.
+
+    ``pvalues``: a column of ``df``, or a frame with ``x``, ``y`` and ``p_col``;
+    None marks no cell.
+
+    Raises:
+        KeyError: a named column is missing.
+        ValueError: a cell has several different p-values.
+    """
+    if pvalues is None:
+        return np.zeros(grid.shape, dtype=bool)
+    if isinstance(pvalues, str):
+        _require(df, [pvalues], "df")
+        pf = df[[x, y, pvalues]].rename(columns={pvalues: "_p"})
+    else:
+        _require(pvalues, [x, y, p_col], "pvalues")
+        pf = pvalues[[x, y, p_col]].rename(columns={p_col: "_p"})
+    nun = pf.groupby([y, x])["_p"].nunique()
+    if (nun > 1).any():
+        raise ValueError(f"p-values must be unique per ({y!r}, {x!r}) cell; got several for {list(nun[nun > 1].index[:3])}")
+    pgrid = pf.pivot_table(index=y, columns=x, values="_p", aggfunc="first", sort=True).reindex(
+        index=grid.index, columns=grid.columns
+    )
+    return pgrid.to_numpy(float) < alpha
+
+
+def _cell_texts(means: np.ndarray, half_widths: np.ndarray, star: np.ndarray, fmt: str) -> np.ndarray:
+    """Each cell's annotation: its mean, ``*`` when starred, and ``±`` half-width on a second line (empty when no mean)."""
+    text = np.empty(means.shape, dtype=object)
+    for i, j in np.ndindex(means.shape):
+        if not np.isfinite(means[i, j]):
+            text[i, j] = ""
+            continue
+        text[i, j] = (format(means[i, j], fmt) + ("*" if star[i, j] else "")
+                      + (f"\n±{format(half_widths[i, j], fmt)}" if np.isfinite(half_widths[i, j]) else ""))
+    return text
+
+
+def _outline_cell(ax: Axes, grid: pd.DataFrame, column: Any, row: Any, name: str) -> bool:
+    """Outline the heatmap cell (``row``, ``column``) of ``grid`` and label it ``name``; False when there is no such cell."""
+    from matplotlib.patches import Rectangle
+
+    cols, rows = [str(c) for c in grid.columns], [str(r) for r in grid.index]
+    if str(column) not in cols or str(row) not in rows:
+        return False
+    col, row_index = cols.index(str(column)), rows.index(str(row))
+    ax.add_patch(Rectangle((col, row_index), 1, 1, fill=False, edgecolor="black", lw=3, clip_on=False, zorder=5))
+    ax.text(col + 0.04, row_index + 0.06, name, ha="left", va="top", fontsize="x-small", color="white",
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "edgecolor": "none"}, zorder=6)
+    return True
+
+
 def ablation_heatmap(
     df: pd.DataFrame,
     *,
@@ -751,28 +816,9 @@ def ablation_heatmap(
     half = (summary.assign(half=(summary["ci_high"] - summary["ci_low"]) / 2)
             .pivot_table(index=y, columns=x, values="half", aggfunc="first", sort=True, dropna=False)
             .reindex(index=mean.index, columns=mean.columns))
-    star = np.zeros(mean.shape, dtype=bool)
-    if pvalues is not None:
-        if isinstance(pvalues, str):
-            _require(df, [pvalues], "df")
-            pf = df[[x, y, pvalues]].rename(columns={pvalues: "_p"})
-        else:
-            _require(pvalues, [x, y, p_col], "pvalues")
-            pf = pvalues[[x, y, p_col]].rename(columns={p_col: "_p"})
-        nun = pf.groupby([y, x])["_p"].nunique()
-        if (nun > 1).any():
-            raise ValueError(f"p-values must be unique per ({y!r}, {x!r}) cell; got several for {list(nun[nun > 1].index[:3])}")
-        pgrid = pf.pivot_table(index=y, columns=x, values="_p", aggfunc="first", sort=True).reindex(
-            index=mean.index, columns=mean.columns
-        )
-        star = pgrid.to_numpy(float) < alpha
-    m, h = mean.to_numpy(float), half.to_numpy(float)
-    text = np.empty(m.shape, dtype=object)
-    for i, j in np.ndindex(m.shape):
-        if not np.isfinite(m[i, j]):
-            text[i, j] = ""
-            continue
-        text[i, j] = format(m[i, j], fmt) + ("*" if star[i, j] else "") + (f"\n±{format(h[i, j], fmt)}" if np.isfinite(h[i, j]) else "")
+    star = _significant_cells(df, pvalues, x=x, y=y, p_col=p_col, alpha=alpha, grid=mean)
+    h = half.to_numpy(float)
+    text = _cell_texts(mean.to_numpy(float), h, star, fmt)
     import seaborn as sns
 
     ax = _get_ax(ax, figsize=(max(5.6, 2.6 + 1.25 * mean.shape[1]), 2.2 + 0.8 * mean.shape[0]))
@@ -780,17 +826,7 @@ def ablation_heatmap(
                 annot_kws={"fontsize": "small"}, linewidths=0.5, linecolor="white")
     ax.tick_params(axis="x", labelrotation=0)
     ax.tick_params(axis="y", labelrotation=0)
-    outlined = False
-    if default is not None and x in default and y in default:
-        from matplotlib.patches import Rectangle
-
-        cols, rows = [str(c) for c in mean.columns], [str(r) for r in mean.index]
-        if str(default[x]) in cols and str(default[y]) in rows:
-            outlined = True
-            col, row = cols.index(str(default[x])), rows.index(str(default[y]))
-            ax.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor="black", lw=3, clip_on=False, zorder=5))
-            ax.text(col + 0.04, row + 0.06, default_name, ha="left", va="top", fontsize="x-small", color="white",
-                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "edgecolor": "none"}, zorder=6)
+    outlined = default is not None and x in default and y in default and _outline_cell(ax, mean, default[x], default[y], default_name)
     n = summary["n"].astype(int)
     count = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
     notes = [f"cells: mean" + (f" ± half-width of the {100 * confidence_level:.0f}% CI" if np.isfinite(h).any() else "")

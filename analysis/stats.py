@@ -859,6 +859,34 @@ def _between_within_df(exog: np.ndarray, groups: np.ndarray) -> np.ndarray:
 BOUNDARY_SHARE = 1e-3
 
 
+def _fit_mixedlm(data: pd.DataFrame, formula: str, reml: bool):
+    """``(model, fit, random-effect std errors)`` of statsmodels' ``mixedlm(formula, groups=data["_group"])``.
+
+    statsmodels warns "MLE may be on the boundary" whenever a variance is below
+    0.01 in absolute terms, i.e. always for accuracies (variances ~1e-4): whether
+    the group variance is at its boundary is judged against the total variance
+    instead (by :func:`mixed_model`) and said in the table. Its optimizer's
+    "failed to converge ... retrying" notes are dropped when a retry converged;
+    other warnings (e.g. a final fit that did not converge) stay visible.
+    """
+    import statsmodels.formula.api as smf
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # nan-sqrt noise
+        model = smf.mixedlm(formula, data, groups=data["_group"])
+        fit = model.fit(reml=reml)
+        bse_re = fit.bse_re
+    for caught_warning in caught:
+        text = str(caught_warning.message)
+        settled = issubclass(caught_warning.category, ConvergenceWarning) and (
+            "boundary" in text or (fit.converged and ("failed to converge" in text or "Retrying" in text)))
+        if not settled:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno)
+    return model, fit, bse_re
+
+
 def mixed_model(
     df: pd.DataFrame,
     *,
@@ -893,35 +921,15 @@ def mixed_model(
     squares); statsmodels' "MLE may be on the boundary" warning, raised for any
     variance below 0.01 in absolute terms, is not passed on.
     """
-    import statsmodels.formula.api as smf
-
     _check_confidence(confidence_level)
     if not isinstance(df, pd.DataFrame) or group not in df.columns:
         cols = list(df.columns) if isinstance(df, pd.DataFrame) else None
         raise ValueError(f"`group` column {group!r} not found in df; available columns: {cols}")
     if df[group].nunique() < 2:
         raise ValueError(f"`group` column {group!r} needs at least 2 groups")
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning
-
     data, names = _design(df, value, factors)
     data["_group"] = df[group].to_numpy()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)  # nan-sqrt noise
-        model = smf.mixedlm(_formula(names, interactions, False), data, groups=data["_group"])
-        fit = model.fit(reml=reml)
-        bse_re = fit.bse_re
-    # statsmodels warns "MLE may be on the boundary" whenever a variance is below 0.01 in absolute
-    # terms, i.e. always for accuracies (variances ~1e-4): whether the group variance is at its
-    # boundary is judged against the total variance instead and said in the table. Its optimizer's
-    # "failed to converge ... retrying" notes are dropped when a retry converged; other warnings
-    # (e.g. a final fit that did not converge) stay visible.
-    for caught_warning in caught:
-        text = str(caught_warning.message)
-        settled = issubclass(caught_warning.category, ConvergenceWarning) and (
-            "boundary" in text or (fit.converged and ("failed to converge" in text or "Retrying" in text)))
-        if not settled:
-            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno)
+    model, fit, bse_re = _fit_mixedlm(data, _formula(names, interactions, False), reml)
     group_var = float(fit.cov_re.iloc[0, 0])
     boundary = group_var <= BOUNDARY_SHARE * (group_var + float(fit.scale))
     fe = fit.fe_params.index
@@ -1007,6 +1015,75 @@ def summarize(
     return pd.DataFrame(rows)
 
 
+def paired_tost_pvalue(x: np.ndarray, y: np.ndarray, margin: float) -> float:
+    """p-value of the paired two one-sided t-tests (TOST; Schuirmann 1987) that ``mean(x - y)`` lies in ``(-margin, margin)``.
+
+    ``x``, ``y``: paired values, shape ``(n,)`` each, ``n >= 2``, in the units
+    of the metric; ``margin`` in the same units. The larger of the two one-sided
+    p-values (:func:`statsmodels.stats.weightstats.ttost_paired`). Constant
+    differences have no spread to test: the p-value is then 0 when ``|mean|`` is
+    inside the margin, else 1.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in shape (numpy's broadcasting error).
+    """
+    from statsmodels.stats.weightstats import ttost_paired
+
+    differences = x - y
+    if np.std(differences, ddof=1) == 0:  # constant differences: the test is decided by the mean alone
+        return 0.0 if abs(float(differences.mean())) < margin else 1.0
+    return float(ttost_paired(x, y, -margin, margin)[0])
+
+
+def _paired_tost(x: np.ndarray, y: np.ndarray, margin: float, alpha: float) -> dict:
+    """The paired columns of one :func:`practical_equivalence` row: ``diff``, its ``1 - 2 alpha`` t interval, ``p_tost``."""
+    low, high = mean_interval(x - y, 1 - 2 * alpha)
+    return dict(diff=float((x - y).mean()), ci_low=low, ci_high=high, ci_method="t",
+                p_tost=paired_tost_pvalue(x, y, margin), _df=len(x) - 1)
+
+
+def _welch_tost(x: np.ndarray, y: np.ndarray, margin: float, alpha: float) -> dict:
+    """The unpaired columns of one :func:`practical_equivalence` row: Welch's ``1 - 2 alpha`` interval and TOST."""
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind
+
+    if len(x) < 2 or len(y) < 2:
+        low = high = p_tost = float("nan")
+    else:
+        compared = CompareMeans(DescrStatsW(x), DescrStatsW(y))
+        low, high = (float(v) for v in compared.tconfint_diff(alpha=2 * alpha, usevar="unequal"))
+        p_tost = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
+    return dict(diff=float(x.mean() - y.mean()), ci_low=low, ci_high=high, ci_method="welch t", p_tost=p_tost, _df=np.nan)
+
+
+def _settings_wide(df: pd.DataFrame, setting: pd.Series, value: str, block_col) -> pd.DataFrame:
+    """``value`` as a (block x setting) table, each setting named by ``str`` of its tuple of levels."""
+    block_cols = _as_list(block_col, "block_col")
+    _require_columns(df, block_cols)
+    tmp = pd.DataFrame({"_s": setting.map(str).to_numpy(), "_v": df[value].to_numpy()}, index=df.index)
+    for c in block_cols:
+        tmp[c] = df[c].to_numpy()
+    return _wide(tmp, value="_v", method_col="_s", block_col=block_cols)
+
+
+def _with_holm_intervals(out: pd.DataFrame, alpha: float, correction: str | None) -> pd.DataFrame:
+    """``out`` with ``p_tost_holm`` and the t intervals ``ci_low_holm, ci_high_holm`` at each setting's Holm level."""
+    out["p_tost_holm"] = adjust_pvalues(out["p_tost"], "holm") if correction == "holm" else out["p_tost"]
+    level = np.full(len(out), 1 - alpha)  # the level of each one-sided test
+    if correction == "holm":
+        from .verdicts import holm_levels
+
+        level = holm_levels(out["p_tost"].to_numpy(), alpha)
+    half_width = {}
+    for i, row in out.iterrows():
+        if row["is_best"] or not np.isfinite(level[i]) or row["ci_method"] != "t":
+            continue
+        widen = sps.t.ppf(level[i], row["_df"]) / sps.t.ppf(1 - alpha, row["_df"])
+        half_width[i] = (row["ci_high"] - row["ci_low"]) / 2 * widen
+    out["ci_low_holm"] = [out["diff"][i] - half_width[i] if i in half_width else np.nan for i in out.index]
+    out["ci_high_holm"] = [out["diff"][i] + half_width[i] if i in half_width else np.nan for i in out.index]
+    return out
+
+
 def practical_equivalence(
     df: pd.DataFrame,
     *,
@@ -1059,8 +1136,6 @@ def practical_equivalence(
     it shares with the reference). The reference row has ``diff = 0``, a
     degenerate CI ``[0, 0]`` and ``p_tost`` NaN.
     """
-    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttost_ind, ttost_paired
-
     by = _as_list(by, "by")
     if not np.isfinite(margin) or margin <= 0:
         raise ValueError(f"`margin` must be a positive finite number, got {margin!r}")
@@ -1077,13 +1152,7 @@ def practical_equivalence(
     means = df.groupby(setting, sort=True)[value].mean()
     select_means = df.groupby(setting, sort=True)[select].mean()
     best = (select_means * sign).idxmax()
-    if block_col is not None:
-        block_cols = _as_list(block_col, "block_col")
-        _require_columns(df, block_cols)
-        tmp = pd.DataFrame({"_s": setting.map(str).to_numpy(), "_v": df[value].to_numpy()}, index=df.index)
-        for c in block_cols:
-            tmp[c] = df[c].to_numpy()
-        wide = _wide(tmp, value="_v", method_col="_s", block_col=block_cols)
+    wide = _settings_wide(df, setting, value, block_col) if block_col is not None else None
     values_of = {s: df.loc[index, value].to_numpy(float) for s, index in df.groupby(setting, sort=True).groups.items()}
     rows = []
     for s in means.index:
@@ -1094,42 +1163,14 @@ def practical_equivalence(
             row.update(diff=0.0, ci_low=0.0, ci_high=0.0, ci_method="none", p_tost=np.nan, _df=np.nan)
         elif block_col is not None:
             x, y, _ = _pair(wide, str(s), str(best), method_col="/".join(by), on_unpaired="drop")
-            x, y = sign * x, sign * y
-            lo, hi = mean_interval(x - y, 1 - 2 * alpha)
-            d = x - y
-            if np.std(d, ddof=1) == 0:  # constant differences: the test is decided by the mean alone
-                p = 0.0 if abs(float(d.mean())) < margin else 1.0
-            else:
-                p = float(ttost_paired(x, y, -margin, margin)[0])
-            row.update(diff=float(d.mean()), ci_low=lo, ci_high=hi, ci_method="t", p_tost=p, _df=len(d) - 1)
+            row.update(_paired_tost(sign * x, sign * y, margin, alpha))
         else:
-            x, y = sign * x_all, sign * values_of[best]
-            if len(x) < 2 or len(y) < 2:
-                lo = hi = p = float("nan")
-            else:
-                cm = CompareMeans(DescrStatsW(x), DescrStatsW(y))
-                lo, hi = (float(v) for v in cm.tconfint_diff(alpha=2 * alpha, usevar="unequal"))
-                p = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
-            row.update(diff=float(x.mean() - y.mean()), ci_low=lo, ci_high=hi, ci_method="welch t", p_tost=p, _df=np.nan)
+            row.update(_welch_tost(sign * x_all, sign * values_of[best], margin, alpha))
         rows.append(row)
     out = pd.DataFrame(rows)
     if correction not in ("holm", None):
         raise ValueError(f"`correction` must be 'holm' or None, got {correction!r}")
-    out["p_tost_holm"] = adjust_pvalues(out["p_tost"], "holm") if correction == "holm" else out["p_tost"]
-    level = np.full(len(out), 1 - alpha)  # the level of each one-sided test
-    if correction == "holm":
-        from .verdicts import holm_levels
-
-        level = holm_levels(out["p_tost"].to_numpy(), alpha)
-    half_width = {}
-    for i, row in out.iterrows():
-        if row["is_best"] or not np.isfinite(level[i]) or row["ci_method"] != "t":
-            continue
-        widen = sps.t.ppf(level[i], row["_df"]) / sps.t.ppf(1 - alpha, row["_df"])
-        half_width[i] = (row["ci_high"] - row["ci_low"]) / 2 * widen
-    out["ci_low_holm"] = [out["diff"][i] - half_width[i] if i in half_width else np.nan for i in out.index]
-    out["ci_high_holm"] = [out["diff"][i] + half_width[i] if i in half_width else np.nan for i in out.index]
-    out = out.drop(columns="_df")
+    out = _with_holm_intervals(out, alpha, correction).drop(columns="_df")
     equivalent = (out["p_tost_holm"] < alpha) & ~out["is_best"]
     out["within_margin"] = equivalent.astype(bool)
     out["in_region"] = (equivalent | out["is_best"]).astype(bool)

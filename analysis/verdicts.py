@@ -115,8 +115,6 @@ def paired_verdicts(
     margin, verdict``. TOST columns are NaN without a ``margin``. A pair with
     fewer than 2 common blocks is left out.
     """
-    from statsmodels.stats.weightstats import ttost_paired
-
     by_cols = [] if by is None else _stats._as_list(by, "by")
     block_cols = _stats._as_list(block_col, "block_col")
     _stats._require_columns(df, [value, method_col, *block_cols, *by_cols])
@@ -142,13 +140,7 @@ def paired_verdicts(
                 continue
             x, y = wide.loc[both, method].to_numpy(float), wide.loc[both, baseline].to_numpy(float)
             row = _stats.paired_difference(x, y)
-            p_tost = np.nan
-            if margin is not None:
-                d = x - y
-                if np.std(d, ddof=1) == 0:
-                    p_tost = 0.0 if abs(float(d.mean())) < margin else 1.0
-                else:
-                    p_tost = float(ttost_paired(x, y, -margin, margin)[0])
+            p_tost = _stats.paired_tost_pvalue(x, y, margin) if margin is not None else np.nan
             fam = family if isinstance(family, str) else family.get((method, baseline), "secondary")
             rows.append({**dict(zip(by_cols, key)), method_col: method, "baseline": baseline, "value": value,
                          "family": fam, **row, "p_tost": p_tost})
