@@ -714,8 +714,19 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None,
 
 
 def figures(run_dir) -> List[str]:
-    """Every figure of notebook 06, from its stored tables."""
+    """Every figure of notebook 06, from its stored tables; returns the files written."""
     import matplotlib.pyplot as plt
+
+    written = []
+    for draw in (_accuracy_figures, _drop_dynamics_figures, _layer_drop_figures, _bn_variance_figures, _skip_ratio_figures,
+                 _contrasts_figure):
+        written += draw(run_dir)
+    plt.close("all")
+    return written
+
+
+def _accuracy_figures(run_dir) -> List[str]:
+    """Per experiment: test accuracy per method and placement."""
     from analysis import figures as afig
 
     runs = paper.load_table(run_dir, "runs")
@@ -726,18 +737,32 @@ def figures(run_dir) -> List[str]:
         ax = afig.method_comparison(group, value="test_acc", method_col="variant", order=order)
         ax.set_title(f"{title}: test accuracy per method and placement (method@layers)")
         written += paper.save_fig(ax, run_dir, f"{experiment}-test_acc")
+    return written
+
+
+def _drop_dynamics_figures(run_dir) -> List[str]:
+    """Per experiment: the expected drop rate over training, per variant."""
+    from analysis import figures as afig
 
     dynamics = paper.load_table(run_dir, "drop_dynamics")
     dynamics = dynamics[dynamics.metric == "drop_prob_mean"]
+    written = []
     for experiment, group in dynamics.groupby("experiment", sort=True):
         per_step = group.groupby(["variant", "seed", "step"], as_index=False).value.mean()
         ax = afig.mean_curves(per_step, x="step", y="value", hue="variant", unit="seed")
         ax.set_ylabel("expected drop rate\n(mean over the placement's layers)")
         ax.set_title(f"{paper.experiment_title(experiment)}: drop rate over training")
         written += paper.save_fig(ax, run_dir, f"{experiment}-drop_dynamics")
+    return written
+
+
+def _layer_drop_figures(run_dir) -> List[str]:
+    """Per experiment: DDC's mean expected drop rate per layer depth, by placement."""
+    from analysis import figures as afig
 
     layers = paper.load_table(run_dir, "layer_drop_summary")
     layers = layers[layers.method == "ddc"]
+    written = []
     for experiment, group in layers.groupby("experiment", sort=True):
         ax = afig.mean_curves(group.assign(placement="ddc@" + group.placement), x="layer_index", y="drop_rate", hue="placement",
                               unit="seed")
@@ -745,8 +770,15 @@ def figures(run_dir) -> List[str]:
         ax.set_ylabel("DDC mean expected drop rate")
         ax.set_title(f"{paper.experiment_title(experiment)}: DDC's drop rate per layer, by placement")
         written += paper.save_fig(ax, run_dir, f"{experiment}-layer_drop_rates")
+    return written
+
+
+def _bn_variance_figures(run_dir) -> List[str]:
+    """Per experiment: BatchNorm input variance in eval over train mode (all-conv placement against none)."""
+    from analysis import figures as afig
 
     bn = paper.load_table(run_dir, "bn_stats")
+    written = []
     for experiment, group in bn.groupby("experiment", sort=True):
         shown = group[group.placement.isna() | (group.placement == "all_conv")]
         if shown.empty:
@@ -757,8 +789,16 @@ def figures(run_dir) -> List[str]:
         ax.set_ylabel("BN input variance, eval / train mode")
         ax.set_title(f"{paper.experiment_title(experiment)}: variance shift at every BN layer (all-conv placement vs none)")
         written += paper.save_fig(ax, run_dir, f"{experiment}-bn_variance_shift")
+    return written
+
+
+def _skip_ratio_figures(run_dir) -> List[str]:
+    """Per experiment: std of each residual branch over its shortcut's, in train and in eval mode."""
+    import matplotlib.pyplot as plt
+    from analysis import figures as afig
 
     skip = paper.load_table(run_dir, "skip_stats")
+    written = []
     for experiment, group in skip.groupby("experiment", sort=True):
         fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), sharey=True, layout="constrained")
         for ax, mode in zip(axes, ("train", "eval")):
@@ -770,32 +810,38 @@ def figures(run_dir) -> List[str]:
                 ax.get_legend().remove()
         fig.suptitle(f"{paper.experiment_title(experiment)}: the residual branch against the skip connection")
         written += paper.save_fig(fig, run_dir, f"{experiment}-skip_ratio")
+    return written
+
+
+def _contrasts_figure(run_dir) -> List[str]:
+    """DDC minus each baseline (paired by seed, mean and 95% CI) for every architecture and placement."""
+    from analysis import figures as afig
+
     tests = paper.load_table(run_dir, "verdicts")
     tests = tests[tests.method == "ddc"]
-    if len(tests):
-        rows = [(e, pl) for e in sorted(tests.experiment.unique()) for pl in PLACEMENTS if ((tests.experiment == e) & (tests.placement == pl)).any()]
-        baselines = [b for b in METHOD_ORDER if b in set(tests.baseline)]
-        ax = afig.new_axes(10.0, 0.55 * len(rows) + 2.2)
-        for j, baseline in enumerate(baselines):
-            mine = tests[tests.baseline == baseline].set_index(["experiment", "placement"])
-            ys, xs, lo, hi = [], [], [], []
-            for i, key in enumerate(rows):
-                if key in mine.index:
-                    r = mine.loc[key]
-                    ys.append(i + (j - (len(baselines) - 1) / 2) * 0.2)
-                    xs.append(r.mean_diff)
-                    lo.append(r.mean_diff - r.ci_low)
-                    hi.append(r.ci_high - r.mean_diff)
-            style = afig.method_style(baseline)
-            ax.errorbar(xs, ys, xerr=[lo, hi], fmt=style.marker, color=style.color, capsize=3, label=f"DDC minus {style.name}")
-        ax.axvline(0.0, color="grey", lw=0.8, ls=":")
-        ax.set_yticks(range(len(rows)), [f"{paper.experiment_title(e)} / {pl}" for e, pl in rows])
-        ax.invert_yaxis()
-        n = tests["n"]
-        ax.set_xlabel("test accuracy difference, paired by seed\n"
-                      f"mean and 95% CI, n = {n.min()}" + (f"-{n.max()}" if n.max() != n.min() else "") + " seeds")
-        ax.set_title("DDC against no drop and the matched-rate baselines, every architecture and placement")
-        afig.place_legend(ax)
-        written += paper.save_fig(ax, run_dir, "ddc_contrasts")
-    plt.close("all")
-    return written
+    if not len(tests):
+        return []
+    rows = [(e, pl) for e in sorted(tests.experiment.unique()) for pl in PLACEMENTS if ((tests.experiment == e) & (tests.placement == pl)).any()]
+    baselines = [b for b in METHOD_ORDER if b in set(tests.baseline)]
+    ax = afig.new_axes(10.0, 0.55 * len(rows) + 2.2)
+    for j, baseline in enumerate(baselines):
+        mine = tests[tests.baseline == baseline].set_index(["experiment", "placement"])
+        ys, xs, lo, hi = [], [], [], []
+        for i, key in enumerate(rows):
+            if key in mine.index:
+                r = mine.loc[key]
+                ys.append(i + (j - (len(baselines) - 1) / 2) * 0.2)
+                xs.append(r.mean_diff)
+                lo.append(r.mean_diff - r.ci_low)
+                hi.append(r.ci_high - r.mean_diff)
+        style = afig.method_style(baseline)
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt=style.marker, color=style.color, capsize=3, label=f"DDC minus {style.name}")
+    ax.axvline(0.0, color="grey", lw=0.8, ls=":")
+    ax.set_yticks(range(len(rows)), [f"{paper.experiment_title(e)} / {pl}" for e, pl in rows])
+    ax.invert_yaxis()
+    n = tests["n"]
+    ax.set_xlabel("test accuracy difference, paired by seed\n"
+                  f"mean and 95% CI, n = {n.min()}" + (f"-{n.max()}" if n.max() != n.min() else "") + " seeds")
+    ax.set_title("DDC against no drop and the matched-rate baselines, every architecture and placement")
+    afig.place_legend(ax)
+    return paper.save_fig(ax, run_dir, "ddc_contrasts")

@@ -405,19 +405,30 @@ def _summary_n(scores, order):
 
 
 def figures(run_dir) -> List[str]:
-    """Rebuild every figure of the notebook from ``run_dir/results``."""
+    """Rebuild every figure of the notebook from ``run_dir/results``; returns the files written."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
+    from analysis import figures as afig
+
+    from experiments.paper import load_table
+
+    scores = load_table(run_dir, "scores")
+    order = sorted(scores.model.unique())
+    look = afig.styles(order)
+    written = _reliability_figure(run_dir, scores, order, look)
+    written += _scores_figure(run_dir, scores, order)
+    written += _entropy_figure(run_dir, scores, order)
+    written += _implied_posterior_figure(run_dir)
+    plt.close("all")
+    return written
+
+
+def _reliability_figure(run_dir, scores, order: List[str], look: dict) -> List[str]:
+    """Reliability diagram: accuracy against confidence per bin, pooled over seeds, one line per model."""
     from analysis import figures as afig
 
     from experiments.paper import load_table, save_fig
 
-    written = []
-    scores = load_table(run_dir, "scores")
     bins = load_table(run_dir, "reliability")
-    order = sorted(scores.model.unique())
-    look = afig.styles(order)
-
     ax = afig.new_axes(7.5, 5.0)
     pooled = bins.assign(conf_sum=bins.confidence.fillna(0) * bins["count"], acc_sum=bins.accuracy.fillna(0) * bins["count"])
     pooled = pooled.groupby(["model", "bin"], as_index=False)[["count", "conf_sum", "acc_sum"]].sum()
@@ -431,7 +442,15 @@ def figures(run_dir) -> List[str]:
     ax.set_ylabel("accuracy in the bin")
     ax.set_title(f"Reliability diagram, pooled over {scores.seed.nunique()} seeds")
     afig.place_legend(ax, title="det: eval mode (dashed)\nmc: MC average (solid)")
-    written += save_fig(ax, run_dir, "reliability")
+    return save_fig(ax, run_dir, "reliability")
+
+
+def _scores_figure(run_dir, scores, order: List[str]) -> List[str]:
+    """One panel per score (NLL, ECE, AUROCs): each model's mean, interval and single seeds."""
+    import matplotlib.pyplot as plt
+    from analysis import figures as afig
+
+    from experiments.paper import save_fig
 
     shown_metrics = [m for m in ("nll", "ece", "auroc_heldout", "auroc_noise", "auroc_rotation") if m in scores]
     fig, axes = plt.subplots(1, len(shown_metrics), figsize=(3.4 * len(shown_metrics) + 1.6, 1.6 + 0.34 * len(order)),
@@ -440,7 +459,15 @@ def figures(run_dir) -> List[str]:
         afig.method_comparison(scores, value=metric, method_col="model", order=order, ax=ax)
         ax.set_xlabel(afig.axis_label(metric))
     fig.suptitle(f"Scores per model: {afig.interval_label(_summary_n(scores, order))}; dots: single seeds", fontsize="medium")
-    written += save_fig(fig, run_dir, "scores")
+    return save_fig(fig, run_dir, "scores")
+
+
+def _entropy_figure(run_dir, scores, order: List[str]) -> List[str]:
+    """Mean predictive entropy per model on the test inputs and on each out-of-distribution kind."""
+    import seaborn as sns
+    from analysis import figures as afig
+
+    from experiments.paper import save_fig
 
     kinds = ["clean"] + [k for k in OOD_KINDS if f"entropy_{k}" in scores]
     long = scores.melt(id_vars=["model", "seed"], value_vars=[f"entropy_{k}" for k in kinds], var_name="inputs", value_name="entropy")
@@ -454,29 +481,37 @@ def figures(run_dir) -> List[str]:
     ax.set_ylabel("")
     ax.set_title("Predictive entropy by input: in-distribution test vs out of distribution")
     afig.place_legend(ax, title="inputs")
-    written += save_fig(ax, run_dir, "entropy")
+    return save_fig(ax, run_dir, "entropy")
+
+
+def _implied_posterior_figure(run_dir) -> List[str]:
+    """DDC's implied per-edge SNR ``sqrt((1-p)/p)``: against z(|g|) per edge, and its mean per |g| and |w| bin."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from analysis import figures as afig
+
+    from experiments.paper import load_table, save_fig
 
     posterior = load_table(run_dir, "posterior")
-    if not posterior.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
-        shown = posterior.sample(min(len(posterior), 20000), random_state=0)
-        points = axes[0].scatter(shown.z_grad, shown.snr, c=shown.z_weight.clip(-2, 3), s=3, cmap="viridis", alpha=0.5)
-        fig.colorbar(points, ax=axes[0], label="z(|w|) (clipped to [-2, 3])")
-        axes[0].axhline(1.0, color=afig.METHOD_STYLES["dropconnect"].color, ls="--")
-        axes[0].annotate("DropConnect p = 0.5: SNR 1", xy=(1.0, 1.0), xycoords=("axes fraction", "data"), xytext=(-4, 3),
-                         textcoords="offset points", ha="right", va="bottom", fontsize="small",
-                         color=afig.METHOD_STYLES["dropconnect"].color)
-        axes[0].set_xlabel("z(|g|) (DDC's normalised gradient magnitude)")
-        axes[0].set_ylabel("implied SNR  |E w| / sd(w)  = sqrt((1-p)/p)")
-        axes[0].set_title("DDC's implied per-edge signal-to-noise ratio")
-        grid = load_table(run_dir, "posterior_grid")
-        table = grid.pivot(index="weight_bin", columns="grad_bin", values="snr").sort_index(ascending=False)
-        sns.heatmap(table, ax=axes[1], cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6},
-                    cbar_kws={"label": "mean implied SNR"})
-        axes[1].tick_params(axis="y", labelrotation=0)
-        axes[1].set_xlabel("|g| quantile bin (low -> high)")
-        axes[1].set_ylabel("|w| quantile bin")
-        axes[1].set_title("mean implied SNR by |g| and |w| bin")
-        written += save_fig(fig, run_dir, "implied_posterior")
-    plt.close("all")
-    return written
+    if posterior.empty:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    shown = posterior.sample(min(len(posterior), 20000), random_state=0)
+    points = axes[0].scatter(shown.z_grad, shown.snr, c=shown.z_weight.clip(-2, 3), s=3, cmap="viridis", alpha=0.5)
+    fig.colorbar(points, ax=axes[0], label="z(|w|) (clipped to [-2, 3])")
+    axes[0].axhline(1.0, color=afig.METHOD_STYLES["dropconnect"].color, ls="--")
+    axes[0].annotate("DropConnect p = 0.5: SNR 1", xy=(1.0, 1.0), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                     textcoords="offset points", ha="right", va="bottom", fontsize="small",
+                     color=afig.METHOD_STYLES["dropconnect"].color)
+    axes[0].set_xlabel("z(|g|) (DDC's normalised gradient magnitude)")
+    axes[0].set_ylabel("implied SNR  |E w| / sd(w)  = sqrt((1-p)/p)")
+    axes[0].set_title("DDC's implied per-edge signal-to-noise ratio")
+    grid = load_table(run_dir, "posterior_grid")
+    table = grid.pivot(index="weight_bin", columns="grad_bin", values="snr").sort_index(ascending=False)
+    sns.heatmap(table, ax=axes[1], cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6},
+                cbar_kws={"label": "mean implied SNR"})
+    axes[1].tick_params(axis="y", labelrotation=0)
+    axes[1].set_xlabel("|g| quantile bin (low -> high)")
+    axes[1].set_ylabel("|w| quantile bin")
+    axes[1].set_title("mean implied SNR by |g| and |w| bin")
+    return save_fig(fig, run_dir, "implied_posterior")

@@ -752,99 +752,127 @@ def mapping_shape(edges):
 
 
 def figures(run_dir) -> List[str]:
-    """Rebuild every figure of the notebook from ``run_dir/results``."""
+    """Rebuild every figure of the notebook from ``run_dir/results``; returns the files written."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
     from analysis import figures as afig
 
     from experiments.paper import experiment_title as paper_title
     from experiments.paper import load_json, load_table, save_fig
 
-    written = []
     settings = load_json(run_dir, "settings")
     runs = load_table(run_dir, "runs")
     where = f"{paper_title(settings['dataset'] + '-' + settings['model'])}"
     ax = afig.method_comparison(runs, value="test_acc", method_col="method")
     ax.set_title(f"{where}: test accuracy at the best-validation epoch")
-    written += save_fig(ax, run_dir, "test_acc")
-
-    trajectory = load_table(run_dir, "trajectory")
-    if "mean_drop" in trajectory:
-        methods = sorted(trajectory.method.unique())
-        look = afig.styles(methods)
-        palette = {m: look[m]["color"] for m in methods}
-        fig, axes = plt.subplots(1, 3, figsize=(18, 4.6), layout="constrained")
-        sns.lineplot(data=trajectory.dropna(subset=["mean_drop"]), x="step", y="mean_drop", hue="method", hue_order=methods,
-                     palette=palette, ax=axes[0], errorbar=None)
-        axes[0].set_xlabel("training step")
-        axes[0].set_ylabel("mean drop probability of the head" if settings.get("layers", "fc") == "fc"
-                           else f"mean drop probability, {settings['layers']} (edge-weighted)")
-        axes[0].set_title("Matched drop budget: every masked method follows DDC's mean (mean over seeds)")
-        afig.place_legend(axes[0], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
-        if "meta_loss" in trajectory and trajectory.meta_loss.notna().any():
-            meta = trajectory.dropna(subset=["meta_loss"])
-            sns.lineplot(data=meta, x="step", y="meta_loss", hue="seed", ax=axes[1], palette="tab10")
-            axes[1].set_xlabel("training step")
-            axes[1].set_ylabel("look-ahead held-out loss (log scale)")
-            axes[1].set_yscale("log")  # early steps, with BatchNorm's running statistics still off, reach 1e3
-            axes[1].set_title("Mapping training (learned method), one line per seed")
-            afig.place_legend(axes[1], title="seed", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=5)
-        if "val_acc" in trajectory and trajectory.val_acc.notna().any():
-            curve = trajectory.dropna(subset=["val_acc"]).melt(id_vars=["method", "seed", "epoch"], value_vars=["running_train_acc", "val_acc"],
-                                                                var_name="split", value_name="accuracy")
-            curve["split"] = curve.split.map({"running_train_acc": "train (running, masks on)", "val_acc": "select half of validation"})
-            sns.lineplot(data=curve, x="epoch", y="accuracy", hue="method", hue_order=methods, palette=palette, style="split",
-                         ax=axes[2], errorbar=None)
-            axes[2].set_title("Learning curves (mean over seeds)")
-            afig.place_legend(axes[2], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
-        written += save_fig(fig, run_dir, "training")
-
-    grid = load_table(run_dir, "mapping_grid")
-    several = not grid.empty and "layer" in grid and grid.layer.nunique() > 1
-    if several:
-        written += save_fig(_mapping_by_layer(grid, settings), run_dir, "mapping")
-    elif not grid.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
-        mean_grid = grid.groupby(["z_weight", "z_grad"], as_index=False).p_learned.mean()
-        table = mean_grid.pivot(index="z_weight", columns="z_grad", values="p_learned").sort_index(ascending=False)
-        image = axes[0].imshow(table.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1,
-                               extent=[table.columns.min(), table.columns.max(), table.index.min(), table.index.max()])
-        fig.colorbar(image, ax=axes[0], label="learned drop probability (mean over seeds)")
-        axes[0].set_xlabel("z(|g|)  (EMA feature set equal)")
-        axes[0].set_ylabel("z(|w|)")
-        axes[0].set_title("Learned mapping p(z(|g|), z(|w|)), final shift")
-        z = np.sort(grid.z_grad.unique())
-        axes[1].plot(z, ddc_curve(z, settings["p_base"], settings["p_signal"], settings["tau"]), color="black", lw=2,
-                     label="DDC: p_base + p_signal sigmoid(-z) [> tau]")
-        for level in (-1.0, 0.0, 1.0):
-            nearest = grid.z_weight.unique()[np.argmin(np.abs(grid.z_weight.unique() - level))]
-            part = grid[grid.z_weight == nearest].groupby("z_grad", as_index=False).p_learned.mean()
-            axes[1].plot(part.z_grad, part.p_learned, label=f"learned, z(|w|) = {nearest:.2f}")
-        axes[1].set_xlabel("z(|g|)")
-        axes[1].set_ylabel("drop probability")
-        axes[1].set_ylim(0, 1)
-        axes[1].set_title("Learned mapping vs DDC's fixed curve")
-        afig.place_legend(axes[1])
-        written += save_fig(fig, run_dir, "mapping")
-
-    edges = load_table(run_dir, "edges")
-    if not edges.empty and "p_learned" in edges:
-        learned = edges[edges.method == "learned"]
-        if not learned.empty and "layer" in learned and learned.layer.nunique() > 1:
-            written += save_fig(_edges_by_layer(learned), run_dir, "edges")
-        elif not learned.empty:
-            ax = afig.new_axes(8.0, 4.5)
-            ax.scatter(learned.z_grad, learned.p_learned, s=4, alpha=0.4, color=afig.METHOD_STYLES["learned"].color,
-                       label="learned (final edges, all seeds)")
-            ax.scatter(learned.z_grad, learned.p_ddc, s=4, alpha=0.4, color=afig.METHOD_STYLES["ddc"].color,
-                       label="DDC formula on the same edges")
-            ax.set_xlabel("z(|g|)")
-            ax.set_ylabel("drop probability")
-            ax.set_title("Per-edge drop probability at the end of training")
-            afig.place_legend(ax, markerscale=3)
-            written += save_fig(ax, run_dir, "edges")
+    written = save_fig(ax, run_dir, "test_acc")
+    written += _training_figure(run_dir, settings)
+    written += _mapping_figure(run_dir, settings)
+    written += _edges_figure(run_dir)
     plt.close("all")
     return written
+
+
+def _training_figure(run_dir, settings: dict) -> List[str]:
+    """Matched drop budget, the mapping's meta-loss and the learning curves over training (none without ``mean_drop``)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from analysis import figures as afig
+
+    from experiments.paper import load_table, save_fig
+
+    trajectory = load_table(run_dir, "trajectory")
+    if "mean_drop" not in trajectory:
+        return []
+    methods = sorted(trajectory.method.unique())
+    look = afig.styles(methods)
+    palette = {m: look[m]["color"] for m in methods}
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.6), layout="constrained")
+    sns.lineplot(data=trajectory.dropna(subset=["mean_drop"]), x="step", y="mean_drop", hue="method", hue_order=methods,
+                 palette=palette, ax=axes[0], errorbar=None)
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("mean drop probability of the head" if settings.get("layers", "fc") == "fc"
+                       else f"mean drop probability, {settings['layers']} (edge-weighted)")
+    axes[0].set_title("Matched drop budget: every masked method follows DDC's mean (mean over seeds)")
+    afig.place_legend(axes[0], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
+    if "meta_loss" in trajectory and trajectory.meta_loss.notna().any():
+        meta = trajectory.dropna(subset=["meta_loss"])
+        sns.lineplot(data=meta, x="step", y="meta_loss", hue="seed", ax=axes[1], palette="tab10")
+        axes[1].set_xlabel("training step")
+        axes[1].set_ylabel("look-ahead held-out loss (log scale)")
+        axes[1].set_yscale("log")  # early steps, with BatchNorm's running statistics still off, reach 1e3
+        axes[1].set_title("Mapping training (learned method), one line per seed")
+        afig.place_legend(axes[1], title="seed", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=5)
+    if "val_acc" in trajectory and trajectory.val_acc.notna().any():
+        curve = trajectory.dropna(subset=["val_acc"]).melt(id_vars=["method", "seed", "epoch"], value_vars=["running_train_acc", "val_acc"],
+                                                            var_name="split", value_name="accuracy")
+        curve["split"] = curve.split.map({"running_train_acc": "train (running, masks on)", "val_acc": "select half of validation"})
+        sns.lineplot(data=curve, x="epoch", y="accuracy", hue="method", hue_order=methods, palette=palette, style="split",
+                     ax=axes[2], errorbar=None)
+        axes[2].set_title("Learning curves (mean over seeds)")
+        afig.place_legend(axes[2], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
+    return save_fig(fig, run_dir, "training")
+
+
+def _mapping_figure(run_dir, settings: dict) -> List[str]:
+    """The learned mapping p(z(|g|), z(|w|)) and its cuts against DDC's curve (per layer when there are several)."""
+    import matplotlib.pyplot as plt
+    from analysis import figures as afig
+
+    from experiments.paper import load_table, save_fig
+
+    grid = load_table(run_dir, "mapping_grid")
+    if grid.empty:
+        return []
+    if "layer" in grid and grid.layer.nunique() > 1:
+        return save_fig(_mapping_by_layer(grid, settings), run_dir, "mapping")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
+    mean_grid = grid.groupby(["z_weight", "z_grad"], as_index=False).p_learned.mean()
+    table = mean_grid.pivot(index="z_weight", columns="z_grad", values="p_learned").sort_index(ascending=False)
+    image = axes[0].imshow(table.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1,
+                           extent=[table.columns.min(), table.columns.max(), table.index.min(), table.index.max()])
+    fig.colorbar(image, ax=axes[0], label="learned drop probability (mean over seeds)")
+    axes[0].set_xlabel("z(|g|)  (EMA feature set equal)")
+    axes[0].set_ylabel("z(|w|)")
+    axes[0].set_title("Learned mapping p(z(|g|), z(|w|)), final shift")
+    z = np.sort(grid.z_grad.unique())
+    axes[1].plot(z, ddc_curve(z, settings["p_base"], settings["p_signal"], settings["tau"]), color="black", lw=2,
+                 label="DDC: p_base + p_signal sigmoid(-z) [> tau]")
+    for level in (-1.0, 0.0, 1.0):
+        nearest = grid.z_weight.unique()[np.argmin(np.abs(grid.z_weight.unique() - level))]
+        part = grid[grid.z_weight == nearest].groupby("z_grad", as_index=False).p_learned.mean()
+        axes[1].plot(part.z_grad, part.p_learned, label=f"learned, z(|w|) = {nearest:.2f}")
+    axes[1].set_xlabel("z(|g|)")
+    axes[1].set_ylabel("drop probability")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("Learned mapping vs DDC's fixed curve")
+    afig.place_legend(axes[1])
+    return save_fig(fig, run_dir, "mapping")
+
+
+def _edges_figure(run_dir) -> List[str]:
+    """Per-edge drop probability at the end of training: learned against DDC's formula on the same edges."""
+    from analysis import figures as afig
+
+    from experiments.paper import load_table, save_fig
+
+    edges = load_table(run_dir, "edges")
+    if edges.empty or "p_learned" not in edges:
+        return []
+    learned = edges[edges.method == "learned"]
+    if learned.empty:
+        return []
+    if "layer" in learned and learned.layer.nunique() > 1:
+        return save_fig(_edges_by_layer(learned), run_dir, "edges")
+    ax = afig.new_axes(8.0, 4.5)
+    ax.scatter(learned.z_grad, learned.p_learned, s=4, alpha=0.4, color=afig.METHOD_STYLES["learned"].color,
+               label="learned (final edges, all seeds)")
+    ax.scatter(learned.z_grad, learned.p_ddc, s=4, alpha=0.4, color=afig.METHOD_STYLES["ddc"].color,
+               label="DDC formula on the same edges")
+    ax.set_xlabel("z(|g|)")
+    ax.set_ylabel("drop probability")
+    ax.set_title("Per-edge drop probability at the end of training")
+    afig.place_legend(ax, markerscale=3)
+    return save_fig(ax, run_dir, "edges")
 
 
 def _layer_order(table):

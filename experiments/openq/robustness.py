@@ -371,129 +371,183 @@ def _regime_text(regime_table, experiment: str) -> str:
 
 def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float, regime_table=None,
                 regime_methods=None, versus_default=None) -> List[str]:
-    """Sentences built from the stored tables (every number quoted from them)."""
+    """Sentences built from the stored tables (every number quoted from them): one per experiment, the pooled
+    analysis, and one per pair of experiments compared for transfer."""
     texts = []
     for experiment, eq in equivalence_table.groupby("experiment", sort=True):
-        s = summary[summary.experiment == experiment].set_index("label")
-        best = eq[eq.is_best].iloc[0]
-        b = s.loc[best.label]
-        default = s[s.is_default] if "is_default" in s else s.iloc[:0]
-        text = (f"{experiment}: best setting by validation accuracy {best.label}, test accuracy "
-                f"{paper.format_ci(b['mean'], b.ci_low, b.ci_high)} ({int(b.n)} seeds)")
-        if len(default):
-            d = default.iloc[0]
-            text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
-        regime_text = _regime_text(regime_table, experiment) if regime_table is not None else ""
-        if regime_text:  # (none for an experiment without paper-default runs)
-            text += "." + regime_text.rstrip(".")
-        others = eq[~eq.is_best]
-        distinct = others[(others.identical_to == others.label) & (others.identical_to != best.label)]
-        words = distinct.verdict.value_counts()
-        half = ((distinct.ci_high - distinct.ci_low) / 2).median() if len(distinct) else float("nan")
-        text += (f". Of the {len(distinct)} other distinct settings, {int(distinct.within_margin.sum())} are shown equivalent to it within "
-                 f"±{margin:g} (paired TOST at 5%, Holm over the experiment's settings: {', '.join(f'{n} {w}' for w, n in words.items())}; "
-                 f"the median 90% t interval is ±{half:.4f} wide against the margin ±{margin:g}), "
-                 f"{int(distinct.not_worse_than_margin.sum())} are not shown to be worse by more.")
-        degenerate = eq[(eq.identical_to != eq.label) | eq.dropconnect_at_p_base]
-        if len(degenerate):
-            text += " Degenerate settings: " + "; ".join(
-                (f"{r.label} trains the same runs as {r.identical_to}" if r.identical_to != r.label else f"{r.label}")
-                + (" (p_signal = 0: DropConnect at p_base)" if r.dropconnect_at_p_base else "")
-                for r in degenerate.itertuples()) + "."
-        j = joint[joint.experiment == experiment] if len(joint) else joint
-        if len(j):
-            effects = j[j.term != "Residual"].sort_values("eta_sq", ascending=False)
-            top = effects.iloc[0]
-            residual = j[j.term == "Residual"].iloc[0]
-            effects = effects[effects.term != "seed"]
-            top = effects.iloc[0]
-            seeds = j[j.term == "seed"]
-            text += (f" Joint grid (seed-blocked ANOVA): {top.term} explains the most variance ({100 * top.eta_sq:.1f}%, p = {top.pvalue:.3g}); "
-                     + ", ".join(f"{r.term} {100 * r.eta_sq:.1f}%" for r in effects.iloc[1:].itertuples())
-                     + (f"; the seeds {100 * seeds.eta_sq.iloc[0]:.1f}%" if len(seeds) else "")
-                     + f"; residual {100 * residual.eta_sq:.1f}%.")
-        mine_regime = (regime_methods[regime_methods.experiment == experiment]
-                       if regime_methods is not None and len(regime_methods) else None)
-        if mine_regime is not None:
-            rising = mine_regime[mine_regime.converged < mine_regime.judged]
-            text += (f" Regime of the {len(mine_regime)} settings: training accuracy {mine_regime.final_train_acc.min():.3f}"
-                     f"-{mine_regime.final_train_acc.max():.3f}, test {mine_regime.test_acc.min():.3f}-{mine_regime.test_acc.max():.3f}; "
-                     + ("convergence not judged (fewer than 3 epochs)." if mine_regime.judged.sum() == 0 else
-                        "all converged by the end of the budget." if len(rising) == 0 else
-                        f"{len(rising)} still rising at the end of the budget (" + ", ".join(rising.label) + ").")
-                     )
-        o = oat[oat.experiment == experiment] if len(oat) else oat
-        if len(o):
-            text += " One at a time: " + ", ".join(
-                f"{r.factor} {100 * r.eta_sq:.1f}% (range of means {r.range_of_means:.4f})" for r in o.itertuples()) + "."
-        v = versus_default[versus_default.experiment == experiment] if versus_default is not None and len(versus_default) else None
-        if v is not None and len(v):
-            words = v.verdict.value_counts()
-            text += (f" Each one-at-a-time level against the paper default (secondary, Holm over {int(v.family_size.iloc[0])}, "
-                     f"{int(v.n.iloc[0])} paired seeds, MDE d_z {v.mde_dz.iloc[0]:.2f}, about {v.mde.median():.4f} test accuracy at "
-                     f"the median observed sd): " + ", ".join(f"{n} {w}" for w, n in words.items()) + ".")
+        text = _best_setting_text(experiment, eq, summary, regime_table)
+        text += _equivalence_text(eq, margin)
+        text += _joint_text(joint[joint.experiment == experiment] if len(joint) else joint)
+        if regime_methods is not None and len(regime_methods):
+            text += _regime_methods_text(regime_methods[regime_methods.experiment == experiment])
+        text += _one_at_a_time_text(oat[oat.experiment == experiment] if len(oat) else oat)
+        if versus_default is not None and len(versus_default):
+            text += _versus_default_text(versus_default[versus_default.experiment == experiment])
         texts.append(text)
     if len(pooled):
-        effects = pooled[~pooled.term.isin(["Residual", "experiment", "experiment_seed"])]
-        non_transfer = effects[effects.term.str.startswith("experiment:")]
-        text = (f"Pooled over experiments (accuracy centred per experiment, seeds as blocks), the factors' main effects explain "
-                f"{100 * effects[~effects.term.str.contains('experiment')].eta_sq.sum():.1f}% of the variance and their interactions with "
-                f"the experiment {100 * non_transfer.eta_sq.sum():.1f}% (effects that differ between experiments); seeds "
-                f"{100 * pooled[pooled.term == 'experiment_seed'].eta_sq.sum():.1f}%, residual "
-                f"{100 * pooled[pooled.term == 'Residual'].eta_sq.iloc[0]:.1f}%.")
-        texts.append(text)
-    for r in transfer_table.itertuples():
-        rho = (f"Spearman {r.spearman:+.2f} [{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}] over {r.n_settings} settings"
-               if r.spearman == r.spearman else f"no rank correlation ({r.n_settings} settings)")
-        texts.append(
-            f"{r.a} vs {r.b} ({r.relation}): {rho}; a's best setting costs {r.regret_a_in_b:.4f} "
+        texts.append(_pooled_text(pooled))
+    texts += [_transfer_text(r) for r in transfer_table.itertuples()]
+    return texts
+
+
+def _best_setting_text(experiment: str, eq, summary, regime_table) -> str:
+    """The best setting by validation accuracy, its test accuracy, the paper default's, and the training regime."""
+    s = summary[summary.experiment == experiment].set_index("label")
+    best = eq[eq.is_best].iloc[0]
+    b = s.loc[best.label]
+    default = s[s.is_default] if "is_default" in s else s.iloc[:0]
+    text = (f"{experiment}: best setting by validation accuracy {best.label}, test accuracy "
+            f"{paper.format_ci(b['mean'], b.ci_low, b.ci_high)} ({int(b.n)} seeds)")
+    if len(default):
+        d = default.iloc[0]
+        text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
+    regime_text = _regime_text(regime_table, experiment) if regime_table is not None else ""
+    if regime_text:  # (none for an experiment without paper-default runs)
+        text += "." + regime_text.rstrip(".")
+    return text
+
+
+def _equivalence_text(eq, margin: float) -> str:
+    """How many other distinct settings are equivalent to the best (paired TOST, Holm), and the degenerate ones."""
+    best = eq[eq.is_best].iloc[0]
+    others = eq[~eq.is_best]
+    distinct = others[(others.identical_to == others.label) & (others.identical_to != best.label)]
+    words = distinct.verdict.value_counts()
+    half = ((distinct.ci_high - distinct.ci_low) / 2).median() if len(distinct) else float("nan")
+    text = (f". Of the {len(distinct)} other distinct settings, {int(distinct.within_margin.sum())} are shown equivalent to it within "
+            f"±{margin:g} (paired TOST at 5%, Holm over the experiment's settings: {', '.join(f'{n} {w}' for w, n in words.items())}; "
+            f"the median 90% t interval is ±{half:.4f} wide against the margin ±{margin:g}), "
+            f"{int(distinct.not_worse_than_margin.sum())} are not shown to be worse by more.")
+    degenerate = eq[(eq.identical_to != eq.label) | eq.dropconnect_at_p_base]
+    if len(degenerate):
+        text += " Degenerate settings: " + "; ".join(
+            (f"{r.label} trains the same runs as {r.identical_to}" if r.identical_to != r.label else f"{r.label}")
+            + (" (p_signal = 0: DropConnect at p_base)" if r.dropconnect_at_p_base else "")
+            for r in degenerate.itertuples()) + "."
+    return text
+
+
+def _joint_text(j) -> str:
+    """The seed-blocked ANOVA of one experiment's joint grid: each term's share of the variance ('' without one)."""
+    if not len(j):
+        return ""
+    effects = j[j.term != "Residual"].sort_values("eta_sq", ascending=False)
+    residual = j[j.term == "Residual"].iloc[0]
+    effects = effects[effects.term != "seed"]
+    top = effects.iloc[0]
+    seeds = j[j.term == "seed"]
+    return (f" Joint grid (seed-blocked ANOVA): {top.term} explains the most variance ({100 * top.eta_sq:.1f}%, p = {top.pvalue:.3g}); "
+            + ", ".join(f"{r.term} {100 * r.eta_sq:.1f}%" for r in effects.iloc[1:].itertuples())
+            + (f"; the seeds {100 * seeds.eta_sq.iloc[0]:.1f}%" if len(seeds) else "")
+            + f"; residual {100 * residual.eta_sq:.1f}%.")
+
+
+def _regime_methods_text(mine_regime) -> str:
+    """The range of training and test accuracy over one experiment's settings, and which still rise at the end."""
+    rising = mine_regime[mine_regime.converged < mine_regime.judged]
+    return (f" Regime of the {len(mine_regime)} settings: training accuracy {mine_regime.final_train_acc.min():.3f}"
+            f"-{mine_regime.final_train_acc.max():.3f}, test {mine_regime.test_acc.min():.3f}-{mine_regime.test_acc.max():.3f}; "
+            + ("convergence not judged (fewer than 3 epochs)." if mine_regime.judged.sum() == 0 else
+               "all converged by the end of the budget." if len(rising) == 0 else
+               f"{len(rising)} still rising at the end of the budget (" + ", ".join(rising.label) + ")."))
+
+
+def _one_at_a_time_text(o) -> str:
+    """Each factor's share of the variance and range of means when varied alone ('' without such runs)."""
+    if not len(o):
+        return ""
+    return " One at a time: " + ", ".join(
+        f"{r.factor} {100 * r.eta_sq:.1f}% (range of means {r.range_of_means:.4f})" for r in o.itertuples()) + "."
+
+
+def _versus_default_text(v) -> str:
+    """The verdicts of every one-at-a-time level against the paper default, with the family, n and MDE."""
+    if not len(v):
+        return ""
+    words = v.verdict.value_counts()
+    return (f" Each one-at-a-time level against the paper default (secondary, Holm over {int(v.family_size.iloc[0])}, "
+            f"{int(v.n.iloc[0])} paired seeds, MDE d_z {v.mde_dz.iloc[0]:.2f}, about {v.mde.median():.4f} test accuracy at "
+            f"the median observed sd): " + ", ".join(f"{n} {w}" for w, n in words.items()) + ".")
+
+
+def _pooled_text(pooled) -> str:
+    """Pooled over experiments: the share of variance of the main effects, their interactions with the experiment, seeds."""
+    effects = pooled[~pooled.term.isin(["Residual", "experiment", "experiment_seed"])]
+    non_transfer = effects[effects.term.str.startswith("experiment:")]
+    return (f"Pooled over experiments (accuracy centred per experiment, seeds as blocks), the factors' main effects explain "
+            f"{100 * effects[~effects.term.str.contains('experiment')].eta_sq.sum():.1f}% of the variance and their interactions with "
+            f"the experiment {100 * non_transfer.eta_sq.sum():.1f}% (effects that differ between experiments); seeds "
+            f"{100 * pooled[pooled.term == 'experiment_seed'].eta_sq.sum():.1f}%, residual "
+            f"{100 * pooled[pooled.term == 'Residual'].eta_sq.iloc[0]:.1f}%.")
+
+
+def _transfer_text(r) -> str:
+    """One pair of experiments: rank correlation of the setting means, the regret of each one's best in the other, overlap."""
+    rho = (f"Spearman {r.spearman:+.2f} [{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}] over {r.n_settings} settings"
+           if r.spearman == r.spearman else f"no rank correlation ({r.n_settings} settings)")
+    return (f"{r.a} vs {r.b} ({r.relation}): {rho}; a's best setting costs {r.regret_a_in_b:.4f} "
             f"[{r.regret_a_in_b_low:.4f}, {r.regret_a_in_b_high:.4f}] accuracy in b "
             f"({'inside' if r.best_a_in_region_b else 'not shown inside'} b's region), b's best costs {r.regret_b_in_a:.4f} "
             f"[{r.regret_b_in_a_low:.4f}, {r.regret_b_in_a_high:.4f}] in a; overlap of the lenient regions (Jaccard) {r.jaccard_not_worse:.2f}.")
-    return texts
 
 
 # ----------------------------------------------------------------------------- figures
 
 
 def figures(run_dir) -> List[str]:
-    """Every figure of notebook 09, from its stored tables."""
+    """Every figure of notebook 09, from its stored tables; returns the files written."""
     import matplotlib.pyplot as plt
-    import numpy as np
-    import seaborn as sns
-    from analysis import figures as afig
 
     runs = paper.load_table(run_dir, "runs")
     settings = paper.load_json(run_dir, "settings")
-    margin = settings["margin"]
-    written = []
+    written = _one_at_a_time_figure(run_dir, runs)
+    written += _joint_grid_figures(run_dir, runs)
+    written += _equivalence_figures(run_dir, settings["margin"])
+    written += _variance_shares_figure(run_dir)
+    written += _transfer_figure(run_dir)
+    plt.close("all")
+    return written
+
+
+def _one_at_a_time_figure(run_dir, runs) -> List[str]:
+    """One panel per factor: test accuracy as that factor varies with the others at the default, per experiment."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from analysis import figures as afig
 
     oat = runs[runs.oat_factor.notna()]
-    if len(oat):
-        experiments = sorted(oat.experiment.unique())
-        look = afig.styles([paper.experiment_title(e) for e in experiments])
-        fig, axes = plt.subplots(1, len(FACTORS), figsize=(3.6 * len(FACTORS) + 2.6, 3.8), squeeze=False, sharey=True,
-                                 layout="constrained")
-        for ax, factor in zip(axes[0], FACTORS):
-            part = oat[oat.oat_factor.isin([factor, "default"])].assign(experiment=lambda f: f.experiment.map(paper.experiment_title))
-            for experiment in experiments:
-                name = paper.experiment_title(experiment)
-                sns.lineplot(data=part[part.experiment == name], x=factor, y="test_acc", marker=look[name]["marker"],
-                             color=look[name]["color"], errorbar=("ci", 95), seed=0, ax=ax, label=name)
-            ax.axvline(DEFAULT[factor], color="grey", lw=0.8, ls=":")
-            ax.set_title(f"{factor} varied, the others at the default")
-            ax.set_ylabel(afig.axis_label("test_acc"))
-            if ax.get_legend() is not None:
-                ax.get_legend().remove()
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        n = oat.groupby(["experiment", "label"]).seed.nunique()
-        fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small",
-                   title=f"mean; band: 95% bootstrap CI\nover n = {n.min()}" + (f"-{n.max()}" if n.max() != n.min() else "")
-                   + " seeds;\ndotted: the default", title_fontsize="small")
-        written += paper.save_fig(fig, run_dir, "one_at_a_time")
+    if not len(oat):
+        return []
+    experiments = sorted(oat.experiment.unique())
+    look = afig.styles([paper.experiment_title(e) for e in experiments])
+    fig, axes = plt.subplots(1, len(FACTORS), figsize=(3.6 * len(FACTORS) + 2.6, 3.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, factor in zip(axes[0], FACTORS):
+        part = oat[oat.oat_factor.isin([factor, "default"])].assign(experiment=lambda f: f.experiment.map(paper.experiment_title))
+        for experiment in experiments:
+            name = paper.experiment_title(experiment)
+            sns.lineplot(data=part[part.experiment == name], x=factor, y="test_acc", marker=look[name]["marker"],
+                         color=look[name]["color"], errorbar=("ci", 95), seed=0, ax=ax, label=name)
+        ax.axvline(DEFAULT[factor], color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{factor} varied, the others at the default")
+        ax.set_ylabel(afig.axis_label("test_acc"))
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    n = oat.groupby(["experiment", "label"]).seed.nunique()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small",
+               title=f"mean; band: 95% bootstrap CI\nover n = {n.min()}" + (f"-{n.max()}" if n.max() != n.min() else "")
+               + " seeds;\ndotted: the default", title_fontsize="small")
+    return paper.save_fig(fig, run_dir, "one_at_a_time")
 
-    joint = runs[runs.in_joint]
-    for experiment, group in joint.groupby("experiment", sort=True):
+
+def _joint_grid_figures(run_dir, runs) -> List[str]:
+    """Per experiment: mean test accuracy over (tau, p_base), one heatmap per p_signal level."""
+    import matplotlib.pyplot as plt
+    from analysis import figures as afig
+
+    written = []
+    for experiment, group in runs[runs.in_joint].groupby("experiment", sort=True):
         levels = sorted(group.p_signal.unique())
         fig, axes = plt.subplots(1, len(levels), figsize=(4.8 * len(levels), 4.2), squeeze=False, layout="constrained")
         for ax, level in zip(axes[0], levels):
@@ -501,11 +555,18 @@ def figures(run_dir) -> List[str]:
             ax.set_title(f"p_signal = {level:g}")
         fig.suptitle(f"{paper.experiment_title(experiment)}: mean test accuracy on the joint grid")
         written += paper.save_fig(fig, run_dir, f"{experiment}-joint_grid")
+    return written
 
-    eq = paper.load_table(run_dir, "equivalence")
+
+def _equivalence_figures(run_dir, margin: float) -> List[str]:
+    """Per experiment: each setting's paired difference from the best, coloured by its equivalence verdict."""
+    import numpy as np
+    from analysis import figures as afig
+
     verdicts = {"within": ("#009E73", "within the margin of the best"), "lenient": ("#E69F00", "not shown worse than the margin"),
                 "worse": ("#D55E00", "worse by more than the margin")}
-    for experiment, group in eq.groupby("experiment", sort=True):
+    written = []
+    for experiment, group in paper.load_table(run_dir, "equivalence").groupby("experiment", sort=True):
         group = group.reset_index(drop=True)
         ax = afig.new_axes(8.0, 0.3 * len(group) + 2.0)
         y = np.arange(len(group))
@@ -524,33 +585,46 @@ def figures(run_dir) -> List[str]:
         ax.set_title(f"{paper.experiment_title(experiment)}: practical equivalence with the best setting")
         afig.place_legend(ax)
         written += paper.save_fig(ax, run_dir, f"{experiment}-equivalence")
+    return written
+
+
+def _variance_shares_figure(run_dir) -> List[str]:
+    """Joint grid: the share of test accuracy's variance (eta squared) per term, stacked per experiment."""
+    from analysis import figures as afig
 
     shares = paper.load_table(run_dir, "joint_variance")
-    if len(shares):
-        wide = shares.pivot_table(index="experiment", columns="term", values="eta_sq", aggfunc="first").fillna(0.0)
-        wide.index = [paper.experiment_title(e) for e in wide.index]
-        ax = afig.new_axes(9.0, 1.8 + 0.45 * len(wide))
-        wide.plot.barh(stacked=True, colormap="tab20", ax=ax)
-        ax.invert_yaxis()
-        ax.set_xlabel(afig.axis_label("eta_sq"))
-        ax.set_title("Joint grid: share of the variance of test accuracy explained per term")
-        afig.place_legend(ax, title="term")
-        written += paper.save_fig(ax, run_dir, "variance_shares")
+    if not len(shares):
+        return []
+    wide = shares.pivot_table(index="experiment", columns="term", values="eta_sq", aggfunc="first").fillna(0.0)
+    wide.index = [paper.experiment_title(e) for e in wide.index]
+    ax = afig.new_axes(9.0, 1.8 + 0.45 * len(wide))
+    wide.plot.barh(stacked=True, colormap="tab20", ax=ax)
+    ax.invert_yaxis()
+    ax.set_xlabel(afig.axis_label("eta_sq"))
+    ax.set_title("Joint grid: share of the variance of test accuracy explained per term")
+    afig.place_legend(ax, title="term")
+    return paper.save_fig(ax, run_dir, "variance_shares")
+
+
+def _transfer_figure(run_dir) -> List[str]:
+    """Spearman correlation of the setting means between every pair of experiments."""
+    import numpy as np
+    import seaborn as sns
+    from analysis import figures as afig
 
     table = paper.load_table(run_dir, "transfer")
-    if len(table):
-        names = sorted(set(table.a) | set(table.b))
-        matrix = np.eye(len(names))
-        for r in table.itertuples():
-            i, j = names.index(r.a), names.index(r.b)
-            matrix[i, j] = matrix[j, i] = r.spearman
-        titles = [paper.experiment_title(n) for n in names]
-        ax = afig.new_axes(2.0 * len(names) + 3.0, 1.3 * len(names) + 2.0)
-        sns.heatmap(matrix, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="coolwarm", xticklabels=titles, yticklabels=titles, ax=ax,
-                    cbar_kws={"label": "Spearman correlation"})
-        ax.tick_params(axis="x", labelrotation=0)
-        ax.tick_params(axis="y", labelrotation=0)
-        ax.set_title("Transfer: Spearman correlation of the setting means between experiments")
-        written += paper.save_fig(ax, run_dir, "transfer_spearman")
-    plt.close("all")
-    return written
+    if not len(table):
+        return []
+    names = sorted(set(table.a) | set(table.b))
+    matrix = np.eye(len(names))
+    for r in table.itertuples():
+        i, j = names.index(r.a), names.index(r.b)
+        matrix[i, j] = matrix[j, i] = r.spearman
+    titles = [paper.experiment_title(n) for n in names]
+    ax = afig.new_axes(2.0 * len(names) + 3.0, 1.3 * len(names) + 2.0)
+    sns.heatmap(matrix, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="coolwarm", xticklabels=titles, yticklabels=titles, ax=ax,
+                cbar_kws={"label": "Spearman correlation"})
+    ax.tick_params(axis="x", labelrotation=0)
+    ax.tick_params(axis="y", labelrotation=0)
+    ax.set_title("Transfer: Spearman correlation of the setting means between experiments")
+    return paper.save_fig(ax, run_dir, "transfer_spearman")
