@@ -115,6 +115,10 @@ def stratified_bootstrap(
     arrays in the dict's order. Each resample draws, for every task, ``n_seeds``
     seeds with replacement (the same draw for every method, so paired runs stay
     paired) and evaluates the statistic. Returns ``(point, low, high)``.
+
+    Raises:
+        ValueError: ``scores`` is empty, its arrays are not 2-D of one shape or not finite, or
+            ``confidence_level`` is not in (0, 1).
     """
     gen = _generator(rng)
     arrays = list(_check_scores(scores).values())
@@ -143,6 +147,9 @@ def aggregate_intervals(
     Returns a tidy frame ``method, aggregate, estimate, ci_low, ci_high,
     n_seeds, n_tasks``. Methods are processed in the dict's order, each from
     the generator's current state.
+
+    Raises:
+        ValueError: an unknown aggregate name, or ``scores`` is empty, not 2-D of one shape, or not finite.
     """
     scores = _check_scores(scores)
     unknown = [a for a in aggregates if a not in AGGREGATES]
@@ -163,6 +170,9 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
     averaged over tasks. ``x``, ``y``: ``(n_seeds, n_tasks)``.
 
     Per task this is the Mann-Whitney ``U / (n_x n_y)`` (Agarwal et al. 2021, eq. 3).
+
+    Raises:
+        ValueError: ``x`` and ``y`` are not ``(n_seeds, n_tasks)`` arrays over the same tasks.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
@@ -215,6 +225,10 @@ def scores_from_frame(
 
     Only tasks where every method has every seed of the task are kept, and only
     the seeds every kept task has; raises if none are left.
+
+    Raises:
+        ValueError: a column is missing, no task has every method, or no seed is shared by every task and
+            method.
     """
     tasks_cols = [task_col] if isinstance(task_col, str) else list(task_col)
     missing = [c for c in [value, method_col, seed_col, *tasks_cols] if c not in df.columns]

@@ -493,6 +493,10 @@ def method_comparison(
     and the raw per-run values are drawn as dots (``show_points``). Each label
     carries its n; a label with n = 1 has no interval and is drawn hollow. The x
     label says what the bars are. Colours and markers follow :func:`styles`.
+
+    Raises:
+        ValueError: a column is missing, the summary has several rows per label, or ``order`` names a label
+            not in the data.
     """
     df = summary_or_runs_df
     _require(df, [method_col], "summary_or_runs_df")
@@ -606,6 +610,9 @@ def drop_prob_heatmap(
     ``drop_prob_q10``, ``drop_prob_q50``, ``drop_prob_q90``). Values are averaged
     over runs (and over layers unless ``layer`` selects some). Rows are quantiles
     (ascending), columns are steps; colour is the drop probability.
+
+    Raises:
+        ValueError: a column is missing, or ``records`` has no quantile metrics ``<prefix>_qNN``.
     """
     _require(records, ["step", "metric", "value"], "records")
     pat = re.compile(rf"^{re.escape(prefix)}_q(\d+)$")
@@ -689,6 +696,10 @@ def grad_vs_drop(
     scale) or ``"scatter"``. With ``log_grad`` the x axis is log-scaled and
     non-positive gradients are left out of the plot. ``annotate`` adds Spearman's
     rank correlation (all finite pairs) to the x label.
+
+    Raises:
+        ValueError: the two snapshots differ in size, fewer than 2 finite pairs, or ``kind`` is not
+            'hexbin'/'scatter'.
     """
     g = np.asarray(snapshot_grad_abs, dtype=float).reshape(-1)
     p = np.asarray(snapshot_drop_prob, dtype=float).reshape(-1)
@@ -804,6 +815,9 @@ def ablation_heatmap(
     merged in) or a frame with columns ``x``, ``y`` and ``p_col``; cells with
     ``p < alpha`` get a ``*`` after the mean. ``default``: ``{x: level, y: level}``
     of the reference cell, drawn with a thick outline and labelled ``default_name``.
+
+    Raises:
+        ValueError: a column is missing, or a cell has several different p-values.
     """
     _require(df, [x, y, value], "df")
     cells = df[[y, x, value]].dropna(subset=[value])
@@ -856,6 +870,9 @@ def critical_difference_diagram(
     (columns ``method_col`` and ``rank_col``), ``cliques`` (lists of method labels
     not significantly different; drawn as thick bars) and ``cd`` (drawn as a
     bar of that length above the axis). Best (lowest) ranks are on the left.
+
+    Raises:
+        ValueError: a column is missing, fewer than 2 methods, or a clique names a method not in ``ranks``.
     """
     _require(ranks, [method_col, rank_col], "ranks")
     r = ranks.sort_values(rank_col, kind="stable")
@@ -929,6 +946,10 @@ def synthetic_contours(
     given ``true_w`` (2,) and ``cov`` (2, 2) of the inputs, the population MSE
     ``(w − w*)ᵀ Σ (w − w*) + noise_var``. Contour levels are spaced quadratically
     between the grid's min and max so the bowl's rings look even.
+
+    Raises:
+        ValueError: not exactly one of ``loss_fn`` or (``true_w``, ``cov``), shapes other than (2,) and (2,
+            2), or a constant or non-finite loss surface.
     """
     _require(trajectories, [method_col, "step", "w1", "w2"], "trajectories")
     if (loss_fn is None) == (true_w is None or cov is None):
@@ -1148,6 +1169,9 @@ def save_figure(
     Parent directories are created. Titles and x labels wider than their axes
     are wrapped first. PDFs are written without a creation date so repeated
     saves are byte-identical. Returns the list of written paths.
+
+    Raises:
+        ValueError: ``formats`` is empty or ``fig_or_ax`` is not a matplotlib Figure or Axes.
     """
     if isinstance(formats, str):
         formats = (formats,)

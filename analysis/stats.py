@@ -362,6 +362,10 @@ def paired_difference(
     Constant differences (``sd = 0``): the interval collapses to the mean, p is 1
     when every difference is 0 and 0 otherwise, ``d_z`` is 0 or ±inf (its
     interval NaN). Fewer than 2 pairs raise ``ValueError``.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length, hold fewer than 2 pairs or a non-finite value, or
+            ``confidence_level`` is not in (0, 1).
     """
     _check_confidence(confidence_level)
     x, y = np.asarray(x, dtype=float).reshape(-1), np.asarray(y, dtype=float).reshape(-1)
@@ -436,6 +440,11 @@ def paired_comparison(
     ci_high, ci_method, confidence_level, wilcoxon_stat, p_wilcoxon,
     wilcoxon_min_p, t_stat, p_ttest, cohen_dz, dz_low, dz_high, hedges_g,
     p_wilcoxon_adj, p_ttest_adj`` (``method`` is named after ``method_col``).
+
+    Raises:
+        ValueError: a column is missing or not numeric, the baseline is absent or alone, ``interval`` is not
+            't'/'bca', ``on_unpaired`` is not 'raise'/'drop' (or is 'raise' and a block is
+            unpaired), or ``confidence_level`` is not in (0, 1).
     """
     _check_on_unpaired(on_unpaired)
     _check_confidence(confidence_level)
@@ -495,6 +504,10 @@ def pairwise_wilcoxon(
     is the smallest p-value the exact test can reach on n pairs, and ``reject``
     (pandas ``boolean``) is ``pvalue_adj < alpha``, or ``<NA>`` where the test
     cannot reject at all (``min_pvalue >= alpha``, e.g. n <= 5 at 0.05).
+
+    Raises:
+        ValueError: a column is missing, ``method_col`` has fewer than 2 methods, or ``on_unpaired`` is not
+            'raise'/'drop' (or is 'raise' and a block is unpaired).
     """
     _check_on_unpaired(on_unpaired)
     wide = _wide(df, value=value, method_col=method_col, block_col=block_col)
@@ -569,6 +582,9 @@ def friedman_test(
     both p-values are 1 (no evidence of any difference).
 
     Returns one row: ``statistic, pvalue, k, n, iman_davenport_F, iman_davenport_p``.
+
+    Raises:
+        ValueError: a column is missing, or there are fewer than 3 methods or fewer than 2 complete blocks.
     """
     wide = _complete_wide(df, value=value, method_col=method_col, block_col=block_col, on_incomplete=on_incomplete)
     n, k = wide.shape
@@ -605,6 +621,9 @@ def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
 
     ``q_α = studentized_range.ppf(1 − α, k, ∞) / sqrt(2)`` (Demšar 2006; e.g. k=4,
     α=0.05 gives 2.569 and with n=14 CD ≈ 1.25).
+
+    Raises:
+        ValueError: ``k < 2``, ``n < 1``, or ``alpha`` is not in (0, 1).
     """
     if k < 2 or n < 1:
         raise ValueError(f"nemenyi_cd needs k >= 2 methods and n >= 1 blocks, got k={k}, n={n}")
@@ -663,6 +682,10 @@ def critical_difference(
     Returns ``(ranks, cliques, cd)``: ``ranks`` has columns ``method`` (named after
     ``method_col``), ``mean_rank``, ``mean``, ``n`` sorted by ``mean_rank``;
     ``cliques`` is a list of lists of method labels; ``cd`` a float.
+
+    Raises:
+        ValueError: a column is missing, ``clique_method`` is not 'cd'/'wilcoxon', or there are fewer than 2
+            methods or 2 complete blocks.
     """
     if clique_method not in ("cd", "wilcoxon"):
         raise ValueError(f"`clique_method` must be 'cd' or 'wilcoxon', got {clique_method!r}")
@@ -765,6 +788,10 @@ def anova(
     Returns columns ``term, sum_sq, df, F, pvalue``; ``term`` is a factor name, an
     interaction ``"a:b"``, the block's name, or ``"Residual"`` (and
     ``"Intercept"`` for type 3).
+
+    Raises:
+        ValueError: a column is missing or not numeric, ``typ`` is not 1, 2 or 3, or the design leaves no
+            residual degrees of freedom (no replicate seeds).
     """
     import statsmodels.api as sm
     import statsmodels.formula.api as smf
@@ -920,6 +947,10 @@ def mixed_model(
     row's ``note`` says so (the fixed effects are then those of ordinary least
     squares); statsmodels' "MLE may be on the boundary" warning, raised for any
     variance below 0.01 in absolute terms, is not passed on.
+
+    Raises:
+        ValueError: ``group`` is not a column or has fewer than 2 groups, a factor or ``value`` column is
+            missing, or ``confidence_level`` is not in (0, 1).
     """
     _check_confidence(confidence_level)
     if not isinstance(df, pd.DataFrame) or group not in df.columns:
@@ -986,6 +1017,10 @@ def summarize(
 
     Returns one row per group: ``<by...>, n, mean, std (ddof=1), sem, ci_low,
     ci_high, ci_method, confidence_level``.
+
+    Raises:
+        ValueError: a column is missing or not numeric and finite, ``df`` is empty, ``interval`` is not
+            't'/'bca', or ``confidence_level`` is not in (0, 1).
     """
     by = _as_list(by, "by")
     _require_columns(df, [value, *by])
@@ -1135,6 +1170,10 @@ def practical_equivalence(
     (best first). ``n`` counts the setting's runs (the pairs used are the blocks
     it shares with the reference). The reference row has ``diff = 0``, a
     degenerate CI ``[0, 0]`` and ``p_tost`` NaN.
+
+    Raises:
+        ValueError: a column is missing or not numeric and finite, ``df`` is empty, ``margin`` is not
+            positive and finite, ``alpha`` is not in (0, 0.5), or ``correction`` is not 'holm'/None.
     """
     by = _as_list(by, "by")
     if not np.isfinite(margin) or margin <= 0:
@@ -1205,6 +1244,9 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
     the discordant pairs (:func:`statsmodels.stats.contingency_tables.mcnemar`,
     ``exact=True``). Returns ``n, acc_a, acc_b, diff (acc_a − acc_b), only_a,
     only_b, pvalue``; ``pvalue = 1`` when there are no discordant examples.
+
+    Raises:
+        ValueError: ``correct_a``/``correct_b`` are not boolean, are empty, or differ in length.
     """
     from statsmodels.stats.contingency_tables import mcnemar as _mcnemar
 
@@ -1229,6 +1271,9 @@ def trend(values: np.ndarray, window: float = 0.2) -> float:
     units. A training curve has converged when this is small (e.g. below 0.01 of
     accuracy); a large positive value means it was still rising when the budget
     ended. NaN for fewer than 3 values.
+
+    Raises:
+        ValueError: ``window`` is not in (0, 1].
     """
     v = np.asarray(values, dtype=float).reshape(-1)
     v = v[np.isfinite(v)]
@@ -1255,6 +1300,10 @@ def variance_by_source(
     ratio of two variances (``share / F_{1−a/2}(n−1, n_t−1)``, ``share /
     F_{a/2}(...)``; the groups are treated as independent samples). Shares need
     not add up to 1: sources interact, and each estimate carries its own noise.
+
+    Raises:
+        ValueError: a column is missing or not numeric and finite, no row has ``source_col == total``, or
+            ``confidence_level`` is not in (0, 1).
     """
     _require_columns(df, [value, source_col])
     _require_numeric_finite(df, value)

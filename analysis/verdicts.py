@@ -114,6 +114,11 @@ def paired_verdicts(
     cohen_dz, dz_low, dz_high, hedges_g, mde_dz, mde, p_tost, p_tost_holm,
     margin, verdict``. TOST columns are NaN without a ``margin``. A pair with
     fewer than 2 common blocks is left out.
+
+    Raises:
+        ValueError: a column is missing, ``alpha`` is not in (0, 0.5), ``margin`` is not positive and finite
+            (or None), ``pairs`` is empty or not of pairs, or ``on_unpaired='raise'`` and a block is
+            unpaired.
     """
     by_cols = [] if by is None else _stats._as_list(by, "by")
     block_cols = _stats._as_list(block_col, "block_col")

@@ -59,7 +59,15 @@ class LocallyConnected2d(nn.Module):
     ``input_size`` is the (square) spatial size of the input; output size is
     ``(input_size + 2*padding - kernel_size) // stride + 1``. Weights have shape
     ``(positions, out_channels, in_channels * kernel_size**2)``; bias
-    ``(out_channels, out_size, out_size)``.
+    ``(out_channels, out_size, out_size)``. The layer is cuda-convnet's
+    "local" layer (Krizhevsky's ``layers-conv-local-11pct``), used by :class:`SimpleCNN2`.
+
+    Shapes: input ``(N, in_channels, input_size, input_size)``, output
+    ``(N, out_channels, out_size, out_size)``.
+
+    Raises:
+        ValueError: at construction, ``input_size`` is too small for ``kernel_size``
+            and ``padding``; in ``forward``, the input's spatial size is not ``input_size``.
     """
 
     def __init__(
@@ -115,7 +123,12 @@ class LocallyConnected2d(nn.Module):
 
 
 def init_weights(model: nn.Module) -> nn.Module:
-    """Authors' init: Xavier-uniform Linear/Conv/locally connected weights, zero biases, BN (1, 0)."""
+    """Authors' init, in place: Xavier-uniform Linear/Conv/locally connected weights, zero biases, BN (1, 0); returns ``model``.
+
+    Xavier-uniform draws from ``U(-a, a)``, ``a = sqrt(6 / (fan_in + fan_out))``
+    (Glorot & Bengio 2010, eq. 16), as the authors' code (arXiv 2502.19948) does.
+    Raises nothing of its own.
+    """
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             nn.init.xavier_uniform_(module.weight)
@@ -139,7 +152,10 @@ def _pooled(size: int, kernel: int = 3, stride: int = 2) -> int:
 
 
 class LinearRegression2D(nn.Module):
-    """y = w1*x1 + w2*x2: one ``nn.Linear(2, 1, bias=False)`` named ``linear``. Input (N, 2) -> (N, 1)."""
+    """y = w1*x1 + w2*x2: one ``nn.Linear(2, 1, bias=False)`` named ``linear``. Input (N, 2) -> (N, 1).
+
+    The paper's synthetic regression (arXiv 2502.19948, section 4.1): DDC on two weights.
+    """
 
     ddc_layers: tuple[str, ...] = ("linear",)
     dropout_layers: tuple[str, ...] = ("linear",)
@@ -157,6 +173,11 @@ class MLP(nn.Module):
     """Flatten, then Linear+ReLU per hidden width, then a Linear classifier.
 
     Layers are named ``linear1`` .. ``linear{len(hidden)+1}``; ReLUs ``act1`` ...
+
+    Shapes: input ``(N, *)`` with ``in_features`` values per example, output ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: ``hidden`` is empty.
     """
 
     ddc_layers: tuple[str, ...] = ("linear1",)
@@ -192,6 +213,12 @@ class SimpleCNN1(nn.Module):
 
     ``dims=1`` swaps in Conv1d / 1-D pools for sequences ``(N, C, L)``; a 2-D
     input ``(N, L)`` is treated as one channel.
+
+    Shapes: input ``(N, in_channels, input_size, input_size)`` (``dims=2``) or
+    ``(N, in_channels, input_size)`` / ``(N, input_size)`` (``dims=1``); output ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: ``dims`` is not 1 or 2, or ``input_size`` is below 15 (three 3/2 pools).
     """
 
     ddc_layers: tuple[str, ...] = ("linear1",)
@@ -245,6 +272,11 @@ class SimpleCNN2(nn.Module):
     beta=0.75)`` (cuda-convnet's response-normalisation constants). linear1's
     in-features are 32*7*7 = 1568 for 32x32 inputs and 32*6*6 = 1152 for 28x28.
     Needs inputs of at least 7x7.
+
+    Shapes: input ``(N, in_channels, input_size, input_size)``, output ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: ``input_size`` is below 7 (two 3/2 pools).
     """
 
     ddc_layers: tuple[str, ...] = ("linear1",)
@@ -289,6 +321,9 @@ class AlexNet(nn.Module):
     Inputs smaller than 224x224 are bilinearly upsampled to 224x224 inside
     ``forward``. features -> AdaptiveAvgPool2d((6, 6)) -> linear1 (9216 -> 4096)
     -> ReLU -> linear2 (4096 -> 4096) -> ReLU -> linear3 (4096 -> classes).
+    Architecture of Krizhevsky et al. (2012) as torchvision defines it.
+
+    Shapes: input ``(N, in_channels, H, W)``, output ``(N, num_classes)`` logits. Raises nothing of its own.
     """
 
     ddc_layers: tuple[str, ...] = ("linear1",)
@@ -338,6 +373,12 @@ class VGG13BN(nn.Module):
     features (3x3 conv + BN + ReLU, five max-pools) -> flatten (512 for 32x32)
     -> linear1 (-> 512) -> ReLU -> linear2 (512 -> 512) -> ReLU -> linear3 (-> classes).
     Needs inputs of at least 32x32 (five 2x2 pools); 28x28 inputs are rejected.
+    Configuration "B" of Simonyan & Zisserman (2015), with BatchNorm after each convolution.
+
+    Shapes: input ``(N, in_channels, input_size, input_size)``, output ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: ``input_size`` is below 32.
     """
 
     ddc_layers: tuple[str, ...] = ("linear1",)
@@ -374,7 +415,10 @@ class VGG13BN(nn.Module):
 
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut (He et al. 2016): subsample by ``stride`` and zero-pad new channels."""
+    """Option-A shortcut (He et al. 2016, section 3.3): subsample by ``stride`` and zero-pad new channels.
+
+    Shapes: input ``(N, in_planes, H, W)``, output ``(N, planes, ceil(H / stride), ceil(W / stride))``.
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
@@ -392,6 +436,12 @@ class BasicBlock(nn.Module):
 
     ``shortcut="B"``: 1x1 conv + BN projection when the shape changes;
     ``shortcut="A"``: parameter-free subsample + zero-padding (:class:`PadShortcut`).
+    The basic block of He et al. (2016, figure 2).
+
+    Shapes: input ``(N, in_planes, H, W)``, output ``(N, planes, ceil(H / stride), ceil(W / stride))``.
+
+    Raises:
+        ValueError: ``shortcut`` is not 'A' or 'B'.
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B"):
@@ -418,7 +468,18 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR-style ResNet: 3x3 stem (stride 1, no max-pool), BasicBlock stages, global pool, ``fc``."""
+    """CIFAR-style ResNet: 3x3 stem (stride 1, no max-pool), BasicBlock stages, global pool, ``fc``.
+
+    He et al. (2016, section 4.2): stage ``k`` has ``blocks_per_stage[k]``
+    :class:`BasicBlock` s of ``widths[k]`` channels, the first of each later
+    stage with stride 2. ``num_stages`` is read by experiments that select the
+    last stage's convolutions.
+
+    Shapes: input ``(N, in_channels, H, W)``, output ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: ``shortcut`` is not 'A' or 'B'.
+    """
 
     ddc_layers: tuple[str, ...] = ("fc",)
     dropout_layers: tuple[str, ...] = ("fc",)
@@ -478,7 +539,12 @@ class PatchEmbedding(nn.Module):
     """Cut ``(N, C, H, H)`` images into non-overlapping ``patch_size`` squares and map each
     flattened patch (``C * patch_size**2`` values) to ``dim`` with one ``nn.Linear`` named ``proj``.
 
-    Output ``(N, (H // patch_size)**2, dim)``, patches in row-major order.
+    Output ``(N, (H // patch_size)**2, dim)``, patches in row-major order
+    (Dosovitskiy et al. 2021, eq. 1).
+
+    Raises:
+        ValueError: ``patch_size`` does not divide ``input_size``; in ``forward``, the input is not
+            ``(in_channels, input_size, input_size)``.
     """
 
     def __init__(self, in_channels: int, input_size: int, patch_size: int, dim: int):
@@ -504,7 +570,14 @@ class PatchEmbedding(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention with explicit projections: ``qkv`` (one ``nn.Linear(dim, 3*dim)``)
     and the output projection ``proj`` (``nn.Linear(dim, dim)``). The attention product is
-    :func:`torch.nn.functional.scaled_dot_product_attention` (no attention dropout)."""
+    :func:`torch.nn.functional.scaled_dot_product_attention` (no attention dropout;
+    Vaswani et al. 2017, eq. 1).
+
+    Shapes: input and output ``(N, tokens, dim)``.
+
+    Raises:
+        ValueError: ``heads`` does not divide ``dim``.
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -522,7 +595,7 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """The transformer MLP: ``fc1`` (dim -> hidden) -> GELU -> ``fc2`` (hidden -> dim)."""
+    """The transformer MLP: ``fc1`` (dim -> hidden) -> GELU -> ``fc2`` (hidden -> dim). Shapes: ``(N, tokens, dim)`` in and out."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -535,7 +608,13 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """Pre-norm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (Dosovitskiy et al. 2021, eqs. 2-3).
+
+    Shapes: input and output ``(N, tokens, dim)``.
+
+    Raises:
+        ValueError: ``heads`` does not divide ``dim``.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int):
         super().__init__()
@@ -570,6 +649,12 @@ class VisionTransformer(nn.Module):
     49 patches + the class token for 1x28x28, about 0.14M parameters.
     ``ddc_layers`` / ``dropout_layers`` are every attention and MLP projection
     (:func:`vit_projection_layers`); the class attribute names those of the default depth.
+
+    Shapes: input ``(N, in_channels, input_size, input_size)``, output ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError: ``dim``, ``depth`` or ``mlp_hidden`` is not a positive integer, ``heads`` does not
+            divide ``dim``, or ``patch_size`` does not divide ``input_size``.
     """
 
     DEFAULT_DEPTH = 4
@@ -712,8 +797,12 @@ def build(name: str, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Mo
 
     Channels, spatial size and the 1-D SimpleCNN1 variant are chosen from
     ``input_shape`` ((C, H, W) images; (1, 40) or (40,) for MNIST-1D; (2,) for
-    ``linreg2d``, which takes ``num_classes`` 0 or 1). Raises ``ValueError``
-    for an unknown name or an input shape the model cannot take.
+    ``linreg2d``, which takes ``num_classes`` 0 or 1).
+
+    Raises:
+        ValueError: an unknown name (the message lists :data:`MODELS`), an
+            ``input_shape`` that is not positive integers or that the model cannot
+            take, or a ``num_classes`` that is not an integer the model accepts.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in MODELS:
