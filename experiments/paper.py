@@ -28,12 +28,22 @@ from ddc.train import Callback
 
 
 def results_dir(run_dir) -> Path:
+    """``run_dir/results``, where a notebook's tables and JSON go (made when missing).
+
+    Raises:
+        OSError: the folder cannot be made.
+    """
     path = Path(run_dir) / "results"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def figures_dir(run_dir) -> Path:
+    """``run_dir/figures``, where a notebook's figures go (made when missing).
+
+    Raises:
+        OSError: the folder cannot be made.
+    """
     path = Path(run_dir) / "figures"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -49,18 +59,33 @@ def save_table(frame, run_dir, name: str) -> Path:
 
 
 def load_table(run_dir, name: str):
+    """The results table ``name`` that :func:`save_table` wrote under ``run_dir``, as a DataFrame.
+
+    Raises:
+        FileNotFoundError: no such table.
+    """
     import pandas as pd
 
     return pd.read_parquet(Path(run_dir) / "results" / f"{name}.parquet")
 
 
 def save_json(obj, run_dir, name: str) -> Path:
+    """Write ``obj`` as ``run_dir/results/<name>.json`` (atomically); returns the path.
+
+    Raises:
+        ddc.store.StoreWriteError: the file cannot be written.
+    """
     from ddc.store import write_json
 
     return write_json(results_dir(run_dir) / f"{name}.json", obj)
 
 
 def load_json(run_dir, name: str):
+    """The JSON value :func:`save_json` wrote as ``name`` under ``run_dir``.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
     return json.loads((Path(run_dir) / "results" / f"{name}.json").read_text())
 
 
@@ -76,6 +101,7 @@ def save_fig(ax_or_fig, run_dir, name: str) -> List[str]:
 
 
 def format_ci(mean: float, low: float, high: float, digits: int = 4) -> str:
+    """``"mean [low, high]"`` with ``digits`` decimals, in the units of the values (e.g. accuracy)."""
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 

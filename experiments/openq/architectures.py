@@ -71,6 +71,7 @@ PRIMARY_CONTRASTS = (("ddc", "dropconnect"), ("ddc", "dropout"))
 
 
 def input_shape(dataset: str) -> Tuple[int, int, int]:
+    """Per-example image shape ``(C, H, W)``: ``(3, 32, 32)`` for CIFAR, else ``(1, 28, 28)``."""
     return (3, 32, 32) if dataset.startswith("cifar") else (1, 28, 28)
 
 
@@ -131,10 +132,12 @@ def layer_order(model: str, dataset: str = "fashion_mnist") -> Dict[str, int]:
 
 
 def label(method: str, placement: Optional[str]) -> str:
+    """A variant's name, ``method@placement`` (``"none"`` for no drop); :func:`parse_label` reverses it."""
     return "none" if method == "none" else f"{method}@{placement}"
 
 
 def parse_label(variant: str) -> Tuple[str, Optional[str]]:
+    """``(method, placement)`` of a :func:`label` (placement None for ``"none"``)."""
     method, _, placement = variant.partition("@")
     return method, (placement or None)
 

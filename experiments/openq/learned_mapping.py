@@ -378,6 +378,14 @@ def meta_step_layers(methods: Dict[str, LearnedDropConnect], model: nn.Module, e
 
 @dataclass
 class RunConfig:
+    """One learned-mapping run's settings: data, model, where the methods act, DDC's curve and the meta-training.
+
+    Raises:
+        ValueError: (at construction) an unknown dataset, model or layer set, a layer set the model
+            lacks, a size or count that is not a positive integer, or a drop curve that
+            :func:`ddc.functional.check_drop_config` rejects.
+    """
+
     dataset: str = "fashion_mnist"
     model: str = "resnet20"
     layer: str = "fc"  # the head: what ``layers`` calls "fc"
@@ -463,6 +471,12 @@ def _accuracy_loss(model, x, y, batch_size):
 
 
 def load_splits(config: RunConfig, seed: int):
+    """The config's train, validation and test splits for ``seed`` (:func:`ddc.data.load`).
+
+    Raises:
+        ValueError: a subset size the dataset cannot give.
+        FileNotFoundError: the dataset is not on this machine.
+    """
     from ddc import data
 
     return data.load(config.dataset, seed=seed, train_subset=config.train_subset,

@@ -44,6 +44,11 @@ def valid(setting: Dict[str, float]) -> bool:
 
 
 def setting_label(setting: Dict[str, float]) -> str:
+    """A setting's name, ``tau=..,p_base=..,p_signal=..`` in :data:`FACTORS` order.
+
+    Raises:
+        KeyError: ``setting`` lacks one of the factors.
+    """
     return ",".join(f"{f}={float(setting[f]):g}" for f in FACTORS)
 
 
