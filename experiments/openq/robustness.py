@@ -379,9 +379,9 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
     """Sentences built from the stored tables (every number quoted from them): one per experiment, the pooled
     analysis, and one per pair of experiments compared for transfer."""
     texts = []
-    for experiment, eq in equivalence_table.groupby("experiment", sort=True):
-        text = _best_setting_text(experiment, eq, summary, regime_table)
-        text += _equivalence_text(eq, margin)
+    for experiment, equivalence in equivalence_table.groupby("experiment", sort=True):
+        text = _best_setting_text(experiment, equivalence, summary, regime_table)
+        text += _equivalence_text(equivalence, margin)
         text += _joint_text(joint[joint.experiment == experiment] if len(joint) else joint)
         if regime_methods is not None and len(regime_methods):
             text += _regime_methods_text(regime_methods[regime_methods.experiment == experiment])
@@ -395,27 +395,27 @@ def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, 
     return texts
 
 
-def _best_setting_text(experiment: str, eq, summary, regime_table) -> str:
+def _best_setting_text(experiment: str, equivalence, summary, regime_table) -> str:
     """The best setting by validation accuracy, its test accuracy, the paper default's, and the training regime."""
-    s = summary[summary.experiment == experiment].set_index("label")
-    best = eq[eq.is_best].iloc[0]
-    b = s.loc[best.label]
-    default = s[s.is_default] if "is_default" in s else s.iloc[:0]
+    settings = summary[summary.experiment == experiment].set_index("label")
+    best = equivalence[equivalence.is_best].iloc[0]
+    best_row = settings.loc[best.label]
+    default = settings[settings.is_default] if "is_default" in settings else settings.iloc[:0]
     text = (f"{experiment}: best setting by validation accuracy {best.label}, test accuracy "
-            f"{paper.format_ci(b['mean'], b.ci_low, b.ci_high)} ({int(b.n)} seeds)")
+            f"{paper.format_ci(best_row['mean'], best_row.ci_low, best_row.ci_high)} ({int(best_row.n)} seeds)")
     if len(default):
-        d = default.iloc[0]
-        text += f"; the paper default {default.index[0]}: {paper.format_ci(d['mean'], d.ci_low, d.ci_high)}"
+        default_row = default.iloc[0]
+        text += f"; the paper default {default.index[0]}: {paper.format_ci(default_row['mean'], default_row.ci_low, default_row.ci_high)}"
     regime_text = _regime_text(regime_table, experiment) if regime_table is not None else ""
     if regime_text:  # (none for an experiment without paper-default runs)
         text += "." + regime_text.rstrip(".")
     return text
 
 
-def _equivalence_text(eq, margin: float) -> str:
+def _equivalence_text(equivalence, margin: float) -> str:
     """How many other distinct settings are equivalent to the best (paired TOST, Holm), and the degenerate ones."""
-    best = eq[eq.is_best].iloc[0]
-    others = eq[~eq.is_best]
+    best = equivalence[equivalence.is_best].iloc[0]
+    others = equivalence[~equivalence.is_best]
     distinct = others[(others.identical_to == others.label) & (others.identical_to != best.label)]
     words = distinct.verdict.value_counts()
     half = ((distinct.ci_high - distinct.ci_low) / 2).median() if len(distinct) else float("nan")
@@ -423,7 +423,7 @@ def _equivalence_text(eq, margin: float) -> str:
             f"±{margin:g} (paired TOST at 5%, Holm over the experiment's settings: {', '.join(f'{n} {w}' for w, n in words.items())}; "
             f"the median 90% t interval is ±{half:.4f} wide against the margin ±{margin:g}), "
             f"{int(distinct.not_worse_than_margin.sum())} are not shown to be worse by more.")
-    degenerate = eq[(eq.identical_to != eq.label) | eq.dropconnect_at_p_base]
+    degenerate = equivalence[(equivalence.identical_to != equivalence.label) | equivalence.dropconnect_at_p_base]
     if len(degenerate):
         text += " Degenerate settings: " + "; ".join(
             (f"{r.label} trains the same runs as {r.identical_to}" if r.identical_to != r.label else f"{r.label}")
@@ -432,46 +432,46 @@ def _equivalence_text(eq, margin: float) -> str:
     return text
 
 
-def _joint_text(j) -> str:
+def _joint_text(shares) -> str:
     """The seed-blocked ANOVA of one experiment's joint grid: each term's share of the variance ('' without one)."""
-    if not len(j):
+    if not len(shares):
         return ""
-    effects = j[j.term != "Residual"].sort_values("eta_sq", ascending=False)
-    residual = j[j.term == "Residual"].iloc[0]
+    effects = shares[shares.term != "Residual"].sort_values("eta_sq", ascending=False)
+    residual = shares[shares.term == "Residual"].iloc[0]
     effects = effects[effects.term != "seed"]
     top = effects.iloc[0]
-    seeds = j[j.term == "seed"]
+    seeds = shares[shares.term == "seed"]
     return (f" Joint grid (seed-blocked ANOVA): {top.term} explains the most variance ({100 * top.eta_sq:.1f}%, p = {top.pvalue:.3g}); "
             + ", ".join(f"{r.term} {100 * r.eta_sq:.1f}%" for r in effects.iloc[1:].itertuples())
             + (f"; the seeds {100 * seeds.eta_sq.iloc[0]:.1f}%" if len(seeds) else "")
             + f"; residual {100 * residual.eta_sq:.1f}%.")
 
 
-def _regime_methods_text(mine_regime) -> str:
+def _regime_methods_text(regime) -> str:
     """The range of training and test accuracy over one experiment's settings, and which still rise at the end."""
-    rising = mine_regime[mine_regime.converged < mine_regime.judged]
-    return (f" Regime of the {len(mine_regime)} settings: training accuracy {mine_regime.final_train_acc.min():.3f}"
-            f"-{mine_regime.final_train_acc.max():.3f}, test {mine_regime.test_acc.min():.3f}-{mine_regime.test_acc.max():.3f}; "
-            + ("convergence not judged (fewer than 3 epochs)." if mine_regime.judged.sum() == 0 else
+    rising = regime[regime.converged < regime.judged]
+    return (f" Regime of the {len(regime)} settings: training accuracy {regime.final_train_acc.min():.3f}"
+            f"-{regime.final_train_acc.max():.3f}, test {regime.test_acc.min():.3f}-{regime.test_acc.max():.3f}; "
+            + ("convergence not judged (fewer than 3 epochs)." if regime.judged.sum() == 0 else
                "all converged by the end of the budget." if len(rising) == 0 else
                f"{len(rising)} still rising at the end of the budget (" + ", ".join(rising.label) + ")."))
 
 
-def _one_at_a_time_text(o) -> str:
+def _one_at_a_time_text(shares) -> str:
     """Each factor's share of the variance and range of means when varied alone ('' without such runs)."""
-    if not len(o):
+    if not len(shares):
         return ""
     return " One at a time: " + ", ".join(
-        f"{r.factor} {100 * r.eta_sq:.1f}% (range of means {r.range_of_means:.4f})" for r in o.itertuples()) + "."
+        f"{row.factor} {100 * row.eta_sq:.1f}% (range of means {row.range_of_means:.4f})" for row in shares.itertuples()) + "."
 
 
-def _versus_default_text(v) -> str:
+def _versus_default_text(verdicts) -> str:
     """The verdicts of every one-at-a-time level against the paper default, with the family, n and MDE."""
-    if not len(v):
+    if not len(verdicts):
         return ""
-    words = v.verdict.value_counts()
-    return (f" Each one-at-a-time level against the paper default (secondary, Holm over {int(v.family_size.iloc[0])}, "
-            f"{int(v.n.iloc[0])} paired seeds, MDE d_z {v.mde_dz.iloc[0]:.2f}, about {v.mde.median():.4f} test accuracy at "
+    words = verdicts.verdict.value_counts()
+    return (f" Each one-at-a-time level against the paper default (secondary, Holm over {int(verdicts.family_size.iloc[0])}, "
+            f"{int(verdicts.n.iloc[0])} paired seeds, MDE d_z {verdicts.mde_dz.iloc[0]:.2f}, about {verdicts.mde.median():.4f} test accuracy at "
             f"the median observed sd): " + ", ".join(f"{n} {w}" for w, n in words.items()) + ".")
 
 
@@ -486,14 +486,14 @@ def _pooled_text(pooled) -> str:
             f"{100 * pooled[pooled.term == 'Residual'].eta_sq.iloc[0]:.1f}%.")
 
 
-def _transfer_text(r) -> str:
+def _transfer_text(pair) -> str:
     """One pair of experiments: rank correlation of the setting means, the regret of each one's best in the other, overlap."""
-    rho = (f"Spearman {r.spearman:+.2f} [{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}] over {r.n_settings} settings"
-           if r.spearman == r.spearman else f"no rank correlation ({r.n_settings} settings)")
-    return (f"{r.a} vs {r.b} ({r.relation}): {rho}; a's best setting costs {r.regret_a_in_b:.4f} "
-            f"[{r.regret_a_in_b_low:.4f}, {r.regret_a_in_b_high:.4f}] accuracy in b "
-            f"({'inside' if r.best_a_in_region_b else 'not shown inside'} b's region), b's best costs {r.regret_b_in_a:.4f} "
-            f"[{r.regret_b_in_a_low:.4f}, {r.regret_b_in_a_high:.4f}] in a; overlap of the lenient regions (Jaccard) {r.jaccard_not_worse:.2f}.")
+    rho = (f"Spearman {pair.spearman:+.2f} [{pair.spearman_ci_low:+.2f}, {pair.spearman_ci_high:+.2f}] over {pair.n_settings} settings"
+           if pair.spearman == pair.spearman else f"no rank correlation ({pair.n_settings} settings)")
+    return (f"{pair.a} vs {pair.b} ({pair.relation}): {rho}; a's best setting costs {pair.regret_a_in_b:.4f} "
+            f"[{pair.regret_a_in_b_low:.4f}, {pair.regret_a_in_b_high:.4f}] accuracy in b "
+            f"({'inside' if pair.best_a_in_region_b else 'not shown inside'} b's region), b's best costs {pair.regret_b_in_a:.4f} "
+            f"[{pair.regret_b_in_a_low:.4f}, {pair.regret_b_in_a_high:.4f}] in a; overlap of the lenient regions (Jaccard) {pair.jaccard_not_worse:.2f}.")
 
 
 # ----------------------------------------------------------------------------- figures
