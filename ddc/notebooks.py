@@ -60,8 +60,13 @@ def notebooks_dir() -> Path:
 
 
 def discover(directory: Optional[Path] = None) -> List[Path]:
+    """The notebooks ``NN_name.ipynb`` in ``directory`` (default: the project's ``notebooks/``), in name order.
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
     directory = Path(directory) if directory else notebooks_dir()
-    found = sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
+    found = sorted(path for path in directory.glob("[0-9][0-9]_*.ipynb"))
     if not found:
         raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {directory}")
     return found
@@ -72,16 +77,21 @@ def select(notebooks: List[Path], only: Optional[Iterable[str]]) -> List[Path]:
     if not only:
         return notebooks
     chosen = []
-    names = {p.stem: p for p in notebooks}
+    names = {path.stem: path for path in notebooks}
     for name in only:
-        matches = [p for stem, p in names.items() if stem == name or stem.startswith(name) or stem.split("_", 1)[1] == name]
+        matches = [path for stem, path in names.items() if stem == name or stem.startswith(name) or stem.split("_", 1)[1] == name]
         if not matches:
             raise ValueError(f"only: {name!r} matches no notebook; notebooks: {', '.join(names)}")
-        chosen += [m for m in matches if m not in chosen]
+        chosen += [match for match in matches if match not in chosen]
     return chosen
 
 
 def declared_parameters(notebook: Path) -> Dict[str, dict]:
+    """The parameters ``notebook``'s cell tagged ``parameters`` declares: name -> papermill's description.
+
+    Raises:
+        ddc._optional.MissingExtra: papermill is not installed (``pip install 'ddc[notebooks]'``).
+    """
     papermill = require("papermill", "running the notebooks")
 
     return papermill.inspect_notebook(str(notebook))
@@ -98,7 +108,7 @@ def check_parameters(notebooks: List[Path], parameters: Dict[str, object]) -> Di
         used |= set(per_notebook[notebook])
     unknown = sorted(set(parameters) - used)
     if unknown:
-        allowed = sorted({k for nb in notebooks for k in declared_parameters(nb)})
+        allowed = sorted({name for notebook in notebooks for name in declared_parameters(notebook)})
         raise ValueError(
             f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; "
             f"parameters of the selected notebooks: {', '.join(allowed)}"
@@ -109,8 +119,8 @@ def check_parameters(notebooks: List[Path], parameters: Dict[str, object]) -> Di
 def _tags(notebook: Path) -> set:
     nbformat = require("nbformat", "running the notebooks")
 
-    nb = nbformat.read(str(notebook), as_version=4)
-    return {tag for cell in nb.cells for tag in cell.get("metadata", {}).get("tags", [])}
+    document = nbformat.read(str(notebook), as_version=4)
+    return {tag for cell in document.cells for tag in cell.get("metadata", {}).get("tags", [])}
 
 
 class NotebookFailed(RuntimeError):
@@ -305,16 +315,16 @@ def write_index(base: Path) -> Path:
     timings = read_timings(base)
     if timings:
         lines += ["| notebook | time | finished |", "|---|---:|---|"]
-        lines += [f"| {name} | {progress.clock(t['seconds'])} | {t.get('finished', '')} |" for name, t in sorted(timings.items())]
+        lines += [f"| {name} | {progress.clock(timing['seconds'])} | {timing.get('finished', '')} |" for name, timing in sorted(timings.items())]
         lines.append("")
-    for folder in sorted(p for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+    for folder in sorted(path for path in base.iterdir() if path.is_dir() and path.name[:2].isdigit()):
         figures = sorted(folder.glob("figures/*.png"))
         reports = sorted([*folder.glob("*.md"), *folder.glob("*.html")])
         if not figures and not reports:
             continue
         lines.append(f"## {folder.name}")
-        lines += [f"- report: [{r.name}]({r.relative_to(base)})" for r in reports]
-        lines += [f"- ![{f.stem}]({f.relative_to(base)})" for f in figures]
+        lines += [f"- report: [{report.name}]({report.relative_to(base)})" for report in reports]
+        lines += [f"- ![{figure.stem}]({figure.relative_to(base)})" for figure in figures]
         lines.append("")
     index = base / "INDEX.md"
     index.write_text("\n".join(lines) + "\n")

@@ -134,11 +134,12 @@ class Board:
 
     def runs(self):
         """(done, total, seconds per run trained here or None) over the current job's sweeps."""
-        done = sum(s["last"].get("done", 0) + s["last"].get("failed", 0) for s in self.sweeps.values())
-        total = max(self.planned, sum(s["last"].get("total", 0) for s in self.sweeps.values()))
-        trained = sum(s["last"].get("done", 0) + s["last"].get("failed", 0) - s["first"].get("done", 0) - s["first"].get("failed", 0)
-                      for s in self.sweeps.values())
-        busy = sum(s["last"].get("time", 0) - s["time0"] for s in self.sweeps.values())
+        sweeps = self.sweeps.values()
+        done = sum(sweep["last"].get("done", 0) + sweep["last"].get("failed", 0) for sweep in sweeps)
+        total = max(self.planned, sum(sweep["last"].get("total", 0) for sweep in sweeps))
+        trained = sum(sweep["last"].get("done", 0) + sweep["last"].get("failed", 0) - sweep["first"].get("done", 0)
+                      - sweep["first"].get("failed", 0) for sweep in sweeps)
+        busy = sum(sweep["last"].get("time", 0) - sweep["time0"] for sweep in sweeps)
         return done, total, (busy / trained if trained > 0 else None)
 
     def line(self) -> str:
