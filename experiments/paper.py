@@ -244,6 +244,13 @@ def synthetic_regime(trajectories, *, window: float = 0.2, tolerance: float = 0.
 
 
 def figures_01_synthetic_regression(run_dir) -> List[str]:
+    """Redraw notebook 01's figures (weight trajectories over the loss contours, loss curves, steps to target) from its tables.
+
+    Returns the figure files written.
+
+    Raises:
+        FileNotFoundError: a table 01 stores is missing from ``run_dir``.
+    """
     from analysis import figures
 
     from ddc.data import SYNTHETIC_NOISE_STD, SYNTHETIC_WEIGHTS
@@ -469,6 +476,13 @@ def variance_sources_table(runs):
 
 
 def figures_04_dynamics(run_dir) -> List[str]:
+    """Redraw notebook 04's figures (variance by source, drop rate and mask overlap over training, DDC's drop-probability heatmap).
+
+    Returns the figure files written.
+
+    Raises:
+        FileNotFoundError: a table or run 04 stores is missing.
+    """
     from analysis import figures
 
     from ddc.store import load_records
@@ -526,6 +540,7 @@ BASELINE_METHODS: Dict[str, dict] = {
 
 
 def available_datasets() -> set:
+    """Names of the datasets this machine has or can generate (:func:`ddc.data.describe`)."""
     from ddc.data import describe
 
     return {row["name"] for row in describe() if row["available"]}
@@ -570,6 +585,13 @@ def run_specs(specs: Sequence[dict], runs_root, *, workers=None, backend: str = 
 
 
 def figures_02_baselines(run_dir) -> List[str]:
+    """Redraw notebook 02's figures (test accuracy and learning curves per task, the critical-difference diagram) from its tables.
+
+    Returns the figure files written.
+
+    Raises:
+        FileNotFoundError: a table or run 02 stores is missing.
+    """
     import matplotlib.pyplot as plt
     from analysis import figures
 
@@ -652,6 +674,13 @@ def cell_values(label: str, axes: Sequence[str]) -> dict:
 
 
 def figures_03_ablation(run_dir) -> List[str]:
+    """Redraw notebook 03's ablation figures (the heatmap over two factors, test accuracy per setting) from its stored tables.
+
+    Returns the figure files written.
+
+    Raises:
+        FileNotFoundError: a table 03 stores is missing from ``run_dir``.
+    """
     import matplotlib.pyplot as plt
     from analysis import figures
 
