@@ -321,3 +321,25 @@ def test_the_length_rule_leaves_out_docstrings(tmp_path):
     (tmp_path / "ddc").mkdir()
     (tmp_path / "ddc" / "m.py").write_text(f"def short():\n{docstring}{body}\n\ndef long():\n{body}    x = 0\n    return x\n")
     assert _long_functions(tmp_path) == [f"ddc/m.py:{MAX_FUNCTION_LINES + 35} long has {MAX_FUNCTION_LINES + 2} lines"]
+
+
+# ----------------------------------------------------------------------------- the architecture document
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _named_paths(text: str):
+    """Every repository path the text names in backticks (``ddc/train.py``, ``experiments/openq/``, ``tests/test_x.py``)."""
+    for name in re.findall(r"`([\w./<>-]+)`", text):
+        if "/" in name and "<" not in name and not name.startswith(("http", ".")):
+            yield name.split("::")[0]
+
+
+def test_architecture_document_is_linked_and_names_files_that_exist():
+    assert "docs/architecture.md" in (ROOT / "README.md").read_text()
+    text = ARCHITECTURE.read_text()
+    named = sorted(set(_named_paths(text)))
+    assert len(named) >= 20
+    assert [name for name in named if not (ROOT / name).exists()] == []
+    for question in ("how DDC computes drop probabilities", "what the Recorder logs", "a new method",
+                     "a new experiment", "a new statistic", "the statistics behind a verdict"):
+        assert question in text
