@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from . import functional as F
 from ._transforms import ddp_process_group, functorch_active, plain, vmap_active
 from .functional import check_choice, check_probability
+from .record import StepRecord
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -443,10 +444,10 @@ class LayerMethod(nn.Module):
     def __init__(self, *, rng: Optional[MaskRNG] = None):
         super().__init__()
         self.mask_rng = rng if rng is not None else MaskRNG()
-        #: when True the method keeps the last step's tensors in ``self.last``
-        #: for a recorder; off by default so nothing is retained.
+        #: when True the method keeps what the last forward pass used in ``self.last``
+        #: (a :class:`ddc.record.StepRecord`) for a recorder; off by default so nothing is retained.
         self.keep_last = False
-        self.last: dict = {}
+        self.last: Optional[StepRecord] = None
         #: the layer's qualified name in the model it was applied to (for messages)
         self.layer_name = ""
         #: False inside ``ddc.disabled(...)``: the layer computes its plain function
@@ -479,11 +480,11 @@ class LayerMethod(nn.Module):
 
     def detached(self) -> None:
         """Called when it is taken off: let go of everything kept for the layer."""
-        self.last = {}
+        self.last = None
         self._effective = {}
 
     # Copies start with nothing open and nothing cached: no forward pass, no recorder, no buffers.
-    _TRANSIENT = {"_depth": 0, "_effective": {}, "last": {}, "keep_last": False}
+    _TRANSIENT = {"_depth": 0, "_effective": {}, "last": None, "keep_last": False}
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -583,7 +584,7 @@ class Dropout(OutputMethod):
         keep = F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
         scale = F.keep_scale(keep, mode="expected", drop_prob=drop_prob, dtype=out.dtype)
         if self.keep_last:
-            self.last = {"drop_prob": drop_prob, "keep": keep, "scale": scale}
+            self.last = StepRecord(keep_mask=keep, scale=scale, drop_prob=drop_prob)
         return F.apply_keep(out, keep, scale)
 
 
@@ -642,7 +643,7 @@ class Standout(OutputMethod):
         drop_prob = 1.0 - keep_prob
         keep = F.keep_mask(drop_prob, generator=self.rng(out.device))
         if self.keep_last:
-            self.last = {"drop_prob": drop_prob, "keep": keep, "scale": torch.ones((), dtype=out.dtype, device=out.device)}
+            self.last = StepRecord(keep_mask=keep, scale=torch.ones((), dtype=out.dtype, device=out.device), drop_prob=drop_prob)
         return out * keep
 
 
@@ -760,6 +761,14 @@ class WeightDrop(LayerMethod):
             return drop_prob, uniform > drop_prob
         return drop_prob, F.keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
 
+    def _step_record(self, drawn: Optional[tuple], signal: Optional[Tensor]) -> StepRecord:
+        """The record of this forward pass (``drawn``: ``(drop_prob, keep, scale)`` or None)."""
+        options = self.__dict__.pop("_drop_prob_options", None)
+        if drawn is None:
+            return StepRecord(signal=signal)
+        drop_prob, keep, scale = drawn
+        return StepRecord(keep_mask=keep, scale=scale, signal=signal, drop_prob=drop_prob, drop_prob_options=options)
+
     def _needs_drop_prob(self) -> bool:
         return self.keep_last or self.recalibration in ("expected", "per_edge")
 
@@ -824,8 +833,7 @@ class WeightDrop(LayerMethod):
         self._group = ddp_process_group()
         masked, drawn = self._masked(param, role, None)
         if role == "weight" and self.keep_last:
-            self.last = {} if drawn is None else dict(zip(("drop_prob", "keep", "scale"), drawn))
-            self.last["signal"] = self.recorded_signal("weight", param)
+            self.last = self._step_record(drawn, self.recorded_signal("weight", param))
         return masked
 
     def attached(self, layer):
@@ -879,8 +887,8 @@ class WeightDrop(LayerMethod):
             # a per-example bias mask gives (batch, out); the first step's unmasked bias is (out,)
             out = out + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
         if self.keep_last:
-            self.last = {} if masks is None else {"drop_prob": drop_prob, "keep": masks.keep, "scale": masks.scale}
-            self.last["signal"] = self.recorded_signal("weight", weight)
+            drawn = None if masks is None else (drop_prob, masks.keep, masks.scale)
+            self.last = self._step_record(drawn, self.recorded_signal("weight", weight))
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -1158,10 +1166,12 @@ class DynamicDropConnect(WeightDrop):
 
         Same masks as ``keep_mask(weight_drop_prob(...), generator=...)``; the
         drop probabilities are only materialised when a recorder or the
-        re-calibration needs them. For a recorder on a layer of at least
-        :data:`LAZY_DROP_PROB_NUMEL` edges they come as a
-        :class:`LazyDropProb` instead (a recorder there only reads a subset).
-        Rank normalisation and per-example masks take the general path.
+        re-calibration needs them. For a recorder on a weight of at least
+        :data:`LAZY_DROP_PROB_NUMEL` edges they are not (``None``): the
+        step's record gets the statistics instead (``drop_prob_options`` of
+        :class:`ddc.record.StepRecord`), from which a recorder computes the
+        subset it reads. Rank normalisation and per-example masks take the
+        general path.
         """
         signal = self.signal_tensor(role, param)
         if signal is None or self.normalize == "rank" or tuple(shape) != tuple(param.shape) or vmap_active():
@@ -1169,6 +1179,7 @@ class DynamicDropConnect(WeightDrop):
         formula = self._formula()
         lazy = (
             self.keep_last
+            and role == "weight"
             and self.recalibration in ("realized", "none")
             and self.signal == "grad"  # a weight signal changes in place after the step
             and formula["scope"] == "layer"
@@ -1187,8 +1198,10 @@ class DynamicDropConnect(WeightDrop):
                 want_prob=self._needs_drop_prob() and not lazy,
                 stats_out=used,
             )
-        if lazy:
-            drop_prob = LazyDropProb(signal.detach(), used, formula, finite)
+        if lazy:  # (read by _step_record: the record computes them from the signal)
+            mean, sd = used
+            stats = None if mean is None else (mean, sd)
+            self.__dict__["_drop_prob_options"] = dict(formula, stats=stats, finite=finite)
         return drop_prob, keep
 
     def _drop_prob(self, role: str, param: Tensor) -> Optional[Tensor]:
@@ -1220,43 +1233,9 @@ class DynamicDropConnect(WeightDrop):
         super().load_method_state(state)
 
 
-#: Layers from this many edges up hand a recorder a :class:`LazyDropProb`.
+#: Weights from this many edges up hand a recorder the statistics behind their drop
+#: probabilities instead of the probabilities (see ``DynamicDropConnect.draw_mask``).
 LAZY_DROP_PROB_NUMEL = 1 << 22
-
-
-class LazyDropProb:
-    """A layer's drop probabilities, computed on demand from the signal and the statistics used.
-
-    ``take(index)`` gives the probabilities of the flat edges ``index`` (what
-    a recorder's subset needs: a few thousand edges, not a pass over the
-    layer), ``materialize()`` the full tensor; both equal what
-    :func:`ddc.functional.drop_probability` gave when the mask was drawn
-    (same signal tensor, same mean and sd). Only for layer-scope statistics.
-    """
-
-    def __init__(self, signal: Tensor, stats, formula: dict, finite=True):
-        self.signal = signal
-        mu, sd = stats if stats else (None, None)
-        self.stats = None if mu is None else (mu, sd)
-        self.formula = dict(formula, finite=finite)
-        self.shape, self.dtype, self.device = signal.shape, signal.dtype, signal.device
-
-    def numel(self) -> int:
-        return self.signal.numel()
-
-    def is_floating_point(self) -> bool:
-        return True
-
-    def take(self, index: Tensor) -> Tensor:
-        return self.rule()(self.signal.reshape(-1).index_select(0, index))
-
-    def materialize(self) -> Tensor:
-        return self.rule()(self.signal)
-
-    def rule(self) -> Callable[[Tensor], Tensor]:
-        """Signal values (of edges the caller gathered) -> their drop probabilities; holds no
-        reference to the signal tensor, so keeping the rule does not keep the signal alive."""
-        return functools.partial(F.drop_probability, **self.formula, stats=self.stats)
 
 
 class GlobalStats:

@@ -51,25 +51,25 @@ How it stays cheap: statistics that need a sort are computed on the host with
 numpy (its vectorised sorts are several times faster than ``torch.sort`` on
 the CPU; on an accelerator the sort samples wait on the device and are
 summarised at the flush), arithmetic on counts and sums is finished in Python,
-and on layers of :data:`ddc.methods.RECLAIM_NUMEL` edges or more a forward
-hook cuts the signal behind the drop probabilities to the recorder's subset,
-so the method's old signal is not held alive (its memory goes to the next
-``dL/dW``). Outside the snapshot schedule, ``snapshot()`` therefore lacks such
-a layer's lazy drop probabilities.
+and a large layer's record holds the statistics behind its drop probabilities
+rather than the probabilities, so the recorder computes only its subset of
+them (``StepRecord.drop_prob_at``). Snapshots have every layer's drop
+probabilities.
 """
 
 from __future__ import annotations
 
 import math
 import weakref
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .apply import ATTR, select_layers
-from .methods import RECLAIM_NUMEL, DynamicDropConnect, LayerMethod, LazyDropProb
+from .methods import DynamicDropConnect, LayerMethod
+from .record import StepRecord
 
 Schedule = Callable[[int], bool]
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -329,24 +329,15 @@ def _recall(entry: Optional[tuple], tensor) -> object:
     return data if ref() is tensor and version == tensor._version else None
 
 
-class _Subset:
-    """A layer tensor already cut to the recorder's fixed subset (at the forward pass), so the
-    method need not keep the whole tensor alive; ``head(limit)`` is what ``_sample`` would give.
-    With ``transform`` the values are computed from the stored ones on reading (drop
-    probabilities from the signal values behind them)."""
+class _DropProbReader:
+    """The drop probabilities of a record that did not materialise them, read a subset at a time."""
 
-    def __init__(self, values: Tensor, shape, transform: Optional[Callable[[Tensor], Tensor]] = None):
-        self.values, self.shape, self.transform = values, torch.Size(shape), transform
-        self.dtype, self.device = values.dtype, values.device
+    def __init__(self, record: StepRecord):
+        self.record, self.shape = record, record.drop_prob_shape
+        self.device = record.signal.device
 
     def numel(self) -> int:
         return self.shape.numel()
-
-    def head(self, limit: int) -> Tensor:
-        if limit > self.values.numel():
-            raise ValueError(f"the subset holds {self.values.numel()} values, not {limit}")
-        part = self.values[:limit]
-        return part if self.transform is None else self.transform(part)
 
 
 def _weight_layers(model: nn.Module, layers) -> Dict[str, nn.Module]:
@@ -426,7 +417,6 @@ class Recorder:
         self._before_update: Dict[str, Tensor] = {}
         self._subsets: Dict[tuple, Tensor] = {}
         self._keep_sample: Dict[str, tuple] = {}
-        self._gathered: Dict[str, tuple] = {}  # name -> _remember(signal, its subset values)
         self._sorted: Dict[str, tuple] = {}  # name -> _remember(signal, argsort of its sort sample)
         self._step = 0
 
@@ -435,13 +425,8 @@ class Recorder:
     def attach(self) -> "Recorder":
         if self._attached:
             return self
-        from . import methods as _methods
-
-        smallest = min(RECLAIM_NUMEL, _methods.LAZY_DROP_PROB_NUMEL)  # (read now: tests lower the latter)
-        for name, method in self._methods().items():
+        for method in self._methods().values():
             method.keep_last = True
-            if self.layers[name].weight.numel() >= smallest:
-                self._handles.append(self.layers[name].register_forward_hook(partial(self._after_forward, name, method)))
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
         self._attached = True
@@ -450,11 +435,10 @@ class Recorder:
     def detach(self) -> None:
         for method in self._methods().values():
             method.keep_last = False
-            method.last = {}
+            method.last = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._gathered = {}
         self._sorted = {}
         self.flush()
         self._attached = False
@@ -474,35 +458,6 @@ class Recorder:
         return {name: layer._modules[ATTR] for name, layer in self.layers.items() if ATTR in layer._modules}
 
     # ---- per step -------------------------------------------------------------
-
-    def _after_forward(self, name: str, method: LayerMethod, module: nn.Module, args, output) -> None:
-        """Cut the signal behind this step's drop probabilities (and lazy drop probabilities)
-        to the subset the recorder reads, so the method's old signal is not kept alive.
-
-        On a large CPU layer the backward pass gives dL/dW the memory of the signal
-        that the new one replaces, when nothing else holds it; a full reference kept here
-        for the recorder would cost that layer a weight's worth of fresh pages every step.
-        Layers whose statistics are exact, and steps with a scheduled snapshot, keep the
-        full tensors.
-        """
-        last = method.last
-        used, drop_prob = last.get("signal"), last.get("drop_prob")
-        if not module.training or used is None or isinstance(used, _Subset) or self.snapshot_schedule(self._step):
-            return
-        lazy = isinstance(drop_prob, LazyDropProb)
-        if lazy and self._whole(drop_prob):
-            return  # the drop probabilities will be materialised in full from the signal
-        if not lazy and not (used.device.type == "cpu" and used.numel() >= RECLAIM_NUMEL):
-            return
-        limit = self.max_edges if lazy else self.sort_edges
-        if used.numel() <= limit:
-            return
-        values = _recall(self._gathered.get(name), used)
-        if values is None or values.numel() < limit:
-            values = self._sample(name, used, limit)  # (at a recorded step it was gathered already)
-        last["signal"] = _Subset(values[:limit], used.shape)
-        if lazy:
-            last["drop_prob"] = _Subset(values[:limit], used.shape, drop_prob.rule())
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self.schedule(self._step):
@@ -530,7 +485,7 @@ class Recorder:
             if step == self._step and name in methods:
                 # Counted on its subset: nothing reads the full mask again, and held until
                 # the next forward it would make that forward's mask fresh memory.
-                methods[name].last.pop("keep", None)
+                methods[name].last.keep_mask = None
         self._step += 1
 
     def _count_drops(self, name: str, method: LayerMethod) -> None:
@@ -543,7 +498,7 @@ class Recorder:
         A layer above ``exact_edges`` (and ``max_edges``) whose full counts no
         snapshot will show is counted on its ``max_edges`` subset only.
         """
-        keep = method.last.get("keep")
+        keep = method.last.keep_mask if method.last is not None else None
         if keep is None:
             return
         per_sample = keep.dim() > self.layers[name].weight.dim()
@@ -596,11 +551,9 @@ class Recorder:
         order is tens of times faster on a large layer than a random one.
         """
         limit = self.max_edges if limit is None else limit
-        if isinstance(tensor, _Subset):
-            return tensor.head(limit)
         numel = tensor.numel()
         if numel <= limit:
-            return tensor.materialize().reshape(-1) if isinstance(tensor, LazyDropProb) else tensor.detach().reshape(-1)
+            return tensor.record.full_drop_prob().reshape(-1) if isinstance(tensor, _DropProbReader) else tensor.detach().reshape(-1)
         key = (name, numel)
         if key not in self._subsets:
             size = max(self.max_edges, self.sort_edges)
@@ -608,8 +561,8 @@ class Recorder:
             head, tail = perm[: self.sort_edges], perm[self.sort_edges :]
             self._subsets[key] = torch.cat([head.sort().values, tail.sort().values]).to(tensor.device)
         index = self._subsets[key][:limit]
-        if isinstance(tensor, LazyDropProb):
-            return tensor.take(index)
+        if isinstance(tensor, _DropProbReader):
+            return tensor.record.drop_prob_at(index)
         return tensor.detach().reshape(-1).index_select(0, index)
 
     def _samples(self, name: str, tensor: Tensor):
@@ -635,17 +588,18 @@ class Recorder:
         signal = self._signal(layer, method)
         if signal is not None:
             self._signal_stats(name, signal, out, samples)
-        last = method.last if method is not None else {}
-        drop_prob, keep, scale = last.get("drop_prob"), last.get("keep"), last.get("scale")
-        if isinstance(drop_prob, LazyDropProb) and self._whole(drop_prob):
-            drop_prob = drop_prob.materialize()
+        last = method.last if method is not None and method.last is not None else StepRecord()
+        drop_prob, keep, scale = last.drop_prob, last.keep_mask, last.scale
+        if drop_prob is None and last.has_drop_prob:
+            reader = _DropProbReader(last)
+            drop_prob = last.full_drop_prob() if self._whole(reader) else reader
         if drop_prob is not None:
             sample = self._drop_prob_stats(name, drop_prob, out, samples)
             if isinstance(method, DynamicDropConnect) and method.p_signal > 0:
                 values = sample if self._large(drop_prob) else drop_prob
                 n = values.numel()
                 out["frac_q_positive"] = _Derived(lambda count: count / n, torch.count_nonzero(values > method.p_base))
-            used = last.get("signal")
+            used = last.signal
             if used is not None and drop_prob.shape == used.shape:
                 # ``used`` is the signal this step's drop probabilities came from (usually not the current one)
                 samples["used"] = self._sample(name, used, self.sort_edges).abs()
@@ -665,7 +619,7 @@ class Recorder:
             # rather than paying a dozen tensor ops to gather them into one vector.
             values = _finish(plan, [raw.item() for raw in raws])
             orders = {}
-            order = _recall(self._sorted.get(name), last.get("signal"))
+            order = _recall(self._sorted.get(name), last.signal)
             if order is not None:
                 orders["used"] = order  # this signal's sample was sorted when it was recorded
             more_names, more = order_statistics(self.quantiles, self.quantile_names, samples, dict(zip(names, values)), orders)
@@ -729,8 +683,6 @@ class Recorder:
 
     def _signal_stats(self, name: str, signal: Tensor, out: Dict[str, Tensor], samples: dict) -> None:
         big, small = self._samples(name, signal)
-        if big.numel() < signal.numel():  # the next step's drop probabilities come from this signal
-            self._gathered[name] = _remember(signal, big)
         sd, mu = _std_mean(big.abs())
         out["grad_abs_mean"], out["grad_abs_std"] = mu, sd
         samples["magnitude"] = small.abs()
@@ -752,19 +704,15 @@ class Recorder:
         tensors = {}
         for name, layer in self.layers.items():
             method = methods.get(name)
-            last = method.last if method is not None else {}
+            last = method.last if method is not None and method.last is not None else StepRecord()
             entry = {"weight": layer.weight.detach().cpu().clone()}
             signal = self._signal(layer, method)
             if signal is not None:
                 entry["signal"] = signal.detach().cpu().clone()
-            for key in ("drop_prob", "keep"):
-                value = last.get(key)
-                if isinstance(value, _Subset):  # (only outside the snapshot schedule)
-                    continue
-                if isinstance(value, LazyDropProb):
-                    value = value.materialize()
-                if value is not None:
-                    entry[key] = value.detach().cpu().clone()
+            if last.has_drop_prob:
+                entry["drop_prob"] = last.full_drop_prob().detach().cpu().clone()
+            if last.keep_mask is not None:
+                entry["keep"] = last.keep_mask.detach().cpu().clone()
             if name in self._kept_count and name not in self._keep_sample:  # (not when counted on a subset)
                 entry["drop_count"] = (self._steps_counted[name] - self._kept_counts(name)).cpu()
                 entry["steps_counted"] = self._steps_counted[name]

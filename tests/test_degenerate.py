@@ -31,7 +31,7 @@ def test_one_edge_layer_trains_at_p_base(recalibration, normalize):
         opt.step()
         assert math.isfinite(loss.item()), step
         if step:
-            assert torch.all(method.last["drop_prob"] == 0.3) if "drop_prob" in method.last else True
+            assert torch.all(method.last.drop_prob == 0.3) if method.last.drop_prob is not None else True
     assert torch.all(method.weight_drop_prob(layer.weight) == 0.3)
 
 
@@ -164,5 +164,5 @@ def test_ddc_layers_of_any_size_and_signal_draw_finite_bounded_masks(options, ou
         model(torch.randn(3, in_features))
     low, high = options["p_base"], options["p_base"] + options["p_signal"]
     assert torch.isfinite(p).all() and torch.all(p >= low - 1e-6) and torch.all(p <= high + 1e-6)
-    keep, scale = method.last["keep"], method.last["scale"]
+    keep, scale = method.last.keep_mask, method.last.scale
     assert torch.isfinite(model[0].weight.detach() * keep * scale).all()

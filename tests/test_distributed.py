@@ -36,7 +36,7 @@ def _rank_main(rank: int, store: str, out: str, update: str) -> None:
             opt.zero_grad()
             loss = nn.functional.cross_entropy(ddp(x), y)
             loss.backward()
-            keep, scale = method.last["keep"], method.last["scale"]
+            keep, scale = method.last.keep_mask, method.last.scale
             # this rank's own dL/dW_eff, replayed with the mask it used
             w_eff = (model[0].weight.detach() * keep * scale).requires_grad_()
             h = torch.relu(nn.functional.linear(x, w_eff, model[0].bias.detach()))

@@ -79,8 +79,8 @@ def test_every_method_and_option_trains_in_every_floating_dtype(method, options,
     for name, param in model.named_parameters():
         assert param.dtype == dtype and param.grad.dtype == dtype and torch.isfinite(param).all(), name
     for name, m in handle.methods.items():
-        if "scale" in m.last:
-            assert m.last["scale"].dtype == dtype, name
+        if m.last.scale is not None:
+            assert m.last.scale.dtype == dtype, name
         signal = getattr(m, "weight_signal", None)
         if signal is not None:
             assert signal.dtype == dtype and torch.isfinite(signal).all()
@@ -102,9 +102,9 @@ def test_ddc_drops_small_gradient_edges_more_in_every_dtype(dtype, normalize):
     small_dropped = big_dropped = 0.0
     for _ in range(20):
         layer(x)
-        signal = method.last["signal"].abs().float()
+        signal = method.last.signal.abs().float()
         small = signal < signal.median()
-        dropped = ~method.last["keep"]
+        dropped = ~method.last.keep_mask
         small_dropped += dropped[small].float().mean().item()
         big_dropped += dropped[~small].float().mean().item()
     assert small_dropped > big_dropped + 20 * 0.1

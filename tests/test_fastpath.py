@@ -207,9 +207,9 @@ def test_recycled_weight_never_aliases_a_live_graph(monkeypatch):
     method.keep_last = True
     x1, x2 = torch.randn(4, 6), torch.randn(4, 6)
     out1 = layer(x1)
-    k1, s1 = method.last["keep"], method.last["scale"]
+    k1, s1 = method.last.keep_mask, method.last.scale
     out2 = layer(x2)  # the first graph still holds its W_eff: a new buffer must be used
-    k2, s2 = method.last["keep"], method.last["scale"]
+    k2, s2 = method.last.keep_mask, method.last.scale
     (out1.square().sum() + out2.square().sum()).backward()
     w = layer.weight.detach()
     expected = torch.zeros_like(w)
@@ -236,8 +236,8 @@ def test_ddc_fast_path_masks_match_general_path():
     layer(torch.randn(3, 30)).square().sum().backward()
     state = method.rng(torch.device("cpu")).get_state()
     layer(torch.randn(3, 30))
-    keep, drop_prob = method.last["keep"], method.last["drop_prob"]
-    expected_p = F.drop_probability(method.last["signal"], p_base=0.3, p_signal=0.5)
+    keep, drop_prob = method.last.keep_mask, method.last.drop_prob
+    expected_p = F.drop_probability(method.last.signal, p_base=0.3, p_signal=0.5)
     gen = torch.Generator().manual_seed(0)
     gen.set_state(state)
     assert torch.equal(drop_prob, expected_p)

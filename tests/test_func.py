@@ -69,7 +69,7 @@ def test_vmap_per_example_gradients_with_one_mask_sum_to_the_batch_gradient():
     per_example = vmap(grad(loss), in_dims=(None, 0, 0), randomness="same")(_params(model), x, y)
     assert per_example["0.weight"].shape == (5, 8, 6)
     # one mask for the vmapped batch (randomness="same"): the sum is the batch's gradient
-    keep, scale = method.last["keep"], method.last["scale"]
+    keep, scale = method.last.keep_mask, method.last.scale
     w = model[0].weight.detach().requires_grad_()
     w_eff = (w * keep * scale).detach().requires_grad_()
     expected = nn.functional.cross_entropy(model[2](torch.relu(nn.functional.linear(x, w_eff, model[0].bias))), y, reduction="sum")

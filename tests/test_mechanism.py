@@ -128,7 +128,7 @@ def test_to_with_new_parameter_objects_and_assign_load():
     model(x).pow(2).mean().backward()
     method.keep_last = True
     model(x)
-    assert (~method.last["keep"]).any()
+    assert (~method.last.keep_mask).any()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -178,7 +178,7 @@ def test_a_parent_reading_the_weight_gets_the_masked_weight(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         out = model(x)
-        keep, scale = m.last["keep"], m.last["scale"]
+        keep, scale = m.last.keep_mask, m.last.scale
         w_eff = model[0].fc.weight.detach() * keep * scale
         expected = model[2](torch.relu(nn.functional.linear(x, w_eff, model[0].fc.bias)))
         assert torch.allclose(out, expected)
@@ -296,7 +296,7 @@ def test_a_layer_used_several_times_in_one_forward_has_one_mask_and_the_whole_gr
     model, m = _unrolled_ddc(update=update)
     x = torch.randn(5, 4)
     out = model(x)
-    keep, scale = m.last["keep"], m.last["scale"]
+    keep, scale = m.last.keep_mask, m.last.scale
     w_eff = (model.cell.weight.detach() * keep * scale).requires_grad_()
     expected = _unrolled_with(w_eff, model, x)
     torch.testing.assert_close(out, expected)  # one mask serves all three uses
@@ -315,7 +315,7 @@ def test_two_forward_passes_before_one_backward_give_the_sum_of_their_gradients(
     outs = []
     for x in (x1, x2):
         outs.append(model(x))
-        effective.append((model.cell.weight.detach() * m.last["keep"] * m.last["scale"]).requires_grad_())
+        effective.append((model.cell.weight.detach() * m.last.keep_mask * m.last.scale).requires_grad_())
     assert not torch.equal(effective[0], effective[1])  # two forward passes, two masks
     (outs[0].pow(2).sum() + outs[1].sum()).backward()
     (_unrolled_with(effective[0], model, x1).pow(2).sum() + _unrolled_with(effective[1], model, x2).sum()).backward()
@@ -331,9 +331,9 @@ def test_a_layer_called_by_itself_draws_a_mask_per_call():
     m = handle.methods[""]
     m.keep_last = True
     layer(torch.randn(2, 6))
-    first = m.last["keep"].clone()
+    first = m.last.keep_mask.clone()
     layer(torch.randn(2, 6))
-    assert not torch.equal(first, m.last["keep"])
+    assert not torch.equal(first, m.last.keep_mask)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -187,7 +187,7 @@ def _layer_with_mixed_mask(update):
         method.keep_last = True
         x = torch.tensor([[3.0, 5.0]])
         out = layer(x)
-        keep = method.last["keep"]
+        keep = method.last.keep_mask
         if keep.sum() == 1:
             return layer, out, keep
         handle.remove()
@@ -220,7 +220,7 @@ def test_ddc_signal_is_dense_effective_gradient_by_default():
     x = torch.randn(5, 6)
     out = layer(x)
     out.pow(2).sum().backward()
-    keep, scale = method.last["keep"], method.last["scale"]
+    keep, scale = method.last.keep_mask, method.last.scale
     w_eff = (layer.weight.detach() * keep * scale).requires_grad_()
     torch.nn.functional.linear(x, w_eff, layer.bias.detach()).pow(2).sum().backward()
     torch.testing.assert_close(method.weight_signal, w_eff.grad)
@@ -234,7 +234,7 @@ def test_signal_source_param_is_zero_on_dropped_edges():
     method = next(iter(handle.methods.values()))
     method.keep_last = True
     layer(torch.randn(4, 8)).sum().backward()
-    dropped = ~method.last["keep"]
+    dropped = ~method.last.keep_mask
     assert dropped.any() and torch.all(method.weight_signal[dropped] == 0)
 
 
@@ -258,7 +258,7 @@ def test_first_step_base_drops_with_p_base():
     method = next(iter(handle.methods.values()))
     method.keep_last = True
     layer(torch.randn(2, 100))
-    rate = (~method.last["keep"]).float().mean().item()
+    rate = (~method.last.keep_mask).float().mean().item()
     assert abs(rate - 0.25) < 5 * math.sqrt(0.25 * 0.75 / 10_000)
 
 
@@ -325,7 +325,7 @@ def test_sample_mask_linear_matches_naive_loop():
     method.keep_last = True
     x = torch.randn(5, 6)
     out = layer(x)
-    keep, scale = method.last["keep"], method.last["scale"]
+    keep, scale = method.last.keep_mask, method.last.scale
     assert keep.shape == (5, 4, 6)
     assert not torch.equal(keep[0], keep[1])
     naive = torch.stack([nn.functional.linear(x[b], layer.weight * keep[b] * scale[b], layer.bias) for b in range(5)])
@@ -384,8 +384,8 @@ def test_sample_masks_in_chunks_equal_one_full_mask(monkeypatch, method, options
     if method == "ddc":
         torch.testing.assert_close(m.weight_signal, dense)
     if record:
-        assert torch.equal(m.last["keep"], keep)
-        torch.testing.assert_close(m.last["scale"], scale)
+        assert torch.equal(m.last.keep_mask, keep)
+        torch.testing.assert_close(m.last.scale, scale)
     handle.remove()
 
 
@@ -444,7 +444,7 @@ def test_dropconnect_realized_rate():
     method = next(iter(handle.methods.values()))
     method.keep_last = True
     layer(torch.randn(2, 200))
-    rate = (~method.last["keep"]).float().mean().item()
+    rate = (~method.last.keep_mask).float().mean().item()
     assert abs(rate - 0.4) < 5 * math.sqrt(0.24 / 40_000)
 
 
@@ -476,7 +476,7 @@ def test_inf_loss_never_makes_effective_weights_nan():
     layer(torch.full((1, 4), float("inf"))).sum().backward()
     with pytest.warns(RuntimeWarning):
         layer(torch.ones(1, 4))
-    w_eff = layer.weight * method.last["keep"] * method.last["scale"]
+    w_eff = layer.weight * method.last.keep_mask * method.last.scale
     assert torch.isfinite(w_eff).all()
 
 

@@ -127,7 +127,7 @@ def test_weight_signal_recorded_is_the_weight_the_mask_used():
     used = layer.weight.detach().clone()
     with torch.no_grad():
         layer.weight.add_(1.0)  # the optimizer step changes the weight in place
-    assert torch.equal(method.last["signal"], used)
+    assert torch.equal(method.last.signal, used)
 
 
 # ----------------------------------------------------------------------------- non-finite
@@ -157,17 +157,17 @@ def test_one_nonfinite_rule_for_every_option(normalize, scope, grad_ema, signal_
     assert method.nonfinite_steps.item() == 0
     with pytest.warns(RuntimeWarning, match="non-finite gradient signal"):
         layer(torch.randn(6, 7, generator=gen))
-    assert torch.all(method.last["drop_prob"] == 0.25)
+    assert torch.all(method.last.drop_prob == 0.25)
     assert method.nonfinite_steps.item() == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per layer
         _step(layer, torch.randn(6, 7, generator=gen), weights)  # p_base again, then a finite gradient
-    assert torch.all(method.last["drop_prob"] == 0.25) and method.nonfinite_steps.item() == 2
+    assert torch.all(method.last.drop_prob == 0.25) and method.nonfinite_steps.item() == 2
     layer(torch.randn(6, 7, generator=gen))
     assert method.nonfinite_steps.item() == 2
-    assert torch.isfinite(method.last["drop_prob"]).all()
+    assert torch.isfinite(method.last.drop_prob).all()
     if normalize != "none":
-        assert (method.last["drop_prob"] > 0.25).any()
+        assert (method.last.drop_prob > 0.25).any()
 
 
 def test_global_scope_leaves_a_nonfinite_layer_out_of_the_pool():
