@@ -10,7 +10,7 @@ from scipy import stats as sps
 from torch import nn
 
 import ddc
-from ddc.recorder import Recorder, every, logarithmic
+from ddc.recorder import DropFrequency, MaskStats, OnHost, Quantity, Recorder, every, logarithmic
 from ddc.store import RecordWriter, load_records
 
 from test_methods import batch, make_net
@@ -62,6 +62,11 @@ def test_detach_removes_everything():
     model, handle, recorder, _, _ = run("ddc")
     assert all(not m.keep_last and m.last is None for m in handle.methods.values())
     assert recorder._handles == [] and not recorder.attached
+
+
+def _quantity(recorder, kind):
+    (quantity,) = [q for q in recorder.quantities if isinstance(q, kind)]
+    return quantity
 
 
 def _values(frame, step, layer):
@@ -200,7 +205,7 @@ def test_large_layers_use_one_fixed_nested_subset():
         recorder.step(step)
         layer.weight.grad = None
     recorder.detach()
-    (perm,) = recorder._subsets.values()
+    (perm,) = recorder.subsets.indices.values()
     assert len(perm) == 5000 and len(set(perm.tolist())) == 5000
     got = _values(recorder.to_frame(), 2, "")
     method = next(iter(ddc.regularized_layers(layer).values()))
@@ -208,29 +213,29 @@ def test_large_layers_use_one_fixed_nested_subset():
     idx = perm.numpy()
     assert got["grad_abs_mean"] == pytest.approx(g[idx].mean(), rel=1e-5)
     assert got["grad_abs_q50"] == pytest.approx(np.quantile(g[idx[:1000]], 0.5), rel=1e-5)
-    assert got["realized_drop_rate"] == pytest.approx(recorder._previous_keep[""].logical_not().float().mean().item())
+    assert got["realized_drop_rate"] == pytest.approx(_quantity(recorder, MaskStats).previous_keep[""].logical_not().float().mean().item())
 
 
 def test_sorted_quantiles_and_average_ranks_match_torch_quantile_and_scipy():
     from scipy.stats import rankdata
 
-    from ddc.recorder import _average_ranks, _sorted_quantiles, _tied_ranks
+    from ddc.recorder import average_ranks, sorted_quantiles, tied_ranks
 
     gen = torch.Generator().manual_seed(0)
     values = torch.cat([torch.rand(500, generator=gen), torch.full((300,), 0.3), torch.rand(7, generator=gen)]).numpy()
     levels = (0.0, 0.1, 0.25, 0.5, 0.9, 1.0)
     order = np.argsort(values)
-    quantiles = _sorted_quantiles(values[order], levels)
+    quantiles = sorted_quantiles(values[order], levels)
     np.testing.assert_allclose(quantiles, torch.quantile(torch.from_numpy(values), torch.tensor(levels)).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(_average_ranks(values[order], order), rankdata(values) - 1)
-    np.testing.assert_allclose(_tied_ranks(np.sort(values)), np.sort(rankdata(values) - 1))
+    np.testing.assert_allclose(average_ranks(values[order], order), rankdata(values) - 1)
+    np.testing.assert_allclose(tied_ranks(np.sort(values)), np.sort(rankdata(values) - 1))
 
 
 @pytest.mark.parametrize("relation", ["decreasing", "increasing", "unrelated"])
 def test_order_statistics_against_numpy_and_scipy(relation):
     """One sort orders both vectors when the drop probability is monotone in the used signal
     (DDC, ties at the clamp included); otherwise it gets its own sort. Same numbers either way."""
-    from ddc.recorder import order_statistics
+    from ddc.recorder import drop_prob_order_statistics, signal_quantiles
 
     rng = np.random.default_rng(0)
     used = np.abs(rng.standard_normal(2048)).astype(np.float32)
@@ -241,9 +246,13 @@ def test_order_statistics_against_numpy_and_scipy(relation):
         "unrelated": rng.uniform(0.2, 0.6, 2048).round(2),
     }[relation].astype(np.float32)
     magnitude = np.abs(rng.standard_normal(2048)).astype(np.float32)
-    moments = {"grad_abs_mean": 0.8, "grad_abs_std": 0.6}
-    names, values = order_statistics((0.1, 0.5, 0.9), ("q10", "q50", "q90"), {"magnitude": magnitude, "drop_prob": p, "used": used}, moments)
-    got = dict(zip(names, values))
+    # the layer's mean 0.8 and standard deviation 0.6 (N-1) of |signal| over 101 edges
+    levels = (0.1, 0.5, 0.9)
+    magnitude_values = signal_quantiles(magnitude, 0.8, 0.36 * 100, count=101, quantiles=levels)
+    drop_values = drop_prob_order_statistics(p, used, quantiles=levels)
+    names = ["grad_abs_q10", "grad_abs_q50", "grad_abs_q90", "zscore_q10", "zscore_q50", "zscore_q90"]
+    names += ["drop_prob_q10", "drop_prob_q50", "drop_prob_q90", "rank_corr_grad_drop"]
+    got = dict(zip(names, magnitude_values + drop_values, strict=True))
     assert got["grad_abs_q50"] == pytest.approx(np.quantile(magnitude, 0.5), rel=1e-6)
     assert got["zscore_q90"] == pytest.approx((np.quantile(magnitude, 0.9) - 0.8) / (0.6 + 1e-9), rel=1e-6)
     for q in (0.1, 0.5, 0.9):
@@ -251,15 +260,15 @@ def test_order_statistics_against_numpy_and_scipy(relation):
     assert got["rank_corr_grad_drop"] == pytest.approx(sps.spearmanr(used, p).statistic, abs=1e-12)
     if relation != "unrelated":
         assert (p == p.min()).sum() > 100  # the ties the shortcut has to average
-    names, _ = order_statistics((0.5,), ("q50",), {"drop_prob": p, "used": used[:10]}, {})
-    assert names == ["drop_prob_q50"]  # no rank correlation between different edges
+    values = drop_prob_order_statistics(p, used[:10], quantiles=(0.5,))
+    assert len(values) == 1  # no rank correlation between different edges
 
 
 def test_deferred_values_equal_the_immediate_ones(monkeypatch):
     """On an accelerator values and sort samples wait on the device for the drain; forced on
     the CPU, that path must give the same rows as the immediate one."""
     _, _, immediate, _, _ = run("ddc", steps=3)
-    monkeypatch.setattr(Recorder, "_defer", staticmethod(lambda weight: True))
+    monkeypatch.setattr(Recorder, "_values_wait_for_flush", staticmethod(lambda weight: True))
     _, _, deferred, _, _ = run("ddc", steps=3)
     a, b = immediate.to_frame(), deferred.to_frame()
     assert len(a) == len(b) and list(a.metric) == list(b.metric)
@@ -290,7 +299,7 @@ def test_per_edge_counts_stay_exact_across_the_byte_folds(max_edges):
             state = recorder.state_dict()
             resumed = Recorder(layer, every=0, max_edges=max_edges)
             resumed.load_state_dict(state)
-            assert torch.equal(resumed._kept_counts(""), expected.int())
+            assert torch.equal(_quantity(resumed, DropFrequency).counts[""].totals(), expected.int())
     entry = recorder.snapshot()[""]
     recorder.detach()
     assert entry["steps_counted"] == steps >= 599
@@ -323,7 +332,7 @@ def test_counts_of_layers_above_exact_edges_come_from_the_subset():
     sampled, keeps = record(exact_edges=10_000)
     exact, same_keeps = record(exact_edges=None)
     assert all(torch.equal(a, b) for a, b in zip(keeps, same_keeps))
-    (perm,) = sampled._subsets.values()
+    (perm,) = sampled.subsets.indices.values()
     idx = perm.numpy()
     dropped = [~k.flatten().numpy() for k in keeps]
     assert len(dropped) == 3
@@ -384,8 +393,8 @@ def test_without_snapshots_a_large_layer_is_counted_on_its_subset_only():
             expected += method.last.keep_mask.flatten()
         recorder.step(step)
         layer.weight.grad = None
-    (perm,) = recorder._subsets.values()
-    counts = recorder._kept_counts("")
+    (perm,) = recorder.subsets.indices.values()
+    counts = _quantity(recorder, DropFrequency).counts[""].totals()
     assert counts.shape == (5000,)
     assert torch.equal(counts.long(), expected[perm])
     assert "drop_count" not in recorder.snapshot()[""]  # no weight-shaped counts to show
@@ -408,3 +417,56 @@ def test_recorder_rows_on_each_device(device):
     frame = recorder.to_frame()
     assert {"rank_corr_grad_drop", "zscore_q90", "drop_prob_q50", "mask_jaccard", "weight_norm"} <= set(frame.metric)
     assert np.isfinite(frame.value).all() and sorted(frame.step.unique()) == [0, 1, 2, 3]
+
+
+def test_a_custom_quantity_is_one_class_with_its_own_schedule():
+    """Adding a metric: subclass Quantity, register it; it follows its own schedule, its
+    values reach the rows (on the CPU and through the deferred device path alike), and the
+    built-in metrics are unchanged."""
+
+    class BiasStats(Quantity):
+        def compute(self, layer):
+            bias = layer.layer.bias.detach()
+            return {"bias_norm": bias.norm(), ("bias_min", "bias_max"): OnHost(lambda values: (values.min(), values.max()), bias)}
+
+    def record(custom, deferred=False):
+        torch.manual_seed(0)
+        layer = nn.Linear(6, 4)
+        ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        recorder = Recorder(layer, optimizer=opt)
+        if custom:
+            recorder.register(BiasStats(every=2))
+        if deferred:
+            recorder._values_wait_for_flush = lambda weight: True
+        recorder.attach()
+        biases = []
+        for step in range(5):
+            layer(torch.randn(3, 6)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            biases.append(layer.bias.detach().clone().double())
+            recorder.step(step)
+        recorder.detach()
+        return recorder.to_frame(), biases
+
+    plain, _ = record(False)
+    frame, biases = record(True)
+    deferred, _ = record(True, deferred=True)
+    custom = frame[frame.metric.str.startswith("bias_")]
+    assert sorted(custom.step.unique()) == [0, 2, 4]
+    for step in (0, 2, 4):
+        got = _values(frame, step, "")
+        assert got["bias_norm"] == pytest.approx(torch.linalg.vector_norm(biases[step]).item(), rel=1e-6)
+        assert (got["bias_min"], got["bias_max"]) == pytest.approx((biases[step].min().item(), biases[step].max().item()), rel=1e-6)
+    builtin = frame[~frame.metric.str.startswith("bias_")].reset_index(drop=True)
+    assert builtin.equals(plain)
+    np.testing.assert_allclose(deferred.value.to_numpy(), frame.value.to_numpy(), rtol=1e-12)
+    with pytest.raises(TypeError, match="Quantity"):
+        Recorder(layer_with_ddc()).register(object())
+
+
+def layer_with_ddc():
+    layer = nn.Linear(3, 2)
+    ddc.apply(layer, "ddc", layers=[nn.Linear], seed=0)
+    return layer
