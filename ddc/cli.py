@@ -374,8 +374,12 @@ def sweep(spec_path, root, workers, backend, address, threads, dry_run, progress
     if dry_run:
         _list_sweep(spec, root)
         return
+    from .train import RunSetupError
+
     try:
         result = run_sweep(spec, root, workers=workers, backend=backend, address=address, progress=progress, threads=threads)
+    except RunSetupError as error:  # what `ddc train` refuses: the same line, exit 2, nothing written
+        raise UserError(error) from None
     except OSError as error:  # the store cannot be written: named, one line
         raise store_error(error) from None
     _report_sweep(result, root)

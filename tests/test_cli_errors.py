@@ -235,3 +235,44 @@ def test_read_only_store_names_the_path(monkeypatch, tmp_path):
     line = [line for line in result.output.splitlines() if line.startswith("Error:")][0]
     assert "cannot write" in line and str(root) in line and "read-only" in line.lower()
     assert [p.name for p in root.iterdir()] == [".locks"] and not any((root / ".locks").iterdir())
+
+
+# a sweep of one setting that `ddc train` refuses when it sets the run up: the same line, exit 2, nothing written
+SWEEP_LIKE_TRAIN = [
+    ({"dataset": "mnist1d", "model": "mlp", "method": "ddc", "layers": ["nothere"]}, "nothere"),
+    ({"dataset": "mnist1d", "model": "mlp", "device": "cuda:7"}, "device='cuda:7'"),
+    ({"dataset": "mnist1d", "model": "simplecnn1", "method": "dropconnect", "layers": ["conv1"],
+      "method_options": {"mask": "sample"}}, "conv1"),
+    ({"dataset": "mnist", "model": "simplecnn1", "data_root": "{no_data}"}, "dataset 'mnist' not found"),
+    ({"recipe": "mnist-simplecnn1", "profile": "smoke"}, "dataset 'mnist' not found"),
+]
+
+
+@pytest.mark.parametrize("base, named", SWEEP_LIKE_TRAIN, ids=[str(sorted(b.items()))[:60] for b, _ in SWEEP_LIKE_TRAIN])
+def test_sweep_refuses_what_train_refuses_with_the_same_line(files, base, named, monkeypatch, tmp_path):
+    import yaml
+
+    monkeypatch.setenv("DDC_DATA", str(tmp_path / "ddc-data"))
+    monkeypatch.chdir(tmp_path)
+    base = {key: _fill(value, files) if isinstance(value, str) else value for key, value in base.items()}
+    small = {"epochs": 1, "train_subset": 64, "val_subset": 32, "test_subset": 32}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "bad", "base": {**small, **base}, "seeds": [0, 1]}))
+    train_config = tmp_path / "config.yaml"
+    fields = {key: value for key, value in base.items() if key not in ("recipe", "profile")}
+    train_config.write_text(yaml.safe_dump({**small, **fields}))
+    train_argv = ["train", "--config", str(train_config), "--root", str(tmp_path / "train-runs"), "--no-progress"]
+    if "recipe" in base:
+        train_argv += ["--recipe", base["recipe"], "--profile", base["profile"]]
+    root = tmp_path / "sweep-runs"
+    trained = CliRunner().invoke(main, train_argv)
+    swept = CliRunner().invoke(main, ["sweep", str(spec), "--root", str(root), "--workers", "1", "--no-progress"])
+    lines = {}
+    for name, result in (("train", trained), ("sweep", swept)):
+        assert result.exit_code == 2, (name, result.exit_code, result.output, result.exception)
+        assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.output
+        error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(error_lines) == 1 and _fill(named, files) in error_lines[0], result.output
+        lines[name] = error_lines[0]
+    assert lines["sweep"].startswith(lines["train"]) and "(run " in lines["sweep"], lines  # train's line, and which run
+    assert not root.exists() and not (tmp_path / "train-runs").exists() and not (tmp_path / "runs").exists()

@@ -37,6 +37,8 @@ class Executor:
     ``submit(fn, *args)`` returns a future with ``result()`` / ``exception()``;
     ``as_completed(futures)`` yields them as they finish. Use as a context
     manager; ``shutdown(cancel=True)`` drops what has not started.
+    ``workers``: how many runs a sweep keeps submitted at once (it submits the
+    next run as one finishes).
     """
 
     workers: int = 1
@@ -65,10 +67,26 @@ class Executor:
 
 def _init_worker(threads: Optional[int]) -> None:
     _die_with_parent()
+    _bars_without_semaphores()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _bars_without_semaphores() -> None:
+    """Give tqdm a thread lock in a worker.
+
+    tqdm's default lock makes a named multiprocessing semaphore; a worker
+    killed by SIGKILL cannot unlink it, and the sweep ends with
+    ``resource_tracker: There appear to be N leaked semaphore objects``. A
+    worker's bars are written by its own threads only.
+    """
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _die_with_parent() -> None:
@@ -94,7 +112,9 @@ class LocalExecutor(Executor):
     """Worker processes on this machine (``pebble.ProcessPool``, ``spawn``/``forkserver``).
 
     A worker that dies fails only its own task (``pebble.ProcessExpired``);
-    the pool replaces it and the other tasks go on. ``threads``: torch threads
+    the pool replaces it and the other tasks go on. When every worker dies at
+    once pebble's pool breaks (``BrokenProcessPool``): the tasks it held fail
+    as their workers' deaths and the next ``submit`` starts a fresh pool. ``threads``: torch threads
     of a worker outside training (each run trains with its config's ``num_threads``).
     ``workers`` defaults to ``os.cpu_count()``.
 
@@ -103,26 +123,65 @@ class LocalExecutor(Executor):
     """
 
     def __init__(self, workers: Optional[int] = None, *, threads: Optional[int] = 1, context: str = "spawn"):
-        import pebble
-
         if context not in ("spawn", "forkserver"):
             raise ValueError(f"context={context!r} must be 'spawn' or 'forkserver' (fork is unsafe with torch threads)")
         self.workers = check_workers(workers or os.cpu_count() or 1)
         self.threads = threads
-        self._pool = pebble.ProcessPool(
-            max_workers=self.workers,
-            initializer=_init_worker,
-            initargs=(threads,),
-            context=multiprocessing.get_context(context),
-        )
+        self._context = multiprocessing.get_context(context)
+        self._pool = self._new_pool()
+        self._futures: list = []  # of the current pool, not yet done
+        self.renewed = 0  # pools replaced after they broke
+
+    def _new_pool(self):
+        import pebble
+
+        return pebble.ProcessPool(max_workers=self.workers, initializer=_init_worker, initargs=(self.threads,),
+                                  context=self._context)
+
+    def _broken(self) -> bool:
+        """The pool stopped working (pebble's ``ERROR`` state: e.g. every worker died at once)."""
+        import pebble.pool.base_pool as base
+
+        pool = self._pool
+        status = pool._context.status
+        return status == base.PoolStatus.ERROR or (status == base.PoolStatus.RUNNING and not pool.active)
+
+    def _renew(self) -> None:
+        """Replace a broken pool by a fresh one; its tasks still pending fail as a dead worker's."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        old, self._pool = self._pool, self._new_pool()
+        self.renewed += 1
+        for future in self._futures:
+            if not future.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(BrokenProcessPool("the worker pool broke (its workers died)"))
+        self._futures = []
+        with contextlib.suppress(Exception):
+            old.stop()
+            old.join(timeout=30)
 
     def submit(self, function, *args):
-        """Schedule ``function(*args)`` on a worker process (it must be picklable by name)."""
-        return self._pool.schedule(function, args=args)
+        """Schedule ``function(*args)`` on a worker process (it must be picklable by name).
+
+        A pool that broke (every worker died at once) is replaced by a fresh
+        one first, so one dead pool fails only the runs it was running.
+        """
+        if self._broken():
+            self._renew()
+        try:
+            future = self._pool.schedule(function, args=args)
+        except RuntimeError:
+            if not self._broken():
+                raise
+            self._renew()
+            future = self._pool.schedule(function, args=args)
+        self._futures = [f for f in self._futures if not f.done()] + [future]
+        return future
 
     def shutdown(self, cancel: bool = False) -> None:
         """Wait for the tasks (``cancel``: stop the workers now) and join them."""
-        if cancel:
+        if cancel or self._broken():
             self._pool.stop()
         else:
             self._pool.close()

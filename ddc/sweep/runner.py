@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import store
-from ..train import TrainConfig, warn_if_made_elsewhere
+from ..train import RunSetupError, TrainConfig, warn_if_made_elsewhere
 from .executors import BACKENDS, Executor, check_workers, make_executor, worker_death
 from .results import failed_path, sweep_connect, sweep_frame, sweep_root
 from .spec import Spec, SpecLike, SweepRun, load_spec
@@ -118,6 +118,7 @@ def run_sweep(
 
     Raises:
         ValueError: a bad spec (naming the field or run), ``backend`` or ``workers``.
+        ddc.train.RunSetupError: a run ``ddc train`` would refuse before training (see :func:`check_runnable`); nothing written.
         FileNotFoundError: no spec file at the path given.
         OSError: the run root cannot be created.
         ddc._optional.MissingExtra: pandas or pyarrow is not installed (``pip install 'ddc[runs]'``); nothing runs.
@@ -138,6 +139,7 @@ def run_sweep(
             result.skipped.append(run.run_id)
         else:
             pending.append(run)
+    check_runnable(pending, spec.name)  # what `ddc train` would refuse, refused before anything is written
     skipped = set(result.skipped)
     warn_if_made_elsewhere([(run.config, root / run.run_id) for run in runs if run.run_id in skipped])
     with _ProgressBar(result, enabled=progress) as bar:
@@ -146,6 +148,56 @@ def run_sweep(
             _execute(pending, result, bar, executor, backend=backend, workers=workers, address=address, threads=threads)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def check_runnable(runs: List[SweepRun], sweep: str = "") -> None:
+    """Refuse, before anything runs or is written, the runs that ``ddc train`` would refuse before training.
+
+    Each distinct setting is checked once: the device is usable here, the
+    dataset's files are found (``data_root``, ``$DDC_DATA``, ...), and the
+    method and its ``layers`` fit the model built for the dataset's shape (one
+    model per distinct (model, input shape, classes); nothing is loaded or trained).
+
+    Raises:
+        ddc.train.RunSetupError: the first run that cannot start, with ``ddc train``'s message and the run's id.
+    """
+    import torch
+
+    from .. import data, models
+    from ..apply import apply
+    from ..train import check_device
+
+    checked: set = set()
+    built: Dict[tuple, Any] = {}
+    for run in runs:
+        config = run.config
+        where = f" (run {run.run_id}{f' [{run.variant}]' if run.variant else ''}" + (f" of sweep {sweep!r})" if sweep else ")")
+        try:
+            if ("device", config.device) not in checked:
+                check_device(config.device)
+                checked.add(("device", config.device))
+            if config.dataset in data.SOURCES and ("data", config.dataset, config.data_root) not in checked:
+                data.find(config.dataset, config.data_root)
+                checked.add(("data", config.dataset, config.data_root))
+            shape = data.IMAGE_SHAPES.get(config.dataset, (len(data.SYNTHETIC_WEIGHTS),))
+            classes = len(config.classes) if config.classes else data.NUM_CLASSES[config.dataset]
+            key = (config.model, shape, classes)
+            if key not in built:
+                with torch.random.fork_rng(devices=[]):
+                    built[key] = models.build(config.model, input_shape=shape, num_classes=classes)
+            layers = ("layers", key, config.method, json_key(config.layers), json_key(config.method_options))
+            if layers not in checked:
+                apply(built[key], config.method, layers=config.layers, **config.method_options).remove()
+                checked.add(layers)
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            raise RunSetupError(f"{error}{where}") from error
+
+
+def json_key(value: Any) -> str:
+    """A hashable, order-independent key of a JSON-like value."""
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class _ProgressBar:
@@ -199,32 +251,41 @@ def _execute(pending: List[SweepRun], result: SweepResult, bar: _ProgressBar, ex
 
 
 def _drive(executor: Executor, pending: List[SweepRun], threads: Optional[int], result: SweepResult, bar: _ProgressBar) -> None:
-    """Submit every run, collect outcomes as they come, and resubmit once a run whose worker died."""
+    """Run ``pending`` with at most ``executor.workers`` in flight; collect outcomes as they come,
+    and resubmit once a run whose worker died.
+
+    Only runs a worker has taken are in the executor, so a pool that breaks
+    (every worker killed at once) fails only the runs it was running, and each
+    of them is retried once (a local executor starts a fresh pool); the runs
+    not yet submitted go on as if nothing happened.
+    """
     by_future: Dict[Any, SweepRun] = {}
     attempts: Dict[str, int] = {}
     root, sweep = result.root, result.spec.name
+    queue = list(pending)
+    slots = max(int(getattr(executor, "workers", 1) or 1), 1)
 
     def submit(run: SweepRun) -> None:
         attempts[run.run_id] = attempts.get(run.run_id, 0) + 1
         by_future[executor.submit(_run_task, run.run_id, run.config.to_dict(), str(root), threads, sweep)] = run
 
-    for run in pending:
-        submit(run)
-    while by_future:
-        for future in executor.as_completed(list(by_future)):
-            run = by_future.pop(future)
-            outcome = _outcome(future, run, root, sweep, attempts[run.run_id])
-            if outcome["status"] == "worker died" and attempts[run.run_id] < WORKER_ATTEMPTS:
-                result.retried[run.run_id] = outcome["error"]
-                bar.write(f"RETRY {run.run_id}: {outcome['error']}; retrying it once (it resumes from its checkpoint)")
-                submit(run)
-                break  # wait again, on the new future too
-            if outcome["status"] == "done":
-                result.completed.append(run.run_id)
-            else:
-                result.failed[run.run_id] = outcome["error"]
-                bar.write(f"FAILED {run.run_id}: {first_line(outcome['error'])} (details: {failed_path(root, run.run_id)})")
-            bar.show(1)
+    while queue or by_future:
+        while queue and len(by_future) < slots:
+            submit(queue.pop(0))
+        future = next(iter(executor.as_completed(list(by_future))))
+        run = by_future.pop(future)
+        outcome = _outcome(future, run, root, sweep, attempts[run.run_id])
+        if outcome["status"] == "worker died" and attempts[run.run_id] < WORKER_ATTEMPTS:
+            result.retried[run.run_id] = outcome["error"]
+            bar.write(f"RETRY {run.run_id}: {outcome['error']}; retrying it once (it resumes from its checkpoint)")
+            submit(run)
+            continue
+        if outcome["status"] == "done":
+            result.completed.append(run.run_id)
+        else:
+            result.failed[run.run_id] = outcome["error"]
+            bar.write(f"FAILED {run.run_id}: {first_line(outcome['error'])} (details: {failed_path(root, run.run_id)})")
+        bar.show(1)
 
 
 def _outcome(future, run: SweepRun, root: Path, sweep: str, attempt: int) -> dict:
