@@ -66,10 +66,11 @@ def _setting_differences(setting: str, all_settings) -> str:
     return ", ".join(f"{k}={mine.get(k)}" for k in keys)
 
 
-def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamples: int = 9999):
+def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamples: int = 9999, skip=()):
     """Summary (mean, t interval per label, binomial SE of one run) and paired verdicts vs ``baseline`` for one group.
 
     The group is one experiment, so its comparisons form one family: Holm runs over them, and only them.
+    ``skip``: ``(label, baseline)`` pairs left out of the tests (a notebook already decided them).
     ``seed`` and ``n_resamples`` are kept for callers; t intervals need no resampling.
     """
     import numpy as np
@@ -82,13 +83,66 @@ def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamp
         summary["binomial_se"] = stats.binomial_se(summary["mean"], summary["label"].map(sizes).to_numpy())
     tests = None
     labels = sorted(set(runs.label))
-    if baseline in labels and len(labels) > 1 and runs.seed.nunique() >= 2:
-        pairs = [(label, baseline) for label in labels if label != baseline]
+    pairs = [(label, baseline) for label in labels if label != baseline and (label, baseline) not in set(skip)]
+    if baseline in labels and pairs and runs.seed.nunique() >= 2:
         # methods against the baseline are one experiment; the settings of one method (labels "ddc (tau=0.3)") another
         family = {pair: (f"{pair[0].split(' (')[0]} settings" if " (" in pair[0] else "methods") for pair in pairs}
         tests = V.paired_verdicts(runs, value=value, pairs=pairs, method_col="label", family=family)
         tests = tests if len(tests) else None
     return summary, tests, None
+
+
+def decided_comparisons(outputs) -> List[dict]:
+    """The comparisons the notebooks under ``outputs`` decided, by the runs they compared.
+
+    For each notebook folder with stored verdict tables (``results/verdicts*.parquet``)
+    and its runs (``results/runs.parquet``, with ``run_id``): one dict per verdict row,
+    ``{"notebook", "runs", "baseline_runs"}`` (run ids as frozensets), the rows' label
+    matched to the runs by the column they share (``tag``, ``label``, ``method`` or
+    ``cell``), within the row's ``experiment`` when both tables have one.
+    """
+    import pandas as pd
+
+    found: List[dict] = []
+    outputs = Path(outputs)
+    if not outputs.is_dir():
+        return found
+    for folder in sorted(p for p in outputs.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+        runs_path = folder / "results" / "runs.parquet"
+        tables = {name: table for name, table in _verdict_tables(folder).items() if "baseline" in table}
+        if not tables or not runs_path.exists():
+            continue
+        runs = pd.read_parquet(runs_path)
+        if "run_id" not in runs:
+            continue
+        for table in tables.values():
+            label_col = next((c for c in ("tag", "label", "method", "cell") if c in table and c in runs), None)
+            if label_col is None:
+                continue
+            by_experiment = "experiment" in table and "experiment" in runs
+            for row in table.itertuples(index=False):
+                row = row._asdict()
+                scope = runs[runs.experiment == row["experiment"]] if by_experiment else runs
+                compared = frozenset(scope.run_id[scope[label_col] == row[label_col]])
+                baseline = frozenset(scope.run_id[scope[label_col] == row["baseline"]])
+                if compared and baseline:
+                    found.append({"notebook": folder.name, "runs": compared, "baseline_runs": baseline})
+    return found
+
+
+def decided_pairs(group, decided, baseline: str) -> dict:
+    """``{(label, baseline): notebook}`` for the labels of ``group`` whose runs, and the baseline's,
+    are exactly those of a comparison in ``decided`` (:func:`decided_comparisons`)."""
+    if baseline not in set(group.label):
+        return {}
+    base_runs = frozenset(group.run_id[group.label == baseline])
+    index = {(d["runs"], d["baseline_runs"]): d["notebook"] for d in decided}
+    out = {}
+    for label in sorted(set(group.label) - {baseline}):
+        notebook = index.get((frozenset(group.run_id[group.label == label]), base_runs))
+        if notebook is not None:
+            out[(label, baseline)] = notebook
+    return out
 
 
 def _group_figures(group, summary, metrics, *, value: str, title: str, stem: Path):
@@ -127,10 +181,14 @@ def build_report(
     title: str = "ddc report",
     n_resamples: int = 9999,
     log=None,
+    decided=(),
 ) -> Path:
     """Write ``out_dir/report.md`` (and its figures) from the finished runs under ``paths``.
 
     ``log`` (e.g. ``print``) is told what is being done, one line per group.
+    ``decided``: comparisons the notebooks already decided (:func:`decided_comparisons`):
+    a pair of labels whose runs are exactly those of a decided comparison is not
+    tested again (its family here is the rest), and the group says so in one line.
     """
     say = log or (lambda _: None)
     from ddc.store import load_metrics, load_runs
@@ -157,7 +215,8 @@ def build_report(
         if value not in group or group[value].isna().all():
             lines += [f"No `{value}` in these runs.", ""]
             continue
-        summary, tests, _ = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples)
+        skip = decided_pairs(group, decided, baseline) if decided else {}
+        summary, tests, _ = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples, skip=skip)
         columns = ["label", "n", "mean", "std", "ci_low", "ci_high"] + (["binomial_se"] if "binomial_se" in summary else [])
         lines += ["Mean and 95% t interval over seeds (`binomial_se`: the test-set noise of one run's accuracy):", "",
                   _markdown_table(summary[columns]), ""]
@@ -166,6 +225,10 @@ def build_report(
             lines += [f"Paired differences vs `{baseline}` (paired t over seeds, 95% t interval; the methods are one "
                       f"family and the settings of one method another, Holm within each; `mde`: the difference detectable "
                       f"with 80% power at this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
+        if skip:
+            lines += ["Not tested again here, on the same runs: " + "; ".join(
+                f"`{label}` vs `{base}` (decided in {skip[(label, base)]})" for label, base in sorted(skip))
+                + ": the notebook's estimate, interval and p-value are the answer (one comparison, one answer).", ""]
         means_by_group.append(group.groupby("label", as_index=False)[value].mean().assign(task=name))
         heading = f"{experiment_title(f'{dataset}-{model}')}" + (f" ({differs})" if differs else "")
         for path, alt in _group_figures(group, summary, metrics, value=value, title=heading, stem=figure_dir / name):

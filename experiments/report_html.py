@@ -4,7 +4,8 @@
 
 - the conclusions each notebook computed from its data (``<outputs>/NN_*/results/conclusions.json``);
 - the statistics of the run store: the markdown report of :func:`experiments.report.build_report`
-  (tables with intervals and corrected tests, and its figures), converted to HTML;
+  (tables with intervals and corrected tests, and its figures), converted to HTML; comparisons
+  a notebook decided on the same runs are left out there (one line says which), so each has one answer;
 - every figure the notebooks drew (``<outputs>/NN_*/figures/*.png``);
 - the notebooks' result tables (small ones in full, large ones named);
 - the configuration: each notebook's settings and the run configurations the report compares;
@@ -60,9 +61,11 @@ def build_html_report(
     ``report_options`` go to ``build_report`` (``value``, ``baseline``,
     ``n_resamples``). Raises ``ValueError`` when ``paths`` hold no finished run.
     """
-    from experiments.report import build_report
+    from experiments.report import build_report, decided_comparisons
 
-    markdown_report = build_report(paths, out_dir, title=title, log=log, **report_options)
+    # a comparison a notebook decided is restated from the notebook, not tested again on the same runs
+    decided = decided_comparisons(outputs) if outputs is not None else ()
+    markdown_report = build_report(paths, out_dir, title=title, log=log, decided=decided, **report_options)
     return write_html(markdown_report, paths=paths, outputs=outputs, title=title, log=log)
 
 

@@ -180,3 +180,43 @@ def test_report_cli_html_finds_the_notebook_outputs_beside_the_store(notebook_ou
     assert "01_example" in text and "Figures of the notebooks" in text
     result = CliRunner().invoke(main, ["report", str(runs_root), "--html", "--out", str(tmp_path / "d"), "-q"])
     assert result.exit_code == 0 and "Figures of the notebooks" not in (tmp_path / "d" / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_comparison_a_notebook_decided_is_not_tested_again_in_the_store_section(runs_root, tmp_path):
+    """02 decided ddc vs none on these runs: the HTML page's store statistics leave that pair out (one line says so)
+    and test only the rest; the notebook's row is the one answer."""
+    import pandas as pd
+    from analysis import verdicts as V
+    from ddc.store import load_runs
+    from experiments.report import build_report, decided_comparisons
+    from experiments.report_html import build_html_report
+
+    runs = load_runs(runs_root)
+    runs = runs.assign(tag=runs.method, experiment="mnist1d-mlp")[["run_id", "tag", "experiment", "seed", "test_acc"]]
+    verdicts = V.paired_verdicts(runs, value="test_acc", pairs=[("ddc", "none")], method_col="tag", by="experiment",
+                                 family={("ddc", "none"): "primary"})
+    outputs = tmp_path / "outputs" / "smoke"
+    results = outputs / "02_baselines" / "results"
+    results.mkdir(parents=True)
+    runs.to_parquet(results / "runs.parquet")
+    verdicts.to_parquet(results / "verdicts.parquet")
+    decided = decided_comparisons(outputs)
+    assert len(decided) == 1 and decided[0]["notebook"] == "02_baselines"
+
+    def store_tests(markdown: str):
+        return [line for line in markdown.splitlines() if line.startswith("| ") and " vs " not in line and "methods" in line]
+
+    alone = build_report(runs_root, tmp_path / "alone", n_resamples=499).read_text()  # no notebook: every pair tested
+    assert sorted(line.split(" | ")[0].strip("| ") for line in store_tests(alone)) == ["ddc", "dropconnect"]
+    assert "Not tested again" not in alone
+
+    page = build_html_report(runs_root, tmp_path / "h", outputs=outputs, n_resamples=499)
+    markdown = (tmp_path / "h" / "report.md").read_text()
+    tested = store_tests(markdown)
+    assert [line.split(" | ")[0].strip("| ") for line in tested] == ["dropconnect"], markdown  # ddc vs none: not again
+    assert markdown.count("Not tested again here") == 1 and "`ddc` vs `none` (decided in 02_baselines)" in markdown
+    # the rest is one family of its own: Holm over the one comparison left, so p_holm equals its p
+    row = tested[0].split(" | ")
+    header = [line for line in markdown.splitlines() if line.startswith("| label | family")][0].split(" | ")
+    assert row[header.index("p_ttest")] == row[header.index("p_holm")]
+    assert "decided in 02_baselines" in page.read_text(encoding="utf-8")
