@@ -950,6 +950,7 @@ def load(
         "seed": seed,
         "val_fraction": val_fraction,
         "subsets": subsets,
+        "fingerprint": _fingerprint(raw, indices),
         **raw.extra_info,
     }
     if classes is not None:
@@ -966,6 +967,19 @@ def load(
         info=info,
         heldout=TensorDataset(*splits["heldout"]) if classes is not None else None,
     )
+
+
+def _fingerprint(raw: _RawData, indices: dict) -> str:
+    """``"sha256:<hex>"`` of the chosen train/val/test examples as stored (before scaling and
+    normalisation, so the same on every CPU) and their labels: what the splits hold, wherever the files lay."""
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        inputs, labels = (raw.test_x, raw.test_y) if split == "test" else (raw.train_x, raw.train_y)
+        for tensor in (inputs[indices[split]], labels[indices[split]]):
+            tensor = tensor.contiguous()
+            digest.update(f"{split} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _choose_examples(raw: _RawData, name: str, val_fraction: float, seed: int, subsets: dict,

@@ -608,6 +608,92 @@ class RunState(FitState):
         )
 
 
+def load_splits(config: TrainConfig):
+    """The data of ``config`` (:func:`ddc.data.load` with the config's data fields).
+
+    Raises:
+        ValueError: the data do not fit the config.
+        FileNotFoundError: the dataset's files are missing.
+    """
+    from . import data
+
+    return data.load(
+        config.dataset,
+        root=config.data_root,
+        val_fraction=config.val_fraction,
+        seed=config.source_seed("data"),
+        train_subset=config.train_subset,
+        val_subset=config.val_subset,
+        test_subset=config.test_subset,
+        classes=config.classes,
+    )
+
+
+def data_fingerprint(splits) -> str:
+    """``"sha256:<hex>"``: what ``splits`` hold, wherever their files lay.
+
+    :func:`ddc.data.load` computes it over the chosen examples as stored (before
+    scaling and normalisation, the same on every CPU) and their labels
+    (``info["fingerprint"]``); splits made otherwise are hashed here, tensor by tensor.
+    Recorded in a run's ``config.json`` (``data_info.fingerprint``) and
+    ``summary.json`` (``data_fingerprint``), and compared before a finished run
+    is reused or an interrupted one resumed (:func:`check_same_data`).
+    """
+    recorded = (getattr(splits, "info", None) or {}).get("fingerprint")
+    if recorded:
+        return recorded
+    digest = hashlib.sha256()
+    for split in (splits.train, splits.val, splits.test):
+        for tensor in split.tensors:
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def recorded_data(run_path) -> Tuple[Optional[str], Optional[str]]:
+    """``(fingerprint, data_root)`` a run at ``run_path`` recorded in its ``config.json``;
+    ``(None, None)`` when it predates data fingerprints (or its config cannot be read)."""
+    try:
+        recorded = store.read_json(Path(run_path) / "config.json")
+    except (OSError, ValueError):
+        return None, None
+    return (recorded.get("data_info") or {}).get("fingerprint"), recorded.get("data_root")
+
+
+def check_same_data(config: TrainConfig, run_path, splits=None, *, current: Optional[str] = None, what: str = "reused"):
+    """Refuse to reuse (or resume) the run at ``run_path`` for ``config`` when it was made from other data.
+
+    The run's recorded fingerprint (:func:`recorded_data`) is compared with
+    ``current``, else :func:`data_fingerprint` of ``splits``, else of the data
+    ``config`` loads now. Runs recorded before fingerprints existed are reused
+    unchecked, and so is a finished run whose data cannot be loaded here (no data is
+    about to be used). Returns the splits it loaded (or ``splits``; None when it loaded none).
+
+    Raises:
+        RunSetupError: the fingerprints differ; the message names the run, both fingerprints and data roots, and what to do.
+    """
+    recorded, recorded_root = recorded_data(run_path)
+    if recorded is None:
+        return splits
+    if current is None:
+        if splits is None:
+            try:
+                with _torch_threads(config.num_threads or DEFAULT_THREADS):
+                    splits = load_splits(config)
+            except (ValueError, FileNotFoundError):
+                return None
+        current = data_fingerprint(splits)
+    if current != recorded:
+        raise RunSetupError(
+            f"run {Path(run_path).name} at {run_path} was made from other data than would be {what} here: its data "
+            f"fingerprint {recorded} (data_root {recorded_root or 'default'}) differs from {current} of the "
+            f"{config.dataset} data found now (data_root {config.data_root or 'default'}); use another --root for "
+            f"runs of this data, or move that run away to train it again"
+        )
+    return splits
+
+
 def build(config: TrainConfig, splits=None):
     """Data, model (seeded init) and method handle for ``config``: ``(splits, model, handle)``.
 
@@ -617,19 +703,10 @@ def build(config: TrainConfig, splits=None):
         ValueError: the data, the model or the layers do not fit the config.
         FileNotFoundError: the dataset's files are missing.
     """
-    from . import data, models
+    from . import models
 
     if splits is None:
-        splits = data.load(
-            config.dataset,
-            root=config.data_root,
-            val_fraction=config.val_fraction,
-            seed=config.source_seed("data"),
-            train_subset=config.train_subset,
-            val_subset=config.val_subset,
-            test_subset=config.test_subset,
-            classes=config.classes,
-        )
+        splits = load_splits(config)
     torch.manual_seed(config.source_seed("init"))  # the same initial weights for every method
     model = models.build(config.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
     model.to(config.device)
@@ -708,6 +785,7 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
         config.validate()
         run_dir = store.RunDir(root, config.run_id())
         if run_dir.finished:
+            check_same_data(config, run_dir.final, splits)
             warn_if_made_elsewhere([(config, run_dir.final)])
             return run_dir.final
         run_dir.check_final_path()
@@ -724,6 +802,7 @@ def run(config: TrainConfig, root, *, splits=None, wait: bool = True, log: Optio
     try:
         with store.run_lock(root, run_id, wait=wait, on_wait=waiting):
             if run_dir.finished:  # the other writer finished it while this one waited
+                check_same_data(config, run_dir.final, splits)
                 warn_if_made_elsewhere([(config, run_dir.final)])
                 return run_dir.final
             run_dir.check_final_path()
@@ -785,8 +864,10 @@ def _start_or_resume(job: _Run) -> RunState:
     config, run_dir = job.config, job.run_dir
     current = environment(config)
     if not job.checkpoint_path.exists():
-        run_dir.start({**config.to_dict(), "run_id": run_dir.run_id, "data_info": _jsonable(job.splits.info), "environment": current})
+        data_info = {**_jsonable(job.splits.info), "fingerprint": data_fingerprint(job.splits)}
+        run_dir.start({**config.to_dict(), "run_id": run_dir.run_id, "data_info": data_info, "environment": current})
         return RunState(environment=current)
+    check_same_data(config, run_dir.path, job.splits, what="resumed")
     state = RunState.from_checkpoint(_restore(job))
     started = state.environment or None  # checkpoints before environments were stored carry none
     if started is not None and started != current:
@@ -904,6 +985,7 @@ def _summary(config: TrainConfig, state: RunState, splits) -> Dict[str, Any]:
         "n_train": len(splits.train),
         "n_val": len(splits.val),
         "n_test": len(splits.test),
+        "data_fingerprint": data_fingerprint(splits),
     }
     for split in ("train", "val", "test"):
         for metric, value in best.metrics[split].items():

@@ -118,7 +118,8 @@ def run_sweep(
 
     Raises:
         ValueError: a bad spec (naming the field or run), ``backend`` or ``workers``.
-        ddc.train.RunSetupError: a run ``ddc train`` would refuse before training (see :func:`check_runnable`); nothing written.
+        ddc.train.RunSetupError: a run ``ddc train`` would refuse before training (see :func:`check_runnable`),
+            or a finished run made from other data than its config loads now (:func:`check_reused_data`); nothing written.
         FileNotFoundError: no spec file at the path given.
         OSError: the run root cannot be created.
         ddc._optional.MissingExtra: pandas or pyarrow is not installed (``pip install 'ddc[runs]'``); nothing runs.
@@ -140,6 +141,7 @@ def run_sweep(
         else:
             pending.append(run)
     check_runnable(pending, spec.name)  # what `ddc train` would refuse, refused before anything is written
+    check_reused_data([run for run in runs if run.run_id in set(result.skipped)], root)
     skipped = set(result.skipped)
     warn_if_made_elsewhere([(run.config, root / run.run_id) for run in runs if run.run_id in skipped])
     with _ProgressBar(result, enabled=progress) as bar:
@@ -191,6 +193,32 @@ def check_runnable(runs: List[SweepRun], sweep: str = "") -> None:
                 checked.add(layers)
         except (ValueError, TypeError, FileNotFoundError) as error:
             raise RunSetupError(f"{error}{where}") from error
+
+
+def check_reused_data(finished: List[SweepRun], root: Path) -> None:
+    """Refuse to skip a finished run that was made from other data than its config loads now
+    (another ``data_root``, other files): :func:`ddc.train.check_same_data`. The data of each
+    distinct data setting is loaded once; runs recorded before data fingerprints are not checked.
+
+    Raises:
+        ddc.train.RunSetupError: the first such run, named with both fingerprints and data roots.
+    """
+    from ..train import check_same_data, data_fingerprint, load_splits, recorded_data
+
+    fingerprints: Dict[str, Optional[str]] = {}
+    for run in finished:
+        config = run.config
+        if recorded_data(root / run.run_id)[0] is None:
+            continue
+        key = json_key([config.dataset, config.data_root, config.val_fraction, config.source_seed("data"), config.train_subset,
+                        config.val_subset, config.test_subset, config.classes, config.num_threads])
+        if key not in fingerprints:
+            try:
+                fingerprints[key] = data_fingerprint(load_splits(config))
+            except (ValueError, FileNotFoundError):  # no data here to compare with: nothing is about to use it
+                fingerprints[key] = None
+        if fingerprints[key] is not None:
+            check_same_data(config, root / run.run_id, current=fingerprints[key])
 
 
 def json_key(value: Any) -> str:
