@@ -311,7 +311,11 @@ def figures_05_report(run_dir) -> List[str]:
 
 
 def figure_functions() -> Dict[str, callable]:
-    """Notebook stem -> its figure function: ``figures_<stem>`` here, ``figures`` in ``experiments.openq`` modules."""
+    """Notebook stem -> its figure function: ``figures_<stem>`` here, ``figures`` in ``experiments.openq`` modules.
+
+    Raises:
+        ModuleNotFoundError: an openq module fails to import for a reason other than being absent.
+    """
     import importlib
 
     from experiments import openq
@@ -562,6 +566,9 @@ def run_specs(specs: Sequence[dict], runs_root, *, workers=None, backend: str = 
 
     Returns the concatenated sweep frames (one row per run, ``sweep`` and
     ``variant`` columns added).
+
+    Raises:
+        RuntimeError: a sweep had failed runs (the message names them).
     """
     import os
 

@@ -189,6 +189,9 @@ def build_report(
     ``decided``: comparisons the notebooks already decided (:func:`decided_comparisons`):
     a pair of labels whose runs are exactly those of a decided comparison is not
     tested again (its family here is the rest), and the group says so in one line.
+
+    Raises:
+        ValueError: there are no finished runs under ``paths``.
     """
     say = log or (lambda _: None)
     from ddc.store import load_metrics, load_runs

@@ -76,7 +76,11 @@ def input_shape(dataset: str) -> Tuple[int, int, int]:
 
 
 def experiment_model(fields: dict) -> Tuple[str, str]:
-    """(dataset, model) of an experiment's fields (``recipe`` plus overrides)."""
+    """(dataset, model) of an experiment's fields (``recipe`` plus overrides).
+
+    Raises:
+        ValueError: ``fields`` is not a mapping with a ``recipe`` key, or names an unknown recipe.
+    """
     from ddc.functional import check_choice
     from ddc.recipes import RECIPES
 
@@ -88,7 +92,11 @@ def experiment_model(fields: dict) -> Tuple[str, str]:
 
 
 def placements_for(model: str) -> Tuple[str, ...]:
-    """The placements ``model`` takes (ResNets: ``fc, last_stage, all_conv``; ViT: ``attn, mlp, attn_mlp``)."""
+    """The placements ``model`` takes (ResNets: ``fc, last_stage, all_conv``; ViT: ``attn, mlp, attn_mlp``).
+
+    Raises:
+        ValueError: ``model`` has no placements in notebook 06.
+    """
     if model not in MODEL_PLACEMENTS:
         raise ValueError(f"model={model!r} has no placements in notebook 06; choose one of {', '.join(MODEL_PLACEMENTS)}")
     return MODEL_PLACEMENTS[model]
@@ -101,7 +109,11 @@ def _build(model: str, dataset: str) -> nn.Module:
 
 
 def placement_layers(model: str, placement: str, dataset: str = "fashion_mnist") -> List[str]:
-    """Qualified names of the layers of ``model`` that ``placement`` regularises (model order)."""
+    """Qualified names of the layers of ``model`` that ``placement`` regularises (model order).
+
+    Raises:
+        ValueError: ``placement`` does not apply to ``model``.
+    """
     allowed = placements_for(model)
     if placement not in allowed:
         raise ValueError(f"placement={placement!r} does not apply to model {model!r}; choose one of {', '.join(allowed)}")
@@ -176,6 +188,9 @@ def plan(experiments: Dict[str, dict], placements: Optional[Sequence[str]], seed
     a list is cut, per experiment, to the placements its model takes, and an
     experiment left with none is skipped with a note. Experiments whose dataset
     is missing are skipped with a printed note.
+
+    Raises:
+        ValueError: ``placements`` (shared or an experiment's own) is empty or names an unknown placement.
     """
     if placements is not None:
         if isinstance(placements, str) or not list(placements):
@@ -214,6 +229,9 @@ def ddc_spec(experiment: str, fields: dict, profile: str, placements: Sequence[s
 
     DDC's options: ``ddc_options`` (notebook-wide), overridden key by key by the
     experiment's own ``fields["ddc_options"]``.
+
+    Raises:
+        ValueError: an experiment's ``ddc_options`` is not a mapping of DDC option names to values.
     """
     recipe, overrides = _split_fields(fields)
     dataset, model = experiment_model(fields)

@@ -138,7 +138,11 @@ def auroc(scores_in, scores_out) -> float:
 
 
 def corrupt(x: torch.Tensor, kind: str, *, seed: int = 0, noise_sd: float = 1.0) -> torch.Tensor:
-    """OOD versions of (normalised) images ``(N, C, H, W)``: ``noise`` or ``rotation`` (90 degrees)."""
+    """OOD versions of (normalised) images ``(N, C, H, W)``: ``noise`` or ``rotation`` (90 degrees).
+
+    Raises:
+        ValueError: ``kind`` is not 'noise' or 'rotation'.
+    """
     if kind == "noise":
         generator = torch.Generator().manual_seed(seed)
         return x + noise_sd * torch.randn(x.shape, generator=generator, dtype=x.dtype)
@@ -223,6 +227,9 @@ def mc_probabilities(
     generator); only ``linear1`` is switched to train mode, so only it samples.
     For ``ddc`` the gradient ``signal`` is loaded into the method and is never
     updated (no backward pass). ``method="none"`` gives the deterministic output.
+
+    Raises:
+        ValueError: ``method='ddc'`` without the gradient signal, or a model without SimpleCNN1's head (linear1, act4, linear2).
     """
     from ddc.apply import apply
 

@@ -146,6 +146,9 @@ def matched_shift(logits: Tensor, target: float, iterations: int = 60) -> Tensor
     Bisection (no gradient) to float precision, then one Newton step inside
     the graph: at the root its derivative is the implicit-function one,
     ``db/dl_i = -s_i (1 - s_i) / sum_j s_j (1 - s_j)``.
+
+    Raises:
+        ValueError: ``target`` is not in (0, 1).
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target={target!r} must lie in (0, 1)")
@@ -292,6 +295,10 @@ def mapped_layers(model: nn.Module, layers: str, head: str) -> List[str]:
     ``fc`` is the head ``head`` (a Linear layer); ``last_stage`` the
     convolutions ``conv1``/``conv2`` of every block of a CIFAR ResNet's last
     stage (``layer3.*.conv*`` for ResNet-20; projection shortcuts excluded).
+
+    Raises:
+        ValueError: ``last_stage`` on a model that is not a CIFAR ResNet, or ``head`` is not a Linear layer
+            of the model.
     """
     from ddc.models import CifarResNet
 
@@ -494,6 +501,9 @@ def train_run(method: str, seed: int, config: RunConfig, *, device: str = "cpu",
     the final per-edge probabilities (ddc/uniform/learned; a ``layer`` column
     names each edge's layer), and the learned mapping on a (z(|g|), z(|w|))
     grid per mapped layer (learned only).
+
+    Raises:
+        ValueError: an unknown ``method``, or ``config.layer`` is not a Linear layer of the model.
     """
     from ddc import models
     from ddc.train import Selection, TrainConfig, fit, learning_rate

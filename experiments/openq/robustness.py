@@ -60,6 +60,9 @@ def design(oat: Dict[str, Sequence[float]], joint: Dict[str, Sequence[float]], d
     (``label, tau, p_base, p_signal, is_default, oat_factor`` (the factor an OAT
     point varies; ``"default"`` for the centre; None when not an OAT point),
     ``in_joint``), and the list of invalid settings that were left out.
+
+    Raises:
+        ValueError: ``oat`` or ``joint`` names an unknown factor.
     """
     import pandas as pd
 
