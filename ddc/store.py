@@ -425,17 +425,18 @@ def check_run(path: PathLike) -> Optional[str]:
         if not isinstance(value, dict):
             return f"{name} holds {type(value).__name__}, not an object"
     for part in [path / "metrics.parquet", *sorted((path / "records").glob("part-*.parquet"))]:
-        if part.exists() and not _whole_parquet(part):
+        if part.exists() and not _is_complete_parquet(part):
             return f"{part.relative_to(path)} is not a whole parquet file"
     return None
 
 
-def _whole_parquet(path: Path) -> bool:
+def _is_complete_parquet(path: Path) -> bool:
+    """True when ``path`` starts and ends with parquet's magic bytes ``PAR1`` (a file not cut short)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-            fh.seek(-4, os.SEEK_END)
-            return head == b"PAR1" and fh.read(4) == b"PAR1"
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(-4, os.SEEK_END)
+            return head == b"PAR1" and handle.read(4) == b"PAR1"
     except OSError:
         return False
 
