@@ -842,23 +842,25 @@ def _contrasts_figure(run_dir) -> List[str]:
     tests = tests[tests.method == "ddc"]
     if not len(tests):
         return []
-    rows = [(e, pl) for e in sorted(tests.experiment.unique()) for pl in PLACEMENTS if ((tests.experiment == e) & (tests.placement == pl)).any()]
-    baselines = [b for b in METHOD_ORDER if b in set(tests.baseline)]
+    rows = [(experiment, placement) for experiment in sorted(tests.experiment.unique()) for placement in PLACEMENTS
+            if ((tests.experiment == experiment) & (tests.placement == placement)).any()]
+    baselines = [baseline for baseline in METHOD_ORDER if baseline in set(tests.baseline)]
     ax = afig.new_axes(10.0, 0.55 * len(rows) + 2.2)
-    for j, baseline in enumerate(baselines):
-        mine = tests[tests.baseline == baseline].set_index(["experiment", "placement"])
-        ys, xs, lo, hi = [], [], [], []
-        for i, key in enumerate(rows):
-            if key in mine.index:
-                r = mine.loc[key]
-                ys.append(i + (j - (len(baselines) - 1) / 2) * 0.2)
-                xs.append(r.mean_diff)
-                lo.append(r.mean_diff - r.ci_low)
-                hi.append(r.ci_high - r.mean_diff)
+    for offset, baseline in enumerate(baselines):
+        against = tests[tests.baseline == baseline].set_index(["experiment", "placement"])
+        positions, means, below, above = [], [], [], []
+        for position, key in enumerate(rows):
+            if key in against.index:
+                contrast = against.loc[key]
+                positions.append(position + (offset - (len(baselines) - 1) / 2) * 0.2)
+                means.append(contrast.mean_diff)
+                below.append(contrast.mean_diff - contrast.ci_low)
+                above.append(contrast.ci_high - contrast.mean_diff)
         style = afig.method_style(baseline)
-        ax.errorbar(xs, ys, xerr=[lo, hi], fmt=style.marker, color=style.color, capsize=3, label=f"DDC minus {style.name}")
+        ax.errorbar(means, positions, xerr=[below, above], fmt=style.marker, color=style.color, capsize=3,
+                    label=f"DDC minus {style.name}")
     ax.axvline(0.0, color="grey", lw=0.8, ls=":")
-    ax.set_yticks(range(len(rows)), [f"{paper.experiment_title(e)} / {pl}" for e, pl in rows])
+    ax.set_yticks(range(len(rows)), [f"{paper.experiment_title(experiment)} / {placement}" for experiment, placement in rows])
     ax.invert_yaxis()
     n = tests["n"]
     ax.set_xlabel("test accuracy difference, paired by seed\n"
