@@ -42,8 +42,11 @@ def _progress_line(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _store_to_read(root: Optional[str], profile: str) -> Path:
-    """The run store a reading command uses: ``root``, else the default; one-line error when absent."""
+def _store_to_read(root: Optional[str], profile: str, how: str = "--root PATH") -> Path:
+    """The run store a reading command uses: ``root``, else the default; one-line error when absent.
+
+    ``how``: how this command is given a store (its option or argument), named in the error.
+    """
     from . import store
 
     if root is not None:
@@ -56,7 +59,7 @@ def _store_to_read(root: Optional[str], profile: str) -> Path:
         origin = (f"${store.RUNS_ENV}" if os.environ.get(store.RUNS_ENV)
                   else f"the default for --profile {profile}, under {Path.cwd()}; {store.RUNS_ENV} is not set")
         raise UserError(
-            f"no run store at {path} ({origin}); pass --root PATH or set {store.RUNS_ENV}=PATH, "
+            f"no run store at {path} ({origin}); pass {how} or set {store.RUNS_ENV}=PATH, "
             f"or create it with `make paper` (`ddc notebooks run --profile {profile}`)"
         )
     return path
@@ -104,14 +107,28 @@ class _MainGroup(click.Group):
     """The ``ddc`` group: a command that needs an optional dependency which is
     not installed ends with one line naming the extra to install (exit code 2)."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:  # a subcommand's own usage error (bad option, missing argument)
+            raise _one_line(error) from None
         except ModuleNotFoundError as error:
             hint = missing_extra(error)
             if hint is None:
                 raise
             raise UserError(hint) from None
+
+
+def _one_line(error: click.UsageError) -> UserError:
+    """click's usage error (usage block, hint, message) as one ``Error:`` line that names the help to read."""
+    where = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+    return UserError(error.format_message() + where)
 
 
 @click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -279,7 +296,7 @@ def runs_ls(root, columns, profile):
     """
     from . import store
 
-    root = _store_to_read(root, profile)
+    root = _store_to_read(root, profile, how="the store's folder as an argument (`ddc runs ls PATH`)")
     frame = store.load_runs(_good_runs(root))
     wanted = [column.strip() for column in (columns or DEFAULT_COLUMNS).split(",") if column.strip()]
     unknown = [column for column in wanted if column not in frame.columns]
@@ -445,7 +462,8 @@ def report(runs_paths, out_folder, value, baseline, profile, as_html, outputs, q
 
     from . import store
 
-    paths = [str(_store_to_read(path, profile)) for path in runs_paths] or [str(_store_to_read(None, profile))]
+    how = "the store's folder as an argument (`ddc report PATH`)"
+    paths = [str(_store_to_read(path, profile, how)) for path in runs_paths] or [str(_store_to_read(None, profile, how))]
     out_folder = Path(out_folder) if out_folder is not None else Path(store.OUTPUTS) / profile / "report"
     log = None if quiet else _progress_line
     if outputs is not None and not Path(outputs).is_dir():

@@ -25,6 +25,6 @@ def store_error(error: OSError) -> click.ClickException:
     from .store import describe_os_error
 
     message = getattr(error, "message", None) or describe_os_error(getattr(error, "filename", None) or "", error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return click.ClickException(" ".join(message.split()))
     return UserError(message)

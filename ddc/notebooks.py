@@ -97,14 +97,29 @@ def declared_parameters(notebook: Path) -> Dict[str, dict]:
     return papermill.inspect_notebook(str(notebook))
 
 
+#: parameters the driver sets itself, from its own options
+DRIVER_PARAMETERS = {"profile": "--profile", "run_dir": "--output", "runs_root": f"${store.RUNS_ENV}"}
+
+
 def check_parameters(notebooks: List[Path], parameters: Dict[str, object]) -> Dict[Path, Dict[str, object]]:
-    """Per notebook, the overrides it declares; a name no selected notebook declares is an error."""
+    """Per notebook, the overrides it declares, each checked against the kind of its default.
+
+    Raises:
+        ValueError: a name no selected notebook declares, a parameter the driver sets (``profile``,
+            ``run_dir``, ``runs_root``: use the option named), or a value of another kind than the
+            notebook's default (text for a number, a fraction for a whole number, ...); the message
+            names the parameter, the notebook and the kind expected.
+    """
+    for name, option in DRIVER_PARAMETERS.items():
+        if name in parameters:
+            raise ValueError(f"-p {name}=...: the driver sets {name}; use {option} instead")
     per_notebook, used = {}, set()
     for notebook in notebooks:
         declared = declared_parameters(notebook)
         if "parameters" not in _tags(notebook):
             raise ValueError(f"{notebook.name} has no cell tagged 'parameters'")
-        per_notebook[notebook] = {k: v for k, v in parameters.items() if k in declared}
+        per_notebook[notebook] = {k: _checked_value(k, v, declared[k]["default"], notebook)
+                                  for k, v in parameters.items() if k in declared}
         used |= set(per_notebook[notebook])
     unknown = sorted(set(parameters) - used)
     if unknown:
@@ -114,6 +129,44 @@ def check_parameters(notebooks: List[Path], parameters: Dict[str, object]) -> Di
             f"parameters of the selected notebooks: {', '.join(allowed)}"
         )
     return per_notebook
+
+
+def _checked_value(name: str, value, default_source: str, notebook: Path):
+    """``value`` for a parameter whose default is ``default_source`` (Python source): the same kind of value.
+
+    A whole-number float (``2e1``) given for an integer default becomes an int; ``None`` defaults and
+    defaults that are not literals take any value.
+
+    Raises:
+        ValueError: the value is of another kind than the default (named, with the notebook).
+    """
+    import ast
+
+    try:
+        default = ast.literal_eval(default_source)
+    except (ValueError, SyntaxError):
+        return value
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        expected, ok = "true or false", isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        expected, ok = "a whole number", isinstance(value, int)
+    elif isinstance(default, float):
+        expected, ok = "a number", isinstance(value, (int, float))
+    elif isinstance(default, str):
+        expected, ok = "text", isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        expected, ok = "a list, e.g. [1, 2]", isinstance(value, (list, tuple))
+    elif isinstance(default, dict):
+        expected, ok = "a mapping, e.g. {a: 1}", isinstance(value, dict)
+    else:
+        return value
+    if not ok:
+        raise ValueError(f"-p {name}={value!r}: {notebook.stem} expects {expected} (its default is {default_source})")
+    return value
 
 
 def _tags(notebook: Path) -> set:

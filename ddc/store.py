@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import socket
@@ -106,6 +107,8 @@ def describe_os_error(path: PathLike, error: OSError) -> str:
     what = error.strerror or type(error).__name__
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device of {where} ({what}): free some space and run again; finished runs are kept and an interrupted run resumes from its last epoch"
+    if error.errno == errno.EFBIG:
+        return f"cannot write {where}: {what} (a file-size limit of this system or file system): finished runs are kept and an interrupted run resumes from its last epoch"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {where}: {what}; choose a run store you can write (--root)"
     return f"cannot write {where}: {what}"
@@ -213,7 +216,18 @@ def write_torch(path: PathLike, value) -> Path:
     """
     import torch
 
-    return _atomic(Path(path), lambda temporary: torch.save(value, temporary))
+    # Serialised in memory first, then written by Python: a full disk (or a file-size limit) then
+    # surfaces as the OSError it is, instead of torch's C++ writer's "unexpected pos" RuntimeError.
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+
+    def write(temporary):
+        with open(temporary, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return _atomic(Path(path), write)
 
 
 # ----------------------------------------------------------------------------- one run

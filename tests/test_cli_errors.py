@@ -276,3 +276,30 @@ def test_sweep_refuses_what_train_refuses_with_the_same_line(files, base, named,
         lines[name] = error_lines[0]
     assert lines["sweep"].startswith(lines["train"]) and "(run " in lines["sweep"], lines  # train's line, and which run
     assert not root.exists() and not (tmp_path / "train-runs").exists() and not (tmp_path / "runs").exists()
+def test_a_file_size_limit_during_torch_save_is_one_line(tmp_path):
+    """torch.save into a file that cannot grow (a full disk, a size limit) ends with one line naming the file,
+    not torch's C++ writer's 'unexpected pos' traceback; nothing is published and a rerun without the limit works."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    argv = [sys.executable, "-m", "ddc.cli"] + TRAIN + ["--epochs", "2", "--root", str(root)]
+    limit = 8_000  # the tables and JSON files fit; the checkpoint of the model does not
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    warm = subprocess.run(argv[:-1] + [str(tmp_path / "warm")], capture_output=True, text=True, timeout=300)
+    assert warm.returncode == 0, warm.stderr  # any dataset cache is written before the limit
+    result = subprocess.run(argv, preexec_fn=limited, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(root) in errors[0] and "File too large" in errors[0], output
+    assert store.run_dirs(root) == []
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(store.run_dirs(root)) == 1
