@@ -165,6 +165,15 @@ CASES = [
     (["notebooks", "run", "--profile", "smoke", "--only", "01", "-p", "seeds", "--output", "{root}"], "--param 'seeds'"),
     (["notebooks", "run", "--profile", "smoke", "--only", "01", "-p", "seeds=[0,", "--output", "{root}"], "--param seeds"),
     (["notebooks", "run", "--profile", "smoke", "--suite", "paper", "--only", "01", "--output", "{root}"], "--suite"),
+    (["notebooks", "run", "--profile", "smoke", "--only", "01", "-p", "profile=gigantic", "--output", "{root}"], "--profile"),
+    # click's own usage errors: one line too
+    (TRAIN + ["--no-such-option"], "--no-such-option"),
+    (TRAIN + ["--profile", "gigantic"], "'gigantic'"),
+    (["sweep"], "SPEC"),
+    (["sweep", "--workers", "0", "{a_file}"], "--workers"),
+    (["runs", "show", "{root}/no-such-run"], "no-such-run"),
+    (["runs", "sql"], "QUERY"),
+    (["no-such-command"], "no-such-command"),
     (["notebooks", "run", "--profile", "huge", "--output", "{root}"], "--profile"),
 ]
 
@@ -188,6 +197,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, argv, named, mon
     assert "Traceback" not in output and isinstance(result.exception, SystemExit), output
     error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1, output
+    assert [line for line in output.splitlines() if line.strip()] == error_lines, output  # no usage block
     assert _fill(named, files) in error_lines[0], output
     assert [snapshot(root) for root in stores] == before  # nothing written, nothing lost
     assert not (tmp_path / "runs").exists()
@@ -195,7 +205,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, argv, named, mon
 
 def test_table_is_large_and_covers_every_command():
     assert len(CASES) >= 40
-    assert {argv[0] for argv, _ in CASES} == {"train", "sweep", "runs", "data", "notebooks"}
+    assert {argv[0] for argv, _ in CASES} == {"train", "sweep", "runs", "data", "notebooks", "no-such-command"}
 
 
 def test_full_disk_names_the_path_and_keeps_the_store(files, monkeypatch, tmp_path):
