@@ -744,13 +744,22 @@ def _mnist1d_arrays(seed: int):
 
 
 def _check_mnist1d(arrays, args: dict, source) -> None:
-    """Shapes, counts and labels of MNIST-1D arrays against the arguments that made them."""
+    """Shapes, counts, finite inputs and labels of MNIST-1D arrays against the arguments that made them.
+
+    Raises:
+        ValueError: what does not fit, naming ``source`` (a cache that fails is made again).
+    """
+    import numpy as np
+
     train_inputs, train_labels, test_inputs, test_labels = arrays
     length = int(args.get("final_seq_length", 40))
     total = int(args.get("num_samples", len(train_inputs) + len(test_inputs)))
     for what, inputs, labels in (("train", train_inputs, train_labels), ("test", test_inputs, test_labels)):
         if inputs.ndim != 2 or inputs.shape[1] != length or labels.ndim != 1 or len(inputs) != len(labels):
             raise ValueError(f"{source}: {what} inputs {inputs.shape} and labels {labels.shape} do not fit (N, {length}) and (N,)")
+        if not np.isfinite(inputs).all():
+            bad = int((~np.isfinite(inputs)).any(axis=1).sum())
+            raise ValueError(f"{source}: {bad} of {len(inputs)} {what} inputs hold inf or NaN values")
         _check_labels(labels, NUM_CLASSES["mnist1d"], source)
     if len(train_inputs) + len(test_inputs) != total:
         raise ValueError(f"{source} holds {len(train_inputs) + len(test_inputs)} examples; its arguments make {total}")

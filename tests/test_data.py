@@ -654,7 +654,7 @@ def test_truncated_files_are_not_available(isolated):
     assert row["path"] == str(directory) and not row["available"] and "corrupt or truncated" in row["problem"]
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "too_few_rows"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "too_few_rows", "nan_inputs", "inf_test_inputs"])
 def test_unusable_mnist1d_cache_is_regenerated_with_a_warning(tmp_path, monkeypatch, damage):
     import numpy as np
 
@@ -669,7 +669,12 @@ def test_unusable_mnist1d_cache_is_regenerated_with_a_warning(tmp_path, monkeypa
     else:
         with np.load(cache) as stored:
             arrays = {k: stored[k] for k in stored.files}
-        arrays["x"], arrays["y"] = arrays["x"][:100], arrays["y"][:100]
+        if damage == "too_few_rows":
+            arrays["x"], arrays["y"] = arrays["x"][:100], arrays["y"][:100]
+        elif damage == "nan_inputs":
+            arrays["x"][::2, 7] = np.nan
+        else:
+            arrays["x_test"][3, 0] = np.inf
         with open(cache, "wb") as fh:
             np.savez(fh, **arrays)
     data._mnist1d_arrays.cache_clear()
