@@ -173,7 +173,7 @@ def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_ru
         if not isinstance(options, dict):
             raise UserError(f"method_options={options!r} must be a mapping of option names to values")
         values["method_options"] = {**options, **_key_values(opts, "--opt")}
-    if layers:
+    if layers is not None:  # an empty --layers '' is a mistake, named by the config's check
         values["layers"] = [layer.strip() for layer in layers.split(",") if layer.strip()]
     if classes:
         try:

@@ -15,6 +15,7 @@ the key and saying what is wrong, on one line.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -101,10 +102,16 @@ def load_mapping(path: Union[str, os.PathLike], what: str = "config file") -> Di
         raise ConfigFileError(f"{what} {path} cannot be read: {error.strerror or error}") from None
     if not text.strip():
         raise ConfigFileError(f"{what} {path} is empty: it must hold a mapping of names to values")
-    try:
-        values = loads(text)
-    except yaml.YAMLError as error:
-        raise ConfigFileError(f"{what} {path} is not valid YAML: {_one_line(error)}") from None
+    if path.suffix.lower() == ".json":  # JSON is read as JSON: YAML would accept JSON's mistakes (a trailing comma)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigFileError(f"{what} {path} is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})") from None
+    else:
+        try:
+            values = loads(text)
+        except yaml.YAMLError as error:
+            raise ConfigFileError(f"{what} {path} is not valid YAML: {_one_line(error)}") from None
     if not isinstance(values, dict):
         kind = "nothing" if values is None else type(values).__name__
         raise ConfigFileError(f"{what} {path} must hold a mapping of names to values; it holds {kind}")

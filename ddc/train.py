@@ -178,10 +178,14 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} must be a non-negative number")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr!r} must be positive")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum={self.momentum!r} must lie in [0, 1)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction!r} must lie in (0, 1)")
         if self.layers is not None and (isinstance(self.layers, str) or not all(isinstance(layer, str) for layer in self.layers)):
             raise ValueError(f"layers={self.layers!r} must be a list of layer names or glob patterns, or None")
+        if self.layers is not None and not any(layer.strip() for layer in self.layers):
+            raise ValueError(f"layers={self.layers!r} must name at least one layer (or be None: the model's paper layer)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

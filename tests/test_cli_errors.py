@@ -58,6 +58,7 @@ def files(tmp_path_factory):
         "spec_seeds": write("spec_seeds.yaml", "base: {dataset: synthetic, model: linreg2d}\nseeds: []\n"),
         "spec_ok": write("spec_ok.yaml", "base: {dataset: synthetic, model: linreg2d, epochs: 1}\n"),
         "a_file": write("a_file.txt", "not a directory\n"),
+        "bad_json": write("trailing_comma.json", '{"epochs": 3,}'),
     }
     # MNIST-format files with labels out of range and with images of the wrong size
     for name, (labels, size) in {"mnist_labels": (12, 28), "mnist_shape": (3, 20)}.items():
@@ -166,6 +167,10 @@ CASES = [
     (["notebooks", "run", "--profile", "smoke", "--only", "01", "-p", "seeds=[0,", "--output", "{root}"], "--param seeds"),
     (["notebooks", "run", "--profile", "smoke", "--suite", "paper", "--only", "01", "--output", "{root}"], "--suite"),
     (["notebooks", "run", "--profile", "smoke", "--only", "01", "-p", "profile=gigantic", "--output", "{root}"], "--profile"),
+    (TRAIN + ["--momentum", "2"], "momentum=2.0 must lie in [0, 1)"),
+    (TRAIN + ["--layers", ""], "layers=[] must name at least one layer"),
+    (TRAIN + ["--layers", " , "], "layers=[] must name at least one layer"),
+    (["train", "--config", "{bad_json}"], "not valid JSON"),
     # click's own usage errors: one line too
     (TRAIN + ["--no-such-option"], "--no-such-option"),
     (TRAIN + ["--profile", "gigantic"], "'gigantic'"),
