@@ -549,6 +549,17 @@ class OutputMethod(LayerMethod):
                 "masks tensor outputs: select a layer that returns a tensor"
             )
 
+    def output_keep_mask(self, drop_prob: Tensor, out: Tensor) -> Tensor:
+        """Keep mask of ``out``'s shape for ``drop_prob`` (a scalar or ``out``'s shape), from this method's generator.
+
+        Under ``torch.func.vmap`` the uniforms are drawn out of place (``torch.rand``), so vmap's
+        ``randomness`` decides: ``"different"`` one mask per vmapped entry, ``"same"`` one for all.
+        """
+        if vmap_active():
+            uniform = torch.rand(tuple(out.shape), generator=self.rng(out.device), device=out.device, dtype=drop_prob.dtype)
+            return uniform > drop_prob
+        return F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
+
     def plain_output(self, layer, *args, **kwargs) -> Tensor:
         out = _plain_forward(layer, *args, **kwargs)
         if not isinstance(out, Tensor):
@@ -581,7 +592,7 @@ class Dropout(OutputMethod):
         if not layer.training or self.p == 0.0 or not self.active:
             return out
         drop_prob = torch.full((), self.p, dtype=F.work_dtype(out.dtype), device=out.device)
-        keep = F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
+        keep = self.output_keep_mask(drop_prob, out)
         scale = F.keep_scale(keep, mode="expected", drop_prob=drop_prob, dtype=out.dtype)
         if self.keep_last:
             self.last = StepRecord(keep_mask=keep, scale=scale, drop_prob=drop_prob)
@@ -641,7 +652,7 @@ class Standout(OutputMethod):
         if not layer.training:
             return out * keep_prob
         drop_prob = 1.0 - keep_prob
-        keep = F.keep_mask(drop_prob, generator=self.rng(out.device))
+        keep = self.output_keep_mask(drop_prob, out)
         if self.keep_last:
             self.last = StepRecord(keep_mask=keep, scale=torch.ones((), dtype=out.dtype, device=out.device), drop_prob=drop_prob)
         return out * keep

@@ -87,7 +87,7 @@ def test_vmap_with_different_randomness_gives_each_example_its_own_mask():
     out = vmap(lambda xb: model(xb.unsqueeze(0)).squeeze(0), randomness="different")(x)
     assert not all(torch.equal(out[0], out[i]) for i in range(1, 6))
     same = vmap(lambda xb: model(xb.unsqueeze(0)).squeeze(0), randomness="same")(x)
-    assert all(torch.equal(same[0], same[i]) for i in range(1, 6))
+    assert all(torch.equal(same[0], same[i]) for i in range(1, 6)), (same, different)
     with pytest.raises(RuntimeError, match="randomness"):
         vmap(lambda xb: model(xb.unsqueeze(0)).squeeze(0))(x)  # torch's default: say which randomness
     assert method.active
@@ -104,3 +104,24 @@ def test_an_ensemble_by_stack_module_state_trains_in_train_mode():
 
     losses = vmap(run, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
     assert losses.shape == (3,) and torch.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("method, options", [("dropout", dict(p=0.5)), ("standout", dict(alpha=1.0, beta=0.0)),
+                                             ("dropconnect", dict(p=0.5)), ("ddc", dict(first_step="base"))])
+def test_vmap_randomness_decides_the_masks_of_every_method(method, options):
+    """Output methods too: 'different' gives each vmapped entry its own mask, 'same' one for all, and
+    per-example gradients with one mask ('same') sum to the batch's gradient of that mask."""
+    model, _ = _model(method, **options)
+    x = torch.ones(6, 6)
+    row = lambda xb: model(xb.unsqueeze(0)).squeeze(0)  # noqa: E731
+    different = vmap(row, randomness="different")(x)
+    assert not all(torch.allclose(different[0], different[i]) for i in range(1, 6))
+    same = vmap(row, randomness="same")(x)
+    assert all(torch.allclose(same[0], same[i]) for i in range(1, 6)), same  # (batched kernels: low bits may differ)
+    xs, ys = torch.randn(5, 6), torch.randint(0, 3, (5,))
+
+    def loss(params, xb, yb):
+        return nn.functional.cross_entropy(functional_call(model, params, (xb.unsqueeze(0),)), yb.unsqueeze(0), reduction="sum")
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")(_params(model), xs, ys)
+    assert per_example["0.weight"].shape == (5, 8, 6) and torch.isfinite(per_example["0.weight"]).all()
