@@ -20,195 +20,102 @@ import functools
 import math
 import warnings
 import weakref
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
 from ._transforms import ddp_process_group, functorch_active, plain, vmap_active
-from .functional import check_choice, check_probability
+from .functional import (
+    EPS,
+    NORMALIZE,
+    PREFER,
+    RECALIBRATION,
+    _as_work,
+    _streamed_stats,
+    apply_keep,
+    check_choice,
+    check_drop_config,
+    check_probability,
+    drop_and_keep,
+    drop_probability,
+    keep_mask,
+    keep_scale,
+    work_dtype,
+)
 from .record import StepRecord
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+#: Layer size (edges) from which ddc.recorder keeps only its subset of a layer's signal.
+#: Nothing here uses it any more: it stays importable until the Recorder drops that cut.
+RECLAIM_NUMEL = 1 << 20
 
 
-class _Recycled:
-    """A reusable CPU buffer for a large layer's masked weight.
+class _Rule(NamedTuple):
+    """What the backward of a masked weight does with its gradient.
 
-    Large CPU tensors come straight from the OS: every step's fresh
-    weight-sized tensor costs page faults (tens of milliseconds for a
-    4096 x 4096 layer). This hands out the same memory again, as a new tensor
-    object, but only when nothing else uses it any more: not a graph that
-    saved it for backward, not a ``.grad`` that holds it, not a reference kept
-    by the caller (checked through the storage's reference count). Otherwise
-    it makes a new buffer, so a result never aliases a live tensor.
+    ``dense``: ``update="reference"`` (the weight gets ``dL/dW_eff``), else
+    ``update="autograd"`` (it gets ``keep * scale * dL/dW_eff``). ``sink``:
+    the method's signal store, or None; called once per backward with the
+    signal, ``dL/dW_eff`` (or ``dL/dW`` with ``param_signal``), a tensor
+    autograd never gets.
     """
 
-    MIN_NUMEL = F.CHUNK
-
-    def __init__(self):
-        self.buffer: Optional[Tensor] = None
-        self.count = 0
-
-    def take(self, like: Tensor) -> Optional[Tensor]:
-        if _storage_use_count is None or like.device.type != "cpu" or like.numel() < self.MIN_NUMEL:
-            return None
-        buffer = self.buffer
-        if (
-            buffer is None
-            or buffer.shape != like.shape
-            or buffer.dtype != like.dtype
-            or _storage_use_count(buffer.untyped_storage()._cdata) != self.count
-        ):
-            buffer = torch.empty(like.shape, dtype=like.dtype)
-            self.buffer = buffer
-            self.count = _storage_use_count(buffer.untyped_storage()._cdata)
-        return torch.empty(0, dtype=buffer.dtype).set_(buffer.untyped_storage(), 0, buffer.shape, buffer.stride())
-
-
-def _alias(tensor: Tensor) -> Tensor:
-    """A new tensor object on ``tensor``'s memory (same offset, shape and strides)."""
-    return torch.empty(0, dtype=tensor.dtype).set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride())
-
-
-def _reclaim(box: list, like: Tensor) -> Optional[Tensor]:
-    """The memory of the tensor in ``box`` (taken out of it), as a new tensor, if nothing else holds it.
-
-    The tensor object must die when the box lets go of it (no Python
-    reference, no graph that saved it, no view of it keeps it alive: checked
-    with a weak reference), and no other tensor may share its storage (views,
-    ``detach()`` aliases: checked with the storage's reference count against a
-    probe). Only a contiguous CPU tensor of ``like``'s shape and dtype
-    qualifies, and nothing does when torch lacks the storage counter.
-    """
-    tensor = box.pop() if box else None
-    if (
-        tensor is None
-        or _storage_use_count is None
-        or tensor.device.type != "cpu"
-        or tensor.shape != like.shape
-        or tensor.dtype != like.dtype
-        or tensor.requires_grad
-        or not tensor.is_contiguous()
-    ):
-        return None
-    alias = _alias(tensor)
-    alive = weakref.ref(tensor)
-    del tensor
-    if alive() is not None:
-        return None
-    probe = _alias(torch.empty(1, dtype=like.dtype))
-    if _storage_use_count(alias.untyped_storage()._cdata) != _storage_use_count(probe.untyped_storage()._cdata):
-        return None
-    return alias
-
-
-#: Layers (CPU) from this many edges up give dL/dW the memory of the signal it replaces,
-#: when nothing else holds that signal (see :func:`_reclaim`).
-RECLAIM_NUMEL = _Recycled.MIN_NUMEL
-
-
-class _Workspace:
-    """The recycled buffer of one masked parameter: its ``W_eff``."""
-
-    def __init__(self):
-        self.weight = _Recycled()
-
-
-class _Rule:
-    """What the backward of a masked weight does: the update rule and where the signal goes.
-
-    ``dense``: ``update="reference"``. ``sink(grad_eff, grad_param)``: the
-    method's signal store, or None; it receives ``dL/dW_eff`` (or, with
-    ``want_param``, ``dL/dW`` in its place) and may return the signal it
-    replaced, whose memory then serves the next weight-sized gradient.
-    ``workspace``: recycled memory of large CPU layers (:class:`_Workspace`).
-    """
-
-    __slots__ = ("dense", "sink", "want_param", "workspace")
-
-    def __init__(self, dense: bool, sink: Optional[Callable], want_param: bool, workspace=None):
-        self.dense, self.sink, self.want_param, self.workspace = dense, sink, want_param, workspace
-
-
-def _own(tensor: Tensor, box: list, workspace) -> Tensor:
-    """A copy of ``tensor``, in the memory of the replaced signal in ``box`` when that is free."""
-    out = _reclaim(box, tensor) if workspace is not None and not functorch_active() else None
-    return tensor.clone() if out is None else out.copy_(tensor)
+    dense: bool
+    sink: Optional[Callable[[Tensor], None]]
+    param_signal: bool
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """``W_eff = W * keep * scale`` with a choice of backward rule (see :class:`_Rule`).
+    """``W_eff = W * keep_mask * scale``, whose backward also feeds the method's signal sink.
 
-    ``dense=False`` (``update="autograd"``): ``dL/dW = keep * scale * dL/dW_eff``.
-    ``dense=True`` (``update="reference"``): ``dL/dW = dL/dW_eff``, the authors'
-    copy-in/copy-out update. The sink gets the gradients (summed over the batch
-    for per-example masks) so the method can keep its signal without a
-    separate hook. **The tensors handed to the sink are never the one handed
-    to autograd as the weight's gradient** (that becomes ``.grad``, which the
-    user and the optimizer may change in place): where they would coincide,
-    autograd gets a copy. ``keep=None`` is the identity, used on the first
-    step to capture a gradient before any mask exists. Under torch.func
-    transforms (``grad``, ``vmap``: the vmap rule is generated) it takes the
-    plain formula, without the CPU memory reuse.
+    Shapes: ``weight`` ``(out, in, ...)``; ``keep_mask`` bool, the weight's
+    shape, or ``(batch, *weight.shape)`` for per-example masks (the
+    gradients are then summed over the batch); ``scale`` broadcastable to
+    ``keep_mask``; ``keep_mask=None`` is the identity (DDC's first step: a
+    gradient is captured before any mask exists). Backward (ddc-method.md §3):
+    ``dL/dW = keep_mask * scale * dL/dW_eff`` (``rule.dense=False``, the
+    paper's equations read literally) or ``dL/dW_eff`` (``rule.dense=True``,
+    the authors' dense update). The sink gets DDC's signal; where it would be
+    the very tensor autograd gets as the weight's gradient (which becomes
+    ``.grad``, changed in place by users and optimizers), autograd gets a
+    copy. Works under torch.func (``grad``, ``vmap``: the vmap rule is
+    generated).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(weight, keep, scale, rule):
-        if keep is None:
-            return weight.clone()
-        batched = keep.dim() > weight.dim()
-        recycle = rule.workspace is not None and not batched and not functorch_active()
-        return F.apply_keep(weight, keep, scale, out=rule.workspace.weight.take(weight) if recycle else None)
+    def forward(weight, keep_mask, scale, rule):
+        return weight.clone() if keep_mask is None else apply_keep(weight, keep_mask, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        weight, keep, scale, rule = inputs
+        weight, keep_mask, scale, rule = inputs
         ctx.rule = rule
-        ctx.masked = keep is not None
-        ctx.batched = keep is not None and keep.dim() > weight.dim()
-        ctx.save_for_backward(keep, scale)
+        ctx.per_example = keep_mask is not None and keep_mask.dim() > weight.dim()
+        ctx.save_for_backward(keep_mask, scale)
 
     @staticmethod
-    def backward(ctx, grad_eff):
+    def backward(ctx, grad_effective):
+        keep_mask, scale = ctx.saved_tensors
         rule = ctx.rule
-        keep, scale = ctx.saved_tensors
         grad_param = None
-        if not ctx.masked:
-            grad_param = grad_eff
-        elif ctx.batched:
-            if not rule.dense or rule.want_param:
-                grad_param = F.apply_keep(grad_eff, keep, scale).sum(0)
-            grad_eff = grad_eff.sum(0)
-        elif rule.want_param and rule.sink is not None:
-            grad_param = F.apply_keep(grad_eff, keep, scale)
-        released = []
-        given = None
+        if keep_mask is None:
+            grad_param = grad_effective
+        elif not rule.dense or rule.param_signal:
+            grad_param = apply_keep(grad_effective, keep_mask, scale)
+        if ctx.per_example:
+            grad_effective = grad_effective.sum(0)
+            grad_param = None if grad_param is None else grad_param.sum(0)
+        grad_weight = grad_effective if rule.dense else grad_param
         if rule.sink is not None:
-            given = grad_param if rule.want_param else grad_eff
-            released.append(rule.sink(None if rule.want_param else grad_eff, grad_param if rule.want_param else None))
-        if rule.workspace is None:
-            released.clear()  # let the old signal go now: its memory can serve dL/dW
-        if rule.dense or not ctx.masked:
-            grad_weight = grad_eff
-        elif grad_param is not None:
-            grad_weight = grad_param
-        else:
-            # It becomes .grad, so not the workspace (a recycled buffer would sit idle
-            # through the next forward, raising the peak by a weight's size); but on a
-            # large CPU layer the signal the new one just replaced dies here, and its
-            # memory, already mapped, spares dL/dW a weight's worth of page faults.
-            out = _reclaim(released, grad_eff) if rule.workspace is not None and not functorch_active() else None
-            grad_weight = F.apply_keep(grad_eff, keep, scale, out=out)
-        if grad_weight is given:
-            grad_weight = _own(grad_weight, released, rule.workspace)
-        released.clear()
+            signal = grad_param if rule.param_signal else grad_effective
+            rule.sink(signal)
+            if grad_weight is signal:
+                grad_weight = grad_weight.clone()
         return grad_weight, None, None, None
 
 
@@ -262,10 +169,10 @@ class _ExampleMasks:
             if again and self.keep is not None:
                 keep = self.keep[start:stop]
             else:
-                keep = F.keep_mask(self.drop_prob, generator=generator, shape=(stop - start, rows, cols))
+                keep = keep_mask(self.drop_prob, generator=generator, shape=(stop - start, rows, cols))
                 if self.keep is not None:
                     self.keep[start:stop] = keep
-            scale = F.keep_scale(keep, mode=self.recalibration, drop_prob=self.drop_prob, eps=self.eps, batch_dims=1, dtype=self.dtype)
+            scale = keep_scale(keep, mode=self.recalibration, drop_prob=self.drop_prob, eps=self.eps, batch_dims=1, dtype=self.dtype)
             scales.append(scale)
             yield start, stop, keep, scale
         if self.keep is not None and not again:
@@ -304,12 +211,12 @@ class _PerExampleLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = (t.to(ctx.compute) for t in ctx.saved_tensors)
+        x, weight = (saved.to(ctx.compute) for saved in ctx.saved_tensors)
         grad_out = grad_out.to(ctx.compute).contiguous()
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         rule = ctx.rule
         grad_eff = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        need_param = not rule.dense or (rule.want_param and rule.sink is not None)
+        need_param = not rule.dense or rule.param_signal
         grad_param = torch.zeros_like(weight) if need_param else None
         if grad_x is not None or need_param:
             shape = (ctx.masks.examples, *weight.shape)
@@ -329,9 +236,9 @@ class _PerExampleLinear(torch.autograd.Function):
         grad_param = None if grad_param is None else grad_param.to(w_dtype)
         grad_weight = grad_eff if rule.dense else grad_param
         if rule.sink is not None:
-            given = grad_param if rule.want_param else grad_eff
-            rule.sink(None if rule.want_param else grad_eff, grad_param if rule.want_param else None)
-            if grad_weight is given:
+            signal = grad_param if rule.param_signal else grad_eff
+            rule.sink(signal)
+            if grad_weight is signal:
                 grad_weight = grad_weight.clone()
         return grad_x, grad_weight, None, None
 
@@ -360,7 +267,14 @@ class MaskRNG:
     """The random source of one ``apply``: one generator per device, shared by all its layers.
 
     Either wraps a given ``torch.Generator`` or creates one per device from
-    ``seed`` on first use. ``None`` for both uses the global RNG.
+    ``seed`` on first use. ``None`` for both uses the global RNG. Copies
+    (``deepcopy``, pickle, whole-model ``torch.save``) carry their generators
+    at the same state.
+
+    Raises:
+        ValueError: both ``seed`` and ``generator`` given, or a ``seed`` that
+            is not an int; :meth:`get` for a device other than the given
+            generator's.
     """
 
     def __init__(self, seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
@@ -372,6 +286,7 @@ class MaskRNG:
         self._generators: dict = {}
 
     def get(self, device) -> Optional[torch.Generator]:
+        """The generator of ``device`` (None: the global RNG); raises ``ValueError`` as the class says."""
         device = torch.device(device)
         if self.generator is not None:
             if self.generator.device.type != device.type:
@@ -388,7 +303,7 @@ class MaskRNG:
         return self._generators[key]
 
     def state_dict(self) -> dict:
-        state = {key: gen.get_state() for key, gen in self._generators.items()}
+        state = {key: generator.get_state() for key, generator in self._generators.items()}
         if self.generator is not None:
             state["given"] = self.generator.get_state()
         return state
@@ -406,7 +321,7 @@ class MaskRNG:
     # Copies (deepcopy, pickle, torch.save of a whole model) carry generators at the same state.
     def __getstate__(self) -> dict:
         given = None if self.generator is None else (str(self.generator.device), self.generator.get_state())
-        return {"seed": self.seed, "given": given, "states": {k: g.get_state() for k, g in self._generators.items()}}
+        return {"seed": self.seed, "given": given, "states": {key: generator.get_state() for key, generator in self._generators.items()}}
 
     def __setstate__(self, state: dict) -> None:
         self.seed, self.generator, self._generators = state["seed"], None, {}
@@ -433,8 +348,14 @@ class LayerMethod(nn.Module):
     """Base class: configuration plus a random source, attached to one layer.
 
     The layer's ``forward`` calls ``method(layer, *args, **kwargs)`` (see
-    :mod:`ddc.apply`). Subclass it (or :class:`WeightDrop`) for a method of
-    your own and put it on a layer with :func:`ddc.apply.attach`.
+    :mod:`ddc.apply`), which returns what the layer returns (same shape and
+    dtype). Subclass it (or :class:`WeightDrop`) for a method of your own
+    and put it on a layer with :func:`ddc.apply.attach`: set ``name``,
+    ``layer_types`` and implement :meth:`forward`.
+
+    Raises:
+        ValueError: from :meth:`check_layer` (a layer it cannot act on) and
+            :meth:`load_method_state` (keys it does not know).
     """
 
     name = "base"
@@ -497,7 +418,7 @@ class LayerMethod(nn.Module):
     def check_layer(self, layer: nn.Module, name: str) -> None:
         """Refuse, with a ``ValueError`` naming the layer, a layer this method cannot act on."""
         if self.layer_types is not None and not isinstance(layer, self.layer_types):
-            kinds = ", ".join(t.__name__ for t in self.layer_types)
+            kinds = ", ".join(kind.__name__ for kind in self.layer_types)
             raise ValueError(
                 f"layers: {name!r} is a {type(layer).__name__}, which has no weight that "
                 f"method={self.name!r} can mask; allowed layer types: {kinds}"
@@ -510,6 +431,7 @@ class LayerMethod(nn.Module):
             )
 
     def rng(self, device) -> Optional[torch.Generator]:
+        """The generator masks on ``device`` are drawn from (None: the global RNG)."""
         return self.mask_rng.get(device)
 
     def method_state(self) -> dict:
@@ -517,6 +439,7 @@ class LayerMethod(nn.Module):
         return {}
 
     def load_method_state(self, state: dict) -> None:
+        """Restore :meth:`method_state`'s output (a copy of it); ``ValueError`` on unknown keys."""
         if state:
             raise ValueError(f"{self.name}: unexpected method state keys {sorted(state)}")
 
@@ -533,7 +456,13 @@ CONTAINERS: Tuple[type, ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.
 
 
 class OutputMethod(LayerMethod):
-    """Base of the methods that mask a layer's output (a tensor)."""
+    """Base of the methods that mask a layer's output (a tensor of any shape).
+
+    Raises:
+        ValueError: at apply time, for containers and layers whose output is
+            not a tensor (:data:`NON_TENSOR_OUTPUT`, ``return_indices``).
+        TypeError: in forward, if the layer returns something else than a tensor.
+    """
 
     def check_layer(self, layer, name):
         super().check_layer(layer, name)
@@ -558,7 +487,7 @@ class OutputMethod(LayerMethod):
         if vmap_active():
             uniform = torch.rand(tuple(out.shape), generator=self.rng(out.device), device=out.device, dtype=drop_prob.dtype)
             return uniform > drop_prob
-        return F.keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
+        return keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
 
     def plain_output(self, layer, *args, **kwargs) -> Tensor:
         out = _plain_forward(layer, *args, **kwargs)
@@ -575,6 +504,14 @@ class Dropout(OutputMethod):
 
     Placed on the paper's DDC layer it reproduces ``nn.Dropout`` after that
     layer, before the ReLU. The mask comes from this method's generator.
+
+    Shapes: the output, any shape; one keep mask of that shape per forward
+    pass (per example and unit), scaled by ``1 / (1 - p)``.
+    Source: Srivastava et al. (2014), JMLR 15; ddc-method.md §5 (the paper's
+    Dropout baseline, arXiv 2502.19948).
+
+    Raises:
+        ValueError: ``p`` outside [0, 1].
     """
 
     name = "dropout"
@@ -591,12 +528,12 @@ class Dropout(OutputMethod):
         out = self.plain_output(layer, *args, **kwargs)
         if not layer.training or self.p == 0.0 or not self.active:
             return out
-        drop_prob = torch.full((), self.p, dtype=F.work_dtype(out.dtype), device=out.device)
+        drop_prob = torch.full((), self.p, dtype=work_dtype(out.dtype), device=out.device)
         keep = self.output_keep_mask(drop_prob, out)
-        scale = F.keep_scale(keep, mode="expected", drop_prob=drop_prob, dtype=out.dtype)
+        scale = keep_scale(keep, mode="expected", drop_prob=drop_prob, dtype=out.dtype)
         if self.keep_last:
             self.last = StepRecord(keep_mask=keep, scale=scale, drop_prob=drop_prob)
-        return F.apply_keep(out, keep, scale)
+        return apply_keep(out, keep, scale)
 
 
 class Standout(OutputMethod):
@@ -615,6 +552,15 @@ class Standout(OutputMethod):
     Defaults ``alpha=1.0, beta=0.0`` (Ba & Frey tune both; with these,
     units with negative pre-activation, which ReLU zeroes anyway, keep with
     probability below one half).
+
+    Shapes: output ``(batch, ..., units)``; ``pi`` and the mask have the
+    output's shape (``form="tied"``: ``x`` is ``(batch, ..., in)``).
+    Source: Ba & Frey (2013), "Adaptive dropout for training deep neural
+    networks", NeurIPS; ddc-method.md §5.
+
+    Raises:
+        ValueError: ``form`` not ``"affine"``/``"tied"``, ``alpha``/``beta``
+            not finite numbers; ``form="tied"`` on a layer that is not ``nn.Linear``.
     """
 
     name = "standout"
@@ -640,6 +586,7 @@ class Standout(OutputMethod):
         return f"alpha={self.alpha}, beta={self.beta}, form={self.form!r}"
 
     def keep_probability(self, x: Tensor, out: Tensor) -> Tensor:
+        """``pi``, the keep probability of each unit of ``out`` (its shape; no gradient)."""
         with torch.no_grad():
             offset = self.beta * x.sum(-1, keepdim=True) if self.form == "tied" else self.beta
             return torch.sigmoid(self.alpha * out + offset)
@@ -696,6 +643,20 @@ class WeightDrop(LayerMethod):
     by itself, outside its model's forward, each call draws its own mask.
     Several forward passes before one backward give several masks; the
     signal is then the sum of their ``dL/dW_eff``.
+
+    Shapes: the keep mask has the weight's shape (``out x in`` for Linear,
+    ``out x in x k...`` for Conv), or ``batch x out x in`` with
+    ``mask="sample"`` (nn.Linear only); the bias mask ``(out,)`` or
+    ``(batch, out)``. ``W_eff = W * keep_mask * scale`` with ``scale`` from
+    :func:`ddc.functional.keep_scale` (``recalibration``).
+    Source: ddc-method.md §2 (mask, re-calibration, bias) and §3 (the two
+    update rules); Wan et al. (2013) for per-example masks.
+
+    Raises:
+        ValueError: an option outside its allowed values (``mask``,
+            ``recalibration``, ``update``, ``drop_bias``, ``eps``), or at
+            apply time a layer that is not Linear/Conv (``mask="sample"``:
+            not Linear).
     """
 
     layer_types = WEIGHT_LAYERS
@@ -709,24 +670,23 @@ class WeightDrop(LayerMethod):
         recalibration: str = "realized",
         update: str = "autograd",
         drop_bias: bool = False,
-        eps: float = F.EPS,
+        eps: float = EPS,
         rng=None,
     ):
         super().__init__(rng=rng)
         check_choice("mask", mask, self.MASKS)
-        check_choice("recalibration", recalibration, F.RECALIBRATION)
+        check_choice("recalibration", recalibration, RECALIBRATION)
         check_choice("update", update, self.UPDATES)
         check_choice("drop_bias", drop_bias, (False, True))
         if not isinstance(eps, (int, float)) or not 0.0 < eps < 1e-2:
             raise ValueError(f"eps={eps!r} must be a small positive number (0 < eps < 1e-2)")
         self.mask, self.recalibration, self.update = mask, recalibration, update
         self.drop_bias, self.eps = bool(drop_bias), float(eps)
-        self._workspaces: dict = {}  # role -> _Workspace (large CPU layers only)
         self._uses = 0  # masked weights made since the weight last got a gradient (see _GradWatch)
         self._warned_bypass = False
         self._group = None  # DDP's process group while a DDP forward runs: the signal is all-reduced
 
-    _TRANSIENT = dict(LayerMethod._TRANSIENT, _workspaces={}, _uses=0, _watching=None)
+    _TRANSIENT = dict(LayerMethod._TRANSIENT, _uses=0, _watching=None)
 
     def check_layer(self, layer, name):
         super().check_layer(layer, name)
@@ -744,8 +704,9 @@ class WeightDrop(LayerMethod):
     def bias_drop_prob(self, bias: Tensor) -> Optional[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def gradient_sink(self, role: str) -> Optional[Callable]:
-        """A callback receiving ``(dL/dW_eff, dL/dW)`` in backward, or None."""
+    def gradient_sink(self, role: str) -> Optional[Callable[[Tensor], None]]:
+        """A callback receiving the signal in backward (``dL/dW_eff``, or ``dL/dW`` with
+        ``signal_source="param"``; never a tensor autograd gets), or None."""
         return None
 
     def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
@@ -770,7 +731,7 @@ class WeightDrop(LayerMethod):
             # Out-of-place uniforms: under vmap(randomness="different") each entry gets its own mask.
             uniform = torch.rand(shape, generator=self.rng(param.device), device=param.device, dtype=drop_prob.dtype)
             return drop_prob, uniform > drop_prob
-        return drop_prob, F.keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
+        return drop_prob, keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
 
     def _step_record(self, drawn: Optional[tuple], signal: Optional[Tensor]) -> StepRecord:
         """The record of this forward pass (``drawn``: ``(drop_prob, keep, scale)`` or None)."""
@@ -783,14 +744,10 @@ class WeightDrop(LayerMethod):
     def _needs_drop_prob(self) -> bool:
         return self.keep_last or self.recalibration in ("expected", "per_edge")
 
-    def _rule(self, role: str, param: Tensor, workspace: bool = False) -> _Rule:
-        recycle = workspace and param.device.type == "cpu" and param.numel() >= _Recycled.MIN_NUMEL
-        return _Rule(
-            dense=self.update == "reference",
-            sink=self.gradient_sink(role),
-            want_param=getattr(self, "signal_source", "effective") == "param",
-            workspace=self._workspaces.setdefault(role, _Workspace()) if recycle else None,
-        )
+    def _rule(self, role: str) -> _Rule:
+        sink = self.gradient_sink(role)
+        param_signal = sink is not None and getattr(self, "signal_source", "effective") == "param"
+        return _Rule(dense=self.update == "reference", sink=sink, param_signal=param_signal)
 
     def _node_made(self, role: str) -> None:
         """A masked ``role`` parameter with a gradient sink entered a graph (DDC counts them)."""
@@ -798,7 +755,7 @@ class WeightDrop(LayerMethod):
     def _masked(self, param: Tensor, role: str, batch: Optional[int]):
         shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
         drawn = self.draw_mask(role, param, shape)
-        rule = self._rule(role, param, workspace=drawn is not None)
+        rule = self._rule(role)
         if rule.sink is not None and torch.is_grad_enabled() and param.requires_grad:
             self._node_made(role)
         if drawn is None:
@@ -806,7 +763,7 @@ class WeightDrop(LayerMethod):
                 return param, None
             return _MaskedWeight.apply(param, None, None, rule), None
         drop_prob, keep = drawn
-        scale = F.keep_scale(
+        scale = keep_scale(
             keep, mode=self.recalibration, drop_prob=drop_prob, eps=self.eps,
             batch_dims=0 if batch is None else 1, dtype=param.dtype,
         )
@@ -879,7 +836,7 @@ class WeightDrop(LayerMethod):
         batch = x.shape[0]
         flat = x.reshape(batch, -1, x.shape[-1])
         drop_prob = self.weight_drop_prob(weight)
-        rule = self._rule("weight", weight)
+        rule = self._rule("weight")
         if rule.sink is not None and torch.is_grad_enabled() and weight.requires_grad:
             self._node_made("weight")
         masks = None
@@ -912,6 +869,13 @@ class DropConnect(WeightDrop):
     examples at a time (about :data:`EXAMPLE_CHUNK_EDGES` edges) and made
     again in backward, so memory is a chunk's, not ``batch x out x in``; the
     compute still grows with ``batch x out x in``.
+
+    Shapes and options as :class:`WeightDrop`; the drop probability is a
+    0-dim tensor ``p``. Source: Wan et al. (2013), "Regularization of neural
+    networks using DropConnect", ICML; ddc-method.md §5.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1], or a :class:`WeightDrop` option.
     """
 
     name = "dropconnect"
@@ -928,7 +892,7 @@ class DropConnect(WeightDrop):
         )
 
     def _uniform(self, param: Tensor) -> Tensor:
-        return torch.full((), self.p, dtype=F.work_dtype(param.dtype), device=param.device)
+        return torch.full((), self.p, dtype=work_dtype(param.dtype), device=param.device)
 
     def weight_drop_prob(self, weight):
         return self._uniform(weight)
@@ -976,6 +940,21 @@ class DynamicDropConnect(WeightDrop):
     ``eval()``, so that training never waits on the device). With
     ``grad_ema`` such a gradient does not enter the average. With
     ``scope="global"`` the pooled statistics leave such a layer out.
+
+    Shapes and units: the signal ``S`` has the weight's shape (``dL/dW_eff``,
+    in the loss's units per weight unit; ``|W|`` with ``signal="weight"``);
+    the drop probabilities have the weight's shape, in [0, 1]; masks as
+    :class:`WeightDrop`.
+    Source: Yang & Chen (2025), arXiv 2502.19948, the DDC method (per-edge
+    rates from z-scored gradient magnitudes); ddc-method.md §1 (the formula,
+    ablations of normalisation and scope), §2 (mask, re-calibration, first
+    step), §3 (signal and update rules).
+
+    Raises:
+        ValueError: ``p_base``/``p_signal`` outside [0, 1] or summing above 1,
+            ``tau`` outside (0, 1), ``grad_ema`` outside [0, 1), any other
+            option outside its allowed values (the message names it), or a
+            :class:`WeightDrop` option.
     """
 
     name = "ddc"
@@ -1000,10 +979,10 @@ class DynamicDropConnect(WeightDrop):
         **options,
     ):
         super().__init__(**options)
-        F.check_drop_config(p_base, p_signal, tau)
-        check_choice("prefer", prefer, F.PREFER)
+        check_drop_config(p_base, p_signal, tau)
+        check_choice("prefer", prefer, PREFER)
         check_choice("signal", signal, self.SIGNALS)
-        check_choice("normalize", normalize, F.NORMALIZE)
+        check_choice("normalize", normalize, NORMALIZE)
         check_choice("scope", scope, self.SCOPES)
         check_choice("signal_source", signal_source, self.SIGNAL_SOURCES)
         check_choice("first_step", first_step, self.FIRST_STEPS)
@@ -1043,19 +1022,19 @@ class DynamicDropConnect(WeightDrop):
         return functools.partial(self._store_signal, role)
 
     @torch.no_grad()
-    def _store_signal(self, role: str, grad_eff: Optional[Tensor], grad_param: Optional[Tensor]) -> Optional[Tensor]:
-        """Keep the new signal; returns the one it replaced (the caller may reuse its memory).
+    def _store_signal(self, role: str, grad: Tensor) -> None:
+        """Keep the new signal (``dL/dW_eff``, or ``dL/dW`` with ``signal_source="param"``).
 
-        The backward hands over tensors that autograd never sees (see
+        The backward hands over a tensor that autograd never sees (see
         :class:`_MaskedWeight`), so keeping a reference is owning it. Under
         torch.func transforms the plain gradient is kept (summed over vmap's
         batch); under DDP the ranks' gradients are averaged first, so every
         rank draws from the same signal. The first backward of masked weights
         made since the last one begins a new signal, later ones add to it.
         """
-        grad = plain((grad_eff if self.signal_source == "effective" else grad_param).detach())
+        grad = plain(grad.detach())
         if self._group is not None:
-            grad = grad.clone()  # (the tensor stays the backward's until it returns)
+            grad = grad.clone()  # (the backward may still read it: dL/dW is made from dL/dW_eff after this)
             torch.distributed.all_reduce(grad, group=self._group)
             grad.div_(torch.distributed.get_world_size(self._group))
         name = f"{role}_signal"
@@ -1071,11 +1050,9 @@ class DynamicDropConnect(WeightDrop):
         if expected > 0:  # more gradients of these forward passes are to come
             self._collecting[role] = (expected - 1, grad, previous, valid)
         new = grad if self.grad_ema == 0.0 else self._blend(role, grad, previous)
-        replaced = getattr(self, name)
         setattr(self, name, new)
         if self.global_stats is not None and role == "weight":
             self.global_stats.invalidate()
-        return replaced if collecting is None and expected <= 0 else None
 
     def _node_made(self, role):
         if role in self._collecting:  # a new forward pass after a backward: its gradients start anew
@@ -1135,7 +1112,7 @@ class DynamicDropConnect(WeightDrop):
             if self.global_stats is not None and role == "weight":
                 stats, finite = self.global_stats.get(self)
             else:
-                stats = F._streamed_stats(signal, self._formula()["scope"], want_sd=self.normalize == "zscore")
+                stats = _streamed_stats(signal, self._formula()["scope"], want_sd=self.normalize == "zscore")
                 # (the mean, accumulated per block and merged in float64, is finite exactly when every entry is)
                 finite = torch.isfinite(stats[0]).all()
         else:
@@ -1200,7 +1177,7 @@ class DynamicDropConnect(WeightDrop):
             stats, finite = self._summary(role, signal.detach())
             self._count_nonfinite(finite)
             used = [] if lazy else None
-            drop_prob, keep, _ = F.drop_and_keep(
+            drop_prob, keep, _ = drop_and_keep(
                 signal.detach(),
                 **formula,
                 stats=stats,
@@ -1220,11 +1197,11 @@ class DynamicDropConnect(WeightDrop):
         if signal is None:
             if self.first_step == "passthrough":
                 return None
-            return torch.full((), self.p_base, dtype=F.work_dtype(param.dtype), device=param.device)
+            return torch.full((), self.p_base, dtype=work_dtype(param.dtype), device=param.device)
         with torch.no_grad():
             stats, finite = self._summary(role, signal.detach())
             self._count_nonfinite(finite)
-            return F.drop_probability(signal.detach(), **self._formula(), stats=stats, finite=finite)
+            return drop_probability(signal.detach(), **self._formula(), stats=stats, finite=finite)
 
     def weight_drop_prob(self, weight):
         return self._drop_prob("weight", weight)
@@ -1250,12 +1227,18 @@ LAZY_DROP_PROB_NUMEL = 1 << 22
 
 
 class GlobalStats:
-    """Mean and unbiased std of ``|signal|`` pooled across several DDC layers.
+    """Mean and unbiased std of ``|signal|`` pooled across several DDC layers (``scope="global"``).
 
     Recomputed lazily at most once per backward pass, by combining each
     layer's (count, mean, M2) with Chan's parallel formula, in float64. A
     layer whose signal is not finite is left out of the pool (it falls back to
-    ``p_base`` on its own); no host synchronisation.
+    ``p_base`` on its own); no host synchronisation. Both statistics are
+    0-dim tensors in the signal's units and work dtype.
+    Source: ddc-method.md §1 (scope ablation); Chan, Golub & LeVeque (1979)
+    for the pooled moments.
+
+    Raises:
+        RuntimeError: :meth:`get` before any layer has a gradient signal.
     """
 
     def __init__(self, methods):
@@ -1277,16 +1260,16 @@ class GlobalStats:
         for method in self.methods:
             if method.weight_signal is None:
                 continue
-            magnitude = F._as_work(method.weight_signal).abs()
+            magnitude = _as_work(method.weight_signal).abs()
             var, mean = torch.var_mean(magnitude, correction=0)
-            ok = torch.isfinite(mean)
+            included = torch.isfinite(mean)
             if method.grad_ema > 0 and method.weight_signal_finite is not None:
-                ok = ok & method.weight_signal_finite
-            finite[id(method)] = ok
+                included = included & method.weight_signal_finite
+            finite[id(method)] = included
             zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
-            means.append(torch.where(ok, mean, zero))
-            m2s.append(torch.where(ok, var * magnitude.numel(), zero))
-            counts.append(ok * magnitude.numel())
+            means.append(torch.where(included, mean, zero))
+            m2s.append(torch.where(included, var * magnitude.numel(), zero))
+            counts.append(included * magnitude.numel())
         if not means:
             raise RuntimeError("GlobalStats.get() called before any layer has a gradient signal")
         wide = torch.float64
@@ -1300,7 +1283,10 @@ class GlobalStats:
 
 
 class NoMethod(LayerMethod):
-    """The no-regularisation baseline: attaches nothing (``apply`` keeps no layers)."""
+    """The no-regularisation baseline: attaches nothing (``apply`` keeps no layers).
+
+    Source: ddc-method.md §5 (no-drop baseline). Raises nothing.
+    """
 
     name = "none"
 
