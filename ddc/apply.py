@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .functional import check_choice
-from .methods import METHODS, DynamicDropConnect, GlobalStats, LayerMethod, MaskRNG, WeightDrop
+from .methods import METHODS, WEIGHT_LAYERS, DynamicDropConnect, GlobalStats, LayerMethod, MaskRNG, WeightDrop
 
 ATTR = "ddc_method"
 OUTPUT_METHODS = ("dropout", "standout")
@@ -73,6 +73,15 @@ def regularized_class(base: type, weights: bool = False) -> type:
     ``weight`` and ``bias`` are read through the method (see the module
     docstring). It keeps ``base``'s name, so the model prints as before, and
     pickles as ``regularized_class(base, weights)``.
+
+    Args:
+        base: the layer's own class (any ``nn.Module`` subclass).
+        weights: whether ``weight``/``bias`` reads go through the method
+            (weight methods: DropConnect, DDC).
+    Returns:
+        The subclass (the same object for the same ``(base, weights)``).
+    Raises:
+        Nothing; ``torch.jit.script`` of a layer of this class raises ``RuntimeError``.
     """
     key = (base, weights)
     cls = _CLASSES.get(key)
@@ -186,9 +195,12 @@ def attach(layer: nn.Module, method: LayerMethod, name: str = "") -> None:
     """Put one constructed ``method`` on ``layer`` (what :func:`apply` does per layer).
 
     For methods of your own (a :class:`LayerMethod` subclass). ``name`` is
-    the layer's name in messages. :func:`detach` takes it off.
-    Raises ``ValueError`` if the layer already carries a method or the
-    method cannot act on it.
+    the layer's name in messages. :func:`detach` takes it off. The method is
+    moved to the device of the layer's parameters and takes its training mode.
+
+    Raises:
+        ValueError: the layer already carries a method, or the method cannot
+            act on it (its type, a zero-size weight); the message names the layer.
     """
     if ATTR in layer._modules:
         raise ValueError(
@@ -207,7 +219,10 @@ def attach(layer: nn.Module, method: LayerMethod, name: str = "") -> None:
 
 
 def detach(layer: nn.Module) -> None:
-    """Take the method off ``layer`` (if any): the plain layer, exactly as before."""
+    """Take the method off ``layer`` (if any): the plain layer, exactly as before.
+
+    Idempotent; a layer that carries no method is left as it is. Raises nothing.
+    """
     method = layer._modules.pop(ATTR, None)
     if method is not None:
         method.detached()
@@ -218,25 +233,38 @@ def detach(layer: nn.Module) -> None:
 
 @contextlib.contextmanager
 def disabled(*modules: nn.Module):
-    """Inside the block the methods on ``modules`` (and below them) do nothing: plain layers."""
-    methods = [m for module in modules for m in module.modules() if isinstance(m, LayerMethod)]
-    previous = [m.active for m in methods]
-    for m in methods:
-        m.active = False
+    """Inside the block the methods on ``modules`` (and below them) do nothing: plain layers.
+
+    Each method's previous ``active`` flag is restored on exit, also when the
+    block raises. Raises nothing of its own.
+    """
+    methods = [child for module in modules for child in module.modules() if isinstance(child, LayerMethod)]
+    previous = [method.active for method in methods]
+    for method in methods:
+        method.active = False
     try:
         yield
     finally:
-        for m, state in zip(methods, previous):
-            m.active = state
+        for method, state in zip(methods, previous):
+            method.active = state
 
 
 def method_options(method: str) -> Tuple[str, ...]:
-    """Names of the options ``method`` accepts (for error messages and CLIs)."""
+    """Names of the options ``method`` accepts (for error messages and CLIs).
+
+    Raises:
+        ValueError: ``method`` is not one of :data:`ddc.methods.METHODS`.
+    """
     return tuple(method_defaults(method))
 
 
 def method_defaults(method: str) -> Dict[str, object]:
-    """Every option of ``method`` with its default value."""
+    """Every option of ``method`` with its default value (keyword-only ``__init__`` arguments
+    of the method's class and its bases, ``rng`` excluded).
+
+    Raises:
+        ValueError: ``method`` is not one of :data:`ddc.methods.METHODS`.
+    """
     check_choice("method", method, tuple(METHODS))
     defaults = {}
     for cls in METHODS[method].__mro__:
@@ -249,7 +277,12 @@ def method_defaults(method: str) -> Dict[str, object]:
 
 
 def make_method(method: str, rng: Optional[MaskRNG] = None, **options) -> LayerMethod:
-    """Construct one method module, rejecting unknown options by name."""
+    """Construct one method module, rejecting unknown options by name.
+
+    Raises:
+        ValueError: an unknown method or option name, or an option value the
+            method refuses (the message names the option and what is allowed).
+    """
     allowed = method_options(method)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -261,7 +294,7 @@ def make_method(method: str, rng: Optional[MaskRNG] = None, **options) -> LayerM
 
 
 def regularized_layers(model: nn.Module) -> Dict[str, LayerMethod]:
-    """Every layer of ``model`` that carries a method, by qualified name."""
+    """Every layer of ``model`` that carries a method, by qualified name (model order). Raises nothing."""
     return {
         name: module._modules[ATTR]
         for name, module in model.named_modules()
@@ -282,7 +315,13 @@ def select_layers(model: nn.Module, layers: Selector, *, method: str = "ddc") ->
     ``layers`` is a name, a glob pattern (``"features.*"``), a module type
     (``nn.Conv2d``), or a list of these. ``None`` takes the model's declared
     default: ``model.ddc_layers`` for weight methods and
-    ``model.dropout_layers`` for output methods.
+    ``model.dropout_layers`` for output methods. The root module counts too
+    (name ``""``), so a bare layer can be selected by type.
+
+    Raises:
+        ValueError: no default declared for ``None``, an empty selection, a
+            selector that is neither a string nor a module type, or one that
+            matches nothing (the message lists the layers with weights).
     """
     if layers is None:
         attr = "dropout_layers" if method in OUTPUT_METHODS else "ddc_layers"
@@ -299,17 +338,17 @@ def select_layers(model: nn.Module, layers: Selector, *, method: str = "ddc") ->
     chosen: Dict[str, nn.Module] = {}
     for selector in selectors:
         if isinstance(selector, str):
-            matched = [(n, m) for n, m in candidates if fnmatch.fnmatchcase(n, selector)]
+            matched = [(name, module) for name, module in candidates if fnmatch.fnmatchcase(name, selector)]
         elif isinstance(selector, type) and issubclass(selector, nn.Module):
-            matched = [(n, m) for n, m in candidates if isinstance(m, selector)]
+            matched = [(name, module) for name, module in candidates if isinstance(module, selector)]
         else:
             raise ValueError(f"layers: {selector!r} is neither a name/pattern nor an nn.Module type")
         if not matched:
-            names = [n or "(root)" for n, m in candidates if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+            names = [name or "(root)" for name, module in candidates if isinstance(module, WEIGHT_LAYERS)]
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
             raise ValueError(f"layers: {selector!r} matches no layer of {type(model).__name__}; layers with weights: {shown}")
         chosen.update(matched)
-    order = {name: i for i, (name, _) in enumerate(candidates)}
+    order = {name: position for position, (name, _) in enumerate(candidates)}
     return dict(sorted(chosen.items(), key=lambda item: order[item[0]]))
 
 
@@ -320,6 +359,8 @@ class Handle:
     manager. ``state_dict()`` holds the methods' own state (gradient signals,
     RNG) for checkpoints, since the model's ``state_dict`` stays plain.
     ``layers`` lists the names of the regularised layers.
+    ``load_state_dict`` raises ``ValueError`` for a state of another method
+    or of other layers.
     """
 
     def __init__(self, model: nn.Module, method: str, layers: Dict[str, nn.Module], rng: MaskRNG, hooks=()):
@@ -409,8 +450,9 @@ def apply(
     selected = select_layers(model, layers, method=method)
     if layers is not None:
         chosen = [layers] if isinstance(layers, (str, type)) else list(layers)
-        if any(isinstance(s, type) or any(c in s for c in "*?[") for s in chosen):
-            logger.info("ddc.apply(%r): layers=%r picked %d layer(s): %s", method, layers, len(selected), ", ".join(n or "(root)" for n in selected))
+        if any(isinstance(selector, type) or any(char in selector for char in "*?[") for selector in chosen):
+            picked = ", ".join(name or "(root)" for name in selected)
+            logger.info("ddc.apply(%r): layers=%r picked %d layer(s): %s", method, layers, len(selected), picked)
     for name, layer in selected.items():
         if ATTR in layer._modules:
             raise ValueError(
@@ -422,9 +464,9 @@ def apply(
         attach(layer, prototype if index == 0 else make_method(method, rng=rng, **options), name)
     hooks = _scope_hooks(model, selected) if isinstance(prototype, WeightDrop) else []
     handle = Handle(model, method, selected, rng, hooks)
-    ddc_methods = [m for m in handle.methods.values() if isinstance(m, DynamicDropConnect) and m.scope == "global"]
-    if ddc_methods:
-        shared = GlobalStats(ddc_methods)
-        for m in ddc_methods:
-            m.global_stats = shared
+    pooled = [each for each in handle.methods.values() if isinstance(each, DynamicDropConnect) and each.scope == "global"]
+    if pooled:
+        shared = GlobalStats(pooled)
+        for each in pooled:
+            each.global_stats = shared
     return handle
