@@ -58,14 +58,20 @@ class _Rule(NamedTuple):
 
     ``dense``: ``update="reference"`` (the weight gets ``dL/dW_eff``), else
     ``update="autograd"`` (it gets ``keep * scale * dL/dW_eff``). ``sink``:
-    the method's signal store, or None; called once per backward with the
-    signal, ``dL/dW_eff`` (or ``dL/dW`` with ``param_signal``), a tensor
-    autograd never gets.
+    the method's signal store (:meth:`WeightDrop.gradient_sink`), or None;
+    :meth:`give` calls it once per backward as ``sink(dL/dW_eff, None)``, or
+    ``sink(None, dL/dW)`` with ``param_signal``: a tensor autograd never gets.
     """
 
     dense: bool
-    sink: Optional[Callable[[Tensor], None]]
+    sink: Optional[Callable[[Optional[Tensor], Optional[Tensor]], None]]
     param_signal: bool
+
+    def give(self, signal: Tensor) -> None:
+        if self.param_signal:
+            self.sink(None, signal)
+        else:
+            self.sink(signal, None)
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -113,7 +119,7 @@ class _MaskedWeight(torch.autograd.Function):
         grad_weight = grad_effective if rule.dense else grad_param
         if rule.sink is not None:
             signal = grad_param if rule.param_signal else grad_effective
-            rule.sink(signal)
+            rule.give(signal)
             if grad_weight is signal:
                 grad_weight = grad_weight.clone()
         return grad_weight, None, None, None
@@ -237,7 +243,7 @@ class _PerExampleLinear(torch.autograd.Function):
         grad_weight = grad_eff if rule.dense else grad_param
         if rule.sink is not None:
             signal = grad_param if rule.param_signal else grad_eff
-            rule.sink(signal)
+            rule.give(signal)
             if grad_weight is signal:
                 grad_weight = grad_weight.clone()
         return grad_x, grad_weight, None, None
@@ -704,9 +710,9 @@ class WeightDrop(LayerMethod):
     def bias_drop_prob(self, bias: Tensor) -> Optional[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def gradient_sink(self, role: str) -> Optional[Callable[[Tensor], None]]:
-        """A callback receiving the signal in backward (``dL/dW_eff``, or ``dL/dW`` with
-        ``signal_source="param"``; never a tensor autograd gets), or None."""
+    def gradient_sink(self, role: str) -> Optional[Callable[[Optional[Tensor], Optional[Tensor]], None]]:
+        """A callback receiving ``(dL/dW_eff, None)`` in backward, or ``(None, dL/dW)`` with
+        ``signal_source="param"`` (never a tensor autograd gets), or None."""
         return None
 
     def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
@@ -1022,7 +1028,7 @@ class DynamicDropConnect(WeightDrop):
         return functools.partial(self._store_signal, role)
 
     @torch.no_grad()
-    def _store_signal(self, role: str, grad: Tensor) -> None:
+    def _store_signal(self, role: str, grad_eff: Optional[Tensor], grad_param: Optional[Tensor]) -> None:
         """Keep the new signal (``dL/dW_eff``, or ``dL/dW`` with ``signal_source="param"``).
 
         The backward hands over a tensor that autograd never sees (see
@@ -1032,7 +1038,7 @@ class DynamicDropConnect(WeightDrop):
         rank draws from the same signal. The first backward of masked weights
         made since the last one begins a new signal, later ones add to it.
         """
-        grad = plain(grad.detach())
+        grad = plain((grad_eff if grad_param is None else grad_param).detach())
         if self._group is not None:
             grad = grad.clone()  # (the backward may still read it: dL/dW is made from dL/dW_eff after this)
             torch.distributed.all_reduce(grad, group=self._group)
