@@ -48,11 +48,6 @@ from .record import StepRecord
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-#: Layer size (edges) from which ddc.recorder keeps only its subset of a layer's signal.
-#: Nothing here uses it any more: it stays importable until the Recorder drops that cut.
-RECLAIM_NUMEL = 1 << 20
-
-
 class _Rule(NamedTuple):
     """What the backward of a masked weight does with its gradient.
 
