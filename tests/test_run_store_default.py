@@ -52,7 +52,9 @@ def test_no_store_error_says_where_it_looked_and_what_to_pass(tmp_path, monkeypa
         assert result.exit_code == 2, (args, result.output)
         message = result.output.strip().splitlines()[-1]
         profile = "smoke" if "smoke" in args else recipes.DEFAULT_PROFILE
-        assert f"outputs/{profile}/runs" in message and "--root" in message and store.RUNS_ENV in message, message
+        # how THIS command takes a store: --root for runs sql, the store's folder as an argument for ls and report
+        how = "--root PATH" if args[:2] == ["runs", "sql"] else f"`ddc {' '.join(args[:2] if args[0] == 'runs' else args[:1])} PATH`"
+        assert f"outputs/{profile}/runs" in message and how in message and store.RUNS_ENV in message, message
         assert "Traceback" not in result.output
     result = CliRunner().invoke(main, ["runs", "sql", "SELECT 1", "--root", "nowhere"])
     assert result.exit_code == 2 and "no run store at nowhere" in result.output
