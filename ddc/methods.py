@@ -68,6 +68,17 @@ class _Rule(NamedTuple):
         else:
             self.sink(signal, None)
 
+    def weight_gradient(self, grad_effective: Tensor, grad_param: Optional[Tensor]) -> Optional[Tensor]:
+        """The weight's gradient (``dL/dW_eff`` when dense, else ``dL/dW``), after the signal went to the sink;
+        a copy where the two would be the same tensor, so the sink's signal is never the one autograd hands out."""
+        grad_weight = grad_effective if self.dense else grad_param
+        if self.sink is not None:
+            signal = grad_param if self.param_signal else grad_effective
+            self.give(signal)
+            if grad_weight is signal:
+                grad_weight = grad_weight.clone()
+        return grad_weight
+
 
 class _MaskedWeight(torch.autograd.Function):
     """``W_eff = W * keep_mask * scale``, whose backward also feeds the method's signal sink.
@@ -111,13 +122,7 @@ class _MaskedWeight(torch.autograd.Function):
         if ctx.per_example:
             grad_effective = grad_effective.sum(0)
             grad_param = None if grad_param is None else grad_param.sum(0)
-        grad_weight = grad_effective if rule.dense else grad_param
-        if rule.sink is not None:
-            signal = grad_param if rule.param_signal else grad_effective
-            rule.give(signal)
-            if grad_weight is signal:
-                grad_weight = grad_weight.clone()
-        return grad_weight, None, None, None
+        return rule.weight_gradient(grad_effective, grad_param), None, None, None
 
 
 #: Edges per chunk of per-example masks (:class:`_ExampleMasks`): about 4 MB of float32 per temporary.
@@ -235,13 +240,7 @@ class _PerExampleLinear(torch.autograd.Function):
         grad_x = None if grad_x is None else grad_x.to(x_dtype)
         grad_eff = grad_eff.to(w_dtype)
         grad_param = None if grad_param is None else grad_param.to(w_dtype)
-        grad_weight = grad_eff if rule.dense else grad_param
-        if rule.sink is not None:
-            signal = grad_param if rule.param_signal else grad_eff
-            rule.give(signal)
-            if grad_weight is signal:
-                grad_weight = grad_weight.clone()
-        return grad_x, grad_weight, None, None
+        return grad_x, rule.weight_gradient(grad_eff, grad_param), None, None
 
 
 def _matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
