@@ -18,7 +18,7 @@ Variants: ``plain`` (no method), ``dropout`` (output of the masked layers),
 ``recorder.step()`` after every step: all scalar metrics every step),
 ``ddc+recorder-exact`` (the same with ``exact_edges=None``: exact counts and
 rates on every layer, however large), ``ddc+compile`` (DDC with the
-``torch.compile`` path of :func:`ddc.functional.drop_and_keep` on; compiled
+``torch.compile`` path on: ``ddc.apply(..., compile=True)``; compiled
 during the warm-up), and ``baseline`` (the authors' copy-in/copy-out DDC,
 :mod:`benchmarks.baseline`).
 
@@ -67,7 +67,6 @@ import torch
 from torch import nn
 
 import ddc
-from ddc import functional as dfn
 from ddc.models import ResNet20, SimpleCNN1
 from ddc.recorder import Recorder
 
@@ -154,7 +153,8 @@ class Runner:
         elif variant.startswith("ddc"):
             if variant == "ddc-reference":
                 options = dict(options, update="reference")
-            ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed, **options)
+            compile_masks = variant == "ddc+compile"
+            ddc.apply(self.model, "ddc", layers=case["layers"], seed=seed, compile=compile_masks, **options)
             if variant == "ddc+recorder":
                 self.recorder = Recorder(self.model, every=1).attach()
             elif variant == "ddc+recorder-exact":
@@ -173,12 +173,6 @@ class Runner:
         return nn.functional.cross_entropy(out, self.y)
 
     def step(self) -> torch.Tensor:
-        if self.variant == "ddc+compile":
-            with dfn.compiled():
-                return self._step()
-        return self._step()
-
-    def _step(self) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         if self.baseline is not None:
             self.baseline.before_forward()

@@ -417,6 +417,7 @@ def apply(
     layers: Selector = None,
     seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    compile: bool = False,
     **options,
 ) -> Handle:
     """Put ``method`` on the selected layers of ``model``.
@@ -432,6 +433,11 @@ def apply(
         seed / generator: the random source of every mask of this ``apply``
             (one generator per device, shared by the layers, so the same seed
             gives the same masks). Neither: the global RNG.
+        compile: DDC only: build each step's drop probabilities and masks
+            with one ``torch.compile`` kernel (``ddc._fastpath``; the same
+            masks up to float rounding, compiled once per process). How the
+            masks are computed, not what they are: not one of the method's
+            options, so it stays out of run configs.
         **options: the method's options (see each class's docstring), e.g.
             ``p_base=0.3, p_signal=0.5`` for DDC. Unknown names raise.
     Returns:
@@ -441,6 +447,9 @@ def apply(
             cannot act on; the message names it and what is allowed.
     """
     check_choice("method", method, tuple(METHODS))
+    check_choice("compile", compile, (False, True))
+    if compile and method != "ddc":
+        raise ValueError(f"compile=True builds DDC's masks; it applies to method='ddc' only, not method={method!r}")
     rng = MaskRNG(seed=seed, generator=generator)
     prototype = make_method(method, rng=rng, **options)  # validates every option up front
     if method == "none":
@@ -469,4 +478,7 @@ def apply(
         shared = GlobalStats(pooled)
         for each in pooled:
             each.global_stats = shared
+    if compile:
+        for each in handle.methods.values():
+            each.compile_masks = True
     return handle

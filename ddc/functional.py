@@ -1,29 +1,34 @@
 """Pure tensor maths of Dynamic DropConnect: no state, no modules.
 
-The three steps of one DDC edge-drop, following the method specification
-(``docs/method.md``):
+The method of Yang & Chen, "Dynamic DropConnect" (arXiv 2502.19948, Sec. 3),
+with the choices of the authors' reference code (``docs/method.md``), in the
+order a reader meets it:
 
-1. :func:`drop_probability` turns a signal tensor (the last gradient of a
-   weight, or the weight itself) into a per-edge drop probability.
-2. :func:`keep_mask` draws the Bernoulli keep mask, ``keep = u > drop_prob``.
-3. :func:`recalibrate` rescales the kept weights so that inference can use
-   the unmasked weight.
+1. :func:`normalized_signal`: ``|S|`` (the last gradient of a weight, or the
+   weight itself) to a z-like score, ``z = (|S| - mean) / (std + eps)``.
+2. :func:`drop_curve`: the score to a drop probability,
+   ``p = p_base + p_signal * c * [c > tau]`` with ``c = sigmoid(-z)``.
+3. :func:`drop_probability`: both steps, plus the rule for non-finite signals.
+4. :func:`keep_mask`: the Bernoulli keep mask ``keep = u > p``.
+5. :func:`keep_scale` / :func:`recalibrate`: ``W_eff = W * keep * scale``.
 
-The functions reproduce the authors' reference implementation (see
-``tests/reference/ddc_reference_vectors.json``) to float32 precision.
+These functions are what runs. The CPU fast path that DDC's layers use (the
+statistics in one streaming pass, probabilities and mask block by block,
+16-bit uniforms) and the ``torch.compile`` path live in the private module
+``ddc._fastpath``, built from :func:`normalized_signal` and
+:func:`drop_curve` and tested against :func:`drop_probability` and
+:func:`keep_mask`. The functions reproduce the authors' reference
+implementation (``tests/reference/ddc_reference_vectors.json``) to float32
+precision.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-
-from ._transforms import functorch_active
 
 PREFER = ("small", "big")
 NORMALIZE = ("zscore", "none", "mean", "rank")
@@ -34,19 +39,33 @@ EPS = 1e-9
 
 
 def check_choice(name: str, value, allowed) -> None:
-    """Raise a ``ValueError`` naming ``name`` and the allowed values."""
+    """Raise a ``ValueError`` naming ``name`` and the allowed values.
+
+    Raises:
+        ValueError: ``value`` is not one of ``allowed``.
+    """
     if value not in allowed:
-        choices = ", ".join(repr(a) for a in allowed)
+        choices = ", ".join(repr(choice) for choice in allowed)
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {choices}")
 
 
 def check_probability(name: str, value: float) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is a number in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``value`` is not a real number in ``[0, 1]``.
+    """
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}={value!r} must be a probability in [0, 1]")
 
 
 def check_drop_config(p_base: float, p_signal: float, tau: float) -> None:
-    """Validate DDC's probabilities; shared by the functional API and the modules."""
+    """Validate DDC's probabilities; shared by the functional API and the modules.
+
+    Raises:
+        ValueError: ``p_base`` or ``p_signal`` outside ``[0, 1]``, their sum
+            above 1 (method spec Sec. 1 step 6), or ``tau`` outside ``(0, 1)``.
+    """
     check_probability("p_base", p_base)
     check_probability("p_signal", p_signal)
     if p_base + p_signal > 1.0 + 1e-12:
@@ -67,35 +86,43 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype == torch.float64 else torch.float32
 
 
-def _as_work(x: Tensor) -> Tensor:
-    return x if x.dtype == work_dtype(x.dtype) else x.to(work_dtype(x.dtype))
+def _as_work(tensor: Tensor) -> Tensor:
+    return tensor if tensor.dtype == work_dtype(tensor.dtype) else tensor.to(work_dtype(tensor.dtype))
 
 
-def _reduce_dims(x: Tensor, scope: str) -> Optional[Tuple[int, ...]]:
+# ----------------------------------------------------------------------------- 1. the score
+
+
+def _reduce_dims(tensor: Tensor, scope: str) -> Optional[Tuple[int, ...]]:
     """Dimensions the statistics run over: all (layer) or all but the first (row)."""
-    if scope == "layer" or x.dim() < 2:
+    if scope == "layer" or tensor.dim() < 2:
         return None
-    return tuple(range(1, x.dim()))
+    return tuple(range(1, tensor.dim()))
 
 
 def signal_stats(magnitude: Tensor, scope: str = "layer") -> Tuple[Tensor, Tensor]:
-    """Mean and unbiased standard deviation of ``|signal|`` over the scope.
+    """Mean and unbiased standard deviation of ``|signal|`` over the scope (method spec Sec. 1 step 2).
 
-    ``magnitude`` is ``|S|``. For ``scope="row"`` the statistics are taken per
-    output unit (first dimension) and keep their dimensions for broadcasting.
-    One fused pass (``torch.std_mean``) over the tensor, in at least float32
-    (:func:`work_dtype`). A scope of one edge has standard deviation 0 (not
-    the NaN of ``N - 1 = 0``): one value does not vary.
+    Args:
+        magnitude: ``|S|``, any shape.
+        scope: ``"layer"`` (every element) or ``"row"`` (per output unit, the
+            first dimension).
+    Returns:
+        ``(mean, std)``: 0-dim tensors for the layer scope, ``(rows, 1, ...)``
+        (the signal's number of dimensions, for broadcasting) for the row
+        scope; in at least float32 (:func:`work_dtype`). A scope of one edge
+        has standard deviation 0 (not the NaN of ``N - 1 = 0``): one value
+        does not vary.
     """
     magnitude = _as_work(magnitude)
     dims = _reduce_dims(magnitude, scope)
     count = magnitude.numel() if dims is None else math.prod(magnitude.shape[d] for d in dims)
     correction = 1 if count > 1 else 0
     if dims is None:
-        sd, mu = torch.std_mean(magnitude, correction=correction)
+        std, mean = torch.std_mean(magnitude, correction=correction)
     else:
-        sd, mu = torch.std_mean(magnitude, dim=dims, keepdim=True, correction=correction)
-    return mu, sd
+        std, mean = torch.std_mean(magnitude, dim=dims, keepdim=True, correction=correction)
+    return mean, std
 
 
 def normalized_signal(
@@ -105,8 +132,9 @@ def normalized_signal(
     scope: str = "layer",
     eps: float = EPS,
     stats: Optional[Tuple[Tensor, Tensor]] = None,
+    inplace: bool = False,
 ) -> Tensor:
-    """Map ``|S|`` to the z-like score fed to the sigmoid.
+    """Map ``|S|`` to the z-like score fed to the sigmoid (method spec Sec. 1 steps 2-3 and the ablation).
 
     - ``zscore``: ``(a - mean) / (std + eps)`` (the paper);
     - ``none``: ``a`` itself (DDC then collapses to DropConnect(p_base) for
@@ -117,10 +145,19 @@ def normalized_signal(
       the standard normal quantile function, so it lives on a z-like scale;
       tied values share their average rank.
 
-    Equal values (and a scope of one edge) give ``z = 0`` under every
-    normalisation but ``none``. Computed in at least float32.
-    ``stats`` overrides the ``(mean, std)`` pair, which is how a global scope
-    across several layers is implemented.
+    Args:
+        magnitude: ``|S|``, any shape; computed in at least float32.
+        stats: the ``(mean, std)`` to use instead of :func:`signal_stats`
+            (shaped as it returns them; ``std`` may be None for ``mean``):
+            how a global scope across layers, and the fast path's streamed
+            statistics, enter.
+        inplace: overwrite ``magnitude`` (which must then be in its work
+            dtype) with the score; for ``none`` it is returned as it is.
+    Returns:
+        A tensor of ``magnitude``'s shape. Equal values (and a scope of one
+        edge) give ``z = 0`` under every normalisation but ``none``.
+    Raises:
+        ValueError: ``normalize`` or ``scope`` not one of the allowed values.
     """
     check_choice("normalize", normalize, NORMALIZE)
     check_choice("scope", scope, SCOPE)
@@ -129,13 +166,11 @@ def normalized_signal(
         return magnitude
     if normalize == "rank":
         return _rank_score(magnitude, scope)
-    if stats is None:
-        mu, sd = signal_stats(magnitude, scope)
-    else:
-        mu, sd = stats
-    if normalize == "mean":
-        return (magnitude - mu) / (mu + eps)
-    return (magnitude - mu) / (sd + eps)
+    mean, std = signal_stats(magnitude, scope) if stats is None else stats
+    spread = std if normalize == "zscore" else mean
+    if inplace:
+        return magnitude.sub_(mean).div_(spread + eps)
+    return (magnitude - mean) / (spread + eps)
 
 
 def _rank_score(magnitude: Tensor, scope: str) -> Tensor:
@@ -150,19 +185,74 @@ def _rank_score(magnitude: Tensor, scope: str) -> Tensor:
 
 
 def average_ranks(values: Tensor) -> Tensor:
-    """0-based ranks along the last dimension of a ``(rows, n)`` tensor, ties sharing the mean
-    of their positions (scipy's ``rankdata(method="average") - 1``); float64."""
-    rows, n = values.shape
+    """0-based ranks along the last dimension, ties sharing the mean of their positions.
+
+    The same as scipy's ``rankdata(method="average") - 1`` per row.
+
+    Args:
+        values: ``(rows, n)``.
+    Returns:
+        ``(rows, n)`` float64 ranks in ``[0, n - 1]``.
+    """
+    rows, count = values.shape
     ordered, order = values.sort(dim=1, stable=True)
     starts = torch.ones_like(ordered, dtype=torch.bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     # a group id per sorted position, unique across rows
-    group = starts.cumsum(1) - 1 + torch.arange(rows, device=values.device).unsqueeze(1) * n
-    positions = torch.arange(n, device=values.device, dtype=torch.float64).expand(rows, n)
-    sums = torch.zeros(rows * n, dtype=torch.float64, device=values.device).index_add_(0, group.reshape(-1), positions.reshape(-1))
-    counts = torch.bincount(group.reshape(-1), minlength=rows * n).to(torch.float64)
-    mean_position = (sums / counts.clamp_min(1)).gather(0, group.reshape(-1)).reshape(rows, n)
+    group = starts.cumsum(1) - 1 + torch.arange(rows, device=values.device).unsqueeze(1) * count
+    positions = torch.arange(count, device=values.device, dtype=torch.float64).expand(rows, count)
+    flat_group = group.reshape(-1)
+    sums = torch.zeros(rows * count, dtype=torch.float64, device=values.device).index_add_(0, flat_group, positions.reshape(-1))
+    sizes = torch.bincount(flat_group, minlength=rows * count).to(torch.float64)
+    mean_position = (sums / sizes.clamp_min(1)).gather(0, flat_group).reshape(rows, count)
     return torch.empty_like(mean_position).scatter_(1, order, mean_position)
+
+
+# ----------------------------------------------------------------------------- 2. the curve
+
+
+def drop_curve(
+    score: Tensor,
+    *,
+    p_base: float,
+    p_signal: float,
+    tau: float = 0.5,
+    prefer: str = "small",
+    inplace: bool = False,
+) -> Tensor:
+    """DDC's drop probability as a function of the score: ``p = p_base + p_signal * c * [c > tau]``.
+
+    ``c = sigmoid(-z)`` for ``prefer="small"`` (edges with a small signal are
+    dropped more often: the paper's DDC, DropSmallGd in the reference code)
+    or ``c = sigmoid(z)`` for ``prefer="big"`` (DropBigGd). Method spec
+    Sec. 1 steps 4-6; arXiv 2502.19948, Sec. 3. With ``tau = 0.5`` and
+    ``prefer="small"`` exactly the edges with ``z < 0`` get the signal term,
+    and there ``c`` lies in (0.5, 1).
+
+    Args:
+        score: ``z`` (see :func:`normalized_signal`), any shape, a floating dtype.
+        p_base, p_signal: probabilities with ``p_base + p_signal <= 1``.
+        tau: threshold in (0, 1) on ``c``.
+        inplace: overwrite ``score`` with the result.
+    Returns:
+        A tensor of ``score``'s shape and dtype with values in
+        ``[p_base, p_base + p_signal]`` (NaN where the score is NaN).
+    Raises:
+        ValueError: a probability, ``tau`` or ``prefer`` out of range (named).
+    """
+    check_drop_config(p_base, p_signal, tau)
+    check_choice("prefer", prefer, PREFER)
+    curve = score if inplace else score.clone()
+    if prefer == "small":
+        curve.neg_()
+    curve.sigmoid_()  # c
+    torch.nn.functional.threshold_(curve, tau, 0.0)  # q = c * [c > tau]
+    # p = p_base + p_signal * q, rounded once (a 0-dim tensor as the first term: see the compile path)
+    base = torch.full((), p_base, dtype=curve.dtype, device=curve.device)
+    return torch.add(base, curve, alpha=p_signal, out=curve)
+
+
+# ----------------------------------------------------------------------------- 3. both
 
 
 def drop_probability(
@@ -176,27 +266,22 @@ def drop_probability(
     scope: str = "layer",
     eps: float = EPS,
     stats: Optional[Tuple[Tensor, Tensor]] = None,
-    finite: Optional[Tensor] = None,
+    finite: Union[bool, Tensor, None] = None,
 ) -> Tensor:
-    """Per-edge drop probability ``p = p_base + p_signal * q``.
+    """Per-edge drop probability: ``drop_curve(normalized_signal(|signal|))`` (method spec Sec. 1).
 
-    ``q = c * [c > tau]`` with ``c = sigmoid(-z)`` (``prefer="small"``: edges
-    with small signal are dropped more often, the paper's DDC) or
-    ``c = sigmoid(z)`` (``prefer="big"``), where ``z`` is the normalised
-    ``|signal|`` (see :func:`normalized_signal`). Method spec section 1.
-
-    Signals with zero variance (and scopes of one edge) give ``z = 0``,
-    ``c = 0.5`` and hence ``p_base`` everywhere (``0.5 > tau`` is false for the
-    default ``tau``). **Non-finite signals, one rule for every option:** if any
-    entry of ``signal`` is inf or NaN, every edge gets ``p_base`` (whatever
-    the normalisation and scope). ``finite`` (a bool, or a 0-dim bool tensor)
-    states whether the signal is finite when the caller knows it (e.g. with
-    ``stats`` pooled over layers); otherwise it is computed.
+    **Non-finite signals, one rule for every option:** if any entry of
+    ``signal`` is inf or NaN, every edge gets ``p_base`` (whatever the
+    normalisation and scope). Zero-variance signals (and scopes of one edge)
+    give ``z = 0``, ``c = 0.5`` and hence ``p_base`` for the default ``tau``.
 
     Args:
         signal: gradient or weight, any shape (``out x in`` or ``out x in x k...``).
-        p_base, p_signal: probabilities with ``p_base + p_signal <= 1``.
-        tau: threshold in (0, 1) on the sigmoid output.
+        p_base, p_signal, tau, prefer: see :func:`drop_curve`.
+        normalize, scope, eps, stats: see :func:`normalized_signal`.
+        finite: whether the signal is finite, when the caller knows it (a
+            bool or a 0-dim bool tensor, e.g. with ``stats`` pooled over
+            layers); otherwise it is computed.
     Returns:
         A tensor of the signal's shape with values in ``[p_base, p_base + p_signal]``,
         in the signal's dtype, or float32 for 16-bit signals (:func:`work_dtype`).
@@ -205,28 +290,26 @@ def drop_probability(
     """
     check_drop_config(p_base, p_signal, tau)
     check_choice("prefer", prefer, PREFER)
-    check_choice("normalize", normalize, NORMALIZE)
-    check_choice("scope", scope, SCOPE)
-    if normalize == "rank":
-        z = _rank_score(signal.abs(), scope)
-        c = torch.sigmoid(z if prefer == "big" else -z)
-        q = torch.where(c > tau, c, torch.zeros((), dtype=c.dtype, device=c.device))
-        prob = q.mul_(p_signal).add_(p_base)
-        if finite is None:
-            finite = torch.isfinite(signal).all()
-        return _fall_back(prob, finite, p_base)
-    prob, _, _ = drop_and_keep(
-        signal, p_base=p_base, p_signal=p_signal, tau=tau, prefer=prefer, normalize=normalize,
-        scope=scope, eps=eps, stats=stats, finite=finite, want_prob=True, draw=False,
-    )
-    return prob
+    magnitude = _as_work(signal).abs()  # a new tensor: the steps below may work in place
+    score = normalized_signal(magnitude, normalize=normalize, scope=scope, eps=eps, stats=stats, inplace=True)
+    drop_prob = drop_curve(score, p_base=p_base, p_signal=p_signal, tau=tau, prefer=prefer, inplace=True)
+    if finite is None:
+        finite = torch.isfinite(signal).all()
+    return _fall_back(drop_prob, finite, p_base)
 
 
-def _fall_back(prob: Tensor, finite, p_base: float) -> Tensor:
-    """``prob``, or ``p_base`` on every edge when the signal was not finite (no host sync off the CPU)."""
-    if isinstance(finite, bool) or prob.device.type == "cpu":
-        return prob if bool(finite) else prob.fill_(p_base)
-    return torch.where(finite, prob, torch.full((), p_base, dtype=prob.dtype, device=prob.device))
+def _fall_back(drop_prob: Tensor, finite: Union[bool, Tensor], p_base: float) -> Tensor:
+    """``drop_prob``, or ``p_base`` on every edge when the signal was not finite.
+
+    In place; off the CPU with a tensor ``finite`` without a host sync.
+    """
+    if isinstance(finite, bool) or drop_prob.device.type == "cpu":
+        return drop_prob if bool(finite) else drop_prob.fill_(p_base)
+    base = torch.full((), p_base, dtype=drop_prob.dtype, device=drop_prob.device)
+    return torch.where(finite, drop_prob, base, out=drop_prob)
+
+
+# ----------------------------------------------------------------------------- 4. the mask
 
 
 def keep_mask(
@@ -236,43 +319,37 @@ def keep_mask(
     generator: Optional[torch.Generator] = None,
     shape: Optional[Tuple[int, ...]] = None,
 ) -> Tensor:
-    """Bernoulli keep mask ``keep = u > drop_prob`` with ``u ~ U[0, 1)``.
+    """Bernoulli keep mask ``keep = u > drop_prob`` with ``u ~ U[0, 1)`` (method spec Sec. 2).
 
-    ``uniform`` supplies the draws (the reference vectors do); otherwise they
-    come from ``generator`` (or the global RNG). ``shape`` draws a mask larger
-    than ``drop_prob`` that broadcasts against it, e.g. one mask per example
-    ``(batch, out, in)`` for a weight-shaped ``drop_prob``.
+    On the CPU the uniforms have 16 random bits each (``ddc._fastpath.MASK_BITS``:
+    an edge is dropped with probability within ``2**-17`` of ``drop_prob``;
+    0 never drops, 1 always drops) and the mask is drawn block by block
+    without a full-size uniform tensor; other devices use ``torch.rand``.
+
+    Args:
+        drop_prob: drop probabilities, any shape (a 0-dim tensor for one ``p``).
+        uniform: the draws, of the mask's shape (the reference vectors supply them).
+        generator: the random source (default: the global RNG).
+        shape: a mask larger than ``drop_prob`` that broadcasts against it,
+            e.g. one mask per example ``(batch, out, in)`` for a weight-shaped
+            ``drop_prob``. Default: ``drop_prob``'s shape.
+    Returns:
+        A bool tensor, True where the edge is kept.
     """
     if uniform is not None:
         return uniform > drop_prob
     size = tuple(shape) if shape is not None else tuple(drop_prob.shape)
-    if drop_prob.device.type != "cpu":
-        uniform = torch.rand(size, generator=generator, device=drop_prob.device, dtype=_float_dtype(drop_prob))
-        return uniform > drop_prob
-    # CPU: 16-bit uniforms from raw generator bits (see MASK_BITS), block by block.
-    udtype = _uniform_dtype(drop_prob)
-    if tuple(drop_prob.shape) == size or drop_prob.numel() == 1:
-        keep = torch.empty(torch.broadcast_shapes(size, drop_prob.shape), dtype=torch.bool)
-        flat_keep = keep.view(-1)
-        flat_p = drop_prob.reshape(-1) if drop_prob.numel() > 1 else drop_prob.reshape(())
-        ubuf = torch.empty(min(CHUNK, max(flat_keep.numel(), 1)), dtype=udtype)
-        for start in range(0, flat_keep.numel(), CHUNK):
-            stop = min(start + CHUNK, flat_keep.numel())
-            u = _uniform_block(stop - start, generator, ubuf)
-            p = flat_p[start:stop] if flat_p.dim() else flat_p
-            torch.gt(u, p, out=flat_keep[start:stop])
-        return keep
-    # A smaller drop_prob broadcast against ``shape``: draw every uniform, then compare.
-    uniform = torch.empty(size, dtype=udtype)
-    flat_u = uniform.view(-1)
-    for start in range(0, flat_u.numel(), CHUNK):
-        stop = min(start + CHUNK, flat_u.numel())
-        _uniform_block(stop - start, generator, flat_u[start:stop])
+    if drop_prob.device.type == "cpu":
+        return _fastpath.keep_mask_cpu(drop_prob, size, generator)
+    uniform = torch.rand(size, generator=generator, device=drop_prob.device, dtype=_float_dtype(drop_prob))
     return uniform > drop_prob
 
 
-def _float_dtype(x: Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+# ----------------------------------------------------------------------------- 5. re-calibration
+
+
+def _float_dtype(tensor: Tensor) -> torch.dtype:
+    return tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype()
 
 
 def keep_scale(
@@ -284,7 +361,7 @@ def keep_scale(
     batch_dims: int = 0,
     dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
-    """The factor that multiplies kept weights, so that ``W_eff = W * keep * scale``.
+    """The factor that multiplies kept weights, so that ``W_eff = W * keep * scale`` (method spec Sec. 2).
 
     - ``realized`` (reference code): ``1 / (mean(keep) + eps)``, the realised
       keep fraction of the layer (per example when ``batch_dims=1``);
@@ -292,9 +369,16 @@ def keep_scale(
     - ``per_edge``: ``1 / (1 - drop_prob)``, so ``E[W_eff] = W`` edge by edge;
     - ``none``: 1.
 
-    Returns a tensor that broadcasts against ``keep``, of ``dtype`` (give the
-    weight's, so that the masked weight keeps it; computed in at least float32),
-    else of ``drop_prob``'s dtype or the default dtype.
+    Args:
+        keep: bool mask, any shape; with ``batch_dims=1`` its first dimension
+            indexes examples.
+        drop_prob: needed by ``expected`` and ``per_edge``; broadcasts against ``keep``.
+        dtype: the result's dtype (give the weight's, so that the masked
+            weight keeps it); default ``drop_prob``'s work dtype or the default dtype.
+    Returns:
+        A tensor that broadcasts against ``keep``, computed in at least float32.
+    Raises:
+        ValueError: an unknown ``mode``, or ``expected``/``per_edge`` without ``drop_prob``.
     """
     scale = _keep_scale(keep, mode, drop_prob, eps, batch_dims)
     return scale if dtype is None or scale.dtype == dtype else scale.to(dtype)
@@ -306,24 +390,28 @@ def _keep_scale(keep, mode, drop_prob, eps, batch_dims):
     if mode == "none":
         return torch.ones((), dtype=dtype, device=keep.device)
     if mode == "realized":
-        dims = tuple(range(batch_dims, keep.dim()))
-        if not dims:
-            return 1.0 / (keep.to(dtype) + eps)
-        # count_nonzero on the bool mask: the same value as keep.float().mean(),
-        # without materialising a float copy of the mask.
-        if len(dims) == keep.dim():
-            count = torch.count_nonzero(keep).to(dtype)  # the full reduction has a fast kernel
-        else:
-            count = torch.count_nonzero(keep, dim=dims).to(dtype)
-        n = math.prod(keep.shape[d] for d in dims)
-        rate = (count / n).reshape(tuple(1 if d in dims else keep.shape[d] for d in range(keep.dim())))
-        return 1.0 / (rate + eps)
+        return 1.0 / (_realized_keep_rate(keep, batch_dims, dtype) + eps)
     if drop_prob is None:
         raise ValueError(f"recalibration={mode!r} needs drop_prob")
     drop_prob = _as_work(drop_prob)
     if mode == "expected":
         return 1.0 / (1.0 - drop_prob.mean()).clamp_min(eps)
     return 1.0 / (1.0 - drop_prob).clamp_min(eps)
+
+
+def _realized_keep_rate(keep: Tensor, batch_dims: int, dtype: torch.dtype) -> Tensor:
+    """``mean(keep)`` over all but the first ``batch_dims`` dimensions, keeping them for broadcasting."""
+    dims = tuple(range(batch_dims, keep.dim()))
+    if not dims:
+        return keep.to(dtype)
+    # count_nonzero on the bool mask: the same value as keep.float().mean(),
+    # without materialising a float copy of the mask.
+    if len(dims) == keep.dim():
+        count = torch.count_nonzero(keep).to(dtype)  # the full reduction has a fast kernel
+    else:
+        count = torch.count_nonzero(keep, dim=dims).to(dtype)
+    edges = math.prod(keep.shape[d] for d in dims)
+    return (count / edges).reshape(tuple(1 if d in dims else keep.shape[d] for d in range(keep.dim())))
 
 
 def recalibrate(
@@ -334,12 +422,19 @@ def recalibrate(
     drop_prob: Optional[Tensor] = None,
     eps: float = EPS,
 ) -> Tensor:
-    """Masked, re-scaled weight ``W_eff = W * keep * scale`` (see :func:`keep_scale`).
+    """Masked, re-scaled weight ``W_eff = W * keep * scale`` (see :func:`keep_scale`; method spec Sec. 2).
 
     With ``mode="realized"`` this is the reference code's
-    ``W * keep / (mean(keep) + eps)``. A ``keep_mask`` with one more leading
-    dimension than ``weight`` is a per-example mask; its realised keep rate is
-    then taken per example.
+    ``W * keep / (mean(keep) + eps)``.
+
+    Args:
+        weight: ``out x in`` or ``out x in x k...``.
+        keep_mask: bool, the weight's shape, or one more leading dimension
+            for a per-example mask (its realised keep rate is then taken per example).
+    Returns:
+        ``W_eff``, of ``keep_mask``'s shape and the weight's dtype.
+    Raises:
+        ValueError: a mask of another shape, or a bad ``mode`` (see :func:`keep_scale`).
     """
     batch_dims = keep_mask.dim() - weight.dim()
     if batch_dims not in (0, 1):
@@ -354,393 +449,21 @@ def recalibrate(
 def apply_keep(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: Optional[Tensor] = None) -> Tensor:
     """``(weight * keep_mask) * scale``: the one place the masked weight is formed.
 
-    On the CPU, for a bool mask of the weight's shape and a single scale, the
-    product is formed block by block (``CHUNK`` entries): the mask block is
-    read as ``uint8`` (a fast conversion; bool-consuming kernels such as
-    ``where`` are several times slower on the CPU), multiplied by ``scale``
-    and then into the weight block. Same values as the formula; one new
-    tensor and no full-size temporaries. (Outside autograd only, as inside
-    ``_MaskedWeight``; a differentiable call uses the formula.) ``out``, a
-    contiguous tensor of the weight's shape and dtype, receives the result on
-    that path (ignored elsewhere).
+    On the CPU, outside autograd, for a bool mask of the weight's shape and a
+    single scale, the product is formed block by block
+    (``ddc._fastpath.masked_weight_cpu``): the same values, without full-size
+    temporaries. ``out``, a contiguous tensor of the weight's shape and
+    dtype, receives the result on that path (ignored elsewhere).
+
+    Args:
+        weight: any shape; ``keep_mask`` and ``scale`` broadcast against it.
+    Returns:
+        The masked weight.
     """
-    if (
-        weight.device.type == "cpu"
-        and keep_mask.dtype == torch.bool
-        and keep_mask.shape == weight.shape
-        and scale.numel() == 1
-        and weight.dtype in (torch.float32, torch.float64)
-        and torch.result_type(weight, scale) == weight.dtype
-        and not (torch.is_grad_enabled() and (weight.requires_grad or scale.requires_grad))
-        and not functorch_active()
-    ):
-        w = weight.reshape(-1)
-        k8 = keep_mask.reshape(-1).view(torch.uint8)
-        s = scale.reshape(())
-        if out is None or out.shape != weight.shape or out.dtype != weight.dtype or not out.is_contiguous():
-            out = torch.empty(weight.shape, dtype=weight.dtype)
-        flat = out.view(-1)
-        buf = torch.empty(min(CHUNK, max(w.numel(), 1)), dtype=weight.dtype)
-        for start in range(0, w.numel(), CHUNK):
-            stop = min(start + CHUNK, w.numel())
-            factor = buf[: stop - start].copy_(k8[start:stop]).mul_(s)  # keep * scale: 0 or scale
-            torch.mul(w[start:stop], factor, out=flat[start:stop])
-        return out
+    if _fastpath.masked_weight_applies(weight, keep_mask, scale):
+        return _fastpath.masked_weight_cpu(weight, keep_mask, scale, out=out)
     return (weight * keep_mask) * scale
 
 
-# --------------------------------------------------------------------------- fast path
-#
-# On the CPU a training step's mask costs more than its matrix products if it
-# is built the obvious way: every elementwise op allocates a weight-sized
-# temporary (fresh pages from the OS for large layers) and streams it through
-# memory, and ``torch.rand`` runs one Mersenne-Twister call plus a scalar
-# conversion per edge. The functions below
-#
-# * take the statistics in one streaming pass over ``|S|`` (shifted data, so
-#   a constant signal gives exactly z = 0, and a parallel merge of blocks);
-# * build drop probabilities and the mask block by block (``CHUNK`` edges, a few
-#   MiB), every op in place on cache-resident buffers, writing only the bool
-#   mask (and the drop probabilities when asked for) at full size;
-# * draw 16 random bits per edge from 64-bit generator words (four edges per
-#   word); see ``MASK_BITS``.
-#
-# Other devices take the same code in one block and keep ``torch.rand``.
-
-#: Random bits per edge of a CPU mask. The uniform is ``u = (k + 0.5) / 2**16``
-#: with ``k`` uniform on ``0 .. 2**16 - 1`` and the rule stays ``keep = u > p``,
-#: so an edge is dropped with probability ``round(p * 2**16) / 2**16``: within
-#: ``2**-17`` of ``p``; ``p = 0`` never drops and ``p = 1`` always drops.
-#: (``torch.rand`` has 24 bits, one generator call per edge; this uses a
-#: quarter of a 64-bit word per edge.)
-MASK_BITS = 16
-
-#: Edges per block of the CPU fast path (a multiple of 4: four edges per
-#: 64-bit word, so blocking never changes which bits an edge gets).
-CHUNK = 1 << 20
-
-
-def _uniform_dtype(drop_prob: Tensor) -> torch.dtype:
-    # (k + 0.5) / 2**16 needs 17 significant bits: exact in float32 and float64.
-    return drop_prob.dtype if drop_prob.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _uniform_block(n: int, generator: Optional[torch.Generator], out: Tensor) -> Tensor:
-    """``n`` CPU uniforms ``(k + 0.5) / 2**16`` into ``out[:n]`` (see ``MASK_BITS``)."""
-    words = torch.empty((n + 3) // 4, dtype=torch.int64)
-    words.random_(-(2**63), None, generator=generator)  # all 64 bits of each word
-    u = out[:n]
-    u.copy_(words.view(torch.int16)[:n])  # k - 32768, exact
-    # (k - 32768) * 2**-16 + (0.5 + 2**-17) = (k + 0.5) / 2**16, exact in float32 / float64.
-    return torch.add(_HALF_BIN.to(u.dtype), u, alpha=2.0**-16, out=u)
-
-
-_HALF_BIN = torch.tensor(0.5 + 2.0**-17, dtype=torch.float64)
-
-
-def _block_rows(rows: int, cols: int, device: torch.device) -> int:
-    """Rows per block: about CHUNK edges, and a multiple of 4 edges unless it is the last."""
-    if device.type != "cpu" or rows * cols <= CHUNK:
-        return max(rows, 1)
-    step = 4 // math.gcd(cols, 4)
-    return max(step, (CHUNK // max(cols, 1)) // step * step)
-
-
-def _blocks(x: Tensor, scope: str):
-    """Views of ``x`` block by block: flat ranges (layer scope) or row ranges (row scope)."""
-    if scope == "row" and x.dim() >= 2:
-        matrix = x.reshape(x.shape[0], -1)
-        step = _block_rows(matrix.shape[0], matrix.shape[1], x.device)
-        return [(i, matrix[i : i + step]) for i in range(0, matrix.shape[0], step)]
-    flat = x.reshape(-1)
-    step = flat.numel() if x.device.type != "cpu" else CHUNK
-    return [(i, flat[i : i + step]) for i in range(0, max(flat.numel(), 1), max(step, 1))]
-
-
-def _streamed_stats(signal: Tensor, scope: str, want_sd: bool):
-    """Mean and unbiased std of ``|signal|`` over the scope, without a full-size temporary.
-
-    Shifted data (the first edge of each scope is subtracted first, so a
-    constant signal gives exactly its own mean and std 0), a two-pass
-    mean/centred sum of squares per cache-sized block, and the parallel
-    (Chan et al.) merge of the blocks in float64. Layer scope: 0-dim results;
-    row scope: ``(rows, 1, ...)`` with the signal's number of dimensions.
-    In :func:`work_dtype` (float32 for 16-bit signals); a scope of one edge
-    has std 0.
-    """
-    row = scope == "row" and signal.dim() >= 2
-    dtype = work_dtype(signal.dtype)
-    blocks = _blocks(signal, scope)
-    if row:
-        matrix = signal.reshape(signal.shape[0], -1)
-        cols = matrix.shape[1]
-        ref = _as_work(matrix[:, :1]).abs()
-        buf = torch.empty(blocks[0][1].numel(), dtype=dtype, device=signal.device)
-        means, m2s = [], []
-        for start, blk in blocks:
-            a = _abs_into(blk, buf[: blk.numel()].view(blk.shape))
-            a.sub_(ref[start : start + blk.shape[0]])
-            mu_b = a.mean(dim=1, keepdim=True)
-            means.append(mu_b)
-            if want_sd:
-                a.sub_(mu_b)
-                m2s.append(torch.linalg.vector_norm(a, dim=1, keepdim=True).square_())
-        mu = ref + torch.cat(means)
-        sd = torch.sqrt(torch.cat(m2s) / max(cols - 1, 1)) if want_sd else None
-        shape = (signal.shape[0],) + (1,) * (signal.dim() - 1)
-        return mu.reshape(shape), (sd.reshape(shape) if sd is not None else None)
-    flat = signal.reshape(-1)
-    n = flat.numel()
-    ref = _as_work(flat[0]).abs() if n else torch.zeros((), dtype=dtype, device=signal.device)
-    buf = torch.empty(blocks[0][1].numel(), dtype=dtype, device=signal.device)
-    means, m2s, counts = [], [], []
-    for _, blk in blocks:
-        a = _abs_into(blk, buf[: blk.numel()])
-        a.sub_(ref)
-        mu_b = a.mean()
-        means.append(mu_b)
-        counts.append(blk.numel())
-        if want_sd:
-            a.sub_(mu_b)
-            m2s.append(torch.dot(a, a) if a.is_floating_point() and a.dtype in (torch.float32, torch.float64) else (a * a).sum())
-    if len(means) == 1:
-        mu = ref + means[0]
-        sd = torch.sqrt(m2s[0] / max(n - 1, 1)) if want_sd else None
-        return mu, sd
-    wide = torch.float64 if signal.device.type != "mps" else torch.float32
-    shift, m2 = merge_moments(means, m2s if want_sd else None, counts, dtype=wide)
-    mu = (ref.to(wide) + shift).to(dtype)
-    sd = torch.sqrt(m2 / max(n - 1, 1)).to(dtype) if want_sd else None
-    return mu, sd
-
-
-def _abs_into(block: Tensor, out: Tensor) -> Tensor:
-    """``|block|`` written into ``out`` (which may be of a wider dtype)."""
-    if block.dtype == out.dtype:
-        return torch.abs(block, out=out)
-    return out.copy_(block).abs_()
-
-
-def merge_moments(means, m2s, counts, *, dtype: torch.dtype = torch.float64):
-    """Mean and centred sum of squares (M2) of a union of groups, from each group's.
-
-    The parallel formula of Chan et al.: ``mean = sum(n_i mean_i) / n`` and
-    ``M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2)``, computed in ``dtype``.
-    ``m2s=None`` returns only the mean (and None).
-    """
-    means_t = torch.stack(list(means)).to(dtype)
-    counts_t = torch.tensor(list(counts), dtype=dtype, device=means_t.device)
-    mean = (means_t * counts_t).sum() / counts_t.sum()
-    if m2s is None:
-        return mean, None
-    m2 = torch.stack(list(m2s)).to(dtype).sum() + (counts_t * (means_t - mean).square()).sum()
-    return mean, m2
-
-
-def drop_and_keep(
-    signal: Tensor,
-    *,
-    p_base: float,
-    p_signal: float,
-    tau: float = 0.5,
-    prefer: str = "small",
-    normalize: str = "zscore",
-    scope: str = "layer",
-    eps: float = EPS,
-    stats: Optional[Tuple[Tensor, Tensor]] = None,
-    finite: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-    want_prob: bool = True,
-    draw: bool = True,
-    stats_out: Optional[list] = None,
-) -> Tuple[Optional[Tensor], Optional[Tensor], Tensor]:
-    """:func:`drop_probability` and :func:`keep_mask` in one blocked pass: ``(drop_prob, keep, finite)``.
-
-    The same values as ``p = drop_probability(signal, ...)`` followed by
-    ``keep_mask(p, generator=generator)`` (same generator state, same mask),
-    without full-size temporaries: ``drop_prob`` is only materialised when
-    ``want_prob`` (otherwise ``None``); ``keep`` is ``None`` unless ``draw``.
-    ``finite`` is a 0-dim bool tensor: whether the signal was finite (if not,
-    every edge got ``p_base``; see :func:`drop_probability`); given, it is
-    used instead of being computed. ``normalize="rank"`` is not supported here.
-    ``stats_out``, a list, receives the ``(mean, sd)`` the scores used (either
-    may be None), from which :func:`drop_probability` with ``stats=`` and
-    ``finite=`` gives the same probabilities for any part of the signal later.
-    Arguments are validated by the callers.
-    """
-    if normalize == "rank":
-        raise ValueError("drop_and_keep: normalize='rank' needs the full tensor; use drop_probability")
-    row = scope == "row" and signal.dim() >= 2
-    small = prefer == "small"
-    dtype = work_dtype(signal.dtype)
-    device = signal.device
-    mu = sd = den = None
-    if normalize in ("zscore", "mean"):
-        if stats is None:
-            mu, sd = _streamed_stats(signal, scope, want_sd=normalize == "zscore")
-            if finite is None:
-                # The mean (accumulated per block, merged in float64) is finite exactly when every entry is.
-                finite = torch.isfinite(mu).all()
-        else:
-            mu, sd = stats
-        if normalize == "zscore":
-            # (a - mu) / -(sd + eps) == -((a - mu) / (sd + eps)) exactly: sigmoid(-z) in one divide.
-            den = (sd + eps).neg_() if small else sd + eps
-        else:
-            den = (mu + eps).neg_() if small else mu + eps
-    if finite is None:
-        finite = torch.isfinite(signal).all()
-    elif not isinstance(finite, Tensor):
-        finite = torch.tensor(bool(finite), device=device)
-    if stats_out is not None:
-        stats_out.extend((mu, sd))
-    if _COMPILE["enabled"] and draw:  # one fused kernel over the whole tensor: none of the blocked path's buffers
-        return _drop_and_keep_compiled(signal, row, normalize, small, mu, den, finite, p_base, p_signal, tau, generator, want_prob)
-    prob = torch.empty(signal.shape, dtype=dtype, device=device) if want_prob else None
-    keep = torch.empty(signal.shape, dtype=torch.bool, device=device) if draw else None
-    blocks = _blocks(signal, scope)
-    size = blocks[0][1].numel()
-    buf = None if want_prob else torch.empty(size, dtype=dtype, device=device)
-    cond_buf = torch.empty(size, dtype=torch.bool, device=device)
-    zero = torch.zeros((), dtype=dtype, device=device)
-    cpu = device.type == "cpu"
-    ubuf = torch.empty(size, dtype=dtype, device=device) if (draw and cpu) else None
-    prob_view = None if prob is None else (prob.reshape(signal.shape[0], -1) if row else prob.view(-1))
-    keep_view = None if keep is None else (keep.view(signal.shape[0], -1) if row else keep.view(-1))
-    if row and mu is not None:
-        mu_rows = mu.reshape(-1, 1) if mu.dim() else mu
-        den_rows = den.reshape(-1, 1) if den.dim() else den
-    # On the CPU, looking at the finiteness flag is free (no device queue to
-    # wait for): a finite signal lets one threshold op stand in for
-    # compare-and-select, and a non-finite one means p = p_base outright.
-    # Elsewhere (no host sync) a where() maps NaN scores to q = 0, and a
-    # second one puts p_base on every edge of a non-finite signal.
-    finite_host = bool(finite) if cpu else None
-    p_base_t = torch.full((), p_base, dtype=dtype, device=device)
-    for start, blk in blocks:
-        count = blk.numel()
-        stop = start + blk.shape[0]
-        out = prob_view[start:stop] if prob_view is not None else buf[:count].view(blk.shape)
-        if finite_host is False:
-            a = out.fill_(p_base)
-        else:
-            a = _score_block(blk, out, normalize, small, row, start, stop, mu, den,
-                             mu_rows if row and mu is not None else None,
-                             den_rows if row and mu is not None else None)
-            if finite_host:
-                torch.nn.functional.threshold_(a, tau, 0.0)  # q = c * [c > tau]
-            else:
-                cond = torch.gt(a, tau, out=cond_buf[:count].view(blk.shape))
-                torch.where(cond, a, zero, out=a)  # q; a NaN score gives q = 0
-            torch.add(p_base_t, a, alpha=p_signal, out=a)  # p = p_base + p_signal * q
-            if finite_host is None:
-                torch.where(finite, a, p_base_t, out=a)
-        if draw:
-            kb = keep_view[start:stop]
-            if cpu:
-                u = _uniform_block(count, generator, ubuf).view(blk.shape)
-            else:
-                u = torch.rand(blk.shape, generator=generator, device=device, dtype=dtype)
-            if cpu:
-                # float compare, then float -> bool: both fast kernels (a bool-out compare is not).
-                kb.copy_(torch.gt(u, a, out=u))
-            else:
-                torch.gt(u, a, out=kb)
-    return prob, keep, finite
-
-
-def _score_block(blk, out, normalize, small, row, start, stop, mu, den, mu_rows, den_rows):
-    """``c = sigmoid(-z)`` (or ``sigmoid(z)`` for prefer="big") of one block, into ``out``."""
-    a = _abs_into(blk, out)
-    if normalize in ("zscore", "mean"):
-        m_b, d_b = (mu_rows[start:stop], den_rows[start:stop]) if row and mu_rows.dim() else (mu, den)
-        a.sub_(m_b).div_(d_b)  # zscore: (a - mu) / -(sd + eps); mean: (a - mu) / -(mu + eps)
-    elif small:
-        a.neg_()
-    return a.sigmoid_()
-
-
-# ----------------------------------------------------------------------------- torch.compile path
-#
-# The blocked eager path above runs about ten elementwise kernels per block.
-# With the compile path on, the score, threshold, uniform and comparison of
-# :func:`drop_and_keep` are one fused kernel generated by ``torch.compile``
-# (Inductor) over the whole tensor; the statistics and the random bits stay
-# eager, so the generator is advanced exactly as before and the masks are the
-# same as the eager path's up to float rounding inside the fused kernel (an
-# edge flips only where ``p`` and its 16-bit uniform agree to the last bit,
-# about once in 10^7 edges). Compilation costs seconds to a minute per kernel
-# variant and process, once; it pays off on large layers. Off by default: turn
-# it on with :func:`set_compile`, the :func:`compiled` context manager, or
-# ``DDC_COMPILE=1`` in the environment.
-
-_COMPILE = {"enabled": os.environ.get("DDC_COMPILE", "0") not in ("", "0", "false", "False")}
-_KERNELS: dict = {}
-
-
-def set_compile(enabled: bool) -> bool:
-    """Turn the ``torch.compile`` path of :func:`drop_and_keep` on or off; returns the previous setting."""
-    if not isinstance(enabled, bool):
-        raise TypeError(f"set_compile: enabled={enabled!r} must be True or False")
-    previous = _COMPILE["enabled"]
-    _COMPILE["enabled"] = enabled
-    return previous
-
-
-def compile_enabled() -> bool:
-    return _COMPILE["enabled"]
-
-
-@contextlib.contextmanager
-def compiled(enabled: bool = True):
-    """``with compiled():`` runs the block with the compile path on (or off), then restores it."""
-    previous = set_compile(enabled)
-    try:
-        yield
-    finally:
-        set_compile(previous)
-
-
-def _fused_kernel(normalize: str, small: bool, bits: bool, want_prob: bool):
-    key = (normalize, small, bits, want_prob)
-    if key not in _KERNELS:
-
-        def kernel(signal, draws, mu, den, finite, p_base, p_signal, tau):
-            # the eager path's operations, in its order (see _score_block and drop_and_keep)
-            a = signal.abs().to(p_base.dtype)
-            if normalize in ("zscore", "mean"):
-                a = (a - mu) / den
-            elif small:
-                a = -a
-            c = torch.sigmoid(a)
-            q = torch.where(c > tau, c, torch.zeros_like(c))  # a NaN score gives q = 0
-            p = torch.where(finite, p_base + p_signal * q, p_base)  # a non-finite signal: p_base everywhere
-            u = draws.to(p.dtype) * (2.0**-16) + (0.5 + 2.0**-17) if bits else draws
-            keep = u > p
-            return (p, keep) if want_prob else keep
-
-        _KERNELS[key] = torch.compile(kernel, dynamic=True, fullgraph=True)
-    return _KERNELS[key]
-
-
-def _drop_and_keep_compiled(signal, row, normalize, small, mu, den, finite, p_base, p_signal, tau, generator, want_prob):
-    dtype, device = work_dtype(signal.dtype), signal.device
-    flat = signal.reshape(signal.shape[0], -1) if row else signal.reshape(-1)
-    n = flat.numel()
-    bits = device.type == "cpu"
-    if bits:
-        words = torch.empty((n + 3) // 4, dtype=torch.int64)
-        words.random_(-(2**63), None, generator=generator)  # the eager path's bits, edge for edge
-        draws = words.view(torch.int16)[:n].view(flat.shape)
-    else:
-        draws = torch.rand(flat.shape, generator=generator, device=device, dtype=dtype)
-
-    def as_scope(t):
-        if t is None:
-            return torch.zeros((), dtype=dtype, device=device)
-        return t.reshape(-1, 1) if row and t.dim() else t
-
-    scalars = [torch.full((), v, dtype=dtype, device=device) for v in (p_base, p_signal, tau)]
-    result = _fused_kernel(normalize, small, bits, want_prob)(flat, draws, as_scope(mu), as_scope(den), finite, *scalars)
-    prob, keep = result if want_prob else (None, result)
-    return (None if prob is None else prob.view(signal.shape)), keep.view(signal.shape), finite
+# The fast path is built from the functions above (import at the end: it imports this module).
+from . import _fastpath  # noqa: E402

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ._fastpath import drop_and_keep, streamed_stats
 from ._transforms import ddp_process_group, functorch_active, plain, vmap_active
 from .functional import (
     EPS,
@@ -32,12 +33,10 @@ from .functional import (
     PREFER,
     RECALIBRATION,
     _as_work,
-    _streamed_stats,
     apply_keep,
     check_choice,
     check_drop_config,
     check_probability,
-    drop_and_keep,
     drop_probability,
     keep_mask,
     keep_scale,
@@ -925,6 +924,11 @@ class DynamicDropConnect(WeightDrop):
       reference); ``"base"`` drops every edge with ``p_base`` meanwhile;
     - ``drop_bias=False``: biases (with their own signal statistics) are masked too when True.
 
+    ``compile_masks`` (False; set by ``ddc.apply(..., compile=True)``, not an
+    option of the run's config) builds each step's drop probabilities and
+    mask with one ``torch.compile`` kernel instead of the blocked eager path
+    (``ddc._fastpath``): the same masks up to float rounding inside the kernel.
+
     The signal is DDC's own: no stored signal, EMA or statistic shares memory
     with ``.grad``, the weight or a tensor handed to a hook, so clipping,
     zeroing or cleaning gradients in place never changes the next drop
@@ -958,6 +962,7 @@ class DynamicDropConnect(WeightDrop):
     """
 
     name = "ddc"
+    compile_masks = False
     SIGNALS = ("grad", "weight")
     SIGNAL_SOURCES = ("effective", "param")
     FIRST_STEPS = ("passthrough", "base")
@@ -1112,7 +1117,7 @@ class DynamicDropConnect(WeightDrop):
             if self.global_stats is not None and role == "weight":
                 stats, finite = self.global_stats.get(self)
             else:
-                stats = _streamed_stats(signal, self._formula()["scope"], want_sd=self.normalize == "zscore")
+                stats = streamed_stats(signal, self._formula()["scope"], want_sd=self.normalize == "zscore")
                 # (the mean, accumulated per block and merged in float64, is finite exactly when every entry is)
                 finite = torch.isfinite(stats[0]).all()
         else:
@@ -1150,7 +1155,7 @@ class DynamicDropConnect(WeightDrop):
         return super().train(mode)
 
     def draw_mask(self, role, param, shape):
-        """Fast path: drop probabilities and mask in one blocked pass (:func:`ddc.functional.drop_and_keep`).
+        """Fast path: drop probabilities and mask in one blocked pass (``ddc._fastpath.drop_and_keep``).
 
         Same masks as ``keep_mask(weight_drop_prob(...), generator=...)``; the
         drop probabilities are only materialised when a recorder or the
@@ -1185,6 +1190,7 @@ class DynamicDropConnect(WeightDrop):
                 generator=self.rng(param.device),
                 want_prob=self._needs_drop_prob() and not lazy,
                 stats_out=used,
+                compile=self.compile_masks,
             )
         if lazy:  # (read by _step_record: the record computes them from the signal)
             mean, sd = used

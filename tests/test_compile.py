@@ -1,4 +1,4 @@
-"""The torch.compile path of drop_and_keep: same masks and drop probabilities as the eager path."""
+"""The torch.compile path of the fast drop_and_keep (``compile=True``): same masks and drop probabilities as the eager path."""
 
 import os
 import shutil
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ddc
-from ddc import functional as F
+from ddc import _fastpath as fast
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -22,8 +22,7 @@ def both(signal, **options):
     out = []
     for enabled in (False, True):
         generator = torch.Generator().manual_seed(7)
-        with F.compiled(enabled):
-            out.append(F.drop_and_keep(signal, generator=generator, **options))
+        out.append(fast.drop_and_keep(signal, generator=generator, compile=enabled, **options))
         out[-1] += (generator.initial_seed(), generator.get_state())
     return out
 
@@ -52,33 +51,37 @@ def test_compiled_path_maps_a_nonfinite_signal_to_p_base():
     assert torch.all(p1 == torch.tensor(0.2))
 
 
-def test_compile_switch():
-    assert F.compile_enabled() is False
-    with F.compiled():
-        assert F.compile_enabled() is True
-        with F.compiled(False):
-            assert F.compile_enabled() is False
-        assert F.compile_enabled() is True
-    assert F.compile_enabled() is False
-    with pytest.raises(TypeError, match="enabled"):
-        F.set_compile("yes")
+def test_compile_option():
+    """An explicit option, not module state: per apply() (DDC only) and per drop_and_keep call."""
+    layer = torch.nn.Linear(4, 3)
+    handle = ddc.apply(layer, "ddc", layers=[torch.nn.Linear], compile=True)
+    assert handle.methods[""].compile_masks is True
+    handle.remove()
+    assert ddc.apply(layer, "ddc", layers=[torch.nn.Linear]).methods[""].compile_masks is False
+    ddc.detach(layer)
+    with pytest.raises(ValueError, match="compile='yes'.*False, True"):
+        ddc.apply(torch.nn.Linear(4, 3), "ddc", layers=[torch.nn.Linear], compile="yes")
+    with pytest.raises(ValueError, match="compile=True.*method='ddc' only"):
+        ddc.apply(torch.nn.Linear(4, 3), "dropconnect", layers=[torch.nn.Linear], compile=True)
+    with pytest.raises(ValueError, match="compile"):
+        fast.drop_and_keep(torch.randn(3, 3), p_base=0.3, p_signal=0.5, compile="yes")
+    assert "compile" not in ddc.method_options("ddc")  # not a run-config option: run ids stay as they were
 
 
 def test_ddc_layer_trains_the_same_with_the_compile_path():
     def train(enabled):
         torch.manual_seed(0)
         layer = torch.nn.Linear(40, 30)
-        ddc.apply(layer, "ddc", layers=[torch.nn.Linear], seed=2)
+        ddc.apply(layer, "ddc", layers=[torch.nn.Linear], seed=2, compile=enabled)
         opt = torch.optim.SGD(layer.parameters(), lr=0.1)
         x = torch.randn(16, 40, generator=torch.Generator().manual_seed(1))
         losses = []
-        with F.compiled(enabled):
-            for _ in range(4):
-                loss = layer(x).pow(2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+        for _ in range(4):
+            loss = layer(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
         return losses, layer.weight.detach().clone()
 
     (l0, w0), (l1, w1) = train(False), train(True)

@@ -277,10 +277,11 @@ def gaussian_drop_rate(p_base: float = 0.3, p_signal: float = 0.5, tau: float = 
     ``p_base + p_signal * E[c 1(c > tau)]`` with ``c = sigmoid(-z)``, ``z ~ N(0, 1)`` (numerical integral)."""
     import numpy as np
 
+    from ddc.functional import drop_curve
+
     z = np.linspace(-12, 12, points)
     density = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
-    c = 1.0 / (1.0 + np.exp(z))
-    q = np.where(c > tau, c, 0.0)
+    q = drop_curve(torch.from_numpy(z), p_base=0.0, p_signal=1.0, tau=tau).numpy()  # c 1(c > tau): the curve at 0, 1
     return float(p_base + p_signal * np.trapezoid(q * density, z))
 
 

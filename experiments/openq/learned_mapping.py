@@ -110,9 +110,8 @@ P_CLAMP = 1e-4
 
 
 def zscore(a: Tensor) -> Tensor:
-    """``(a - mean) / (std + eps)`` over the whole tensor (DDC's layer scope)."""
-    sd, mu = torch.std_mean(a)
-    return (a - mu) / (sd + EPS)
+    """``(a - mean) / (std + eps)`` over the whole tensor: DDC's score (layer scope), from ``ddc.functional``."""
+    return dfn.normalized_signal(a, normalize="zscore", scope="layer", eps=EPS)
 
 
 def edge_features(signal: Tensor, weight: Tensor, ema: Tensor, layer_index: float = 0) -> Tensor:
@@ -190,9 +189,10 @@ def ddc_target(signal: Tensor, p_base: float, p_signal: float, tau: float) -> fl
 
 
 def ddc_curve(z: np.ndarray, p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5) -> np.ndarray:
-    """DDC's fixed curve ``p(z) = p_base + p_signal * c * [c > tau]``, ``c = sigmoid(-z)``."""
-    c = 1.0 / (1.0 + np.exp(np.asarray(z, dtype=float)))
-    return p_base + p_signal * np.where(c > tau, c, 0.0)
+    """DDC's fixed curve ``p(z) = p_base + p_signal * c * [c > tau]``, ``c = sigmoid(-z)``
+    (:func:`ddc.functional.drop_curve`), on a float64 array of scores."""
+    score = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    return dfn.drop_curve(score, p_base=p_base, p_signal=p_signal, tau=tau, prefer="small").numpy()
 
 
 # ----------------------------------------------------------------------------- the method module
