@@ -220,3 +220,39 @@ def test_per_edge_recalibration_is_unbiased():
     # Per edge, sd of the estimate is |w| * sqrt(p / (1 - p)) / sqrt(trials).
     tolerance = 5 * weight.abs() * torch.sqrt(drop_prob / (1 - drop_prob)) / math.sqrt(trials) + 1e-6
     assert torch.all((mean - weight).abs() < tolerance)
+
+
+# ----------------------------------------------------------------------------- the curve on its own
+
+
+@pytest.mark.parametrize("prefer", F.PREFER)
+def test_drop_curve_is_the_formula(prefer):
+    """p = p_base + p_signal * c * [c > tau], c = sigmoid(-z) (small) or sigmoid(z) (big), element by element."""
+    score = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    p = F.drop_curve(score, p_base=0.2, p_signal=0.6, tau=0.55, prefer=prefer)
+    for z, value in zip(score.tolist(), p.tolist()):
+        c = 1.0 / (1.0 + math.exp(z if prefer == "small" else -z))
+        assert value == pytest.approx(0.2 + 0.6 * (c if c > 0.55 else 0.0), rel=1e-15, abs=1e-15)
+    assert torch.equal(score, torch.linspace(-4, 4, 81, dtype=torch.float64))  # not in place by default
+    out = score.clone()
+    assert F.drop_curve(out, p_base=0.2, p_signal=0.6, tau=0.55, prefer=prefer, inplace=True) is out
+    assert torch.equal(out, p)
+
+
+def test_drop_curve_rejects_bad_options():
+    with pytest.raises(ValueError, match="p_base \\+ p_signal"):
+        F.drop_curve(torch.zeros(3), p_base=0.6, p_signal=0.5)
+    with pytest.raises(ValueError, match="tau"):
+        F.drop_curve(torch.zeros(3), p_base=0.3, p_signal=0.5, tau=1.0)
+    with pytest.raises(ValueError, match="prefer.*'small', 'big'"):
+        F.drop_curve(torch.zeros(3), p_base=0.3, p_signal=0.5, prefer="large")
+
+
+@pytest.mark.parametrize("normalize", F.NORMALIZE)
+@pytest.mark.parametrize("scope", F.SCOPE)
+def test_drop_probability_is_the_curve_of_the_score(normalize, scope):
+    """The definition composes the two public steps, for every normalisation and scope."""
+    signal = torch.randn(9, 7, generator=torch.Generator().manual_seed(2))
+    options = dict(p_base=0.25, p_signal=0.5, tau=0.5, prefer="small")
+    score = F.normalized_signal(signal.abs(), normalize=normalize, scope=scope)
+    assert torch.equal(F.drop_probability(signal, normalize=normalize, scope=scope, **options), F.drop_curve(score, **options))
