@@ -310,7 +310,6 @@ def _long_functions(root: Path):
     return found
 
 
-@pytest.mark.xfail(strict=False, reason="ddc/functional.py drop_and_keep is still over 60 lines (helper func rewrites it)")
 def test_no_function_over_60_lines():
     assert _long_functions(ROOT) == []
 
