@@ -204,9 +204,9 @@ def streamed_stats(signal: Tensor, scope: str, want_sd: bool) -> Tuple[Tensor, O
         sizes.append(block.numel())
         if want_sd:
             centred.sub_(block_mean)
-            sums_of_squares.append(torch.dot(centred, centred) if centred.dtype in (torch.float32, torch.float64) else (centred * centred).sum())
+            sums_of_squares.append(_sum_of_squares(centred))
     if len(means) == 1:
-        std = torch.sqrt(sums_of_squares[0] / max(count - 1, 1)) if want_sd else None
+        std = torch.sqrt(sums_of_squares[0] / max(count - 1, 1)).to(dtype) if want_sd else None
         return shift + means[0], std
     wide = torch.float64 if signal.device.type != "mps" else torch.float32
     mean_offset, total_squares = merge_moments(means, sums_of_squares if want_sd else None, sizes, dtype=wide)
@@ -230,11 +230,30 @@ def _row_stats(signal: Tensor, want_sd: bool) -> Tuple[Tensor, Optional[Tensor]]
         means.append(block_mean)
         if want_sd:
             centred.sub_(block_mean)
-            sums_of_squares.append(torch.linalg.vector_norm(centred, dim=1, keepdim=True).square_())
+            sums_of_squares.append(_sum_of_squares(centred, dim=1))
     mean = shift + torch.cat(means)
-    std = torch.sqrt(torch.cat(sums_of_squares) / max(cols - 1, 1)) if want_sd else None
+    std = torch.sqrt(torch.cat(sums_of_squares) / max(cols - 1, 1)).to(dtype) if want_sd else None
     shape = (signal.shape[0],) + (1,) * (signal.dim() - 1)
     return mean.reshape(shape), (std.reshape(shape) if std is not None else None)
+
+
+def _sum_of_squares(centred: Tensor, dim: Optional[int] = None) -> Tensor:
+    """``sum(centred**2)`` (over ``dim``, kept for broadcasting; all of it when None).
+
+    In ``centred``'s dtype, except where a float32 sum overflows while the
+    values are finite (``|S|`` from about 1e19): on the CPU such a sum is
+    taken again in float64 (the readable :func:`ddc.functional.signal_stats`
+    accumulates in float64 too), so the standard deviation stays finite.
+    """
+    if dim is None:
+        total = torch.dot(centred, centred) if centred.dtype in (torch.float32, torch.float64) else (centred * centred).sum()
+    else:
+        total = torch.linalg.vector_norm(centred, dim=dim, keepdim=True).square_()
+    if centred.device.type == "cpu" and centred.dtype != torch.float64 and not bool(torch.isfinite(total).all()):
+        if bool(torch.isfinite(centred).all()):
+            wide = centred.to(torch.float64)
+            total = wide.square().sum() if dim is None else wide.square().sum(dim=dim, keepdim=True)
+    return total
 
 
 def merge_moments(

@@ -143,7 +143,7 @@ class _ExampleMasks:
     A chunk holds about :data:`EXAMPLE_CHUNK_EDGES` edges (at least one
     example), and a multiple of 4 edges, so on the CPU the masks are bit for
     bit those of one ``keep_mask(drop_prob, shape=(batch, out, in))`` call (four
-    edges per 64-bit word, see ``functional.MASK_BITS``). Backward makes them
+    edges per 64-bit word, see ``ddc._fastpath.MASK_BITS``). Backward makes them
     again from the generator state saved before the first chunk, unless they
     were kept for a recorder (``record=True``: ``keep`` then holds all
     ``batch x out x in`` of them, as bools, and ``scale`` the scales).

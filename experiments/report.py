@@ -195,10 +195,8 @@ def build_report(
     """
     say = log or (lambda _: None)
     from ddc.store import load_metrics, load_runs
-    from experiments.paper import experiment_title
 
     out_dir = Path(out_dir)
-    figure_dir = out_dir / "figures"
     runs = load_runs(paths)
     if runs.empty:
         raise ValueError(f"no finished runs under {paths}")
@@ -218,24 +216,9 @@ def build_report(
         if value not in group or group[value].isna().all():
             lines += [f"No `{value}` in these runs.", ""]
             continue
-        skip = decided_pairs(group, decided, baseline) if decided else {}
-        summary, tests, _ = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples, skip=skip)
-        columns = ["label", "n", "mean", "std", "ci_low", "ci_high"] + (["binomial_se"] if "binomial_se" in summary else [])
-        lines += ["Mean and 95% t interval over seeds (`binomial_se`: the test-set noise of one run's accuracy):", "",
-                  _markdown_table(summary[columns]), ""]
-        if tests is not None:
-            shown = tests[["label", "family", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm", "cohen_dz", "mde", "verdict"]]
-            lines += [f"Paired differences vs `{baseline}` (paired t over seeds, 95% t interval; the methods are one "
-                      f"family and the settings of one method another, Holm within each; `mde`: the difference detectable "
-                      f"with 80% power at this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
-        if skip:
-            lines += ["Not tested again here, on the same runs: " + "; ".join(
-                f"`{label}` vs `{base}` (decided in {skip[(label, base)]})" for label, base in sorted(skip))
-                + ": the notebook's estimate, interval and p-value are the answer (one comparison, one answer).", ""]
+        lines += _group_section(group, metrics, out_dir, name=name, task=f"{dataset}-{model}", differs=differs,
+                                value=value, baseline=baseline, n_resamples=n_resamples, decided=decided)
         means_by_group.append(group.groupby("label", as_index=False)[value].mean().assign(task=name))
-        heading = f"{experiment_title(f'{dataset}-{model}')}" + (f" ({differs})" if differs else "")
-        for path, alt in _group_figures(group, summary, metrics, value=value, title=heading, stem=figure_dir / name):
-            lines += [f"![{alt}]({Path(path).relative_to(out_dir)})", ""]
     if len(means_by_group) >= 2:
         import pandas as pd
 
@@ -246,6 +229,30 @@ def build_report(
     report.write_text("\n".join(lines) + "\n")
     say(f"report: written to {report}")
     return report
+
+
+def _group_section(group, metrics, out_dir: Path, *, name, task, differs, value, baseline, n_resamples, decided) -> List[str]:
+    """The report's lines for one (dataset, model, setting) group: summary, paired tests, figures."""
+    from experiments.paper import experiment_title
+
+    skip = decided_pairs(group, decided, baseline) if decided else {}
+    summary, tests, _ = group_statistics(group, value=value, baseline=baseline, n_resamples=n_resamples, skip=skip)
+    columns = ["label", "n", "mean", "std", "ci_low", "ci_high"] + (["binomial_se"] if "binomial_se" in summary else [])
+    lines = ["Mean and 95% t interval over seeds (`binomial_se`: the test-set noise of one run's accuracy):", "",
+             _markdown_table(summary[columns]), ""]
+    if tests is not None:
+        shown = tests[["label", "family", "n", "mean_diff", "ci_low", "ci_high", "p_ttest", "p_holm", "cohen_dz", "mde", "verdict"]]
+        lines += [f"Paired differences vs `{baseline}` (paired t over seeds, 95% t interval; the methods are one "
+                  f"family and the settings of one method another, Holm within each; `mde`: the difference detectable "
+                  f"with 80% power at this n; verdict words need 5 paired seeds):", "", _markdown_table(shown), ""]
+    if skip:
+        lines += ["Not tested again here, on the same runs: " + "; ".join(
+            f"`{label}` vs `{base}` (decided in {skip[(label, base)]})" for label, base in sorted(skip))
+            + ": the notebook's estimate, interval and p-value are the answer (one comparison, one answer).", ""]
+    heading = experiment_title(task) + (f" ({differs})" if differs else "")
+    for path, alt in _group_figures(group, summary, metrics, value=value, title=heading, stem=out_dir / "figures" / name):
+        lines += [f"![{alt}]({Path(path).relative_to(out_dir)})", ""]
+    return lines
 
 
 # ----------------------------------------------------------------------------- 05: the paper report, restated
