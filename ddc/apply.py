@@ -401,6 +401,12 @@ class Handle:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output: the mask RNG and each layer's method state.
+
+        Raises:
+            ValueError: ``state`` is for another method, or for other layers
+                (the message lists both), or holds keys a method does not know.
+        """
         if state.get("method") != self.method:
             raise ValueError(f"state is for method={state.get('method')!r}, this handle is {self.method!r}")
         if set(state["layers"]) != set(self.methods):

@@ -285,7 +285,11 @@ class MaskRNG:
         self._generators: dict = {}
 
     def get(self, device) -> Optional[torch.Generator]:
-        """The generator of ``device`` (None: the global RNG); raises ``ValueError`` as the class says."""
+        """The generator of ``device`` (None: the global RNG).
+
+        Raises:
+            ValueError: a ``generator`` was given on another device type than ``device``.
+        """
         device = torch.device(device)
         if self.generator is not None:
             if self.generator.device.type != device.type:
@@ -415,7 +419,12 @@ class LayerMethod(nn.Module):
         return f" in layer {self.layer_name!r}" if self.layer_name else ""
 
     def check_layer(self, layer: nn.Module, name: str) -> None:
-        """Refuse, with a ``ValueError`` naming the layer, a layer this method cannot act on."""
+        """Refuse a layer this method cannot act on.
+
+        Raises:
+            ValueError: the layer is not of ``layer_types``, or its weight has
+                no edges; the message names the layer and what is allowed.
+        """
         if self.layer_types is not None and not isinstance(layer, self.layer_types):
             kinds = ", ".join(kind.__name__ for kind in self.layer_types)
             raise ValueError(
@@ -438,11 +447,20 @@ class LayerMethod(nn.Module):
         return {}
 
     def load_method_state(self, state: dict) -> None:
-        """Restore :meth:`method_state`'s output (a copy of it); ``ValueError`` on unknown keys."""
+        """Restore :meth:`method_state`'s output (a copy of it).
+
+        Raises:
+            ValueError: ``state`` holds keys this method does not know.
+        """
         if state:
             raise ValueError(f"{self.name}: unexpected method state keys {sorted(state)}")
 
     def forward(self, layer: nn.Module, *args, **kwargs):  # pragma: no cover - abstract
+        """``layer``'s output with the method acting (what the layer's own forward is replaced by).
+
+        Raises:
+            NotImplementedError: on this base class; each method defines it.
+        """
         raise NotImplementedError
 
 
@@ -464,6 +482,11 @@ class OutputMethod(LayerMethod):
     """
 
     def check_layer(self, layer, name):
+        """:meth:`LayerMethod.check_layer`, and refuse containers and layers whose output is not a tensor.
+
+        Raises:
+            ValueError: as the class says, naming the layer.
+        """
         super().check_layer(layer, name)
         kind = type(layer).__name__
         if isinstance(layer, CONTAINERS):
@@ -489,6 +512,11 @@ class OutputMethod(LayerMethod):
         return keep_mask(drop_prob, generator=self.rng(out.device), shape=tuple(out.shape))
 
     def plain_output(self, layer, *args, **kwargs) -> Tensor:
+        """The layer's own output for these inputs (its forward, without any method).
+
+        Raises:
+            TypeError: the layer returned something other than a tensor.
+        """
         out = _plain_forward(layer, *args, **kwargs)
         if not isinstance(out, Tensor):
             raise TypeError(
@@ -574,6 +602,11 @@ class Standout(OutputMethod):
         self.alpha, self.beta, self.form = float(alpha), float(beta), form
 
     def check_layer(self, layer, name):
+        """:meth:`LayerMethod.check_layer`, and ``form="tied"`` only on ``nn.Linear``.
+
+        Raises:
+            ValueError: ``form="tied"`` on another layer type (the message names it).
+        """
         super().check_layer(layer, name)
         if self.form == "tied" and not isinstance(layer, nn.Linear):
             raise ValueError(
@@ -688,6 +721,11 @@ class WeightDrop(LayerMethod):
     _TRANSIENT = dict(LayerMethod._TRANSIENT, _uses=0, _watching=None)
 
     def check_layer(self, layer, name):
+        """:meth:`LayerMethod.check_layer`, and ``mask="sample"`` only on ``nn.Linear``.
+
+        Raises:
+            ValueError: ``mask="sample"`` on another layer type (the message names it).
+        """
         super().check_layer(layer, name)
         if self.mask == "sample" and not isinstance(layer, nn.Linear):
             raise ValueError(
@@ -698,9 +736,19 @@ class WeightDrop(LayerMethod):
     # Subclasses say how likely each edge is to be dropped; None means "do not
     # mask this step" (DDC's passthrough first step).
     def weight_drop_prob(self, weight: Tensor) -> Optional[Tensor]:  # pragma: no cover - abstract
+        """This step's drop probability of each edge of ``weight`` (broadcasts against it), or None.
+
+        Raises:
+            NotImplementedError: on this base class; each weight method defines it.
+        """
         raise NotImplementedError
 
     def bias_drop_prob(self, bias: Tensor) -> Optional[Tensor]:  # pragma: no cover - abstract
+        """This step's drop probability of each entry of ``bias``, or None (see :meth:`weight_drop_prob`).
+
+        Raises:
+            NotImplementedError: on this base class; each weight method defines it.
+        """
         raise NotImplementedError
 
     def gradient_sink(self, role: str) -> Optional[Callable[[Optional[Tensor], Optional[Tensor]], None]]:

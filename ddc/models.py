@@ -105,6 +105,11 @@ class LocallyConnected2d(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W)`` to ``(N, out_channels, H_out, W_out)``.
+
+        Raises:
+            ValueError: ``H x W`` is not the size the layer was built for.
+        """
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(
                 f"LocallyConnected2d built for {self.input_size}x{self.input_size} inputs; "
@@ -558,6 +563,11 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Linear(in_channels * patch_size * patch_size, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` images to ``(N, patches, dim)`` patch embeddings.
+
+        Raises:
+            ValueError: ``(C, H, W)`` is not the size the layer was built for.
+        """
         if x.shape[-3:] != (self.in_channels, self.input_size, self.input_size):
             raise ValueError(
                 f"PatchEmbedding built for {self.in_channels}x{self.input_size}x{self.input_size} inputs; "

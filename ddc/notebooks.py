@@ -73,7 +73,11 @@ def discover(directory: Optional[Path] = None) -> List[Path]:
 
 
 def select(notebooks: List[Path], only: Optional[Iterable[str]]) -> List[Path]:
-    """Notebooks named by ``only`` (stems, prefixes like ``02``, or names like ``baselines``), in that order."""
+    """Notebooks named by ``only`` (stems, prefixes like ``02``, or names like ``baselines``), in that order.
+
+    Raises:
+        ValueError: a name matches no notebook (the message lists them).
+    """
     if not only:
         return notebooks
     chosen = []

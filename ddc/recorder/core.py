@@ -95,7 +95,11 @@ class Recorder:
         self._step = 0
 
     def register(self, quantity: Quantity) -> "Recorder":
-        """Record one more quantity (its metrics follow the default ones); returns the recorder."""
+        """Record one more quantity (its metrics follow the default ones); returns the recorder.
+
+        Raises:
+            TypeError: ``quantity`` is not a :class:`ddc.recorder.Quantity`.
+        """
         if not isinstance(quantity, Quantity):
             raise TypeError(f"register: {type(quantity).__name__} is not a ddc.recorder.Quantity")
         self.quantities.append(quantity)

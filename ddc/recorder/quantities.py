@@ -115,7 +115,11 @@ class Quantity:
         self.schedule: Optional[Schedule] = None if every is None else as_schedule(every)
 
     def compute(self, layer: LayerStep) -> Values:
-        """This step's metrics of one layer: ``{name: value}`` (values: see :mod:`ddc.recorder.transfer`)."""
+        """This step's metrics of one layer: ``{name: value}`` (values: see :mod:`ddc.recorder.transfer`).
+
+        Raises:
+            NotImplementedError: on this base class; each quantity defines it.
+        """
         raise NotImplementedError
 
     def observe(self, layer: LayerStep) -> None:

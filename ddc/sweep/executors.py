@@ -166,6 +166,10 @@ class LocalExecutor(Executor):
 
         A pool that broke (every worker died at once) is replaced by a fresh
         one first, so one dead pool fails only the runs it was running.
+
+        Raises:
+            RuntimeError: the pool refused the task while it was not broken
+                (e.g. it was closed).
         """
         if self._broken():
             self._renew()
