@@ -70,6 +70,10 @@ def interquartile_mean(scores: np.ndarray) -> float:
 
     :func:`scipy.stats.trim_mean` with ``proportiontocut=0.25`` on the flattened
     array (Agarwal et al. 2021, section 4.3).
+
+    Raises:
+        Nothing of its own; ``ValueError`` from numpy where ``scores`` holds values that are not numbers. An empty
+            array gives NaN.
     """
     return float(sps.trim_mean(np.asarray(scores, dtype=float).reshape(-1), 0.25))
 
@@ -186,7 +190,12 @@ def probability_of_improvement_interval(
     x: np.ndarray, y: np.ndarray, *, rng: np.random.Generator, n_resamples: int = 2000,
     confidence_level: float = 0.95,
 ) -> tuple[float, float, float]:
-    """:func:`probability_of_improvement` with its stratified bootstrap interval: ``(point, low, high)``."""
+    """:func:`probability_of_improvement` with its stratified bootstrap interval: ``(point, low, high)``.
+
+    Raises:
+        ValueError: ``rng`` is not a :class:`numpy.random.Generator`, ``x`` and ``y`` are not 2-D arrays of one
+            shape or not finite, or ``confidence_level`` is not in (0, 1) (from :func:`stratified_bootstrap`).
+    """
     return stratified_bootstrap({"x": x, "y": y}, probability_of_improvement, rng=rng, n_resamples=n_resamples,
                                 confidence_level=confidence_level)
 
@@ -199,6 +208,10 @@ def performance_profile(
 
     Pointwise percentile intervals from the stratified bootstrap. Returns a tidy
     frame ``method, threshold, fraction, ci_low, ci_high``.
+
+    Raises:
+        ValueError: ``rng`` is not a :class:`numpy.random.Generator`, ``scores`` is empty, its arrays are not 2-D
+            of one shape or not finite, or ``confidence_level`` is outside [0, 1] (numpy's quantile error).
     """
     gen = _generator(rng)
     scores = _check_scores(scores)

@@ -58,6 +58,9 @@ def power_at(n: int, effect_size: float, *, alpha: float = 0.05, family_size: in
     :meth:`TTestPower.power <statsmodels.stats.power.TTestPower.power>` (and the
     same probability by numerical integration where its noncentral-t CDF gives
     NaN, which happens for large effects at n = 2 or 3). NaN for ``n < 2``.
+
+    Raises:
+        ValueError: ``alpha`` is not in (0, 1) or ``family_size`` is not a positive integer.
     """
     from statsmodels.stats.power import TTestPower
 
@@ -79,6 +82,9 @@ def minimum_detectable_effect(
     ``n < 2``. Solved with :func:`scipy.optimize.brentq` on
     :meth:`TTestPower.power <statsmodels.stats.power.TTestPower.power>` (its own
     ``solve_power`` gives up on the very large effects of n = 2).
+
+    Raises:
+        ValueError: ``alpha`` or ``power`` is not in (0, 1), or ``family_size`` is not a positive integer.
     """
     _check(alpha, family_size, power)
     if n < 2:
@@ -130,6 +136,9 @@ def logrank_detectable_hazard_ratio(
     ``D = 4 (z_{1-a/2} + z_power)^2 / log(HR)^2`` events, so ``D`` events detect
     ``HR = exp(2 (z_{1-a/2} + z_power) / sqrt(D))``, at ``a = alpha / family_size``.
     ``inf`` with no events.
+
+    Raises:
+        ValueError: ``alpha`` or ``power`` is not in (0, 1), or ``family_size`` is not a positive integer.
     """
     level = _check(alpha, family_size, power)
     if events <= 0:

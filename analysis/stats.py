@@ -210,6 +210,10 @@ def adjust_pvalues(pvalues: Sequence[float] | np.ndarray, method: str = "holm") 
     function runs a full garbage collection on every call). Any other ``method``
     goes to :func:`statsmodels.stats.multitest.multipletests`. NaN entries stay
     NaN and do not count towards the family size.
+
+    Raises:
+        ValueError: ``method`` is neither 'holm' nor a method of :func:`statsmodels.stats.multitest.multipletests`
+            (raised there, when some p-value is finite).
     """
     p = np.asarray(pvalues, dtype=float).reshape(-1)
     out = np.full_like(p, np.nan)
@@ -290,6 +294,9 @@ def mean_interval(x: np.ndarray, confidence_level: float = 0.95) -> tuple[Any, A
     Exact coverage for normal data at every ``n >= 2``. ``x``: 1-D sample (returns
     two floats) or an array of samples along its last axis (returns two arrays).
     NaN for fewer than 2 values; a constant sample gives ``(mean, mean)``.
+
+    Raises:
+        ValueError: ``confidence_level`` is not in (0, 1).
     """
     _check_confidence(confidence_level)
     x = np.asarray(x, dtype=float)
@@ -313,6 +320,9 @@ def dz_interval(dz: Any, n: Any, confidence_level: float = 0.95) -> tuple[np.nda
     ``sqrt(n)`` (Steiger & Fouladi 1997; Cumming 2012, ch. 11). Vectorised over
     ``dz`` and ``n`` (arrays broadcast). NaN where ``n < 2`` or ``d_z`` is not
     finite (constant differences).
+
+    Raises:
+        ValueError: ``confidence_level`` is not in (0, 1), or ``dz`` and ``n`` do not broadcast.
     """
     _check_confidence(confidence_level)
     dz, n = np.broadcast_arrays(np.asarray(dz, dtype=float), np.asarray(n, dtype=float))
@@ -837,6 +847,10 @@ def variance_decomposition(
     Returns columns ``term, sum_sq, df, eta_sq, partial_eta_sq, omega_sq`` with a
     final ``"Residual"`` row (its ``eta_sq`` is the unexplained share; partial and
     omega are NaN there), sorted by ``eta_sq`` descending among effects.
+
+    Raises:
+        ValueError: as :func:`anova`: a column is missing, ``value`` is not numeric and finite, a factor has
+            missing values or fewer than 2 levels, or no residual degrees of freedom are left.
     """
     tab = anova(df, value=value, factors=factors, interactions=interactions, typ=2, block=block)
     y = df[value].to_numpy(float)
@@ -1228,6 +1242,9 @@ def binomial_se(accuracy: Any, n: Any) -> np.ndarray:
     The test-set part of an accuracy's noise: another test set of the same size
     would move it by about this much. Vectorised; NaN where ``n < 1`` or the
     accuracy is outside ``[0, 1]``.
+
+    Raises:
+        ValueError: ``accuracy`` and ``n`` do not broadcast (numpy's error).
     """
     acc, n = np.broadcast_arrays(np.asarray(accuracy, dtype=float), np.asarray(n, dtype=float))
     ok = (n >= 1) & (acc >= 0) & (acc <= 1)
@@ -1339,6 +1356,9 @@ def independent_jaccard(rate_a: Any, rate_b: Any = None) -> np.ndarray:
     chance alone (DropConnect at rate r). A claim that a method "drops the same
     edges more consistently" must beat this null at the method's own rate.
     Vectorised; ``rate_b`` defaults to ``rate_a``; NaN where both rates are 0.
+
+    Raises:
+        ValueError: ``rate_a`` and ``rate_b`` do not broadcast (numpy's error).
     """
     a = np.asarray(rate_a, dtype=float)
     b = a if rate_b is None else np.asarray(rate_b, dtype=float)
@@ -1361,6 +1381,10 @@ def identical_settings(
     Returns one row per setting: ``<setting_col>, group`` (the first setting of its
     group in sorted order; a setting alone in its group names itself),
     ``group_size``.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame, a named column is missing, or ``block_col``/``columns`` is not a
+            column name or a non-empty list of names.
     """
     block_cols = _as_list(block_col, "block_col")
     columns = _as_list(columns, "columns")

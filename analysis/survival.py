@@ -47,7 +47,12 @@ def _check(df: pd.DataFrame, time: str, event: str, group: str) -> None:
 
 
 def censored(times: np.ndarray, events: np.ndarray) -> sps.CensoredData:
-    """:class:`scipy.stats.CensoredData` with exact times where ``events`` and right-censoring elsewhere."""
+    """:class:`scipy.stats.CensoredData` with exact times where ``events`` and right-censoring elsewhere.
+
+    Raises:
+        IndexError: ``times`` and ``events`` differ in length.
+        ValueError: a time is NaN (from :class:`scipy.stats.CensoredData`).
+    """
     times, events = np.asarray(times, dtype=float), np.asarray(events, dtype=bool)
     return sps.CensoredData(uncensored=times[events], right=times[~events])
 
@@ -62,6 +67,10 @@ def kaplan_meier(
     holds from that time until the next row. Intervals: pointwise, log-log
     (``ecdf(...).sf.confidence_interval(method="log-log")``); where that band is
     undefined (survival 0) the lower bound is 0 and the upper one carries over.
+
+    Raises:
+        ValueError: a column is missing, ``time`` is not numeric and finite or has a negative value, ``event`` is
+            not boolean, or (for a group with an event) ``confidence_level`` is not in (0, 1) (from scipy).
     """
     _check(df, time, event, group)
     frames = []
@@ -103,6 +112,10 @@ def median_times(
     from the first time the band's lower bound falls to 0.5 to the first time
     its upper bound does. Returns ``<group>, n, events, share_reached, median,
     median_low, median_high, confidence_level``.
+
+    Raises:
+        ValueError: as :func:`kaplan_meier`: a column is missing, ``time`` is not numeric, finite and >= 0,
+            ``event`` is not boolean, or ``confidence_level`` is not in (0, 1).
     """
     km = kaplan_meier(df, time=time, event=event, group=group, confidence_level=confidence_level)
     rows = []
@@ -140,6 +153,11 @@ def logrank_tests(
     ``inconclusive``, or ``exploratory`` with fewer than
     :data:`analysis.verdicts.MIN_VERDICT_N` runs in either group. When neither
     group has an event, or every run's time is the same, p is 1.
+
+    Raises:
+        ValueError: a column is missing, ``time`` is not numeric, finite and >= 0, ``event`` is not boolean, or
+            (where a pair is tested) ``alpha`` or ``power`` is not in (0, 1) (from
+            :func:`analysis.power.logrank_detectable_hazard_ratio`).
     """
     from .verdicts import MIN_VERDICT_N
 

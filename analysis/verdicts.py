@@ -53,6 +53,9 @@ def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> np.ndarray:
     comparison gets the stopping level ``1 − alpha / (m − s + 1)``. A t interval at
     that level excludes 0 exactly when Holm rejects. NaN p-values get NaN and do
     not count towards ``m``.
+
+    Raises:
+        Nothing of its own; ``ValueError`` from numpy where a p-value is not a number.
     """
     p = np.asarray(pvalues, dtype=float).reshape(-1)
     out = np.full(p.shape, np.nan)
@@ -73,7 +76,12 @@ def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> np.ndarray:
 
 def word(n: int, p_holm: float, diff: float, *, alpha: float = 0.05, p_tost_holm: float = np.nan,
          higher_is_better: bool = True, min_n: int = MIN_VERDICT_N) -> str:
-    """The verdict word for one comparison (see the module docstring)."""
+    """The verdict word for one comparison (see the module docstring).
+
+    Raises:
+        Nothing of its own: comparisons of numbers (``TypeError`` only where ``n``, ``p_holm`` or ``diff`` is not
+            one).
+    """
     if n < min_n:
         return "exploratory"
     if p_holm < alpha:
@@ -168,6 +176,12 @@ def apply_families(table: pd.DataFrame, *, alpha: float = 0.05, power: float = 0
     ``table`` holds rows of :func:`paired_verdicts` (``family, n, mean_diff, sd_diff, df, p_ttest, p_tost,
     higher_is_better`` are read), possibly concatenated from several calls (e.g. one per metric, each
     with its own orientation): Holm then runs over each family across all of them. Returns a copy.
+
+    Raises:
+        KeyError: ``table`` lacks a column it reads (``family``, ``n``, ``mean_diff``, ``sd_diff``, ``df``,
+            ``p_ttest``, ``p_tost``, ``higher_is_better``).
+        ValueError: ``alpha`` or ``power`` is not in (0, 1) (from
+            :func:`analysis.power.minimum_detectable_effect`), or ``n`` is NaN.
     """
     out = table.copy().reset_index(drop=True)
     out["family_size"] = out.groupby("family")["family"].transform("size").astype(int)
@@ -197,6 +211,10 @@ def verdict_text(row: Any, *, method_col: str = "method", digits: int = 4, name:
     """One sentence for one row of :func:`paired_verdicts`: estimate, interval, p, n, MDE and the word.
 
     ``name`` replaces the default ``"<method> − <baseline>"`` label.
+
+    Raises:
+        TypeError: ``row`` lacks a field the sentence needs (``mean_diff``, ``ci_low``, ``dz_low``, ``n``, ...),
+            which reads as None.
     """
     get = row.get if hasattr(row, "get") else lambda k, default=None: getattr(row, k, default)
     label = name or f"{get(method_col)} − {get('baseline')}"
