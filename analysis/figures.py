@@ -74,7 +74,11 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
 class MethodStyle:
-    """How one method is drawn in every figure: its name in words, colour and marker."""
+    """How one method is drawn in every figure: its name in words, colour and marker.
+
+    Raises:
+        dataclasses.FrozenInstanceError: on assigning to a field (the style is frozen).
+    """
 
     name: str
     color: str
@@ -127,7 +131,11 @@ CI_METHODS = {"t": "t interval", "BCa": "BCa bootstrap", "percentile": "percenti
 
 
 def method_of(label: Any) -> str | None:
-    """The method a label names (``"mc:ddc"`` -> ``"ddc"``, ``"normalize=none"`` -> None), or None."""
+    """The method a label names (``"mc:ddc"`` -> ``"ddc"``, ``"normalize=none"`` -> None), or None.
+
+    Raises:
+        Nothing: any label is read as its text.
+    """
     text = re.sub(r"[\w.]+=[^\s,;)]*", " ", str(label).lower())  # option values are not method names
     for token in re.split(r"[^a-z0-9_]+", text):
         if token in METHOD_STYLES:
@@ -136,7 +144,11 @@ def method_of(label: Any) -> str | None:
 
 
 def method_style(label: Any) -> MethodStyle:
-    """The style of the method ``label`` names; labels naming none get a colour fixed by their text."""
+    """The style of the method ``label`` names; labels naming none get a colour fixed by their text.
+
+    Raises:
+        Nothing: any label is read as its text.
+    """
     method = method_of(label)
     if method is not None:
         return METHOD_STYLES[method]
@@ -151,6 +163,9 @@ def styles(labels: Sequence[Any]) -> dict[Any, dict[str, str]]:
     of one method (``ddc@head``, ``ddc@all_conv``) differ by line style, in the
     order given. Labels naming no method keep the colour their text picks unless
     another label of the figure has it, then the next free one.
+
+    Raises:
+        TypeError: a label is not hashable.
     """
     out: dict[Any, dict[str, str]] = {}
     per_method: dict[str, int] = {}
@@ -174,7 +189,11 @@ def styles(labels: Sequence[Any]) -> dict[Any, dict[str, str]]:
 
 
 def ordered(labels: Sequence[Any]) -> list:
-    """Labels in the figures' fixed order: methods as in :data:`METHOD_STYLES` (no drop first), then the rest by text."""
+    """Labels in the figures' fixed order: methods as in :data:`METHOD_STYLES` (no drop first), then the rest by text.
+
+    Raises:
+        TypeError: a label is not hashable.
+    """
     keys = list(METHOD_STYLES)
 
     def rank(label):
@@ -185,7 +204,11 @@ def ordered(labels: Sequence[Any]) -> list:
 
 
 def display_name(label: Any) -> str:
-    """A method key in words (``"none"`` -> ``"no drop"``); any other label as it is."""
+    """A method key in words (``"none"`` -> ``"no drop"``); any other label as it is.
+
+    Raises:
+        Nothing: any label is read as its text.
+    """
     return METHOD_STYLES[label].name if isinstance(label, str) and label in METHOD_STYLES else str(label)
 
 
@@ -194,6 +217,9 @@ def axis_label(name: str, split: str | None = None) -> str:
 
     With ``split`` (``train``/``val``/``test``) a metric name such as ``acc`` becomes
     ``"validation accuracy"``. Unknown names are returned with spaces for underscores.
+
+    Raises:
+        AttributeError: ``split`` is given and ``name`` is not a string.
     """
     if split is not None:
         return f"{SPLITS.get(split, split)} {METRICS.get(name, name.replace('_', ' '))}"
@@ -205,6 +231,11 @@ def interval_label(summary: pd.DataFrame, unit: str = "seeds") -> str:
 
     ``summary``: a frame of :func:`analysis.stats.summarize` (``n``, and when
     present ``confidence_level`` and ``ci_method``).
+
+    Raises:
+        KeyError: ``summary`` has no ``n`` column.
+        ValueError: ``n`` holds NaN (pandas' integer cast).
+        IndexError: ``summary`` has a ``confidence_level`` column but no rows.
     """
     level = float(summary["confidence_level"].iloc[0]) if "confidence_level" in summary.columns else 0.95
     kinds = sorted({CI_METHODS.get(str(m), str(m)) for m in summary.get("ci_method", pd.Series(dtype=str)) if str(m) != "none"})
@@ -215,7 +246,11 @@ def interval_label(summary: pd.DataFrame, unit: str = "seeds") -> str:
 
 
 def new_axes(width: float = 6.4, height: float = 4.0) -> Axes:
-    """A new figure (constrained layout, so outside legends and long labels get room) with one Axes."""
+    """A new figure (constrained layout, so outside legends and long labels get room) with one Axes.
+
+    Raises:
+        ValueError: ``width`` or ``height`` is negative or not finite (matplotlib's figure size check).
+    """
     _, ax = plt.subplots(figsize=(width, height), layout="constrained")
     return ax
 
@@ -229,6 +264,9 @@ def place_legend(ax: Axes, title: str | None = None, **kwargs) -> Any:
 
     Works for matplotlib's and seaborn's legends (the existing legend's handles
     and title are kept unless ``title`` is given).
+
+    Raises:
+        TypeError: ``kwargs`` holds a keyword that :meth:`matplotlib.axes.Axes.legend` does not take.
     """
     old = ax.get_legend()
     if old is not None:
@@ -324,6 +362,9 @@ def mean_curves(
 
     ``data``: long frame with columns ``x``, ``y``, ``hue`` (and ``unit``, e.g. the run
     or seed, one row per unit and ``x``). The legend's title says what the band is and n.
+
+    Raises:
+        ValueError: ``data`` is not a DataFrame or lacks ``x``, ``y`` or ``hue``.
     """
     import seaborn as sns
 
@@ -383,6 +424,10 @@ def learning_curves(
     fixed ``seed`` so the figure is reproducible. One line per ``hue`` level, in
     the method styles. More than about eight levels do not read as lines on one
     axes: use :func:`learning_curve_grid`.
+
+    Raises:
+        ValueError: ``metrics_df`` lacks a column or has no row with this ``split`` and ``metric``, or ``hue`` is
+            not a column of it and ``runs_df`` is None or lacks ``run_id``/``hue``.
     """
     d = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
     ax = mean_curves(d, x="epoch", y="value", hue=hue, seed=seed, n_boot=n_boot, ax=ax)
@@ -418,6 +463,10 @@ def learning_curve_grid(
 ) -> Figure:
     """Small multiples of :func:`learning_curves`: one panel per ``hue`` level (its mean and
     95% bootstrap band), the other levels' means in light grey behind; shared axes. Returns the Figure.
+
+    Raises:
+        ValueError: as :func:`learning_curves`: a missing column, no row with this ``split`` and ``metric``, or a
+            ``hue`` that neither frame has.
     """
     d = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
     levels = ordered(d[hue].unique())
@@ -564,6 +613,11 @@ def drop_rate_dynamics(
     ``layer`` restricts to one layer or a list. Values are averaged over runs per
     (hue, layer, step); one colour per (hue, layer) group (the method's colour;
     layers of one method differ by marker), two lines each. Legend outside.
+
+    Raises:
+        ValueError: ``records`` lacks ``step``, ``layer``, ``metric`` or ``value``, has no
+            ``drop_prob_mean``/``realized_drop_rate`` rows, or none for ``layer``; or ``runs`` (when joined) lacks
+            ``run_id``/``hue``.
     """
     _require(records, ["step", "layer", "metric", "value"], "records")
     if hue is not None and hue not in records.columns and runs is not None:
@@ -651,6 +705,10 @@ def mask_overlap(
     ``records``: recorder records ``run_id, step, layer, metric, value``; averaged
     over runs per (hue, layer, step); one line per (hue, layer) group, in the
     method's colour. Legend outside.
+
+    Raises:
+        ValueError: ``records`` lacks ``step``, ``layer``, ``metric`` or ``value``, has no ``mask_jaccard`` rows,
+            or none for ``layer``; or ``runs`` (when joined) lacks ``run_id``/``hue``.
     """
     _require(records, ["step", "layer", "metric", "value"], "records")
     if hue is not None and hue not in records.columns and runs is not None:
@@ -1009,6 +1067,9 @@ def layout_problems(fig: Figure, *, tolerance: float = 1.0) -> list[str]:
     (of the axes or the figure) whose box covers plotted data of any Axes: lines
     and their markers, scatter points, filled areas (bands, bars) and images.
     Returns one sentence per problem (empty when the figure reads).
+
+    Raises:
+        Nothing of its own; whatever matplotlib raises while drawing ``fig``.
     """
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -1207,6 +1268,9 @@ def km_curves(km: pd.DataFrame, *, group: str = "method", ax: Axes | None = None
     Takes :func:`analysis.survival.kaplan_meier`'s frame (columns ``group, time,
     survival, ci_low, ci_high``); draws step functions (share of runs that have
     not yet had the event) and shaded bands.
+
+    Raises:
+        ValueError: ``km`` is not a DataFrame or lacks a column it reads.
     """
     _require(km, [group, "time", "survival", "ci_low", "ci_high"], "km")
     ax = _get_ax(ax)
@@ -1230,6 +1294,10 @@ def aggregate_intervals(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
 
     Takes :func:`analysis.aggregates.aggregate_intervals`' frame (``method,
     aggregate, estimate, ci_low, ci_high``).
+
+    Raises:
+        ValueError: ``table`` lacks a column it reads, or holds several rows for one (method, aggregate) (pandas'
+            reindex error).
     """
     _require(table, ["method", "aggregate", "estimate", "ci_low", "ci_high"], "table")
     methods = ordered(table["method"])
@@ -1256,6 +1324,9 @@ def probability_of_improvement(table: pd.DataFrame, *, ax: Axes | None = None) -
     """P(X > Y) with its interval, one row per pair; 0.5 (no improvement) marked.
 
     Takes a frame with columns ``x, y, estimate, ci_low, ci_high``.
+
+    Raises:
+        ValueError: ``table`` is not a DataFrame or lacks a column it reads.
     """
     _require(table, ["x", "y", "estimate", "ci_low", "ci_high"], "table")
     ax = _get_ax(ax, figsize=(6.0, 0.5 * len(table) + 1.2))
@@ -1297,6 +1368,9 @@ def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
 
     Takes :func:`analysis.aggregates.performance_profile`'s frame (``method,
     threshold, fraction, ci_low, ci_high``).
+
+    Raises:
+        ValueError: ``table`` is not a DataFrame or lacks a column it reads.
     """
     _require(table, ["method", "threshold", "fraction", "ci_low", "ci_high"], "table")
     ax = _get_ax(ax)
@@ -1317,7 +1391,12 @@ def performance_profiles(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes
 
 def variance_by_source(table: pd.DataFrame, *, source_col: str = "source", ax: Axes | None = None) -> Axes:
     """Standard deviation of a metric per source of randomness, with its interval (the square roots of
-    :func:`analysis.stats.variance_by_source`'s variance bounds); the group that varied everything last."""
+    :func:`analysis.stats.variance_by_source`'s variance bounds); the group that varied everything last.
+
+    Raises:
+        ValueError: ``table`` is not a DataFrame or lacks ``source_col``, ``sd``, ``variance_low`` or
+            ``variance_high``.
+    """
     _require(table, [source_col, "sd", "variance_low", "variance_high"], "table")
     order = [s for s in table[source_col] if s != "all"] + [s for s in table[source_col] if s == "all"]
     rows = table.set_index(source_col).loc[order]
