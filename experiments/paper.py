@@ -50,7 +50,13 @@ def figures_dir(run_dir) -> Path:
 
 
 def save_table(frame, run_dir, name: str) -> Path:
-    """Write a results table as parquet (atomic) and CSV (for reading by eye)."""
+    """Write a results table as parquet (atomic) and CSV (for reading by eye).
+
+    Raises:
+        ddc.store.StoreWriteError: the parquet file cannot be written.
+        OSError: the results folder cannot be made, or the CSV cannot be written.
+        ddc._optional.MissingExtra: pyarrow is not installed.
+    """
     from ddc.store import write_parquet
 
     path = write_parquet(results_dir(run_dir) / f"{name}.parquet", frame)
@@ -90,7 +96,12 @@ def load_json(run_dir, name: str):
 
 
 def save_fig(ax_or_fig, run_dir, name: str) -> List[str]:
-    """Save a figure as PNG and PDF under ``run_dir/figures`` and close it; returns the paths."""
+    """Save a figure as PNG and PDF under ``run_dir/figures`` and close it; returns the paths.
+
+    Raises:
+        ValueError: ``ax_or_fig`` is not a matplotlib Figure or Axes (:func:`analysis.figures.save_figure`).
+        OSError: the figures folder or a file in it cannot be written.
+    """
     import matplotlib.pyplot as plt
     from analysis.figures import save_figure
 
@@ -101,7 +112,11 @@ def save_fig(ax_or_fig, run_dir, name: str) -> List[str]:
 
 
 def format_ci(mean: float, low: float, high: float, digits: int = 4) -> str:
-    """``"mean [low, high]"`` with ``digits`` decimals, in the units of the values (e.g. accuracy)."""
+    """``"mean [low, high]"`` with ``digits`` decimals, in the units of the values (e.g. accuracy).
+
+    Raises:
+        TypeError, ValueError: a value is not a number, or ``digits`` is negative (Python's format error).
+    """
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
@@ -112,7 +127,11 @@ MODEL_NAMES = {"simplecnn1": "SimpleCNN1", "simplecnn2": "SimpleCNN2", "mlp": "M
 
 
 def experiment_title(name: str) -> str:
-    """A recipe-like name in words for figure titles: ``"02-mnist1d-simplecnn1"`` -> ``"MNIST-1D, SimpleCNN1"``."""
+    """A recipe-like name in words for figure titles: ``"02-mnist1d-simplecnn1"`` -> ``"MNIST-1D, SimpleCNN1"``.
+
+    Raises:
+        Nothing: any name is read as its text.
+    """
     parts = [p for p in str(name).split("-") if not p.isdigit()]
     words = [DATASET_NAMES.get(p) or MODEL_NAMES.get(p) or p for p in parts]
     return ", ".join(words)
@@ -149,6 +168,11 @@ def synthetic_trajectories(
     weights after the step.
 
     Returns a DataFrame with columns ``method, seed, step, w1, w2, loss``.
+
+    Raises:
+        KeyError: a spec in ``methods`` has no ``"method"``.
+        ValueError: an unknown method or option (:func:`ddc.apply`), a bad ``n_train`` (:func:`ddc.data.load`), or
+            a ``batch_size`` that is not a positive integer (:func:`ddc.train.fit`).
     """
     import pandas as pd
 
@@ -201,6 +225,10 @@ def steps_to_target(trajectories, target_loss: float):
     False``, ``steps_to_target`` = the budget): it would need more steps, how
     many is unknown, so analyse with :mod:`analysis.survival`, not as a number.
     Columns: ``method, seed, steps_to_target, reached``.
+
+    Raises:
+        KeyError: ``trajectories`` lacks ``method`` or ``seed``.
+        AttributeError: it lacks ``step`` or ``loss``.
     """
     import pandas as pd
 
@@ -225,6 +253,11 @@ def synthetic_regime(trajectories, *, window: float = 0.2, tolerance: float = 0.
     A run has converged when its loss changed by less than ``tolerance`` (relative to its mean over the
     window) over the last ``window`` of its steps, by a least-squares line (:func:`analysis.stats.trend`).
     Columns: ``method, n, final_loss, relative_change, converged``.
+
+    Raises:
+        KeyError: ``trajectories`` lacks ``step``, ``method`` or ``seed``.
+        AttributeError: it lacks ``loss``.
+        ValueError: ``window`` is not in (0, 1] (:func:`analysis.stats.trend`).
     """
     import numpy as np
     import pandas as pd
@@ -285,7 +318,13 @@ def figures_01_synthetic_regression(run_dir) -> List[str]:
 
 def figures_05_report(run_dir) -> List[str]:
     """Redraw the report's figures from the stored results, and write ``report.md`` and ``report.html`` again
-    (with the settings 05 stored; nothing is trained). Returns the figure files."""
+    (with the settings 05 stored; nothing is trained). Returns the figure files.
+
+    Raises:
+        KeyError: a notebook's stored verdict table lacks ``baseline`` (:func:`experiments.report.restate_verdicts`).
+        ValueError: 02's stored scores cannot be aggregated (:func:`experiments.report.aggregate_across_tasks`).
+        OSError: the report or its figures cannot be written.
+    """
     from ddc.store import default_root, run_dirs
     from experiments.report import build_paper_report
     from experiments.report_html import write_html
@@ -335,7 +374,13 @@ def figure_functions() -> Dict[str, callable]:
 
 
 def regenerate_figures(base, log=print) -> List[str]:
-    """Call every notebook's figure function whose notebook has stored results under ``base``."""
+    """Call every notebook's figure function whose notebook has stored results under ``base``.
+
+    Raises:
+        FileNotFoundError: ``base`` is not a folder.
+        ModuleNotFoundError: as :func:`figure_functions`.
+        Whatever a notebook's figure function raises (e.g. ``FileNotFoundError`` for a table it needs).
+    """
     import time
 
     from ddc.progress import clock
@@ -366,7 +411,11 @@ def regenerate_figures(base, log=print) -> List[str]:
 
 def run_paths(run_dir, runs) -> List[Path]:
     """Run directories of ``runs``, found in the profile's default store (``$DDC_RUNS``, else the
-    store beside ``run_dir``, so outputs can move), else where they were written."""
+    store beside ``run_dir``, so outputs can move), else where they were written.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``run_id`` or ``path``.
+    """
     from ddc.store import default_root
 
     base = Path(run_dir).parent
@@ -381,6 +430,10 @@ def snapshot_table(run_path, layer: str):
     """Per snapshot step: |signal|, cumulative drop frequency and drop probability of ``layer``, long.
 
     Columns: ``step, edge, grad_abs, drop_freq, drop_prob`` (drop_prob NaN where absent).
+
+    Raises:
+        KeyError: a snapshot has no entry for ``layer``.
+        RuntimeError: a snapshot file is not one :func:`torch.load` can read.
     """
     import numpy as np
     import pandas as pd
@@ -401,7 +454,11 @@ def snapshot_table(run_path, layer: str):
 
 
 def gradient_rank_stability(snapshots):
-    """Spearman correlation of per-edge |g| between consecutive snapshots (is |g| a stable proxy?)."""
+    """Spearman correlation of per-edge |g| between consecutive snapshots (is |g| a stable proxy?).
+
+    Raises:
+        AttributeError: ``snapshots`` lacks ``step``, ``edge`` or ``grad_abs``.
+    """
     import pandas as pd
     from scipy.stats import spearmanr
 
@@ -424,6 +481,11 @@ def mask_overlap_against_null(records, runs, *, layer: str, method_col: str = "t
 
     Returns a long frame ``<method_col>, seed, run_id, quantity, mask_jaccard, steps`` with ``quantity`` in
     ``observed`` / ``independent masks`` (one row each per run), ready for a paired comparison by seed.
+
+    Raises:
+        AttributeError: ``records`` lacks ``layer`` or ``metric``, or has ``mask_jaccard`` but no
+            ``realized_drop_rate`` rows for ``layer``.
+        KeyError: ``runs`` lacks ``run_id``, ``seed`` or ``method_col``.
     """
     import pandas as pd
     from analysis import stats
@@ -457,6 +519,10 @@ def variance_source_specs(name: str, recipe: str, profile: str, values: Sequence
     The base run has every source seeded ``values[0]``. For each source in :data:`SEED_SOURCES`, one run per
     other value sets that source's seed alone (``<source>_seed``); a second sweep varies ``seed`` itself,
     which moves every source together. Variants are labelled ``<source>=<value>``.
+
+    Raises:
+        IndexError: ``values`` is empty.
+        TypeError: ``method_options`` is not a mapping.
     """
     first, others = values[0], list(values[1:])
     options = {"method": method, "method_options": dict(method_options or {})}
@@ -467,7 +533,11 @@ def variance_source_specs(name: str, recipe: str, profile: str, values: Sequence
 
 def variance_sources_table(runs):
     """Runs of :func:`variance_source_specs` labelled by the source that varied: ``source`` (``all`` for the
-    sweep over ``seed``), with the base run (every source at the first seed) in every source's group."""
+    sweep over ``seed``), with the base run (every source at the first seed) in every source's group.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``sweep``, ``seed`` or ``variant``, or ``sweep``/``variant`` is not text.
+    """
     import pandas as pd
 
     together = runs[runs.sweep.str.endswith("-all_sources")]
@@ -544,14 +614,22 @@ BASELINE_METHODS: Dict[str, dict] = {
 
 
 def available_datasets() -> set:
-    """Names of the datasets this machine has or can generate (:func:`ddc.data.describe`)."""
+    """Names of the datasets this machine has or can generate (:func:`ddc.data.describe`).
+
+    Raises:
+        Nothing of its own: a dataset whose files are missing or wrong is left out (:func:`ddc.data.describe`).
+    """
     from ddc.data import describe
 
     return {row["name"] for row in describe() if row["available"]}
 
 
 def sweep_spec(name: str, recipe: str, profile: str, methods: Dict[str, dict], seeds, **base) -> dict:
-    """A sweep spec over ``methods`` (labels kept in each run's ``tag``) for one recipe."""
+    """A sweep spec over ``methods`` (labels kept in each run's ``tag``) for one recipe.
+
+    Raises:
+        TypeError: a spec in ``methods`` is not a mapping, or ``seeds`` is not iterable.
+    """
     variants = {label: {**spec, "tag": label} for label, spec in methods.items()}
     return {
         "name": name,
@@ -660,7 +738,12 @@ DDC_DEFAULTS = {
 
 
 def ablation_spec(name: str, recipe: str, profile: str, grid: Dict[str, list], seeds, **base) -> dict:
-    """A DDC sweep over ``grid`` (method option -> levels)."""
+    """A DDC sweep over ``grid`` (method option -> levels).
+
+    Raises:
+        AttributeError: ``grid`` is not a mapping.
+        TypeError: a level list or ``seeds`` is not iterable.
+    """
     return {
         "name": name,
         "base": {"recipe": recipe, "profile": profile, "progress": False, "method": "ddc", "tag": "ddc", **base},
@@ -670,12 +753,20 @@ def ablation_spec(name: str, recipe: str, profile: str, grid: Dict[str, list], s
 
 
 def cell_label(frame, axes: Sequence[str]):
-    """One string per row naming its grid cell, e.g. ``normalize=zscore, scope=layer``."""
+    """One string per row naming its grid cell, e.g. ``normalize=zscore, scope=layer``.
+
+    Raises:
+        KeyError: ``frame`` lacks a column named in ``axes``.
+    """
     return frame[list(axes)].astype(str).apply(lambda row: ", ".join(f"{a}={v}" for a, v in zip(axes, row)), axis=1)
 
 
 def cell_values(label: str, axes: Sequence[str]) -> dict:
-    """The inverse of :func:`cell_label` for one label: ``{axis: level as text}`` (empty when it names other axes)."""
+    """The inverse of :func:`cell_label` for one label: ``{axis: level as text}`` (empty when it names other axes).
+
+    Raises:
+        Nothing: a label that names other axes gives ``{}``.
+    """
     values = dict(part.split("=", 1) for part in str(label).split(", ") if "=" in part)
     return values if set(axes) <= set(values) else {}
 
@@ -726,7 +817,12 @@ FINGERPRINT = ("val_acc", "val_loss", "test_acc", "train_acc", "train_loss", "fi
 
 def accuracy_summary(runs, *, by, value: str = "test_acc"):
     """:func:`analysis.stats.summarize` (mean, t interval over seeds) plus the test-set noise of one run:
-    ``binomial_se``, the binomial standard error of an accuracy equal to the mean on ``n_test`` images."""
+    ``binomial_se``, the binomial standard error of an accuracy equal to the mean on ``n_test`` images.
+
+    Raises:
+        ValueError: a ``by`` or ``value`` column is missing, ``value`` is not numeric and finite, or ``runs`` is
+            empty (:func:`analysis.stats.summarize`).
+    """
     from analysis import stats
 
     by = [by] if isinstance(by, str) else list(by)
@@ -743,6 +839,12 @@ def regime_table(runs, run_dir, *, method_col: str = "tag", by: Sequence[str] = 
     """The regime of every method: does it fit its training data, how well does it generalise, has it converged?
 
     Training accuracy per epoch comes from the run store; see :func:`regime_from_rises` for the columns.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``run_id`` or ``path``.
+        FileNotFoundError: a run is neither in the store nor at its ``path`` (:func:`ddc.store.load_metrics`).
+        ValueError: ``window`` is not in (0, 1] (:func:`analysis.stats.trend`).
+        As :func:`regime_from_rises` for the other columns.
     """
     from analysis import stats
 
@@ -765,6 +867,11 @@ def regime_from_rises(runs, *, method_col: str = "tag", by: Sequence[str] = (), 
     ``generalization_gap`` with its t interval, ``train_rise``, ``converged`` (seeds whose rise is below
     ``tolerance``) of ``n``, ``judged`` (seeds with a measurable rise). A method still rising at the end of
     its budget underfits: its comparisons say so (:func:`regime_note`).
+
+    Raises:
+        KeyError: ``runs`` lacks a ``by`` column or ``method_col``.
+        AttributeError: it lacks ``generalization_gap``, ``test_acc``, ``train_acc``, ``final_train_acc`` or
+            ``train_rise``.
     """
     import numpy as np
     import pandas as pd
@@ -789,7 +896,11 @@ def regime_from_rises(runs, *, method_col: str = "tag", by: Sequence[str] = (), 
 
 
 def regime_note(row) -> str:
-    """``"train 0.93 / test 0.75 ± 0.010, converged (5 of 5 seeds)"``, or says that training was still rising."""
+    """``"train 0.93 / test 0.75 ± 0.010, converged (5 of 5 seeds)"``, or says that training was still rising.
+
+    Raises:
+        AttributeError: ``row`` lacks a column of :func:`regime_from_rises`.
+    """
     text = (f"final training accuracy {row.final_train_acc:.3f}, test {row.test_acc:.3f} ± {row.test_binomial_se:.3f} "
             f"(binomial SE), gap {row.generalization_gap:+.3f}")
     if row.judged == 0:
@@ -805,6 +916,14 @@ def load_trained(run_path, cache: Optional[dict] = None):
     """``(config, splits, model)`` of a finished run: its own data splits and its best-validation weights, eval mode.
 
     ``cache`` (a dict) keeps loaded splits, so runs that differ only in the method share them.
+
+    Raises:
+        FileNotFoundError: ``config.json`` or ``model.pt`` is missing, or the dataset's files are not found
+            (:func:`ddc.data.load`).
+        KeyError: the config lacks a field it reads (``dataset``, ``seed``, ``val_fraction``, ``model``, a subset).
+        ValueError: the config's data or model settings are refused (:func:`ddc.data.load`,
+            :func:`ddc.models.build`).
+        RuntimeError: the stored weights do not fit the model.
     """
     from ddc import data, models
 
@@ -829,7 +948,12 @@ def load_trained(run_path, cache: Optional[dict] = None):
 
 @torch.no_grad()
 def test_correct(run_path, cache: Optional[dict] = None, batch_size: int = 1000):
-    """Per test example, whether the run's best-validation model classifies it correctly (bool array)."""
+    """Per test example, whether the run's best-validation model classifies it correctly (bool array).
+
+    Raises:
+        As :func:`load_trained`: a missing run file or dataset (``FileNotFoundError``), a config it cannot use
+            (``KeyError``, ``ValueError``), or weights that do not fit (``RuntimeError``).
+    """
     _, splits, model = load_trained(run_path, cache)
     x, y = splits.test.tensors
     predictions = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
@@ -840,6 +964,11 @@ def mcnemar_table(runs, run_dir, pairs, *, method_col: str = "tag", by: Sequence
     """McNemar's exact test for each ``(method, baseline)`` pair on each seed the two share (single-seed comparisons).
 
     Columns: ``<by...>, method, baseline, seed, n, acc_a, acc_b, diff, only_a, only_b, pvalue``.
+
+    Raises:
+        KeyError: ``runs`` lacks a ``by`` column or ``method_col``.
+        AttributeError: it lacks ``run_id``, ``path`` or ``seed``.
+        As :func:`load_trained` for each run it reloads.
     """
     import pandas as pd
     from analysis import stats
@@ -866,6 +995,11 @@ def degenerate_settings(runs, run_dir, *, setting_col: str, layer: Optional[str]
     recorder saw on ``layer`` (after the pass-through first step) equals ``p_base`` (``drop_prob_min ==
     drop_prob_max == p_base`` at every recorded step, every seed); None when the runs have no such records.
     ``note``: a sentence saying which, if any.
+
+    Raises:
+        ValueError: ``runs`` lacks ``setting_col`` or ``seed`` (:func:`analysis.stats.identical_settings`).
+        AttributeError: it lacks ``run_id`` or ``path``.
+        FileNotFoundError: a run is neither in the store nor at its ``path`` (:func:`ddc.store.load_records`).
     """
     import numpy as np
     import pandas as pd
@@ -909,7 +1043,12 @@ def degenerate_settings(runs, run_dir, *, setting_col: str, layer: Optional[str]
 
 def merge_degenerate(runs, degenerate, *, setting_col: str):
     """Runs with every group of identical settings kept once, under one label naming all its members
-    (``"a ≡ b"``, :func:`degenerate_settings`' ``merged_label``), so an analysis counts it as one level."""
+    (``"a ≡ b"``, :func:`degenerate_settings`' ``merged_label``), so an analysis counts it as one level.
+
+    Raises:
+        KeyError: ``degenerate`` lacks ``setting_col``, ``identical_to`` or ``merged_label``, or ``runs`` lacks
+            ``setting_col``.
+    """
     first = degenerate[degenerate[setting_col] == degenerate["identical_to"]]
     keep = runs[runs[setting_col].isin(first[setting_col])].copy()
     keep[setting_col] = keep[setting_col].map(dict(zip(first[setting_col], first["merged_label"])))
@@ -919,7 +1058,12 @@ def merge_degenerate(runs, degenerate, *, setting_col: str):
 def reference_setting(runs, default_label: str, *, setting_col: str = "cell", select: str = "val_acc"):
     """The setting every other one is compared with: the paper default when the grid has it (possibly merged
     with identical settings), else the setting with the highest mean ``select`` (validation accuracy; test
-    accuracy never chooses). Returns ``(label, reason)``."""
+    accuracy never chooses). Returns ``(label, reason)``.
+
+    Raises:
+        KeyError: ``runs`` lacks ``setting_col`` or ``select``.
+        ValueError: ``runs`` has no rows (and so no best setting).
+    """
     for label in runs[setting_col].unique():
         if default_label in str(label).split(" ≡ "):
             return label, "the paper default"
@@ -928,7 +1072,11 @@ def reference_setting(runs, default_label: str, *, setting_col: str = "cell", se
 
 
 def model_default_layer(recipe_name: str, profile: str = "quick") -> str:
-    """The first layer a recipe's model puts DDC on by default (the layer whose drop probabilities are recorded)."""
+    """The first layer a recipe's model puts DDC on by default (the layer whose drop probabilities are recorded).
+
+    Raises:
+        ValueError: an unknown recipe or profile (:func:`ddc.recipes.recipe`).
+    """
     from ddc import models, recipes
 
     return list(models.MODELS[recipes.recipe(recipe_name, profile)["model"]].ddc_layers)[0]

@@ -72,6 +72,11 @@ def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamp
     The group is one experiment, so its comparisons form one family: Holm runs over them, and only them.
     ``skip``: ``(label, baseline)`` pairs left out of the tests (a notebook already decided them).
     ``seed`` and ``n_resamples`` are kept for callers; t intervals need no resampling.
+
+    Raises:
+        ValueError: ``runs`` is empty, lacks ``label`` or ``value``, or ``value`` is not numeric and finite
+            (:func:`analysis.stats.summarize`).
+        AttributeError: ``runs`` has no ``seed`` column when there is a pair to test.
     """
     import numpy as np
     from analysis import stats
@@ -100,6 +105,10 @@ def decided_comparisons(outputs) -> List[dict]:
     ``{"notebook", "runs", "baseline_runs"}`` (run ids as frozensets), the rows' label
     matched to the runs by the column they share (``tag``, ``label``, ``method`` or
     ``cell``), within the row's ``experiment`` when both tables have one.
+
+    Raises:
+        Nothing of its own (a missing ``outputs`` gives ``[]``); pandas' and pyarrow's errors for a stored table
+            that cannot be read pass through.
     """
     import pandas as pd
 
@@ -132,7 +141,12 @@ def decided_comparisons(outputs) -> List[dict]:
 
 def decided_pairs(group, decided, baseline: str) -> dict:
     """``{(label, baseline): notebook}`` for the labels of ``group`` whose runs, and the baseline's,
-    are exactly those of a comparison in ``decided`` (:func:`decided_comparisons`)."""
+    are exactly those of a comparison in ``decided`` (:func:`decided_comparisons`).
+
+    Raises:
+        AttributeError: ``group`` lacks ``label`` or ``run_id``.
+        KeyError: an entry of ``decided`` lacks ``runs``, ``baseline_runs`` or ``notebook``.
+    """
     if baseline not in set(group.label):
         return {}
     base_runs = frozenset(group.run_id[group.label == baseline])
@@ -292,7 +306,12 @@ def _restated_rows(table):
 
 
 def restate_verdicts(outputs) -> List[str]:
-    """Markdown: every notebook's stored verdict tables, restated as stored (one comparison, one answer)."""
+    """Markdown: every notebook's stored verdict tables, restated as stored (one comparison, one answer).
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: ``outputs`` is not a folder.
+        KeyError: a stored verdict table lacks ``baseline`` (or, for a TOST table, ``label``).
+    """
     lines: List[str] = []
     for folder in sorted(p for p in Path(outputs).iterdir() if p.is_dir() and p.name[:2].isdigit()):
         tables = _verdict_tables(folder)
@@ -316,6 +335,12 @@ def aggregate_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: 
     (task, seed), P(focus > other) for every other method with its interval (one summary figure per pair:
     the per-task paired differences and P), performance profiles. Every interval is drawn from
     ``np.random.default_rng(seed)``, so the report regenerates identically.
+
+    Raises:
+        ValueError: ``runs`` lacks ``value``, ``method_col``, ``task_col`` or ``seed``, no task has every method or
+            no seed is shared (:func:`analysis.aggregates.scores_from_frame`), or the baseline's mean accuracy is 1
+            in a task (:func:`analysis.aggregates.normalise`).
+        OSError: a figure cannot be written.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -376,7 +401,12 @@ def aggregate_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: 
 
 
 def ranks_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: str = "experiment", value: str = "test_acc") -> List[str]:
-    """Markdown and one critical-difference figure: methods ranked within each task (block), as Demšar (2006) meant."""
+    """Markdown and one critical-difference figure: methods ranked within each task (block), as Demšar (2006) meant.
+
+    Raises:
+        KeyError: ``runs`` lacks ``task_col``, ``method_col`` or ``value``.
+        OSError: the figure cannot be written.
+    """
     import matplotlib.pyplot as plt
     from analysis import figures, stats
 
@@ -400,7 +430,14 @@ def ranks_across_tasks(runs, out_dir, *, method_col: str = "tag", task_col: str 
 def build_paper_report(outputs, out_dir, *, title: str = "ddc paper report", baseline: str = "none", seed: int = 0,
                        n_resamples: int = 2000, log=None) -> Path:
     """``out_dir/report.md`` for the paper notebooks: their verdicts restated as stored, then 02's methods across
-    tasks (ranks and a CD diagram, aggregates). Nothing is recomputed that a notebook already decided."""
+    tasks (ranks and a CD diagram, aggregates). Nothing is recomputed that a notebook already decided.
+
+    Raises:
+        FileNotFoundError: ``outputs`` is not a folder.
+        KeyError: a stored verdict table lacks ``baseline`` (:func:`restate_verdicts`).
+        ValueError: 02's scores cannot be aggregated (:func:`aggregate_across_tasks`).
+        OSError: ``out_dir``, the report or a figure cannot be written.
+    """
     import pandas as pd
 
     say = log or (lambda _: None)

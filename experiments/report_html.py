@@ -70,7 +70,14 @@ def build_html_report(
 
 
 def write_html(markdown_report, *, paths, outputs=None, title: str = "ddc report", log=None) -> Path:
-    """``report.html`` beside a markdown report written by ``build_report`` from the runs under ``paths``."""
+    """``report.html`` beside a markdown report written by ``build_report`` from the runs under ``paths``.
+
+    Raises:
+        FileNotFoundError: ``markdown_report`` does not exist, or a path in ``paths`` is neither a run directory
+            nor a folder (:func:`ddc.store.load_runs`).
+        ModuleNotFoundError: ``markdown`` is not installed (the ``analysis`` extra).
+        OSError: ``report.html`` cannot be written.
+    """
     say = log or (lambda _: None)
     say("report: writing the HTML report")
     target = Path(markdown_report).parent / "report.html"
@@ -80,13 +87,24 @@ def write_html(markdown_report, *, paths, outputs=None, title: str = "ddc report
 
 
 def outputs_of(store) -> Optional[Path]:
-    """The notebook outputs beside a run store (``outputs/<profile>`` for ``outputs/<profile>/runs``), if any."""
+    """The notebook outputs beside a run store (``outputs/<profile>`` for ``outputs/<profile>/runs``), if any.
+
+    Raises:
+        Nothing: a missing folder, or one without notebook outputs, gives None.
+    """
     parent = Path(store).resolve().parent
     return parent if _notebook_folders(parent) else None
 
 
 def render(markdown_report: Path, *, paths, outputs=None, title: str = "ddc report") -> str:
-    """The HTML page for a written markdown report (and the notebook outputs, when given)."""
+    """The HTML page for a written markdown report (and the notebook outputs, when given).
+
+    Raises:
+        FileNotFoundError: ``markdown_report`` does not exist, or a path in ``paths`` is neither a run directory
+            nor a folder (:func:`ddc.store.load_runs`).
+        ModuleNotFoundError: ``markdown`` is not installed (the ``analysis`` extra).
+        ValueError: a notebook's stored ``conclusions.json`` or ``settings.json`` is not JSON.
+    """
     import time
 
     markdown_report = Path(markdown_report)
@@ -251,7 +269,11 @@ def _versions() -> str:
 
 
 def versions() -> Dict[str, str]:
-    """Python, platform, processor, the versions of ddc and its libraries, and the git commit when in a checkout."""
+    """Python, platform, processor, the versions of ddc and its libraries, and the git commit when in a checkout.
+
+    Raises:
+        Nothing: a package that is absent is "not installed", and a failing ``git`` leaves the commit out.
+    """
     import platform
     import subprocess
     from importlib import metadata
