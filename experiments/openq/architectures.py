@@ -71,7 +71,11 @@ PRIMARY_CONTRASTS = (("ddc", "dropconnect"), ("ddc", "dropout"))
 
 
 def input_shape(dataset: str) -> Tuple[int, int, int]:
-    """Per-example image shape ``(C, H, W)``: ``(3, 32, 32)`` for CIFAR, else ``(1, 28, 28)``."""
+    """Per-example image shape ``(C, H, W)``: ``(3, 32, 32)`` for CIFAR, else ``(1, 28, 28)``.
+
+    Raises:
+        AttributeError: ``dataset`` is not a string.
+    """
     return (3, 32, 32) if dataset.startswith("cifar") else (1, 28, 28)
 
 
@@ -131,31 +135,53 @@ def placement_layers(model: str, placement: str, dataset: str = "fashion_mnist")
 
 
 def layer_sizes(model: str, layers: Sequence[str], dataset: str = "fashion_mnist") -> Dict[str, int]:
-    """Number of weight edges of each named layer."""
+    """Number of weight edges of each named layer.
+
+    Raises:
+        ValueError: an unknown ``model`` (:func:`ddc.models.build`).
+        KeyError: a name in ``layers`` is not a module of the model.
+    """
     modules = dict(_build(model, dataset).named_modules())
     return {name: modules[name].weight.numel() for name in layers}
 
 
 def layer_order(model: str, dataset: str = "fashion_mnist") -> Dict[str, int]:
-    """Depth index of every Conv/Linear/BatchNorm layer (model order)."""
+    """Depth index of every Conv/Linear/BatchNorm layer (model order).
+
+    Raises:
+        ValueError: an unknown ``model`` (:func:`ddc.models.build`).
+    """
     net = _build(model, dataset)
     names = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
     return {name: i for i, name in enumerate(names)}
 
 
 def label(method: str, placement: Optional[str]) -> str:
-    """A variant's name, ``method@placement`` (``"none"`` for no drop); :func:`parse_label` reverses it."""
+    """A variant's name, ``method@placement`` (``"none"`` for no drop); :func:`parse_label` reverses it.
+
+    Raises:
+        Nothing: any method and placement are written as text.
+    """
     return "none" if method == "none" else f"{method}@{placement}"
 
 
 def parse_label(variant: str) -> Tuple[str, Optional[str]]:
-    """``(method, placement)`` of a :func:`label` (placement None for ``"none"``)."""
+    """``(method, placement)`` of a :func:`label` (placement None for ``"none"``).
+
+    Raises:
+        AttributeError: ``variant`` is not a string.
+    """
     method, _, placement = variant.partition("@")
     return method, (placement or None)
 
 
 def annotate(runs):
-    """Add ``experiment``, ``method_label`` and ``placement`` columns from the sweep and variant names."""
+    """Add ``experiment``, ``method_label`` and ``placement`` columns from the sweep and variant names.
+
+    Raises:
+        KeyError: ``runs`` lacks ``sweep`` or ``variant``.
+        AttributeError: ``sweep`` is not text.
+    """
     runs = runs.copy()
     runs["experiment"] = runs["sweep"].str.removeprefix("06-").str.rsplit("-", n=1).str[0]
     parsed = runs["variant"].map(parse_label)
@@ -252,6 +278,12 @@ def baseline_spec(experiment: str, fields: dict, profile: str, placements: Seque
     """Sweep 2: no drop, and Dropout and DropConnect at DDC's matched rate per placement.
 
     ``rates``: the :func:`matched_rates` table (``experiment, placement, p_matched``).
+
+    Raises:
+        KeyError: ``fields`` has no ``recipe``, ``rates`` lacks a column it reads, or has no row for one of the
+            experiment's placements.
+        ValueError: an unknown recipe (:func:`experiment_model`), or a placement that does not apply to the model
+            (:func:`placement_layers`).
     """
     recipe, overrides = _split_fields(fields)
     dataset, model = experiment_model(fields)
@@ -274,7 +306,12 @@ GAUSSIAN_OPTIONS = ("p_base", "p_signal", "tau")
 
 def gaussian_drop_rate(p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5, points: int = 200001) -> float:
     """DDC's mean drop probability if the layer z-scores were standard normal:
-    ``p_base + p_signal * E[c 1(c > tau)]`` with ``c = sigmoid(-z)``, ``z ~ N(0, 1)`` (numerical integral)."""
+    ``p_base + p_signal * E[c 1(c > tau)]`` with ``c = sigmoid(-z)``, ``z ~ N(0, 1)`` (numerical integral).
+
+    Raises:
+        ValueError: ``tau`` is out of range (:func:`ddc.functional.drop_curve`); ``p_base`` and ``p_signal`` are
+            not checked here.
+    """
     import numpy as np
 
     from ddc.functional import drop_curve
@@ -298,6 +335,13 @@ def run_drop_rates(runs, run_dir):
 
     Columns: ``run_id, experiment, placement, seed, [p_base, p_signal, tau,] expected_rate,
     realized_rate, recorded_steps`` (the DDC options where the runs table has them).
+
+    Raises:
+        AttributeError: ``runs`` lacks ``run_id``, ``path``, ``layers``, ``dataset``, ``model``, ``experiment``,
+            ``placement`` or ``seed``.
+        FileNotFoundError: a run is neither in the store nor at its ``path`` (:func:`ddc.store.load_records`).
+        ValueError: ``layers`` is not JSON, or an unknown model (:func:`ddc.models.build`).
+        KeyError: a layer the run names is not in its model.
     """
     import pandas as pd
 
@@ -327,6 +371,11 @@ def matched_rates(per_run, *, rng=0, n_resamples: int = 9999, digits: int = 3, d
 
     The Gaussian approximation uses the runs' own ``p_base, p_signal, tau`` where
     ``per_run`` has them, else ``ddc_options`` over the paper's defaults.
+
+    Raises:
+        ValueError: ``per_run`` lacks ``experiment``, ``placement`` or ``expected_rate``, or a run's
+            ``expected_rate`` is NaN (nothing recorded) (:func:`analysis.stats.summarize`); or a ``tau`` out of
+            range (:func:`gaussian_drop_rate`).
     """
     import numpy as np
     from analysis import stats
@@ -391,6 +440,9 @@ def residual_branches(model: nn.Module) -> Dict[str, tuple]:
     :class:`~ddc.models.BasicBlock` ``X``: branch ``X.bn2``, shortcut ``X.shortcut``.
     ViT :class:`~ddc.models.TransformerBlock` ``X``: ``X.attn`` (branch ``X.attn``,
     stream at ``X.norm1``'s input) and ``X.mlp`` (branch ``X.mlp``, stream at ``X.norm2``'s input).
+
+    Raises:
+        Nothing: a model without residual blocks gives ``{}``.
     """
     from ddc.models import BasicBlock, TransformerBlock
 
@@ -450,6 +502,13 @@ def batchnorm_shift(runs, run_dir, *, n_images: int = 128):
     output) and of the shortcut (ViT: the residual stream it is added to), in
     both modes, and their ratios; ``stage`` is the ResNet stage (None for the
     ViT). A model without BatchNorm (the ViT) adds no ``bn`` rows.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``run_id``, ``path``, ``experiment``, ``method_label``, ``placement``,
+            ``variant`` or ``seed``.
+        FileNotFoundError: a run's ``config.json`` or ``model.pt``, or its dataset's files, are missing.
+        ValueError: a stored config that :class:`ddc.train.TrainConfig` or :func:`ddc.train.build` refuses.
+        RuntimeError: the stored weights do not fit the rebuilt model.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the sweep workers: on a shared machine, more threads are slower
@@ -517,6 +576,12 @@ def bn_shift_by_placement(bn, runs):
     fed by the placement's masked convolutions (the same layers for every method, no-drop included).
 
     Placements that feed no BN layer (``fc``) are left out.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``placement``, ``experiment`` or ``layers``, or ``bn`` lacks ``experiment``,
+            ``placement`` or ``bn_layer``.
+        KeyError: ``bn`` lacks ``method``, ``seed``, ``eval_over_train`` or ``eval_over_running``.
+        ValueError: ``layers`` is not JSON.
     """
     import pandas as pd
 
@@ -534,7 +599,12 @@ def bn_shift_by_placement(bn, runs):
 
 
 def bn_summary(bn_by_placement, *, rng=0, n_resamples: int = 9999):
-    """Mean eval/train variance ratio per (experiment, placement, method) with a bootstrap CI over seeds."""
+    """Mean eval/train variance ratio per (experiment, placement, method) with a bootstrap CI over seeds.
+
+    Raises:
+        ValueError: ``bn_by_placement`` lacks a column it reads, or an ``eval_over_train`` is NaN or infinite (a BN
+            input of zero variance) (:func:`analysis.stats.summarize`).
+    """
     import numpy as np
     from analysis import stats
 
@@ -550,7 +620,15 @@ def bn_summary(bn_by_placement, *, rng=0, n_resamples: int = 9999):
 
 
 def drop_dynamics(runs, run_dir):
-    """Recorded expected/realised drop rate per (run, layer, step), with run labels and layer depth."""
+    """Recorded expected/realised drop rate per (run, layer, step), with run labels and layer depth.
+
+    Raises:
+        KeyError: ``runs`` lacks a label column (``run_id``, ``experiment``, ``method_label``, ``placement``,
+            ``variant``, ``seed``, ``model``).
+        AttributeError: it lacks ``path``.
+        FileNotFoundError: a run is neither in the store nor at its ``path`` (:func:`ddc.store.load_records`).
+        ValueError: an unknown model (:func:`layer_order`).
+    """
     records = _records(runs, run_dir, ["drop_prob_mean", "realized_drop_rate"])
     labels = runs[["run_id", "experiment", "method_label", "placement", "variant", "seed", "model"]]
     out = records.merge(labels, on="run_id").rename(columns={"method_label": "method"})
@@ -563,7 +641,11 @@ def drop_dynamics(runs, run_dir):
 def layer_role(name: str) -> str:
     """ResNets: ``stem``, ``conv1`` / ``conv2`` (first/second conv of a block; conv2 feeds the skip
     addition), ``shortcut``, ``fc``. ViT: ``attn`` (``qkv``, ``proj``), ``mlp`` (``fc1``, ``fc2``),
-    ``patch_embed``, ``head``."""
+    ``patch_embed``, ``head``.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+    """
     if name in ("fc", "head"):
         return name
     if name == "conv1":
@@ -579,7 +661,13 @@ def layer_role(name: str) -> str:
 
 
 def layer_drop_summary(dynamics):
-    """Per (run, layer): the mean over recorded steps after step 0 of DDC's expected drop rate."""
+    """Per (run, layer): the mean over recorded steps after step 0 of DDC's expected drop rate.
+
+    Raises:
+        AttributeError: ``dynamics`` lacks ``metric`` or ``step``.
+        KeyError: it lacks one of the grouping columns (``experiment``, ``method``, ``placement``, ``variant``,
+            ``seed``, ``layer``, ``layer_index``, ``role``) or ``value``.
+    """
     d = dynamics[(dynamics.metric == "drop_prob_mean") & (dynamics.step > 0)]
     keys = ["experiment", "method", "placement", "variant", "seed", "layer", "layer_index", "role"]
     return d.groupby(keys, as_index=False, dropna=False).value.mean().rename(columns={"value": "drop_rate"})
@@ -593,6 +681,12 @@ def role_contrast(layer_summary, *, rng=0, n_resamples: int = 9999):
     attention and MLP projections, ``mlp`` minus ``attn``. Each side is the mean
     over its layers of the per-layer mean drop rate. Columns: ``experiment,
     placement, role, baseline, n, mean_diff, ci_low, ci_high, p_wilcoxon, p_ttest, ...``.
+
+    Raises:
+        AttributeError: ``layer_summary`` lacks ``method``, ``placement``, ``role``, ``experiment``, ``seed`` or
+            ``drop_rate``.
+        ValueError: a seed has one role but not the other, or fewer than 2 seeds have both
+            (:func:`analysis.stats.paired_comparison`).
     """
     import numpy as np
     import pandas as pd
@@ -621,7 +715,11 @@ def role_contrast(layer_summary, *, rng=0, n_resamples: int = 9999):
 
 
 def by_placement(runs):
-    """Runs with the no-drop run repeated under every placement, so each placement is a complete block design."""
+    """Runs with the no-drop run repeated under every placement, so each placement is a complete block design.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``placement``, ``experiment`` or ``method_label``.
+    """
     import pandas as pd
 
     placed = runs[runs.placement.notna()]
@@ -639,6 +737,10 @@ def contrasts(frame, *, value: str, pairs=CONTRASTS, primary=PRIMARY_CONTRASTS, 
     the other ``pairs`` the secondary one. Columns: ``experiment, placement, method, baseline`` and the
     verdict columns (``n, mean_diff, ci_low, ci_high, p_ttest, p_holm, mde, verdict``, ...).
     ``rng`` and ``n_resamples`` are accepted for old callers; t intervals need no resampling.
+
+    Raises:
+        ValueError: ``frame`` lacks ``value``, ``method_col``, ``seed``, ``experiment`` or ``placement``, or
+            ``pairs`` is empty (:func:`analysis.verdicts.paired_verdicts`).
     """
     from analysis import verdicts as V
 
@@ -652,7 +754,11 @@ def contrasts(frame, *, value: str, pairs=CONTRASTS, primary=PRIMARY_CONTRASTS, 
 
 def regime_all(runs, run_dir):
     """:func:`experiments.paper.regime_table` for every variant of every experiment: training and test accuracy,
-    and whether training had converged by the end of the budget."""
+    and whether training had converged by the end of the budget.
+
+    Raises:
+        As :func:`experiments.paper.regime_table` (missing run columns or files; a ``window`` out of range).
+    """
     return paper.regime_table(runs, run_dir, method_col="variant", by=["experiment"])
 
 
@@ -662,6 +768,11 @@ def regime_summary(runs, *, rng=0, n_resamples: int = 9999):
     ``generalization_gap`` (training minus test accuracy at the best-validation epoch).
 
     Long: ``experiment, metric, n, mean, ci_low, ci_high, ...``.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``method_label``.
+        KeyError: it lacks ``experiment``, ``seed``, ``final_train_acc``, ``test_acc`` or ``generalization_gap``.
+        ValueError: one of those values is missing or not finite (:func:`analysis.stats.summarize`).
     """
     import numpy as np
     from analysis import stats
@@ -681,7 +792,12 @@ ROLE_BASELINE_TEXT = {"all_conv": "the first", "attn_mlp": "the attention projec
 
 
 def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None, regime_methods=None) -> List[str]:
-    """One paragraph per experiment, every number taken from the tables passed in."""
+    """One paragraph per experiment, every number taken from the tables passed in.
+
+    Raises:
+        KeyError: an experiment of ``summary`` has no ``none`` variant, or a table lacks a column it reads.
+        IndexError: ``rates`` has no row for an (experiment, placement) that DDC ran at.
+    """
     texts = []
     for experiment, s in summary.groupby("experiment", sort=True):
         s = s.set_index("variant")
@@ -736,7 +852,11 @@ def conclusions(summary, tests, rates, bn_summary, bn_tests, roles, regime=None,
 
 
 def figures(run_dir) -> List[str]:
-    """Every figure of notebook 06, from its stored tables; returns the files written."""
+    """Every figure of notebook 06, from its stored tables; returns the files written.
+
+    Raises:
+        FileNotFoundError: a table notebook 06 stores is missing from ``run_dir``.
+    """
     import matplotlib.pyplot as plt
 
     written = []
