@@ -67,13 +67,23 @@ PROB_FLOOR = 1e-12
 
 
 def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the targets under predictive probabilities ``(N, C)``."""
+    """Mean negative log-likelihood of the targets under predictive probabilities ``(N, C)``.
+
+    Raises:
+        RuntimeError: a target is outside ``[0, C)``, or ``targets`` does not have one entry per row of ``probs``
+            (torch's gather error).
+    """
     picked = probs.gather(1, targets.view(-1, 1)).squeeze(1)
     return float(-picked.clamp_min(PROB_FLOOR).log().double().mean())
 
 
 def brier(probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Multi-class Brier score: mean over examples of ``sum_c (p_c - onehot_c)^2``."""
+    """Multi-class Brier score: mean over examples of ``sum_c (p_c - onehot_c)^2``.
+
+    Raises:
+        RuntimeError: a target is outside ``[0, C)`` (torch's one-hot error), or ``targets`` does not have one
+            entry per row of ``probs``.
+    """
     onehot = F.one_hot(targets, probs.shape[1]).to(probs.dtype)
     return float(((probs - onehot) ** 2).sum(1).double().mean())
 
@@ -83,6 +93,9 @@ def reliability(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15):
 
     Bin ``b`` holds confidences in ``(b/n, (b+1)/n]``. Returns a DataFrame with
     ``bin, lower, upper, count, confidence, accuracy`` (NaN for empty bins).
+
+    Raises:
+        RuntimeError: ``probs`` and ``targets`` differ in length (torch's broadcasting error).
     """
     import pandas as pd
 
@@ -108,14 +121,22 @@ def reliability(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15):
 
 
 def ece(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
-    """Expected calibration error: ``sum_b n_b / N * |accuracy_b - confidence_b|``."""
+    """Expected calibration error: ``sum_b n_b / N * |accuracy_b - confidence_b|``.
+
+    Raises:
+        RuntimeError: ``probs`` and ``targets`` differ in length (:func:`reliability`).
+    """
     table = reliability(probs, targets, n_bins)
     used = table[table["count"] > 0]
     return float((used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / len(targets))
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy (nats) per example."""
+    """Predictive entropy (nats) per example.
+
+    Raises:
+        IndexError: ``probs`` has fewer than 2 dimensions.
+    """
     return -(probs * probs.clamp_min(PROB_FLOOR).log()).sum(1)
 
 
@@ -124,6 +145,10 @@ def auroc(scores_in, scores_out) -> float:
 
     ``P(score_out > score_in) + P(tie) / 2``, from the Mann-Whitney U statistic
     with mid-ranks.
+
+    Raises:
+        Nothing of its own: an empty sample gives NaN or inf; ``ValueError`` from numpy for values that are not
+            numbers.
     """
     from scipy.stats import rankdata
 
@@ -160,6 +185,10 @@ def train_specs(recipe: str, profile: str, seeds: Sequence[int], device: str = "
     ``overrides`` are TrainConfig fields laid over the recipe (``classes``,
     ``epochs``, ``train_subset``, ...); ``None`` values are dropped (the recipe's
     value stands).
+
+    Raises:
+        TypeError: a spec in ``methods`` is not a mapping, or ``seeds`` is not iterable
+            (:func:`experiments.paper.sweep_spec`).
     """
     from experiments import paper
 
@@ -188,13 +217,23 @@ def _check_head(model) -> None:
 
 
 def head(model, h: torch.Tensor) -> torch.Tensor:
-    """SimpleCNN1 from ``linear1``'s input to the logits (where every method acts)."""
+    """SimpleCNN1 from ``linear1``'s input to the logits (where every method acts).
+
+    Raises:
+        AttributeError: ``model`` lacks ``linear1``, ``act4`` or ``linear2``.
+        RuntimeError: ``h`` does not fit ``linear1``.
+    """
     return model.linear2(model.act4(model.linear1(h)))
 
 
 @torch.no_grad()
 def head_inputs(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The input of ``linear1`` (flattened conv features) in eval mode, computed once."""
+    """The input of ``linear1`` (flattened conv features) in eval mode, computed once.
+
+    Raises:
+        ValueError: ``model`` lacks SimpleCNN1's head (``linear1``, ``act4``, ``linear2``).
+        RuntimeError: ``x`` is empty or does not fit the model.
+    """
     _check_head(model)
     captured = []
     hook = model.linear1.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
@@ -208,7 +247,13 @@ def head_inputs(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
 
 
 def gradient_signal(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Dense gradient of the mean training loss w.r.t. ``linear1.weight`` (no mask), from cached inputs."""
+    """Dense gradient of the mean training loss w.r.t. ``linear1.weight`` (no mask), from cached inputs.
+
+    Raises:
+        AttributeError: ``model`` lacks ``linear1``, ``act4`` or ``linear2``.
+        RuntimeError: ``h`` does not fit the head, ``targets`` has another length, or a target is outside the
+            classes.
+    """
     weight = model.linear1.weight
     weight.grad = None
     with torch.enable_grad():
@@ -259,6 +304,13 @@ def evaluate_run(run_path, *, label: str, samples: int, noise_sd: float = 1.0, n
     Returns ``(scores, reliability, posterior)``: one row per inference mode,
     the reliability bins per mode, and for DDC runs the per-edge implied
     posterior of ``linear1`` (else None).
+
+    Raises:
+        As :func:`experiments.paper.load_trained` (missing run files or data, a config it cannot use, weights that
+            do not fit).
+        KeyError: the config lacks ``seed``, ``method``, ``method_options`` or ``run_id``.
+        ValueError: the model lacks SimpleCNN1's head, or the config names an unknown method
+            (:func:`ddc.apply.method_defaults`).
     """
     import pandas as pd
 
@@ -305,7 +357,13 @@ def evaluate_run(run_path, *, label: str, samples: int, noise_sd: float = 1.0, n
 
 
 def evaluate_runs(runs, run_paths, *, samples: int, noise_sd: float = 1.0, n_bins: int = 15, log=print):
-    """:func:`evaluate_run` over a runs table (``tag`` = method label); the three tables concatenated."""
+    """:func:`evaluate_run` over a runs table (``tag`` = method label); the three tables concatenated.
+
+    Raises:
+        KeyError: ``runs`` lacks ``tag`` or ``seed``.
+        As :func:`evaluate_run` for each run.
+        ValueError: ``runs`` is empty (nothing to concatenate).
+    """
     import pandas as pd
 
     scores, bins, posteriors, cache = [], [], [], {}
@@ -324,7 +382,12 @@ def evaluate_runs(runs, run_paths, *, samples: int, noise_sd: float = 1.0, n_bin
 
 
 def mixture_moments(weight: torch.Tensor, drop_prob: torch.Tensor, scale) -> Dict[str, torch.Tensor]:
-    """Mean, standard deviation and SNR of the two-point mixture {0: p, scale*w: 1-p}, per edge."""
+    """Mean, standard deviation and SNR of the two-point mixture {0: p, scale*w: 1-p}, per edge.
+
+    Raises:
+        RuntimeError: ``weight`` and ``drop_prob`` do not broadcast.
+        TypeError: ``scale`` is not a number or tensor.
+    """
     p = drop_prob.double()
     w = weight.double()
     s = torch.as_tensor(scale, dtype=torch.float64)
@@ -343,6 +406,10 @@ def implied_posterior(weight: torch.Tensor, signal: torch.Tensor, options: dict)
     ``grad_abs, weight_abs, z_grad, z_weight, drop_prob, mean, sd, snr,
     mean_ratio`` (``mean_ratio = E[w_eff] / w``), plus ``snr_dropconnect`` (1
     for DropConnect at p = 0.5).
+
+    Raises:
+        ValueError: a DDC option in ``options`` is out of range (:func:`ddc.functional.drop_probability`).
+        RuntimeError: ``weight`` and ``signal`` differ in shape.
     """
     import pandas as pd
 
@@ -366,7 +433,12 @@ def implied_posterior(weight: torch.Tensor, signal: torch.Tensor, options: dict)
 
 
 def posterior_correlations(posterior):
-    """Per seed: Spearman correlation of the implied SNR with |g| and with |w|, and the SNR range."""
+    """Per seed: Spearman correlation of the implied SNR with |g| and with |w|, and the SNR range.
+
+    Raises:
+        KeyError: ``posterior`` lacks ``seed``.
+        AttributeError: it lacks ``snr``, ``grad_abs``, ``weight_abs`` or ``drop_prob``.
+    """
     import pandas as pd
     from scipy.stats import spearmanr
 
@@ -388,7 +460,13 @@ def posterior_correlations(posterior):
 
 
 def posterior_grid(posterior, bins: int = 8):
-    """Mean implied SNR in quantile bins of (|g|, |w|), pooled over seeds (for the heatmap)."""
+    """Mean implied SNR in quantile bins of (|g|, |w|), pooled over seeds (for the heatmap).
+
+    Raises:
+        AttributeError: ``posterior`` lacks ``grad_abs`` or ``weight_abs``.
+        KeyError: it lacks ``snr``, ``drop_prob``, ``z_grad`` or ``z_weight``.
+        ValueError: it has fewer rows than ``bins`` (pandas' qcut error).
+    """
     import pandas as pd
 
     frame = posterior.assign(
@@ -412,7 +490,11 @@ def _summary_n(scores, order):
 
 
 def figures(run_dir) -> List[str]:
-    """Rebuild every figure of the notebook from ``run_dir/results``; returns the files written."""
+    """Rebuild every figure of the notebook from ``run_dir/results``; returns the files written.
+
+    Raises:
+        FileNotFoundError: a table notebook 08 stores is missing from ``run_dir``.
+    """
     import matplotlib.pyplot as plt
     from analysis import figures as afig
 
