@@ -110,18 +110,30 @@ P_CLAMP = 1e-4
 
 
 def zscore(a: Tensor) -> Tensor:
-    """``(a - mean) / (std + eps)`` over the whole tensor: DDC's score (layer scope), from ``ddc.functional``."""
+    """``(a - mean) / (std + eps)`` over the whole tensor: DDC's score (layer scope), from ``ddc.functional``.
+
+    Raises:
+        Nothing of its own: the options it passes to :func:`ddc.functional.normalized_signal` are valid.
+    """
     return dfn.normalized_signal(a, normalize="zscore", scope="layer", eps=EPS)
 
 
 def edge_features(signal: Tensor, weight: Tensor, ema: Tensor, layer_index: float = 0) -> Tensor:
-    """Per-edge features ``(numel, 4)``: z(|g|), z(|w|), z(EMA |g|), layer index (normalised position)."""
+    """Per-edge features ``(numel, 4)``: z(|g|), z(|w|), z(EMA |g|), layer index (normalised position).
+
+    Raises:
+        RuntimeError: ``signal``, ``weight`` and ``ema`` differ in number of elements.
+    """
     columns = [zscore(signal.abs()), zscore(weight.abs()), zscore(ema.abs()), torch.full_like(weight, float(layer_index))]
     return torch.stack([c.reshape(-1) for c in columns], 1)
 
 
 class Mapping(nn.Module):
-    """``features (n, 4) -> logit (n,)``: a tanh MLP whose last layer starts at zero."""
+    """``features (n, 4) -> logit (n,)``: a tanh MLP whose last layer starts at zero.
+
+    Raises:
+        RuntimeError: ``hidden`` is negative (torch's tensor-size error).
+    """
 
     def __init__(self, hidden: int = 16, *, seed: int = 0):
         super().__init__()
@@ -136,6 +148,11 @@ class Mapping(nn.Module):
             self.out.bias.zero_()
 
     def forward(self, features: Tensor) -> Tensor:
+        """``features (n, 4)`` to one logit per edge, ``(n,)``.
+
+        Raises:
+            RuntimeError: the last dimension of ``features`` is not 4.
+        """
         return self.out(torch.tanh(self.hidden_layer(features))).squeeze(-1)
 
 
@@ -167,7 +184,11 @@ def matched_shift(logits: Tensor, target: float, iterations: int = 60) -> Tensor
 
 
 def matched_probability(logits: Tensor, target: float) -> Tensor:
-    """Drop probabilities ``sigmoid(logits + b)`` whose mean is ``target``."""
+    """Drop probabilities ``sigmoid(logits + b)`` whose mean is ``target``.
+
+    Raises:
+        ValueError: ``target`` is not in (0, 1) (:func:`matched_shift`).
+    """
     return torch.sigmoid(logits + matched_shift(logits, target))
 
 
@@ -177,6 +198,9 @@ def relaxed_keep(drop_prob: Tensor, temperature: float, generator: Optional[torc
     ``sigmoid((log((1-p)/p) + log(u/(1-u))) / temperature)``, ``u ~ U(0, 1)``.
     ``P(m > 1/2) = 1 - p`` exactly at every temperature; as the temperature
     goes to 0 the mask becomes the Bernoulli one.
+
+    Raises:
+        Nothing of its own; ``temperature`` is not checked (0 gives infinite logits).
     """
     p = drop_prob.clamp(P_CLAMP, 1 - P_CLAMP)
     u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(p.device).clamp(EPS, 1 - EPS)
@@ -184,13 +208,21 @@ def relaxed_keep(drop_prob: Tensor, temperature: float, generator: Optional[torc
 
 
 def ddc_target(signal: Tensor, p_base: float, p_signal: float, tau: float) -> float:
-    """Mean of DDC's drop probability on ``signal``: the budget the learned mapping must match."""
+    """Mean of DDC's drop probability on ``signal``: the budget the learned mapping must match.
+
+    Raises:
+        ValueError: ``p_base``, ``p_signal`` or ``tau`` is out of range (:func:`ddc.functional.drop_probability`).
+    """
     return float(dfn.drop_probability(signal, p_base=p_base, p_signal=p_signal, tau=tau).double().mean())
 
 
 def ddc_curve(z: np.ndarray, p_base: float = 0.3, p_signal: float = 0.5, tau: float = 0.5) -> np.ndarray:
     """DDC's fixed curve ``p(z) = p_base + p_signal * c * [c > tau]``, ``c = sigmoid(-z)``
-    (:func:`ddc.functional.drop_curve`), on a float64 array of scores."""
+    (:func:`ddc.functional.drop_curve`), on a float64 array of scores.
+
+    Raises:
+        ValueError: ``p_base``, ``p_signal`` or ``tau`` is out of range (:func:`ddc.functional.drop_curve`).
+    """
     score = torch.as_tensor(np.asarray(z, dtype=np.float64))
     return dfn.drop_curve(score, p_base=p_base, p_signal=p_signal, tau=tau, prefer="small").numpy()
 
@@ -206,6 +238,10 @@ class LearnedDropConnect(WeightDrop):
     ``dL/dW_eff`` of the last step); ``ema`` keeps ``EMA(|g|)``. No mask before
     the first gradient (DDC's passthrough). The mapping is held outside the
     module tree, so the model's parameters and ``state_dict`` stay plain.
+
+    Raises:
+        ValueError: ``p_base``, ``p_signal`` or ``tau`` is out of range (:func:`ddc.functional.check_drop_config`),
+            or an option of :class:`ddc.WeightDrop` is outside its allowed values.
     """
 
     name = "learned"
@@ -224,6 +260,11 @@ class LearnedDropConnect(WeightDrop):
         self.mean_drop = float("nan")
 
     def gradient_sink(self, role):
+        """The hook that keeps the weight's gradient signal and its EMA; None for any other role.
+
+        Raises:
+            Nothing.
+        """
         return self._store if role == "weight" else None
 
     @torch.no_grad()
@@ -233,13 +274,30 @@ class LearnedDropConnect(WeightDrop):
         self.ema_signal = magnitude if self.ema_signal is None else torch.lerp(magnitude, self.ema_signal, self.ema_decay)
 
     def signal_tensor(self, role, param):
+        """The stored gradient signal of the weight (None before the first backward pass, and for any other role).
+
+        Raises:
+            Nothing.
+        """
         return self.weight_signal if role == "weight" else None
 
     def features(self, weight: Tensor) -> Tensor:
+        """Per-edge features ``(numel, 4)`` of ``weight`` (:func:`edge_features`) from the stored signal and its EMA.
+
+        Raises:
+            AttributeError: no gradient signal is stored yet (it is None).
+        """
         return edge_features(self.weight_signal, weight.detach(), self.ema_signal, self.layer_index)
 
     def drop_prob(self, weight: Tensor) -> Tensor:
-        """Differentiable (in the mapping) drop probabilities of the current signal, mean pinned."""
+        """Differentiable (in the mapping) drop probabilities of the current signal, mean pinned.
+
+        Raises:
+            AttributeError: no gradient signal is stored yet.
+            RuntimeError: ``weight`` does not have the stored signal's shape.
+            ValueError: DDC's mean drop probability on the signal is 0 or 1, so no budget can be matched
+                (:func:`matched_shift`).
+        """
         self.target = ddc_target(self.weight_signal, self.p_base, self.p_signal, self.tau)
         logits = self.mapping(self.features(weight)).reshape(weight.shape)
         shift = matched_shift(logits, self.target)
@@ -247,6 +305,13 @@ class LearnedDropConnect(WeightDrop):
         return torch.sigmoid(logits + shift)
 
     def weight_drop_prob(self, weight):
+        """The drop probabilities of ``weight`` (no gradient through them), or None before the first gradient;
+        keeps their mean in ``mean_drop``.
+
+        Raises:
+            As :meth:`drop_prob`: a ``weight`` of another shape than the signal (``RuntimeError``), or an
+                unmatchable budget (``ValueError``).
+        """
         if self.weight_signal is None:
             return None
         with torch.no_grad():
@@ -255,11 +320,20 @@ class LearnedDropConnect(WeightDrop):
         return p
 
     def bias_drop_prob(self, bias):
+        """None: the bias is never dropped.
+
+        Raises:
+            Nothing.
+        """
         return None
 
 
 def attach(layer: nn.Module, method: LearnedDropConnect):
-    """Put ``method`` on ``layer`` the way :func:`ddc.apply` does; returns a function that removes it."""
+    """Put ``method`` on ``layer`` the way :func:`ddc.apply` does; returns a function that removes it.
+
+    Raises:
+        ValueError: ``layer`` already carries a method, or ``method`` cannot act on it (:func:`ddc.attach`).
+    """
     from ddc import attach as attach_method, detach
 
     attach_method(layer, method, "layer")
@@ -268,7 +342,12 @@ def attach(layer: nn.Module, method: LearnedDropConnect):
 
 def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_meta, y_meta, *, lr: float,
               optimizer: torch.optim.Optimizer, temperature: float, generator: torch.Generator) -> float:
-    """One hypergradient update of the mapping; returns the look-ahead held-out loss."""
+    """One hypergradient update of the mapping; returns the look-ahead held-out loss.
+
+    Raises:
+        ValueError: as :meth:`LearnedDropConnect.drop_prob` (no budget can be matched).
+        RuntimeError: the batches do not fit ``layer``, or a target is outside its classes.
+    """
     weight = layer.weight.detach().clone().requires_grad_(True)
     bias = layer.bias.detach() if layer.bias is not None else None
     p = method.drop_prob(weight)
@@ -284,7 +363,11 @@ def meta_step(method: LearnedDropConnect, layer: nn.Linear, h_train, y_train, h_
 
 
 def layer_positions(names: Sequence[str]) -> Dict[str, float]:
-    """The layer feature: each mapped layer's position in model order over (number of layers - 1); 0 for one layer."""
+    """The layer feature: each mapped layer's position in model order over (number of layers - 1); 0 for one layer.
+
+    Raises:
+        Nothing: an empty list gives ``{}``.
+    """
     last = max(len(names) - 1, 1)
     return {name: index / last for index, name in enumerate(names)}
 
@@ -359,6 +442,12 @@ def meta_step_layers(methods: Dict[str, LearnedDropConnect], model: nn.Module, e
     (its own matched shift); ``W' = W - lr * dL_train(W_eff)/dW`` is formed in
     the graph for all of them at once, and the held-out loss of the tail with
     ``W'`` is back-propagated to the mapping. Returns that loss.
+
+    Raises:
+        AttributeError: a name in ``methods`` or ``head`` is not a submodule of ``model``, or ``model`` is not a
+            CIFAR ResNet (no ``avgpool``/``flatten``).
+        RuntimeError: the batches do not fit the last stage, or a target is outside the classes.
+        ValueError: as :meth:`LearnedDropConnect.drop_prob` (no budget can be matched).
     """
     layers = {name: model.get_submodule(name) for name in methods}
     weights = {name: layer.weight.detach().clone().requires_grad_(True) for name, layer in layers.items()}
@@ -704,7 +793,13 @@ def _edges_and_grid(method, seed, layers: Dict[str, nn.Module], learned: Dict[st
 
 
 def run_all(methods: Sequence[str], seeds: Sequence[int], config: RunConfig, *, device: str = "cpu", log=print):
-    """Every (method, seed): four DataFrames ``runs, trajectory, edges, grid``."""
+    """Every (method, seed): four DataFrames ``runs, trajectory, edges, grid``.
+
+    Raises:
+        ValueError: an unknown method, a head that is not a Linear layer (:func:`train_run`), or a subset the
+            dataset cannot give (:func:`load_splits`).
+        FileNotFoundError: the dataset is not on this machine.
+    """
     import pandas as pd
 
     runs, trajectories, edges, grids = [], [], [], []
@@ -728,7 +823,14 @@ def run_all(methods: Sequence[str], seeds: Sequence[int], config: RunConfig, *, 
 
 def regime(runs, trajectory, *, window: float = 0.2, tolerance: float = 0.01):
     """Every method's regime (:func:`experiments.paper.regime_from_rises`): training and test accuracy, and
-    whether its running training accuracy (masks on, per epoch) had stopped rising by the end of the budget."""
+    whether its running training accuracy (masks on, per epoch) had stopped rising by the end of the budget.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``method`` or ``seed``.
+        KeyError: ``trajectory`` lacks ``epoch``, ``method`` or ``seed`` (when it has ``running_train_acc``).
+        ValueError: ``window`` is not in (0, 1] (:func:`analysis.stats.trend`).
+        As :func:`experiments.paper.regime_from_rises` for the other run columns.
+    """
     from analysis import stats
 
     from experiments import paper
@@ -749,6 +851,10 @@ def mapping_shape(edges):
     One row per (method, seed) over all mapped edges (``layer == "all"``; the
     features are z-scored per layer, so they are on one scale), plus one row
     per (method, seed, layer) when a run maps several layers.
+
+    Raises:
+        KeyError: ``edges`` lacks ``method`` or ``seed``.
+        AttributeError: it lacks ``p_ddc``, ``z_grad`` or ``z_weight``.
     """
     import pandas as pd
     from scipy.stats import spearmanr
@@ -776,7 +882,12 @@ def mapping_shape(edges):
 
 
 def figures(run_dir) -> List[str]:
-    """Rebuild every figure of the notebook from ``run_dir/results``; returns the files written."""
+    """Rebuild every figure of the notebook from ``run_dir/results``; returns the files written.
+
+    Raises:
+        FileNotFoundError: a table or ``settings.json`` notebook 07 stores is missing from ``run_dir``.
+        KeyError: the stored settings lack ``dataset`` or ``model``.
+    """
     import matplotlib.pyplot as plt
     from analysis import figures as afig
 
