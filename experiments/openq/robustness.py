@@ -38,7 +38,12 @@ DEFAULT = {"tau": 0.5, "p_base": 0.3, "p_signal": 0.5}
 
 
 def valid(setting: Dict[str, float]) -> bool:
-    """``0 < tau < 1``, ``p_base, p_signal >= 0`` and ``p_base + p_signal <= 1``."""
+    """``0 < tau < 1``, ``p_base, p_signal >= 0`` and ``p_base + p_signal <= 1``.
+
+    Raises:
+        KeyError: ``setting`` lacks one of :data:`FACTORS`.
+        ValueError, TypeError: a value is not a number.
+    """
     tau, p_base, p_signal = (float(setting[f]) for f in FACTORS)
     return 0.0 < tau < 1.0 and p_base >= 0.0 and p_signal >= 0.0 and p_base + p_signal <= 1.0 + 1e-12
 
@@ -97,7 +102,11 @@ def design(oat: Dict[str, Sequence[float]], joint: Dict[str, Sequence[float]], d
 
 
 def check_resnet_on_mnist1d() -> str:
-    """Whether ResNet-20 accepts MNIST-1D's (1, 40) input through ``ddc.models.build``, in words."""
+    """Whether ResNet-20 accepts MNIST-1D's (1, 40) input through ``ddc.models.build``, in words.
+
+    Raises:
+        Nothing: :func:`ddc.models.build`'s ``ValueError`` is caught and returned as words.
+    """
     from ddc.models import build
 
     try:
@@ -108,7 +117,12 @@ def check_resnet_on_mnist1d() -> str:
 
 
 def spec(experiment: str, fields: dict, profile: str, settings, seeds, *, device: str = "cpu") -> dict:
-    """One sweep per experiment: DDC at every setting (variant label = setting label)."""
+    """One sweep per experiment: DDC at every setting (variant label = setting label).
+
+    Raises:
+        KeyError: ``fields`` has no ``recipe``.
+        AttributeError: ``settings`` lacks ``label`` or a factor column.
+    """
     recipe = fields["recipe"]
     overrides = {k: v for k, v in fields.items() if k != "recipe"}
     methods = {
@@ -119,7 +133,13 @@ def spec(experiment: str, fields: dict, profile: str, settings, seeds, *, device
 
 
 def annotate(runs, settings):
-    """Add ``experiment`` and the design flags (joined on the setting label)."""
+    """Add ``experiment`` and the design flags (joined on the setting label).
+
+    Raises:
+        KeyError: ``runs`` lacks ``sweep``, or ``settings`` lacks ``label``, ``is_default``, ``oat_factor`` or
+            ``in_joint``.
+        AttributeError: ``sweep`` is not text.
+    """
     runs = runs.copy()
     runs["experiment"] = runs["sweep"].str.removeprefix("09-")
     runs = runs.rename(columns={"variant": "label"})
@@ -138,7 +158,14 @@ def joint_decomposition(runs, *, value: str = "test_acc"):
     """Per experiment, on the joint grid: type-II ANOVA variance shares with all interactions among the
     factors and the seed as a block (main effects only when there are no residual degrees of freedom).
     Columns: ``experiment, term, sum_sq, df, eta_sq, partial_eta_sq, omega_sq, pvalue`` (``term`` "seed":
-    the share the seeds explain)."""
+    the share the seeds explain).
+
+    Raises:
+        AttributeError: ``runs`` lacks ``in_joint``.
+        KeyError: it lacks ``experiment``, ``value`` or a factor column.
+        ValueError: no ANOVA is possible on an experiment's grid, with or without interactions
+            (:func:`analysis.stats.anova`).
+    """
     import pandas as pd
     from analysis import stats
 
@@ -175,6 +202,11 @@ def pooled_decomposition(runs, *, value: str = "test_acc"):
     blocks' spread gets its own row (``experiment_seed``) and the terms are fitted to the within-block
     variation. Shares (``eta_sq``) are of the variance within experiments. The p-values are left out (NaN):
     the within-block residual would count the removed block means as degrees of freedom.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``in_joint``.
+        KeyError: it lacks ``experiment``, ``seed``, ``value`` or a factor column.
+        ValueError: no ANOVA is possible on the pooled grid (:func:`analysis.stats.anova`).
     """
     import numpy as np
     import pandas as pd
@@ -200,7 +232,13 @@ def oat_effects(runs, *, value: str = "test_acc", rng=None, n_resamples=None):
     """Per experiment and factor, on its OAT slice (the factor varied, the others at default): the one-way
     variance share (seed-blocked), and every level against the default, paired by seed
     (:func:`analysis.verdicts.paired_verdicts`; a secondary family, Holm over all of them).
-    Returns ``(shares, versus_default)``. ``rng``/``n_resamples`` are accepted for old callers."""
+    Returns ``(shares, versus_default)``. ``rng``/``n_resamples`` are accepted for old callers.
+
+    Raises:
+        AttributeError: ``runs`` lacks ``oat_factor``, ``is_default``, ``label`` or ``seed``.
+        ValueError: no ANOVA is possible on a factor's slice, or the paired verdicts refuse the frame (a missing
+            column; :func:`analysis.verdicts.paired_verdicts`).
+    """
     import pandas as pd
     from analysis import verdicts as V
 
@@ -244,6 +282,11 @@ def equivalence(runs, *, margin: float, value: str = "test_acc", select: str = "
     ``p_base``), ``verdict`` (``reference`` / ``equivalent`` / ``not shown
     equivalent``, or ``exploratory`` below
     :data:`analysis.verdicts.MIN_VERDICT_N` paired seeds).
+
+    Raises:
+        ValueError: ``runs`` is empty, or :func:`analysis.stats.practical_equivalence` refuses it (a missing or
+            non-finite column, ``margin`` not positive, ``alpha`` not in (0, 0.5)).
+        KeyError: ``runs`` lacks ``experiment``.
     """
     import pandas as pd
     from analysis import stats
@@ -266,12 +309,20 @@ def equivalence(runs, *, margin: float, value: str = "test_acc", select: str = "
 
 
 def regime_all(runs, run_dir):
-    """:func:`experiments.paper.regime_table` for every setting of every experiment."""
+    """:func:`experiments.paper.regime_table` for every setting of every experiment.
+
+    Raises:
+        As :func:`experiments.paper.regime_table` (missing run columns or files; a ``window`` out of range).
+    """
     return paper.regime_table(runs, run_dir, method_col="label", by=["experiment"])
 
 
 def relation(a: str, b: str) -> str:
-    """How two ``dataset-model`` experiments differ."""
+    """How two ``dataset-model`` experiments differ.
+
+    Raises:
+        ValueError: ``a`` or ``b`` has no ``-`` (not a ``dataset-model`` name).
+    """
     (da, ma), (db, mb) = a.rsplit("-", 1), b.rsplit("-", 1)
     if da == db:
         return "same dataset, other architecture"
@@ -282,7 +333,11 @@ def relation(a: str, b: str) -> str:
 
 def spearman_ci(rho: float, n: int, confidence_level: float = 0.95) -> Tuple[float, float]:
     """Confidence interval of Spearman's rho by Fisher's z with the Bonett-Wright (2000) standard error
-    ``sqrt((1 + rho^2 / 2) / (n - 3))``; NaN for ``n <= 3``."""
+    ``sqrt((1 + rho^2 / 2) / (n - 3))``; NaN for ``n <= 3``.
+
+    Raises:
+        Nothing: ``n <= 3`` or a non-finite ``rho`` gives NaN, and so does a ``confidence_level`` outside (0, 1).
+    """
     import numpy as np
     from scipy.stats import norm
 
@@ -306,6 +361,12 @@ def transfer(runs, equivalence_table, *, value: str = "test_acc"):
     equivalent to it by TOST / lenient: not shown worse by more than the
     margin); Jaccard overlap of the two regions (reference plus equivalent
     settings; lenient regions).
+
+    Raises:
+        KeyError: ``runs`` lacks ``experiment``, ``label`` or ``value``, or ``equivalence_table`` lacks a column it
+            reads (``experiment``, ``label``, ``is_best``, ``diff``, ``ci_low``, ``ci_high``, ``in_region``,
+            ``not_worse_than_margin``).
+        IndexError: an experiment's equivalence table has no reference (``is_best``) row.
     """
     import numpy as np
     import pandas as pd
@@ -352,6 +413,11 @@ def regime(runs, *, n_resamples: int = 9999, seed: int = 0):
     told apart where the network fits its training data clearly better than
     held-out data. ``train_acc``/``test_acc`` are those of the best-validation
     epoch; the gap is ``generalization_gap`` (train - test at that epoch).
+
+    Raises:
+        AttributeError: ``runs`` lacks ``is_default``.
+        KeyError: it lacks ``experiment``, ``seed``, ``train_acc``, ``test_acc`` or ``generalization_gap``.
+        ValueError: one of those values is missing or not finite (:func:`analysis.stats.summarize`).
     """
     import numpy as np
     import pandas as pd
@@ -380,7 +446,12 @@ def _regime_text(regime_table, experiment: str) -> str:
 def conclusions(summary, equivalence_table, joint, pooled, oat, transfer_table, *, margin: float, regime_table=None,
                 regime_methods=None, versus_default=None) -> List[str]:
     """Sentences built from the stored tables (every number quoted from them): one per experiment, the pooled
-    analysis, and one per pair of experiments compared for transfer."""
+    analysis, and one per pair of experiments compared for transfer.
+
+    Raises:
+        KeyError, AttributeError: a table lacks a column a sentence quotes.
+        IndexError: an experiment's equivalence table has no reference (``is_best``) row.
+    """
     texts = []
     for experiment, equivalence in equivalence_table.groupby("experiment", sort=True):
         text = _best_setting_text(experiment, equivalence, summary, regime_table)
@@ -503,7 +574,12 @@ def _transfer_text(pair) -> str:
 
 
 def figures(run_dir) -> List[str]:
-    """Every figure of notebook 09, from its stored tables; returns the files written."""
+    """Every figure of notebook 09, from its stored tables; returns the files written.
+
+    Raises:
+        FileNotFoundError: a table or ``settings.json`` notebook 09 stores is missing from ``run_dir``.
+        KeyError: the stored settings lack ``margin``.
+    """
     import matplotlib.pyplot as plt
 
     runs = paper.load_table(run_dir, "runs")
