@@ -94,7 +94,7 @@ def _as_list(cols: str | Sequence[str], argname: str) -> list[str]:
     if isinstance(cols, str):
         return [cols]
     cols = list(cols)
-    if not cols or not all(isinstance(c, str) for c in cols):
+    if not cols or not all(isinstance(column, str) for column in cols):
         raise ValueError(f"`{argname}` must be a column name or a non-empty list of column names, got {cols!r}")
     return cols
 
@@ -102,7 +102,7 @@ def _as_list(cols: str | Sequence[str], argname: str) -> list[str]:
 def _require_columns(df: pd.DataFrame, cols: Sequence[str], what: str = "df") -> None:
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"`{what}` must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in cols if c not in df.columns]
+    missing = [column for column in cols if column not in df.columns]
     if missing:
         raise ValueError(
             f"`{what}` is missing required column(s) {missing}; available columns: {list(df.columns)}"
@@ -113,9 +113,9 @@ def _require_numeric_finite(df: pd.DataFrame, value: str) -> None:
     if not pd.api.types.is_numeric_dtype(df[value]) or pd.api.types.is_bool_dtype(df[value]):
         raise ValueError(f"column {value!r} (value) must be numeric, got dtype {df[value].dtype}")
     if df[value].isna().any():
-        n = int(df[value].isna().sum())
+        missing = int(df[value].isna().sum())
         raise ValueError(
-            f"column {value!r} (value) has {n} missing value(s); drop or impute them first "
+            f"column {value!r} (value) has {missing} missing value(s); drop or impute them first "
             f"(e.g. df.dropna(subset=[{value!r}]))"
         )
     infinite = ~np.isfinite(df[value].to_numpy(float))
@@ -153,18 +153,18 @@ def _wide(
     block_cols = _as_list(block_col, "block_col")
     _require_columns(df, [value, method_col, *block_cols])
     _require_numeric_finite(df, value)
-    d = pd.DataFrame(
+    frame = pd.DataFrame(
         {"_block": _block_key(df, block_cols).to_numpy(), "_method": df[method_col].to_numpy(),
          "_value": df[value].to_numpy()}
     )
-    dup = d.duplicated(["_method", "_block"], keep=False)
-    if dup.any():
-        ex = d.loc[dup, ["_method", "_block"]].drop_duplicates().head(3).to_numpy().tolist()
+    duplicated = frame.duplicated(["_method", "_block"], keep=False)
+    if duplicated.any():
+        examples = frame.loc[duplicated, ["_method", "_block"]].drop_duplicates().head(3).to_numpy().tolist()
         raise ValueError(
-            f"more than one row per ({method_col!r}, {block_cols}) pair, e.g. {ex}; "
+            f"more than one row per ({method_col!r}, {block_cols}) pair, e.g. {examples}; "
             f"filter (e.g. one dataset/setting) or aggregate first, or pass a longer `block_col` list"
         )
-    wide = d.pivot(index="_block", columns="_method", values="_value")
+    wide = frame.pivot(index="_block", columns="_method", values="_value")
     wide.columns.name = method_col
     wide.index.name = block_cols[0] if len(block_cols) == 1 else "block"
     return wide
@@ -174,12 +174,12 @@ def _pair(
     wide: pd.DataFrame, a: Any, b: Any, *, method_col: str, on_unpaired: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Return paired arrays (a, b) over common blocks, validating pairing."""
-    ma, mb = wide[a].notna(), wide[b].notna()
-    both = ma & mb
-    if not (ma == mb).all():
+    has_a, has_b = wide[a].notna(), wide[b].notna()
+    both = has_a & has_b
+    if not (has_a == has_b).all():
         if on_unpaired == "raise":
-            only_a = list(wide.index[ma & ~mb][:5])
-            only_b = list(wide.index[mb & ~ma][:5])
+            only_a = list(wide.index[has_a & ~has_b][:5])
+            only_b = list(wide.index[has_b & ~has_a][:5])
             raise ValueError(
                 f"unpaired blocks between {method_col}={a!r} and {method_col}={b!r}: "
                 f"only in {a!r}: {only_a}, only in {b!r}: {only_b}; every block (seed) must have both "
@@ -217,18 +217,18 @@ def adjust_pvalues(pvalues: Sequence[float] | np.ndarray, method: str = "holm") 
     """
     p = np.asarray(pvalues, dtype=float).reshape(-1)
     out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if not len(ok):
+    finite = np.flatnonzero(np.isfinite(p))
+    if not len(finite):
         return out
     if method == "holm":
-        m = len(ok)
-        order = ok[np.argsort(p[ok], kind="stable")]
+        m = len(finite)
+        order = finite[np.argsort(p[finite], kind="stable")]
         stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
         out[order] = np.maximum.accumulate(stepped)
         return out
     from statsmodels.stats.multitest import multipletests
 
-    out[ok] = multipletests(p[ok], method=method)[1]
+    out[finite] = multipletests(p[finite], method=method)[1]
     return out
 
 
@@ -253,8 +253,8 @@ def bootstrap_ci(
     docstring); use :func:`mean_interval` / :func:`paired_difference` instead.
     """
     _check_confidence(confidence_level)
-    gen = _make_rng(rng)
-    samples = tuple(np.asarray(s, dtype=float).reshape(-1) for s in samples)
+    generator = _make_rng(rng)
+    samples = tuple(np.asarray(sample, dtype=float).reshape(-1) for sample in samples)
     if statistic is None:
         if len(samples) != 1:
             raise ValueError("`statistic` is required with more than one sample")
@@ -262,30 +262,30 @@ def bootstrap_ci(
         def statistic(x, axis=-1):  # noqa: E306
             return np.mean(x, axis=axis)
 
-    smallest = min(len(s) for s in samples)
+    smallest = min(len(sample) for sample in samples)
     if smallest < max(int(min_n), 2):
         raise ValueError(
             f"bootstrap interval on {smallest} observation(s): needs n >= {max(int(min_n), 2)} "
             f"(BOOTSTRAP_MIN_N); use the t interval (mean_interval, paired_difference) at small n"
         )
-    kw = dict(
+    options = dict(
         statistic=statistic,
         n_resamples=int(n_resamples),
         vectorized=True,
         paired=paired,
         confidence_level=confidence_level,
-        rng=gen,
+        rng=generator,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = sps.bootstrap(samples, method="BCa", **kw)
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if np.isfinite(lo) and np.isfinite(hi):
-        return lo, hi, "BCa"
+        result = sps.bootstrap(samples, method="BCa", **options)
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if np.isfinite(low) and np.isfinite(high):
+        return low, high, "BCa"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = sps.bootstrap(samples, method="percentile", **kw)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high), "percentile"
+        result = sps.bootstrap(samples, method="percentile", **options)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high), "percentile"
 
 
 def mean_interval(x: np.ndarray, confidence_level: float = 0.95) -> tuple[Any, Any]:
@@ -304,11 +304,11 @@ def mean_interval(x: np.ndarray, confidence_level: float = 0.95) -> tuple[Any, A
     if n < 2:
         nan = np.full(x.shape[:-1], np.nan) if x.ndim > 1 else float("nan")
         return nan, nan
-    m = x.mean(axis=-1)
+    mean = x.mean(axis=-1)
     half = float(sps.t.ppf(0.5 + confidence_level / 2, n - 1)) * x.std(axis=-1, ddof=1) / np.sqrt(n)
     if x.ndim == 1:
-        return float(m - half), float(m + half)
-    return m - half, m + half
+        return float(mean - half), float(mean + half)
+    return mean - half, mean + half
 
 
 def dz_interval(dz: Any, n: Any, confidence_level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -326,13 +326,13 @@ def dz_interval(dz: Any, n: Any, confidence_level: float = 0.95) -> tuple[np.nda
     """
     _check_confidence(confidence_level)
     dz, n = np.broadcast_arrays(np.asarray(dz, dtype=float), np.asarray(n, dtype=float))
-    ok = np.isfinite(dz) & (n >= 2)
+    defined = np.isfinite(dz) & (n >= 2)
     low, high = np.full(dz.shape, np.nan), np.full(dz.shape, np.nan)
-    if ok.any():
-        t, df, root = dz[ok] * np.sqrt(n[ok]), n[ok] - 1, np.sqrt(n[ok])
-        a = 1 - confidence_level
-        low[ok] = special.nctdtrinc(df, 1 - a / 2, t) / root
-        high[ok] = special.nctdtrinc(df, a / 2, t) / root
+    if defined.any():
+        t, df, root = dz[defined] * np.sqrt(n[defined]), n[defined] - 1, np.sqrt(n[defined])
+        alpha = 1 - confidence_level
+        low[defined] = special.nctdtrinc(df, 1 - alpha / 2, t) / root
+        high[defined] = special.nctdtrinc(df, alpha / 2, t) / root
     return low, high
 
 
@@ -342,8 +342,8 @@ def _wilcoxon(d: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = sps.wilcoxon(d, zero_method="wilcox", method="auto")
-    return float(r.statistic), float(r.pvalue)
+        result = sps.wilcoxon(d, zero_method="wilcox", method="auto")
+    return float(result.statistic), float(result.pvalue)
 
 
 def _wilcoxon_min_p(n: int) -> float:
@@ -387,19 +387,19 @@ def paired_difference(
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("paired samples must be finite (no NaN or inf)")
     d = x - y
-    m, sd = float(d.mean()), float(np.std(d, ddof=1))
-    lo, hi = mean_interval(d, confidence_level)
+    mean_diff, sd = float(d.mean()), float(np.std(d, ddof=1))
+    low, high = mean_interval(d, confidence_level)
     if sd == 0:
-        t_stat, p = (0.0, 1.0) if m == 0 else (float(np.sign(m) * np.inf), 0.0)
-        dz = 0.0 if m == 0 else float(np.sign(m) * np.inf)
+        t_stat, p = (0.0, 1.0) if mean_diff == 0 else (float(np.sign(mean_diff) * np.inf), 0.0)
+        dz = 0.0 if mean_diff == 0 else float(np.sign(mean_diff) * np.inf)
     else:
-        r = sps.ttest_rel(x, y)
-        t_stat, p, dz = float(r.statistic), float(r.pvalue), m / sd
+        result = sps.ttest_rel(x, y)
+        t_stat, p, dz = float(result.statistic), float(result.pvalue), mean_diff / sd
     # constant differences: d_z is 0 or infinite and has no sampling distribution
     dz_lo, dz_hi = dz_interval(dz, n, confidence_level) if sd > 0 else (np.nan, np.nan)
     return {
-        "n": n, "mean": float(x.mean()), "mean_baseline": float(y.mean()), "mean_diff": m, "sd_diff": sd,
-        "df": n - 1, "ci_low": lo, "ci_high": hi, "t_stat": t_stat, "p_ttest": p,
+        "n": n, "mean": float(x.mean()), "mean_baseline": float(y.mean()), "mean_diff": mean_diff, "sd_diff": sd,
+        "df": n - 1, "ci_low": low, "ci_high": high, "t_stat": t_stat, "p_ttest": p,
         "cohen_dz": dz, "dz_low": float(dz_lo), "dz_high": float(dz_hi), "hedges_g": _hedges_j(n - 1) * dz,
     }
 
@@ -460,28 +460,28 @@ def paired_comparison(
     _check_confidence(confidence_level)
     if interval not in ("t", "bca"):
         raise ValueError(f"`interval` must be 't' or 'bca', got {interval!r}")
-    gen = _make_rng(rng) if interval == "bca" else None
+    generator = _make_rng(rng) if interval == "bca" else None
     wide = _wide(df, value=value, method_col=method_col, block_col=block_col)
     if baseline not in wide.columns:
         raise ValueError(
             f"baseline {baseline!r} not found in column {method_col!r}; available: {list(wide.columns)}"
         )
-    others = [m for m in wide.columns if m != baseline]
+    others = [method for method in wide.columns if method != baseline]
     if not others:
         raise ValueError(f"column {method_col!r} has no method other than the baseline {baseline!r}")
     rows = []
-    for m in others:
-        x, y, n = _pair(wide, m, baseline, method_col=method_col, on_unpaired=on_unpaired)
+    for method in others:
+        x, y, n = _pair(wide, method, baseline, method_col=method_col, on_unpaired=on_unpaired)
         row = paired_difference(x, y, confidence_level=confidence_level)
         row["ci_method"] = "t"
         if interval == "bca":
             row["ci_low"], row["ci_high"], row["ci_method"] = bootstrap_ci(
-                x - y, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level
+                x - y, rng=generator, n_resamples=n_resamples, confidence_level=confidence_level
             )
-        w_stat, p_w = _wilcoxon(x - y)
+        w_stat, p_wilcoxon = _wilcoxon(x - y)
         rows.append(
-            {method_col: m, "baseline": baseline, **row, "confidence_level": float(confidence_level),
-             "wilcoxon_stat": w_stat, "p_wilcoxon": p_w, "wilcoxon_min_p": _wilcoxon_min_p(n)}
+            {method_col: method, "baseline": baseline, **row, "confidence_level": float(confidence_level),
+             "wilcoxon_stat": w_stat, "p_wilcoxon": p_wilcoxon, "wilcoxon_min_p": _wilcoxon_min_p(n)}
         )
     columns = [method_col, "baseline", "n", "mean", "mean_baseline", "mean_diff", "sd_diff", "df", "ci_low",
                "ci_high", "ci_method", "confidence_level", "wilcoxon_stat", "p_wilcoxon", "wilcoxon_min_p",
@@ -525,13 +525,13 @@ def pairwise_wilcoxon(
     if len(methods) < 2:
         raise ValueError(f"column {method_col!r} needs at least 2 distinct methods, got {methods}")
     rows = []
-    for a, b in itertools.combinations(methods, 2):
-        x, y, n = _pair(wide, a, b, method_col=method_col, on_unpaired=on_unpaired)
+    for method_a, method_b in itertools.combinations(methods, 2):
+        x, y, n = _pair(wide, method_a, method_b, method_col=method_col, on_unpaired=on_unpaired)
         d = x - y
-        s, p = _wilcoxon(d)
+        statistic, p = _wilcoxon(d)
         rows.append(
-            {"method_a": a, "method_b": b, "n": n, "mean_diff": float(d.mean()),
-             "median_diff": float(np.median(d)), "statistic": s, "pvalue": p, "min_pvalue": _wilcoxon_min_p(n)}
+            {"method_a": method_a, "method_b": method_b, "n": n, "mean_diff": float(d.mean()),
+             "median_diff": float(np.median(d)), "statistic": statistic, "pvalue": p, "min_pvalue": _wilcoxon_min_p(n)}
         )
     out = pd.DataFrame(rows)
     out["pvalue_adj"] = adjust_pvalues(out["pvalue"], correction)
@@ -605,8 +605,8 @@ def friedman_test(
     if tie_correction:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = sps.friedmanchisquare(*[wide[c].to_numpy(float) for c in wide.columns])
-        chi2, p = float(r.statistic), float(r.pvalue)
+            result = sps.friedmanchisquare(*[wide[column].to_numpy(float) for column in wide.columns])
+        chi2, p = float(result.statistic), float(result.pvalue)
     else:
         R = _block_ranks(wide, True).mean(axis=0).to_numpy()
         chi2 = float(12 * n / (k * (k + 1)) * (np.sum(R**2) - k * (k + 1) ** 2 / 4))
@@ -653,7 +653,8 @@ def _contiguous_cliques(order: list[Any], same: Any) -> list[list[Any]]:
             j += 1
         if j > i:
             spans.append((i, j))
-    maximal = [s for s in spans if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in spans)]
+    maximal = [span for span in spans
+               if not any(other != span and other[0] <= span[0] and span[1] <= other[1] for other in spans)]
     return [order[i : j + 1] for i, j in sorted(set(maximal))]
 
 
@@ -712,18 +713,20 @@ def critical_difference(
     )
     cd = nemenyi_cd(k, n, alpha)
     order = list(ranks[method_col])
-    r = dict(zip(ranks[method_col], ranks["mean_rank"]))
+    mean_rank_of = dict(zip(ranks[method_col], ranks["mean_rank"]))
     if clique_method == "cd":
-        def same(a: Any, b: Any) -> bool:
-            return abs(r[a] - r[b]) < cd
+        def same(method_a: Any, method_b: Any) -> bool:
+            return abs(mean_rank_of[method_a] - mean_rank_of[method_b]) < cd
     else:
         long = wide.reset_index(drop=True).melt(var_name="_m", value_name="_v", ignore_index=False)
         long["_b"] = long.index
-        pw = pairwise_wilcoxon(long, value="_v", method_col="_m", block_col="_b", correction=correction, alpha=alpha)
-        sig = {frozenset((a, b)): bool(s is not pd.NA and s) for a, b, s in zip(pw["method_a"], pw["method_b"], pw["reject"])}
+        pairwise = pairwise_wilcoxon(long, value="_v", method_col="_m", block_col="_b", correction=correction,
+                                     alpha=alpha)
+        significant = {frozenset((method_a, method_b)): bool(reject is not pd.NA and reject)
+                       for method_a, method_b, reject in zip(pairwise["method_a"], pairwise["method_b"], pairwise["reject"])}
 
-        def same(a: Any, b: Any) -> bool:
-            return not sig[frozenset((a, b))]
+        def same(method_a: Any, method_b: Any) -> bool:
+            return not significant[frozenset((method_a, method_b))]
     return ranks, _contiguous_cliques(order, same), float(cd)
 
 
@@ -740,16 +743,16 @@ def _design(
         raise ValueError(f"`block` {block!r} is also listed in `factors`")
     _require_columns(df, [value, *factors, *([block] if block is not None else [])])
     _require_numeric_finite(df, value)
-    for f in factors + ([block] if block is not None else []):
-        if df[f].isna().any():
-            raise ValueError(f"column {f!r} has missing values")
-        if df[f].nunique() < 2:
-            raise ValueError(f"column {f!r} needs at least 2 levels, got {df[f].unique().tolist()}")
+    for factor in factors + ([block] if block is not None else []):
+        if df[factor].isna().any():
+            raise ValueError(f"column {factor!r} has missing values")
+        if df[factor].nunique() < 2:
+            raise ValueError(f"column {factor!r} needs at least 2 levels, got {df[factor].unique().tolist()}")
     data = pd.DataFrame({"y": df[value].to_numpy(float)})
     names = {}
-    for i, f in enumerate(factors):
-        data[f"f{i}"] = df[f].to_numpy()
-        names[f"f{i}"] = f
+    for i, factor in enumerate(factors):
+        data[f"f{i}"] = df[factor].to_numpy()
+        names[f"f{i}"] = factor
     if block is not None:
         data["b0"] = df[block].to_numpy()
         names["b0"] = block
@@ -757,18 +760,18 @@ def _design(
 
 
 def _rename_term(term: str, names: dict[str, str]) -> str:
-    def sub(m: re.Match) -> str:
-        return names[m.group(1)]
+    def sub(match: re.Match) -> str:
+        return names[match.group(1)]
 
     return re.sub(r"C\(([fb]\d+)(?:,\s*Sum)?\)", sub, term)
 
 
 def _formula(names: dict[str, str], interactions: bool, sum_contrasts: bool) -> str:
-    def term(k: str) -> str:
-        return f"C({k}, Sum)" if sum_contrasts else f"C({k})"
+    def term(key: str) -> str:
+        return f"C({key}, Sum)" if sum_contrasts else f"C({key})"
 
-    factors = [term(k) for k in names if k.startswith("f")]
-    blocks = [term(k) for k in names if k.startswith("b")]
+    factors = [term(key) for key in names if key.startswith("f")]
+    blocks = [term(key) for key in names if key.startswith("b")]
     rhs = (" * " if interactions else " + ").join(factors)
     return "y ~ " + " + ".join([f"({rhs})" if interactions and len(factors) > 1 and blocks else rhs, *blocks])
 
@@ -817,14 +820,14 @@ def anova(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a term with zero sum of squares gives 0/0
-        tab = sm.stats.anova_lm(model, typ=typ)
+        table = sm.stats.anova_lm(model, typ=typ)
     out = pd.DataFrame(
         {
-            "term": [_rename_term(t, names) for t in tab.index],
-            "sum_sq": tab["sum_sq"].to_numpy(float),
-            "df": tab["df"].to_numpy(float),
-            "F": tab["F"].to_numpy(float),
-            "pvalue": tab["PR(>F)"].to_numpy(float),
+            "term": [_rename_term(term, names) for term in table.index],
+            "sum_sq": table["sum_sq"].to_numpy(float),
+            "df": table["df"].to_numpy(float),
+            "F": table["F"].to_numpy(float),
+            "pvalue": table["PR(>F)"].to_numpy(float),
         }
     )
     return out
@@ -852,25 +855,25 @@ def variance_decomposition(
         ValueError: as :func:`anova`: a column is missing, ``value`` is not numeric and finite, a factor has
             missing values or fewer than 2 levels, or no residual degrees of freedom are left.
     """
-    tab = anova(df, value=value, factors=factors, interactions=interactions, typ=2, block=block)
+    table = anova(df, value=value, factors=factors, interactions=interactions, typ=2, block=block)
     y = df[value].to_numpy(float)
     ss_total = float(np.sum((y - y.mean()) ** 2))
-    res = tab[tab["term"] == "Residual"].iloc[0]
-    ss_res, df_res = float(res["sum_sq"]), float(res["df"])
+    residual = table[table["term"] == "Residual"].iloc[0]
+    ss_res, df_res = float(residual["sum_sq"]), float(residual["df"])
     ms_res = ss_res / df_res
-    eff = tab[tab["term"] != "Residual"].copy()
+    effects = table[table["term"] != "Residual"].copy()
     denom = ss_total if ss_total > 0 else np.nan
-    eff["eta_sq"] = eff["sum_sq"] / denom
+    effects["eta_sq"] = effects["sum_sq"] / denom
     with np.errstate(invalid="ignore", divide="ignore"):
-        eff["partial_eta_sq"] = eff["sum_sq"] / (eff["sum_sq"] + ss_res)
-    eff["omega_sq"] = (eff["sum_sq"] - eff["df"] * ms_res) / (ss_total + ms_res)
-    eff = eff.sort_values("eta_sq", ascending=False)
-    resid = pd.DataFrame(
+        effects["partial_eta_sq"] = effects["sum_sq"] / (effects["sum_sq"] + ss_res)
+    effects["omega_sq"] = (effects["sum_sq"] - effects["df"] * ms_res) / (ss_total + ms_res)
+    effects = effects.sort_values("eta_sq", ascending=False)
+    residual_row = pd.DataFrame(
         [{"term": "Residual", "sum_sq": ss_res, "df": df_res, "eta_sq": ss_res / denom,
           "partial_eta_sq": np.nan, "omega_sq": np.nan}]
     )
-    cols = ["term", "sum_sq", "df", "eta_sq", "partial_eta_sq", "omega_sq"]
-    return pd.concat([eff[cols], resid], ignore_index=True)
+    columns = ["term", "sum_sq", "df", "eta_sq", "partial_eta_sq", "omega_sq"]
+    return pd.concat([effects[columns], residual_row], ignore_index=True)
 
 
 def _between_within_df(exog: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -887,8 +890,8 @@ def _between_within_df(exog: np.ndarray, groups: np.ndarray) -> np.ndarray:
     indicators[np.arange(n), codes] = 1.0
     between = []
     for j in range(exog.shape[1]):
-        col = exog[:, j]
-        spread = pd.Series(col).groupby(codes).agg(lambda v: v.max() - v.min()).to_numpy()
+        column = exog[:, j]
+        spread = pd.Series(column).groupby(codes).agg(lambda values: values.max() - values.min()).to_numpy()
         between.append(bool(np.all(spread == 0)))
     between = np.array(between)
     df_between = n_groups - np.linalg.matrix_rank(exog[:, between]) if between.any() else np.nan
@@ -977,7 +980,7 @@ def mixed_model(
     model, fit, bse_re = _fit_mixedlm(data, _formula(names, interactions, False), reml)
     group_var = float(fit.cov_re.iloc[0, 0])
     boundary = group_var <= BOUNDARY_SHARE * (group_var + float(fit.scale))
-    fe = fit.fe_params.index
+    fixed_effects = fit.fe_params.index
     estimate, std_err = fit.fe_params.to_numpy(float), fit.bse_fe.to_numpy(float)
     dof = _between_within_df(model.exog, data["_group"].to_numpy())
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -986,7 +989,7 @@ def mixed_model(
     half = sps.t.ppf(0.5 + confidence_level / 2, dof) * std_err
     out = pd.DataFrame(
         {
-            "term": [_rename_term(t, names) for t in fe],
+            "term": [_rename_term(term, names) for term in fixed_effects],
             "estimate": estimate,
             "std_err": std_err,
             "t": t,
@@ -1000,12 +1003,12 @@ def mixed_model(
     )
     note = (f"variance of the {group} intercepts estimated at its boundary (0): the {group}s explain no variance "
             "beyond the residual, and the fixed effects equal ordinary least squares'") if boundary else ""
-    gv = pd.DataFrame(
+    group_row = pd.DataFrame(
         [{"term": "group_var", "estimate": group_var,
           "std_err": float(np.asarray(bse_re)[0]) if len(bse_re) else np.nan,
           "t": np.nan, "df": np.nan, "pvalue": np.nan, "ci_low": np.nan, "ci_high": np.nan, "df_method": "", "note": note}]
     )
-    return pd.concat([out, gv], ignore_index=True)
+    return pd.concat([out, group_row], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -1044,22 +1047,23 @@ def summarize(
         raise ValueError(f"`interval` must be 't' or 'bca', got {interval!r}")
     if len(df) == 0:
         raise ValueError("`df` is empty")
-    gen = _make_rng(rng) if interval == "bca" else None
+    generator = _make_rng(rng) if interval == "bca" else None
     rows = []
-    for key, g in df.groupby(by, sort=True, dropna=False):
+    for key, group in df.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        x = g[value].to_numpy(float)
+        x = group[value].to_numpy(float)
         if len(x) < 2:
-            lo, hi, method = float("nan"), float("nan"), "none"
+            low, high, method = float("nan"), float("nan"), "none"
         elif interval == "bca":
-            lo, hi, method = bootstrap_ci(x, rng=gen, n_resamples=n_resamples, confidence_level=confidence_level)
+            low, high, method = bootstrap_ci(x, rng=generator, n_resamples=n_resamples,
+                                             confidence_level=confidence_level)
         else:
-            (lo, hi), method = mean_interval(x, confidence_level), "t"
+            (low, high), method = mean_interval(x, confidence_level), "t"
         sd = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
         rows.append(
             {**dict(zip(by, key)), "n": len(x), "mean": float(x.mean()), "std": sd,
              "sem": sd / np.sqrt(len(x)) if len(x) > 1 else float("nan"),
-             "ci_low": lo, "ci_high": hi, "ci_method": method, "confidence_level": float(confidence_level)}
+             "ci_low": low, "ci_high": high, "ci_method": method, "confidence_level": float(confidence_level)}
         )
     return pd.DataFrame(rows)
 
@@ -1099,7 +1103,7 @@ def _welch_tost(x: np.ndarray, y: np.ndarray, margin: float, alpha: float) -> di
         low = high = p_tost = float("nan")
     else:
         compared = CompareMeans(DescrStatsW(x), DescrStatsW(y))
-        low, high = (float(v) for v in compared.tconfint_diff(alpha=2 * alpha, usevar="unequal"))
+        low, high = (float(bound) for bound in compared.tconfint_diff(alpha=2 * alpha, usevar="unequal"))
         p_tost = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
     return dict(diff=float(x.mean() - y.mean()), ci_low=low, ci_high=high, ci_method="welch t", p_tost=p_tost, _df=np.nan)
 
@@ -1108,10 +1112,10 @@ def _settings_wide(df: pd.DataFrame, setting: pd.Series, value: str, block_col) 
     """``value`` as a (block x setting) table, each setting named by ``str`` of its tuple of levels."""
     block_cols = _as_list(block_col, "block_col")
     _require_columns(df, block_cols)
-    tmp = pd.DataFrame({"_s": setting.map(str).to_numpy(), "_v": df[value].to_numpy()}, index=df.index)
-    for c in block_cols:
-        tmp[c] = df[c].to_numpy()
-    return _wide(tmp, value="_v", method_col="_s", block_col=block_cols)
+    frame = pd.DataFrame({"_s": setting.map(str).to_numpy(), "_v": df[value].to_numpy()}, index=df.index)
+    for column in block_cols:
+        frame[column] = df[column].to_numpy()
+    return _wide(frame, value="_v", method_col="_s", block_col=block_cols)
 
 
 def _with_holm_intervals(out: pd.DataFrame, alpha: float, correction: str | None) -> pd.DataFrame:
@@ -1206,16 +1210,17 @@ def practical_equivalence(
     select_means = df.groupby(setting, sort=True)[select].mean()
     best = (select_means * sign).idxmax()
     wide = _settings_wide(df, setting, value, block_col) if block_col is not None else None
-    values_of = {s: df.loc[index, value].to_numpy(float) for s, index in df.groupby(setting, sort=True).groups.items()}
+    values_of = {key: df.loc[index, value].to_numpy(float)
+                 for key, index in df.groupby(setting, sort=True).groups.items()}
     rows = []
-    for s in means.index:
-        x_all = values_of[s]
-        row = {**dict(zip(by, s)), "n": len(x_all), "mean": float(x_all.mean()),
-               "select_mean": float(select_means[s]), "is_best": s == best}
-        if s == best:
+    for key in means.index:
+        x_all = values_of[key]
+        row = {**dict(zip(by, key)), "n": len(x_all), "mean": float(x_all.mean()),
+               "select_mean": float(select_means[key]), "is_best": key == best}
+        if key == best:
             row.update(diff=0.0, ci_low=0.0, ci_high=0.0, ci_method="none", p_tost=np.nan, _df=np.nan)
         elif block_col is not None:
-            x, y, _ = _pair(wide, str(s), str(best), method_col="/".join(by), on_unpaired="drop")
+            x, y, _ = _pair(wide, str(key), str(best), method_col="/".join(by), on_unpaired="drop")
             row.update(_paired_tost(sign * x, sign * y, margin, alpha))
         else:
             row.update(_welch_tost(sign * x_all, sign * values_of[best], margin, alpha))
@@ -1247,9 +1252,9 @@ def binomial_se(accuracy: Any, n: Any) -> np.ndarray:
         ValueError: ``accuracy`` and ``n`` do not broadcast (numpy's error).
     """
     acc, n = np.broadcast_arrays(np.asarray(accuracy, dtype=float), np.asarray(n, dtype=float))
-    ok = (n >= 1) & (acc >= 0) & (acc <= 1)
+    valid = (n >= 1) & (acc >= 0) & (acc <= 1)
     out = np.full(acc.shape, np.nan)
-    out[ok] = np.sqrt(acc[ok] * (1 - acc[ok]) / n[ok])
+    out[valid] = np.sqrt(acc[valid] * (1 - acc[valid]) / n[valid])
     return out
 
 
@@ -1292,14 +1297,14 @@ def trend(values: np.ndarray, window: float = 0.2) -> float:
     Raises:
         ValueError: ``window`` is not in (0, 1].
     """
-    v = np.asarray(values, dtype=float).reshape(-1)
-    v = v[np.isfinite(v)]
-    if len(v) < 3:
+    curve = np.asarray(values, dtype=float).reshape(-1)
+    curve = curve[np.isfinite(curve)]
+    if len(curve) < 3:
         return float("nan")
     if not (0 < window <= 1):
         raise ValueError(f"`window` must be in (0, 1], got {window!r}")
-    w = min(len(v), max(3, int(np.ceil(window * len(v)))))
-    slope = np.polyfit(np.arange(w, dtype=float), v[-w:], 1)[0]
+    w = min(len(curve), max(3, int(np.ceil(window * len(curve)))))
+    slope = np.polyfit(np.arange(w, dtype=float), curve[-w:], 1)[0]
     return float(slope * (w - 1))
 
 
@@ -1326,7 +1331,7 @@ def variance_by_source(
     _require_numeric_finite(df, value)
     _check_confidence(confidence_level)
     a = 1 - confidence_level
-    groups = {k: g[value].to_numpy(float) for k, g in df.groupby(source_col, sort=True)}
+    groups = {source: group[value].to_numpy(float) for source, group in df.groupby(source_col, sort=True)}
     if total not in groups:
         raise ValueError(f"no rows with {source_col} == {total!r} (every source varied together); got {sorted(groups, key=str)}")
     var_total, df_total = float(np.var(groups[total], ddof=1)), len(groups[total]) - 1
@@ -1334,8 +1339,8 @@ def variance_by_source(
     for key, x in groups.items():
         n = len(x)
         var = float(np.var(x, ddof=1)) if n > 1 else float("nan")
-        lo = (n - 1) * var / sps.chi2.ppf(1 - a / 2, n - 1) if n > 1 else float("nan")
-        hi = (n - 1) * var / sps.chi2.ppf(a / 2, n - 1) if n > 1 else float("nan")
+        low = (n - 1) * var / sps.chi2.ppf(1 - a / 2, n - 1) if n > 1 else float("nan")
+        high = (n - 1) * var / sps.chi2.ppf(a / 2, n - 1) if n > 1 else float("nan")
         share = var / var_total if var_total > 0 else float("nan")
         if n > 1 and df_total > 0 and key != total and np.isfinite(share):
             share_lo = share / sps.f.ppf(1 - a / 2, n - 1, df_total)
@@ -1343,7 +1348,7 @@ def variance_by_source(
         else:
             share_lo = share_hi = float("nan")
         rows.append({source_col: key, "n": n, "mean": float(x.mean()), "sd": float(np.sqrt(var)) if n > 1 else float("nan"),
-                     "variance": var, "variance_low": lo, "variance_high": hi, "share": share,
+                     "variance": var, "variance_low": low, "variance_high": high, "share": share,
                      "share_low": share_lo, "share_high": share_hi, "confidence_level": float(confidence_level)})
     return pd.DataFrame(rows)
 
@@ -1389,21 +1394,21 @@ def identical_settings(
     block_cols = _as_list(block_col, "block_col")
     columns = _as_list(columns, "columns")
     _require_columns(df, [setting_col, *block_cols, *columns])
-    key = _block_key(df, block_cols)
+    blocks = _block_key(df, block_cols)
     fingerprints: dict[Any, dict[Any, tuple]] = {}
-    for s, b, values in zip(df[setting_col], key, df[columns].itertuples(index=False, name=None)):
-        fingerprints.setdefault(s, {})[b] = tuple(values)
+    for setting, block, values in zip(df[setting_col], blocks, df[columns].itertuples(index=False, name=None)):
+        fingerprints.setdefault(setting, {})[block] = tuple(values)
     settings = sorted(fingerprints, key=str)
-    group = {s: s for s in settings}
-    for i, a in enumerate(settings):
-        if group[a] != a:
+    group = {setting: setting for setting in settings}
+    for i, first in enumerate(settings):
+        if group[first] != first:
             continue
-        for b in settings[i + 1 :]:
-            if group[b] != b:
+        for other in settings[i + 1 :]:
+            if group[other] != other:
                 continue
-            shared = set(fingerprints[a]) & set(fingerprints[b])
-            if shared and all(fingerprints[a][k] == fingerprints[b][k] for k in shared):
-                group[b] = a
-    out = pd.DataFrame({setting_col: settings, "group": [group[s] for s in settings]})
+            shared = set(fingerprints[first]) & set(fingerprints[other])
+            if shared and all(fingerprints[first][block] == fingerprints[other][block] for block in shared):
+                group[other] = first
+    out = pd.DataFrame({setting_col: settings, "group": [group[setting] for setting in settings]})
     out["group_size"] = out.groupby("group")["group"].transform("size")
     return out
