@@ -177,7 +177,7 @@ def styles(labels: Sequence[Any]) -> dict[Any, dict[str, str]]:
             per_method[method] = count + 1
             style = METHOD_STYLES[method]
             out[label] = {"color": style.color, "marker": style.marker, "linestyle": LINESTYLES[count % len(LINESTYLES)]}
-    for label in sorted((l for l in dict.fromkeys(labels) if l not in out), key=str):
+    for label in sorted((label for label in dict.fromkeys(labels) if label not in out), key=str):
         index = zlib.crc32(str(label).encode()) % len(OTHER_COLORS)
         for step in range(len(OTHER_COLORS)):
             if (index + step) % len(OTHER_COLORS) not in taken:
@@ -238,7 +238,7 @@ def interval_label(summary: pd.DataFrame, unit: str = "seeds") -> str:
         IndexError: ``summary`` has a ``confidence_level`` column but no rows.
     """
     level = float(summary["confidence_level"].iloc[0]) if "confidence_level" in summary.columns else 0.95
-    kinds = sorted({CI_METHODS.get(str(m), str(m)) for m in summary.get("ci_method", pd.Series(dtype=str)) if str(m) != "none"})
+    kinds = sorted({CI_METHODS.get(str(method), str(method)) for method in summary.get("ci_method", pd.Series(dtype=str)) if str(method) != "none"})
     kind = f" ({', '.join(kinds)})" if kinds else ""
     n = summary["n"].astype(int)
     count = f"n = {n.iloc[0]} {unit}" if n.nunique() == 1 else f"n = {n.min()}-{n.max()} {unit}"
@@ -270,7 +270,7 @@ def place_legend(ax: Axes, title: str | None = None, **kwargs) -> Any:
     """
     old = ax.get_legend()
     if old is not None:
-        handles, labels = list(old.legend_handles), [t.get_text() for t in old.get_texts()]
+        handles, labels = list(old.legend_handles), [text.get_text() for text in old.get_texts()]
         title = title if title is not None else old.get_title().get_text()
         old.remove()
     else:
@@ -289,7 +289,7 @@ def place_legend(ax: Axes, title: str | None = None, **kwargs) -> Any:
 def _require(df: Any, cols: Sequence[str], what: str) -> None:
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"`{what}` must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in cols if c not in df.columns]
+    missing = [column for column in cols if column not in df.columns]
     if missing:
         raise ValueError(f"`{what}` is missing required column(s) {missing}; available: {list(df.columns)}")
 
@@ -338,7 +338,7 @@ def _group_cols(records: pd.DataFrame, hue: str | None) -> list[str]:
 
 def _label(key: Any) -> str:
     key = key if isinstance(key, tuple) else (key,)
-    return " / ".join(display_name(k) for k in key)
+    return " / ".join(display_name(part) for part in key)
 
 
 # --------------------------------------------------------------------------- #
@@ -381,10 +381,10 @@ def mean_curves(
                      color=look[level]["color"], linestyle=look[level]["linestyle"], label=display_name(level),
                      marker=look[level]["marker"] if few else None)
     counts = data.groupby(hue)[unit].nunique() if unit in data.columns else pd.Series(dtype=int)
-    n = f"n = {counts.min()}" if len(counts) and counts.min() == counts.max() else (f"n = {counts.min()}-{counts.max()}" if len(counts) else "")
+    count = f"n = {counts.min()}" if len(counts) and counts.min() == counts.max() else (f"n = {counts.min()}-{counts.max()}" if len(counts) else "")
     band = {("ci", 95): "mean and 95% bootstrap CI", "sd": "mean ± 1 sd", "se": "mean ± 1 standard error", None: "mean"}.get(
         tuple(errorbar) if isinstance(errorbar, list) else errorbar, f"mean, band: {errorbar}")
-    title = band + (f"\n({n} {'runs' if unit == 'run_id' else unit + 's'} each)" if n else "")
+    title = band + (f"\n({count} {'runs' if unit == 'run_id' else unit + 's'} each)" if count else "")
     place_legend(ax, title=title)
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
@@ -397,9 +397,9 @@ def _integer_ticks(ax: Axes, x: str) -> None:
     if x in ("step", "epoch") or x.endswith("_index"):
         from matplotlib.ticker import MaxNLocator
 
-        lo, hi = ax.get_xlim()
-        if hi - lo < 1:
-            middle = round((lo + hi) / 2)
+        low, high = ax.get_xlim()
+        if high - low < 1:
+            middle = round((low + high) / 2)
             ax.set_xlim(middle - 0.5, middle + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -429,8 +429,8 @@ def learning_curves(
         ValueError: ``metrics_df`` lacks a column or has no row with this ``split`` and ``metric``, or ``hue`` is
             not a column of it and ``runs_df`` is None or lacks ``run_id``/``hue``.
     """
-    d = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
-    ax = mean_curves(d, x="epoch", y="value", hue=hue, seed=seed, n_boot=n_boot, ax=ax)
+    curves = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
+    ax = mean_curves(curves, x="epoch", y="value", hue=hue, seed=seed, n_boot=n_boot, ax=ax)
     ax.set_ylabel(axis_label(metric, split))
     ax.set_title(f"{axis_label(metric, split)} over training")
     return ax
@@ -438,15 +438,15 @@ def learning_curves(
 
 def _curve_frame(metrics_df, runs_df, *, metric, split, hue) -> pd.DataFrame:
     _require(metrics_df, ["run_id", "epoch", "split", "metric", "value"], "metrics_df")
-    d = metrics_df[(metrics_df["split"] == split) & (metrics_df["metric"] == metric)]
-    if d.empty:
+    frame = metrics_df[(metrics_df["split"] == split) & (metrics_df["metric"] == metric)]
+    if frame.empty:
         raise ValueError(
             f"no rows with split={split!r} and metric={metric!r}; available splits "
             f"{sorted(metrics_df['split'].unique().tolist())}, metrics {sorted(metrics_df['metric'].unique().tolist())}"
         )
-    d = _attach(d, runs_df, hue, "metrics_df")
+    frame = _attach(frame, runs_df, hue, "metrics_df")
     # one value per run and epoch (guards against duplicated logging)
-    return d.groupby([hue, "run_id", "epoch"], as_index=False, sort=True)["value"].mean()
+    return frame.groupby([hue, "run_id", "epoch"], as_index=False, sort=True)["value"].mean()
 
 
 def learning_curve_grid(
@@ -468,33 +468,33 @@ def learning_curve_grid(
         ValueError: as :func:`learning_curves`: a missing column, no row with this ``split`` and ``metric``, or a
             ``hue`` that neither frame has.
     """
-    d = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
-    levels = ordered(d[hue].unique())
+    curves = _curve_frame(metrics_df, runs_df, metric=metric, split=split, hue=hue)
+    levels = ordered(curves[hue].unique())
     columns = max(1, min(columns, len(levels)))
     rows = -(-len(levels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns, panel[1] * rows + 0.8), sharex=True, sharey=True,
                              squeeze=False, layout="constrained")
-    means = d.groupby([hue, "epoch"], as_index=False)["value"].mean()
+    means = curves.groupby([hue, "epoch"], as_index=False)["value"].mean()
     look = styles(levels)
     import seaborn as sns
 
     for ax, level in zip(axes.flat, levels):
-        for other, g in means.groupby(hue, sort=True):
+        for other, curve in means.groupby(hue, sort=True):
             if other != level:
-                ax.plot(g["epoch"], g["value"], color="0.8", lw=0.8, zorder=1)
-        sns.lineplot(data=d[d[hue] == level], x="epoch", y="value", errorbar=("ci", 95), n_boot=n_boot, seed=seed,
-                     color=look[level]["color"], ax=ax, zorder=2)
+                ax.plot(curve["epoch"], curve["value"], color="0.8", lw=0.8, zorder=1)
+        sns.lineplot(data=curves[curves[hue] == level], x="epoch", y="value", errorbar=("ci", 95), n_boot=n_boot,
+                     seed=seed, color=look[level]["color"], ax=ax, zorder=2)
         ax.set_title(textwrap.fill(display_name(level), 34), fontsize="small")
         ax.set_xlabel("")
         ax.set_ylabel("")
         _integer_ticks(ax, "epoch")
     for ax in list(axes.flat)[len(levels):]:
         ax.set_visible(False)
-    n = d.groupby(hue)["run_id"].nunique()
+    counts = curves.groupby(hue)["run_id"].nunique()
     fig.supxlabel("epoch")
     fig.supylabel(axis_label(metric, split))
-    fig.suptitle(f"{axis_label(metric, split)}: mean and 95% bootstrap band over n = {n.min()}"
-                 + (f"-{n.max()}" if n.max() != n.min() else "") + " runs; grey: the other panels' means", fontsize="medium")
+    fig.suptitle(f"{axis_label(metric, split)}: mean and 95% bootstrap band over n = {counts.min()}"
+                 + (f"-{counts.max()}" if counts.max() != counts.min() else "") + " runs; grey: the other panels' means", fontsize="medium")
     return fig
 
 
@@ -506,7 +506,7 @@ def _checked_order(labels: pd.Series, order: Sequence[Any] | None) -> list:
     """
     if order is None:
         order = ordered(labels)
-    missing = [m for m in order if m not in set(labels)]
+    missing = [label for label in order if label not in set(labels)]
     if missing:
         raise ValueError(f"`order` has methods not in the data: {missing}")
     return order
@@ -561,27 +561,27 @@ def method_comparison(
     if summary[method_col].duplicated().any():
         raise ValueError(f"summary has several rows per {method_col!r}; summarise by {method_col!r} only")
     order = _checked_order(summary[method_col], order)
-    s = summary.set_index(method_col).loc[list(order)]
-    if "n" not in s.columns:
-        s = s.assign(n=raw.groupby(method_col)[value].size().reindex(list(order)).to_numpy() if raw is not None else np.nan)
+    by_label = summary.set_index(method_col).loc[list(order)]
+    if "n" not in by_label.columns:
+        by_label = by_label.assign(n=raw.groupby(method_col)[value].size().reindex(list(order)).to_numpy() if raw is not None else np.nan)
     y = np.arange(len(order))
     longest = max(len(display_name(label)) for label in order) + 12
     ax = _get_ax(ax, figsize=(min(4.2 + 0.075 * longest, 12.0), 1.6 + 0.34 * len(order)))
     look = styles(order)
     for i, label in enumerate(order):
         color, marker = look[label]["color"], look[label]["marker"]
-        mean, lo, hi, n = (float(s.loc[label, c]) for c in ("mean", "ci_low", "ci_high", "n"))
+        mean, low, high, n = (float(by_label.loc[label, column]) for column in ("mean", "ci_low", "ci_high", "n"))
         if raw is not None and show_points:
-            v = raw.loc[raw[method_col] == label, value].to_numpy(float)
-            offsets = np.linspace(-0.22, 0.22, len(v)) if len(v) > 1 else np.zeros(1)
-            ax.scatter(v, y[i] + offsets, s=10, color=color, alpha=0.45, linewidths=0, zorder=1)
-        interval = np.isfinite(lo) and np.isfinite(hi) and n > 1
+            values = raw.loc[raw[method_col] == label, value].to_numpy(float)
+            offsets = np.linspace(-0.22, 0.22, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(values, y[i] + offsets, s=10, color=color, alpha=0.45, linewidths=0, zorder=1)
+        interval = np.isfinite(low) and np.isfinite(high) and n > 1
         if interval:
-            ax.errorbar([mean], [y[i]], xerr=[[mean - lo], [hi - mean]], fmt="none", ecolor=color, elinewidth=1.6, capsize=4, zorder=2)
+            ax.errorbar([mean], [y[i]], xerr=[[mean - low], [high - mean]], fmt="none", ecolor=color, elinewidth=1.6, capsize=4, zorder=2)
         ax.plot([mean], [y[i]], marker=marker, markersize=7, color=color, markerfacecolor=color if interval else "white",
                 linestyle="none", zorder=3)
     ax.set_yticks(y)
-    ax.set_yticklabels([_label_with_n(label, s.loc[label, "n"]) for label in order])
+    ax.set_yticklabels([_label_with_n(label, by_label.loc[label, "n"]) for label in order])
     ax.set_ylim(len(order) - 0.5, -0.5)
     ax.grid(axis="x", alpha=0.3)
     if "n" in summary.columns:
@@ -622,26 +622,27 @@ def drop_rate_dynamics(
     _require(records, ["step", "layer", "metric", "value"], "records")
     if hue is not None and hue not in records.columns and runs is not None:
         records = _attach(records, runs, hue, "records")
-    d = _filter_layer(_select_metric(records, ["drop_prob_mean", "realized_drop_rate"]), layer)
-    groups = _group_cols(d, hue)
-    if "layer" in groups and d["layer"].nunique() == 1 and len(groups) > 1:
+    selected = _filter_layer(_select_metric(records, ["drop_prob_mean", "realized_drop_rate"]), layer)
+    groups = _group_cols(selected, hue)
+    if "layer" in groups and selected["layer"].nunique() == 1 and len(groups) > 1:
         groups.remove("layer")  # one layer: the title names it
-    mean = d.groupby([*groups, "metric", "step"], sort=True)["value"].mean().reset_index()
+    mean = selected.groupby([*groups, "metric", "step"], sort=True)["value"].mean().reset_index()
     parts = list(mean.groupby(groups, sort=True)) if groups else [((), mean)]
     ax = _get_ax(ax)
     lines = {"drop_prob_mean": ("-", "expected"), "realized_drop_rate": ("--", "realised")}
     look = styles([key[0] if isinstance(key, tuple) and key else key for key, _ in parts]) if groups else {}
     seen: dict[Any, int] = {}
-    for key, g in parts:
+    for key, group in parts:
         first = key[0] if isinstance(key, tuple) and key else key
         color = look[first]["color"] if groups else "k"
         marker = OTHER_MARKERS[seen.setdefault(first, 0) % len(OTHER_MARKERS)] if groups else None
         seen[first] += 1
-        for metric, (ls, name) in lines.items():
-            gm = g[g["metric"] == metric]
-            if len(gm):
-                ax.plot(gm["step"], gm["value"], ls=ls, color=color, marker=marker if seen[first] > 1 else None,
-                        markevery=max(len(gm) // 8, 1), label=f"{_label(key)} ({name})" if groups else name)
+        for metric, (linestyle, name) in lines.items():
+            metric_rows = group[group["metric"] == metric]
+            if len(metric_rows):
+                ax.plot(metric_rows["step"], metric_rows["value"], ls=linestyle, color=color,
+                        marker=marker if seen[first] > 1 else None, markevery=max(len(metric_rows) // 8, 1),
+                        label=f"{_label(key)} ({name})" if groups else name)
     ax.set_xlabel(axis_label("step"))
     ax.set_ylabel("drop rate (fraction of edges)")
     ax.set_title("expected (solid) vs realised (dashed) drop rate")
@@ -669,20 +670,20 @@ def drop_prob_heatmap(
         ValueError: a column is missing, or ``records`` has no quantile metrics ``<prefix>_qNN``.
     """
     _require(records, ["step", "metric", "value"], "records")
-    pat = re.compile(rf"^{re.escape(prefix)}_q(\d+)$")
-    qmetrics = sorted({m for m in records["metric"].unique() if pat.match(str(m))}, key=lambda m: int(pat.match(m).group(1)))
+    pattern = re.compile(rf"^{re.escape(prefix)}_q(\d+)$")
+    qmetrics = sorted({metric for metric in records["metric"].unique() if pattern.match(str(metric))}, key=lambda metric: int(pattern.match(metric).group(1)))
     if not qmetrics:
         raise ValueError(f"`records` has no quantile metrics named '{prefix}_q<NN>' (e.g. '{prefix}_q50')")
-    d = records[records["metric"].isin(qmetrics)]
+    selected = records[records["metric"].isin(qmetrics)]
     if layer is not None:
         _require(records, ["layer"], "records")
-        d = _filter_layer(d, layer)
-    grid = d.pivot_table(index="metric", columns="step", values="value", aggfunc="mean").loc[qmetrics]
+        selected = _filter_layer(selected, layer)
+    grid = selected.pivot_table(index="metric", columns="step", values="value", aggfunc="mean").loc[qmetrics]
     steps = grid.columns.to_numpy(float)
     ax = _get_ax(ax)
     mesh = ax.pcolormesh(steps, np.arange(len(qmetrics)), grid.to_numpy(float), shading="nearest", cmap=cmap)
     ax.set_yticks(np.arange(len(qmetrics)))
-    ax.set_yticklabels([f"q{pat.match(m).group(1)}" for m in qmetrics])
+    ax.set_yticklabels([f"q{pattern.match(metric).group(1)}" for metric in qmetrics])
     name = {"drop_prob": "drop probability"}.get(prefix, prefix.replace("_", " "))
     ax.figure.colorbar(mesh, ax=ax, label=name)
     ax.set_xlabel(axis_label("step"))
@@ -713,19 +714,20 @@ def mask_overlap(
     _require(records, ["step", "layer", "metric", "value"], "records")
     if hue is not None and hue not in records.columns and runs is not None:
         records = _attach(records, runs, hue, "records")
-    d = _filter_layer(_select_metric(records, ["mask_jaccard"]), layer)
-    groups = _group_cols(d, hue)
-    if "layer" in groups and d["layer"].nunique() == 1 and len(groups) > 1:
+    selected = _filter_layer(_select_metric(records, ["mask_jaccard"]), layer)
+    groups = _group_cols(selected, hue)
+    if "layer" in groups and selected["layer"].nunique() == 1 and len(groups) > 1:
         groups.remove("layer")
-    mean = d.groupby([*groups, "step"], sort=True)["value"].mean().reset_index()
+    mean = selected.groupby([*groups, "step"], sort=True)["value"].mean().reset_index()
     ax = _get_ax(ax)
     if groups:
         parts = list(mean.groupby(groups, sort=True))
         look = styles([_label(key) for key, _ in parts])
-        for key, g in parts:
+        for key, group in parts:
             first = key[0] if isinstance(key, tuple) else key
             color = method_style(first).color if method_of(first) else look[_label(key)]["color"]
-            ax.plot(g["step"], g["value"], color=color, linestyle=look[_label(key)]["linestyle"], label=_label(key))
+            ax.plot(group["step"], group["value"], color=color, linestyle=look[_label(key)]["linestyle"],
+                    label=_label(key))
         place_legend(ax, title="mean over runs")
     else:
         ax.plot(mean["step"], mean["value"], color="k")
@@ -765,25 +767,25 @@ def grad_vs_drop(
         raise ValueError(f"snapshot_grad_abs ({g.size} elements) and snapshot_drop_prob ({p.size}) differ in size")
     if kind not in ("hexbin", "scatter"):
         raise ValueError(f"`kind` must be 'hexbin' or 'scatter', got {kind!r}")
-    ok = np.isfinite(g) & np.isfinite(p)
-    if ok.sum() < 2:
+    finite = np.isfinite(g) & np.isfinite(p)
+    if finite.sum() < 2:
         raise ValueError("need at least 2 finite (|g|, p) pairs")
     ax = _get_ax(ax)
-    show = ok & (g > 0) if log_grad else ok
-    gx, py = g[show], p[show]
+    show = finite & (g > 0) if log_grad else finite
+    shown_grad, shown_prob = g[show], p[show]
     if kind == "hexbin":
-        hb = ax.hexbin(gx, py, gridsize=gridsize, xscale="log" if log_grad else "linear", bins="log", mincnt=1, cmap="viridis")
-        ax.figure.colorbar(hb, ax=ax, label="number of edges (log scale)")
+        hexbins = ax.hexbin(shown_grad, shown_prob, gridsize=gridsize, xscale="log" if log_grad else "linear", bins="log", mincnt=1, cmap="viridis")
+        ax.figure.colorbar(hexbins, ax=ax, label="number of edges (log scale)")
     else:
-        ax.scatter(gx, py, s=4, alpha=0.4, color=METHOD_STYLES["ddc"].color)
+        ax.scatter(shown_grad, shown_prob, s=4, alpha=0.4, color=METHOD_STYLES["ddc"].color)
         if log_grad:
             ax.set_xscale("log")
     ax.set_xlabel("|gradient|" + (" (log scale)" if log_grad else ""))
     if annotate:
         from scipy.stats import spearmanr
 
-        rho = spearmanr(g[ok], p[ok]).statistic
-        ax.set_xlabel(ax.get_xlabel() + f"\nSpearman ρ = {rho:.3f} over {int(ok.sum())} edges")
+        rho = spearmanr(g[finite], p[finite]).statistic
+        ax.set_xlabel(ax.get_xlabel() + f"\nSpearman ρ = {rho:.3f} over {int(finite.sum())} edges")
     ax.set_ylabel("drop probability")
     return ax
 
@@ -806,14 +808,14 @@ def _significant_cells(df: pd.DataFrame, pvalues: str | pd.DataFrame | None, *, 
         return np.zeros(grid.shape, dtype=bool)
     if isinstance(pvalues, str):
         _require(df, [pvalues], "df")
-        pf = df[[x, y, pvalues]].rename(columns={pvalues: "_p"})
+        pvalue_frame = df[[x, y, pvalues]].rename(columns={pvalues: "_p"})
     else:
         _require(pvalues, [x, y, p_col], "pvalues")
-        pf = pvalues[[x, y, p_col]].rename(columns={p_col: "_p"})
-    nun = pf.groupby([y, x])["_p"].nunique()
-    if (nun > 1).any():
-        raise ValueError(f"p-values must be unique per ({y!r}, {x!r}) cell; got several for {list(nun[nun > 1].index[:3])}")
-    pgrid = pf.pivot_table(index=y, columns=x, values="_p", aggfunc="first", sort=True).reindex(
+        pvalue_frame = pvalues[[x, y, p_col]].rename(columns={p_col: "_p"})
+    distinct = pvalue_frame.groupby([y, x])["_p"].nunique()
+    if (distinct > 1).any():
+        raise ValueError(f"p-values must be unique per ({y!r}, {x!r}) cell; got several for {list(distinct[distinct > 1].index[:3])}")
+    pgrid = pvalue_frame.pivot_table(index=y, columns=x, values="_p", aggfunc="first", sort=True).reindex(
         index=grid.index, columns=grid.columns
     )
     return pgrid.to_numpy(float) < alpha
@@ -835,12 +837,13 @@ def _outline_cell(ax: Axes, grid: pd.DataFrame, column: Any, row: Any, name: str
     """Outline the heatmap cell (``row``, ``column``) of ``grid`` and label it ``name``; False when there is no such cell."""
     from matplotlib.patches import Rectangle
 
-    cols, rows = [str(c) for c in grid.columns], [str(r) for r in grid.index]
+    cols, rows = [str(label) for label in grid.columns], [str(label) for label in grid.index]
     if str(column) not in cols or str(row) not in rows:
         return False
-    col, row_index = cols.index(str(column)), rows.index(str(row))
-    ax.add_patch(Rectangle((col, row_index), 1, 1, fill=False, edgecolor="black", lw=3, clip_on=False, zorder=5))
-    ax.text(col + 0.04, row_index + 0.06, name, ha="left", va="top", fontsize="x-small", color="white",
+    column_index, row_index = cols.index(str(column)), rows.index(str(row))
+    ax.add_patch(Rectangle((column_index, row_index), 1, 1, fill=False, edgecolor="black", lw=3, clip_on=False,
+                           zorder=5))
+    ax.text(column_index + 0.04, row_index + 0.06, name, ha="left", va="top", fontsize="x-small", color="white",
             bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "edgecolor": "none"}, zorder=6)
     return True
 
@@ -889,8 +892,8 @@ def ablation_heatmap(
             .pivot_table(index=y, columns=x, values="half", aggfunc="first", sort=True, dropna=False)
             .reindex(index=mean.index, columns=mean.columns))
     star = _significant_cells(df, pvalues, x=x, y=y, p_col=p_col, alpha=alpha, grid=mean)
-    h = half.to_numpy(float)
-    text = _cell_texts(mean.to_numpy(float), h, star, fmt)
+    half_widths = half.to_numpy(float)
+    text = _cell_texts(mean.to_numpy(float), half_widths, star, fmt)
     import seaborn as sns
 
     ax = _get_ax(ax, figsize=(max(5.6, 2.6 + 1.25 * mean.shape[1]), 2.2 + 0.8 * mean.shape[0]))
@@ -901,7 +904,8 @@ def ablation_heatmap(
     outlined = default is not None and x in default and y in default and _outline_cell(ax, mean, default[x], default[y], default_name)
     n = summary["n"].astype(int)
     count = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
-    notes = [f"cells: mean" + (f" ± half-width of the {100 * confidence_level:.0f}% CI" if np.isfinite(h).any() else "")
+    notes = [f"cells: mean"
+             + (f" ± half-width of the {100 * confidence_level:.0f}% CI" if np.isfinite(half_widths).any() else "")
              + f", {count} runs each"]
     if pvalues is not None:
         notes.append(f"* p < {alpha:g}")
@@ -933,44 +937,45 @@ def critical_difference_diagram(
         ValueError: a column is missing, fewer than 2 methods, or a clique names a method not in ``ranks``.
     """
     _require(ranks, [method_col, rank_col], "ranks")
-    r = ranks.sort_values(rank_col, kind="stable")
-    names, vals = list(r[method_col]), r[rank_col].to_numpy(float)
+    ranked = ranks.sort_values(rank_col, kind="stable")
+    names, vals = list(ranked[method_col]), ranked[rank_col].to_numpy(float)
     k = len(names)
     if k < 2:
         raise ValueError("need at least 2 methods in `ranks`")
-    unknown = [m for c in cliques for m in c if m not in set(names)]
+    unknown = [method for clique in cliques for method in clique if method not in set(names)]
     if unknown:
         raise ValueError(f"cliques mention methods not in `ranks`: {unknown}")
-    lo, hi = 1, max(k, int(np.ceil(vals.max())))
+    low, high = 1, max(k, int(np.ceil(vals.max())))
     n_left = (k + 1) // 2
     step = 0.22
     ax = _get_ax(ax, figsize=(7.0, 1.4 + 0.3 * n_left))
     look = styles(names)
     # axis and ticks
-    ax.plot([lo, hi], [0, 0], color="k", lw=1)
-    for t in range(lo, hi + 1):
-        ax.plot([t, t], [0, 0.06], color="k", lw=1)
-        ax.text(t, 0.1, str(t), ha="center", va="bottom", fontsize="small")
+    ax.plot([low, high], [0, 0], color="k", lw=1)
+    for tick in range(low, high + 1):
+        ax.plot([tick, tick], [0, 0.06], color="k", lw=1)
+        ax.text(tick, 0.1, str(tick), ha="center", va="bottom", fontsize="small")
     # method connectors and labels
-    for i, (m, v) in enumerate(zip(names, vals)):
+    for i, (method, rank) in enumerate(zip(names, vals)):
         if i < n_left:
-            yv, xe, ha = -(i + 1) * step - 0.15, lo - 0.3, "right"
+            label_y, label_x, align = -(i + 1) * step - 0.15, low - 0.3, "right"
         else:
-            yv, xe, ha = -(k - i) * step - 0.15, hi + 0.3, "left"
-        ax.plot([v, v, xe], [0, yv, yv], color=look[m]["color"], lw=1.0)
-        ax.text(xe + (-0.05 if ha == "right" else 0.05), yv, f"{display_name(m)} ({v:.2f})", ha=ha, va="center",
-                fontsize="small", color=look[m]["color"])
+            label_y, label_x, align = -(k - i) * step - 0.15, high + 0.3, "left"
+        ax.plot([rank, rank, label_x], [0, label_y, label_y], color=look[method]["color"], lw=1.0)
+        ax.text(label_x + (-0.05 if align == "right" else 0.05), label_y, f"{display_name(method)} ({rank:.2f})", ha=align,
+                va="center", fontsize="small", color=look[method]["color"])
     # cliques
-    for j, c in enumerate(cliques):
-        cv = [vals[names.index(m)] for m in c]
-        yc = -0.07 - j * 0.06
-        ax.plot([min(cv) - 0.03, max(cv) + 0.03], [yc, yc], color="k", lw=3, solid_capstyle="round")
+    for j, clique in enumerate(cliques):
+        clique_ranks = [vals[names.index(method)] for method in clique]
+        clique_y = -0.07 - j * 0.06
+        ax.plot([min(clique_ranks) - 0.03, max(clique_ranks) + 0.03], [clique_y, clique_y], color="k", lw=3,
+                solid_capstyle="round")
     # CD bar
-    ax.plot([lo, lo + cd], [0.45, 0.45], color="k", lw=1.5)
-    for e in (lo, lo + cd):
-        ax.plot([e, e], [0.41, 0.49], color="k", lw=1.5)
-    ax.text(lo + cd / 2, 0.52, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize="small")
-    ax.set_xlim(lo - 1.8, hi + 1.8)
+    ax.plot([low, low + cd], [0.45, 0.45], color="k", lw=1.5)
+    for end in (low, low + cd):
+        ax.plot([end, end], [0.41, 0.49], color="k", lw=1.5)
+    ax.text(low + cd / 2, 0.52, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize="small")
+    ax.set_xlim(low - 1.8, high + 1.8)
     ax.set_ylim(-(n_left + 1) * step - 0.2, 0.8)
     ax.set_yticks([])
     for side in ("left", "right", "top", "bottom"):
@@ -1013,41 +1018,42 @@ def synthetic_contours(
     if (loss_fn is None) == (true_w is None or cov is None):
         raise ValueError("pass exactly one of `loss_fn` or both `true_w` and `cov`")
     mean = trajectories.groupby([method_col, "step"], sort=True)[["w1", "w2"]].mean().reset_index()
-    pts = [mean[["w1", "w2"]].to_numpy(float)]
+    points = [mean[["w1", "w2"]].to_numpy(float)]
     if true_w is not None:
-        tw = np.asarray(true_w, dtype=float).reshape(-1)
-        c = np.asarray(cov, dtype=float)
-        if tw.shape != (2,) or c.shape != (2, 2):
-            raise ValueError(f"`true_w` must have shape (2,) and `cov` (2, 2), got {tw.shape} and {c.shape}")
-        pts.append(tw[None, :])
-    allp = np.vstack(pts)
+        w_star = np.asarray(true_w, dtype=float).reshape(-1)
+        sigma = np.asarray(cov, dtype=float)
+        if w_star.shape != (2,) or sigma.shape != (2, 2):
+            raise ValueError(f"`true_w` must have shape (2,) and `cov` (2, 2), got {w_star.shape} and {sigma.shape}")
+        points.append(w_star[None, :])
+    allp = np.vstack(points)
     pmin, pmax = allp.min(axis=0), allp.max(axis=0)
     span = np.where(pmax - pmin > 0, pmax - pmin, 1.0)
-    lo, hi = pmin - padding * span, pmax + padding * span
-    W1, W2 = np.meshgrid(np.linspace(lo[0], hi[0], grid_size), np.linspace(lo[1], hi[1], grid_size))
+    low, high = pmin - padding * span, pmax + padding * span
+    W1, W2 = np.meshgrid(np.linspace(low[0], high[0], grid_size), np.linspace(low[1], high[1], grid_size))
     if loss_fn is not None:
         Z = np.asarray(loss_fn(W1, W2), dtype=float)
         if Z.shape != W1.shape:
-            Z = np.vectorize(lambda a, b: float(loss_fn(a, b)))(W1, W2)
+            Z = np.vectorize(lambda w1, w2: float(loss_fn(w1, w2)))(W1, W2)
     else:
-        D = np.stack([W1 - tw[0], W2 - tw[1]], axis=-1)
-        Z = np.einsum("...i,ij,...j->...", D, c, D) + noise_var
+        D = np.stack([W1 - w_star[0], W2 - w_star[1]], axis=-1)
+        Z = np.einsum("...i,ij,...j->...", D, sigma, D) + noise_var
     zmin, zmax = np.nanmin(Z), np.nanmax(Z)
     if not np.isfinite(zmin) or not np.isfinite(zmax) or zmax <= zmin:
         raise ValueError("the loss surface is constant or not finite on the plotted grid")
-    lv = zmin + (zmax - zmin) * np.linspace(0.0, 1.0, levels + 1)[1:] ** 2
+    contour_levels = zmin + (zmax - zmin) * np.linspace(0.0, 1.0, levels + 1)[1:] ** 2
     ax = _get_ax(ax, figsize=(6.8, 5.0))
-    ax.contour(W1, W2, Z, levels=lv, colors="0.75", linewidths=0.7)
+    ax.contour(W1, W2, Z, levels=contour_levels, colors="0.75", linewidths=0.7)
     methods = sorted(mean[method_col].unique(), key=str)
     look = styles(methods)
-    for m in methods:
-        g = mean[mean[method_col] == m]
-        color = look[m]["color"]
-        ax.plot(g["w1"], g["w2"], color=color, linestyle=look[m]["linestyle"], lw=1.5, label=display_name(m))
-        ax.scatter(g["w1"].iloc[[0]], g["w2"].iloc[[0]], color=color, marker="o", s=20, zorder=3)
-        ax.scatter(g["w1"].iloc[[-1]], g["w2"].iloc[[-1]], color=color, marker="x", s=30, zorder=3)
+    for method in methods:
+        trajectory = mean[mean[method_col] == method]
+        color = look[method]["color"]
+        ax.plot(trajectory["w1"], trajectory["w2"], color=color, linestyle=look[method]["linestyle"], lw=1.5,
+                label=display_name(method))
+        ax.scatter(trajectory["w1"].iloc[[0]], trajectory["w2"].iloc[[0]], color=color, marker="o", s=20, zorder=3)
+        ax.scatter(trajectory["w1"].iloc[[-1]], trajectory["w2"].iloc[[-1]], color=color, marker="x", s=30, zorder=3)
     if true_w is not None:
-        ax.scatter([tw[0]], [tw[1]], marker="*", s=120, color="k", zorder=4, label="true weights w*")
+        ax.scatter([w_star[0]], [w_star[1]], marker="*", s=120, color="k", zorder=4, label="true weights w*")
     ax.set_xlabel("weight w1")
     ax.set_ylabel("weight w2")
     ax.set_title("loss contours and mean trajectories")
@@ -1081,8 +1087,8 @@ def layout_problems(fig: Figure, *, tolerance: float = 1.0) -> list[str]:
         name = _axes_name(ax, number)
         for axis_name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
             labels = _drawn_tick_labels(axis)
-            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
-            clashes = [f"{text_a!r} and {text_b!r}" for (text_a, a), (text_b, b) in _pairs(boxes) if _overlap(a, b) > tolerance]
+            boxes = [(label.get_text(), label.get_window_extent(renderer)) for label in labels]
+            clashes = [f"{text_a!r} and {text_b!r}" for (text_a, box_a), (text_b, box_b) in _pairs(boxes) if _overlap(box_a, box_b) > tolerance]
             if clashes:
                 more = f" and {len(clashes) - 3} more pairs" if len(clashes) > 3 else ""
                 problems.append(f"{name}: {axis_name} tick labels overlap: {'; '.join(clashes[:3])}{more}")
@@ -1092,7 +1098,7 @@ def layout_problems(fig: Figure, *, tolerance: float = 1.0) -> list[str]:
         for what, text in (("title", ax.title), ("x label", ax.xaxis.label), ("y label", ax.yaxis.label)):
             if text.get_visible() and text.get_text().strip() and not _inside(text.get_window_extent(renderer), canvas):
                 problems.append(f"{name}: the {what} {text.get_text()!r} leaves the figure")
-    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None] + [(None, lg) for lg in fig.legends]
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None] + [(None, figure_legend) for figure_legend in fig.legends]
     for owner, legend in legends:
         if not legend.get_visible():
             continue
@@ -1116,13 +1122,13 @@ def _axes_name(ax: Axes, number: int) -> str:
 
 def _drawn_tick_labels(axis) -> list:
     """The tick labels the axis draws: visible, not empty, at ticks inside the view interval."""
-    lo, hi = sorted(axis.get_view_interval())
-    slack = (hi - lo) * 1e-9
+    low, high = sorted(axis.get_view_interval())
+    slack = (high - low) * 1e-9
     out = []
     for ticks, locs in ((axis.get_major_ticks(len(axis.get_majorticklocs())), axis.get_majorticklocs()),
                         (axis.get_minor_ticks(len(axis.get_minorticklocs())), axis.get_minorticklocs())):
-        for tick, loc in zip(ticks, locs):
-            if not lo - slack <= float(loc) <= hi + slack:
+        for tick, location in zip(ticks, locs):
+            if not low - slack <= float(location) <= high + slack:
                 continue
             out += [label for label in (tick.label1, tick.label2) if label.get_visible() and label.get_text().strip()]
     return out
@@ -1236,7 +1242,7 @@ def save_figure(
     """
     if isinstance(formats, str):
         formats = (formats,)
-    formats = [str(f).lower().lstrip(".") for f in formats]
+    formats = [str(name).lower().lstrip(".") for name in formats]
     if not formats:
         raise ValueError("`formats` must name at least one format, e.g. ('png', 'pdf')")
     if isinstance(fig_or_ax, np.ndarray):
@@ -1251,11 +1257,11 @@ def save_figure(
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for fmt in formats:
-        out = base.parent / f"{base.name}.{fmt}"
-        meta = {"CreationDate": None} if fmt == "pdf" else None
-        fig.savefig(out, format=fmt, dpi=dpi, bbox_inches=bbox_inches, metadata=meta)
-        written.append(out)
+    for suffix in formats:
+        target = base.parent / f"{base.name}.{suffix}"
+        meta = {"CreationDate": None} if suffix == "pdf" else None
+        fig.savefig(target, format=suffix, dpi=dpi, bbox_inches=bbox_inches, metadata=meta)
+        written.append(target)
     return written
 
 
@@ -1307,13 +1313,13 @@ def aggregate_intervals(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     look = styles(methods)
     for shade, offset, name in zip(("k", "0.55", "0.75", "0.35"), offsets, aggregates):
         rows = table[table["aggregate"] == name].set_index("method").reindex(methods).dropna(subset=["estimate"])
-        y = np.array([methods.index(m) for m in rows.index]) + offset
+        y = np.array([methods.index(method) for method in rows.index]) + offset
         ax.errorbar(rows["estimate"], y, xerr=[rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]],
                     fmt="none", ecolor=shade, capsize=3)
-        ax.scatter(rows["estimate"], y, color=[look[m]["color"] for m in rows.index], edgecolors=shade, zorder=3,
-                   marker="o", label=str(name))
+        ax.scatter(rows["estimate"], y, color=[look[method]["color"] for method in rows.index], edgecolors=shade,
+                   zorder=3, marker="o", label=str(name))
     ax.axvline(0, color="0.6", lw=0.8, ls=":")
-    ax.set_yticks(np.arange(len(methods)), [display_name(m) for m in methods])
+    ax.set_yticks(np.arange(len(methods)), [display_name(method) for method in methods])
     ax.set_ylim(len(methods) - 0.5, -0.5)
     ax.set_xlabel("normalised score: estimate and interval")
     place_legend(ax, title="aggregate")
@@ -1334,7 +1340,8 @@ def probability_of_improvement(table: pd.DataFrame, *, ax: Axes | None = None) -
     ax.errorbar(table["estimate"], y, xerr=[table["estimate"] - table["ci_low"], table["ci_high"] - table["estimate"]],
                 fmt="o", color="k", capsize=3)
     ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
-    ax.set_yticks(y, [f"P({display_name(a)} > {display_name(b)})" for a, b in zip(table["x"], table["y"])])
+    ax.set_yticks(y, [f"P({display_name(x_name)} > {display_name(y_name)})"
+                      for x_name, y_name in zip(table["x"], table["y"])])
     ax.set_ylim(len(table) - 0.5, -0.5)
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability of improvement")
@@ -1356,7 +1363,7 @@ def paired_differences_by_task(per_task: pd.DataFrame, *, xlabel: str, ax: Axes 
     ax.errorbar(per_task["mean_diff"], y, xerr=[per_task["mean_diff"] - per_task["ci_low"], per_task["ci_high"] - per_task["mean_diff"]],
                 fmt="o", color="k", capsize=3)
     ax.axvline(0, color="0.6", lw=0.8, ls=":")
-    ax.set_yticks(y, [str(t) for t in per_task["task"]])
+    ax.set_yticks(y, [str(task) for task in per_task["task"]])
     ax.set_ylim(len(per_task) - 0.5, -0.5)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.set_xlabel(xlabel)
@@ -1398,15 +1405,16 @@ def variance_by_source(table: pd.DataFrame, *, source_col: str = "source", ax: A
             ``variance_high``.
     """
     _require(table, [source_col, "sd", "variance_low", "variance_high"], "table")
-    order = [s for s in table[source_col] if s != "all"] + [s for s in table[source_col] if s == "all"]
+    order = ([source for source in table[source_col] if source != "all"]
+             + [source for source in table[source_col] if source == "all"])
     rows = table.set_index(source_col).loc[order]
     ax = _get_ax(ax)
     y = np.arange(len(rows))
     low, high = np.sqrt(rows["variance_low"].to_numpy(float)), np.sqrt(rows["variance_high"].to_numpy(float))
     sd = rows["sd"].to_numpy(float)
     ax.errorbar(sd, y, xerr=[sd - low, high - sd], fmt="o", color="k", capsize=3)
-    ax.set_yticks(y, [str(s) for s in order])
+    ax.set_yticks(y, [str(source) for source in order])
     ax.set_ylim(len(order) - 0.5, -0.5)
-    n = f", n = {int(rows['n'].min())}" + (f"-{int(rows['n'].max())}" if rows['n'].max() != rows['n'].min() else "") + " runs each" if "n" in rows else ""
-    ax.set_xlabel(f"standard deviation across runs\n(point and 95% interval{n})")
+    count = f", n = {int(rows['n'].min())}" + (f"-{int(rows['n'].max())}" if rows['n'].max() != rows['n'].min() else "") + " runs each" if "n" in rows else ""
+    ax.set_xlabel(f"standard deviation across runs\n(point and 95% interval{count})")
     return ax
