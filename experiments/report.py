@@ -310,7 +310,8 @@ def restate_verdicts(outputs) -> List[str]:
 
     Raises:
         FileNotFoundError, NotADirectoryError: ``outputs`` is not a folder.
-        KeyError: a stored verdict table lacks ``baseline`` (or, for a TOST table, ``label``).
+        KeyError: a stored verdict table lacks ``baseline``.
+        AttributeError: a stored TOST table lacks ``label``.
     """
     lines: List[str] = []
     for folder in sorted(p for p in Path(outputs).iterdir() if p.is_dir() and p.name[:2].isdigit()):

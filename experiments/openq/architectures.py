@@ -664,9 +664,9 @@ def layer_drop_summary(dynamics):
     """Per (run, layer): the mean over recorded steps after step 0 of DDC's expected drop rate.
 
     Raises:
-        AttributeError: ``dynamics`` lacks ``metric`` or ``step``.
+        AttributeError: ``dynamics`` lacks ``metric``, ``step`` or ``value``.
         KeyError: it lacks one of the grouping columns (``experiment``, ``method``, ``placement``, ``variant``,
-            ``seed``, ``layer``, ``layer_index``, ``role``) or ``value``.
+            ``seed``, ``layer``, ``layer_index``, ``role``).
     """
     d = dynamics[(dynamics.metric == "drop_prob_mean") & (dynamics.step > 0)]
     keys = ["experiment", "method", "placement", "variant", "seed", "layer", "layer_index", "role"]
@@ -683,8 +683,8 @@ def role_contrast(layer_summary, *, rng=0, n_resamples: int = 9999):
     placement, role, baseline, n, mean_diff, ci_low, ci_high, p_wilcoxon, p_ttest, ...``.
 
     Raises:
-        AttributeError: ``layer_summary`` lacks ``method``, ``placement``, ``role``, ``experiment``, ``seed`` or
-            ``drop_rate``.
+        AttributeError: ``layer_summary`` lacks ``method``, ``placement``, ``role`` or ``drop_rate``.
+        KeyError: it lacks ``experiment`` or ``seed``.
         ValueError: a seed has one role but not the other, or fewer than 2 seeds have both
             (:func:`analysis.stats.paired_comparison`).
     """

@@ -465,7 +465,6 @@ def posterior_grid(posterior, bins: int = 8):
     Raises:
         AttributeError: ``posterior`` lacks ``grad_abs`` or ``weight_abs``.
         KeyError: it lacks ``snr``, ``drop_prob``, ``z_grad`` or ``z_weight``.
-        ValueError: it has fewer rows than ``bins`` (pandas' qcut error).
     """
     import pandas as pd
 

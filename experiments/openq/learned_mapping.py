@@ -242,6 +242,7 @@ class LearnedDropConnect(WeightDrop):
     Raises:
         ValueError: ``p_base``, ``p_signal`` or ``tau`` is out of range (:func:`ddc.functional.check_drop_config`),
             or an option of :class:`ddc.WeightDrop` is outside its allowed values.
+        TypeError: an option that :class:`ddc.WeightDrop` does not take.
     """
 
     name = "learned"

@@ -363,9 +363,9 @@ def transfer(runs, equivalence_table, *, value: str = "test_acc"):
     settings; lenient regions).
 
     Raises:
-        KeyError: ``runs`` lacks ``experiment``, ``label`` or ``value``, or ``equivalence_table`` lacks a column it
-            reads (``experiment``, ``label``, ``is_best``, ``diff``, ``ci_low``, ``ci_high``, ``in_region``,
-            ``not_worse_than_margin``).
+        KeyError, AttributeError: ``runs`` lacks ``experiment``, ``label`` or ``value``, or ``equivalence_table``
+            lacks a column it reads (``experiment``, ``label``, ``is_best``, ``diff``, ``ci_low``, ``ci_high``,
+            ``in_region``, ``not_worse_than_margin``).
         IndexError: an experiment's equivalence table has no reference (``is_best``) row.
     """
     import numpy as np
