@@ -377,7 +377,7 @@ def regenerate_figures(base, log=print) -> List[str]:
     """Call every notebook's figure function whose notebook has stored results under ``base``.
 
     Raises:
-        FileNotFoundError: ``base`` is not a folder.
+        FileNotFoundError, NotADirectoryError: ``base`` is not a folder.
         ModuleNotFoundError: as :func:`figure_functions`.
         Whatever a notebook's figure function raises (e.g. ``FileNotFoundError`` for a table it needs).
     """
