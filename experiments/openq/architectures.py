@@ -309,12 +309,13 @@ def gaussian_drop_rate(p_base: float = 0.3, p_signal: float = 0.5, tau: float = 
     ``p_base + p_signal * E[c 1(c > tau)]`` with ``c = sigmoid(-z)``, ``z ~ N(0, 1)`` (numerical integral).
 
     Raises:
-        ValueError: ``tau`` is out of range (:func:`ddc.functional.drop_curve`); ``p_base`` and ``p_signal`` are
-            not checked here.
+        ValueError: ``p_base``, ``p_signal`` or ``tau`` is out of range (:func:`ddc.functional.check_drop_config`).
     """
     import numpy as np
 
-    from ddc.functional import drop_curve
+    from ddc.functional import check_drop_config, drop_curve
+
+    check_drop_config(p_base, p_signal, tau)
 
     z = np.linspace(-12, 12, points)
     density = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)

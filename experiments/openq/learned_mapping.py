@@ -223,7 +223,7 @@ def ddc_curve(z: np.ndarray, p_base: float = 0.3, p_signal: float = 0.5, tau: fl
     Raises:
         ValueError: ``p_base``, ``p_signal`` or ``tau`` is out of range (:func:`ddc.functional.drop_curve`).
     """
-    score = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    score = torch.tensor(np.asarray(z, dtype=np.float64))  # a copy: z may be a read-only array
     return dfn.drop_curve(score, p_base=p_base, p_signal=p_signal, tau=tau, prefer="small").numpy()
 
 
