@@ -86,7 +86,7 @@ class _MaskedWeight(torch.autograd.Function):
     shape, or ``(batch, *weight.shape)`` for per-example masks (the
     gradients are then summed over the batch); ``scale`` broadcastable to
     ``keep_mask``; ``keep_mask=None`` is the identity (DDC's first step: a
-    gradient is captured before any mask exists). Backward (ddc-method.md §3):
+    gradient is captured before any mask exists). Backward (docs/method.md §3):
     ``dL/dW = keep_mask * scale * dL/dW_eff`` (``rule.dense=False``, the
     paper's equations read literally) or ``dL/dW_eff`` (``rule.dense=True``,
     the authors' dense update). The sink gets DDC's signal; where it would be
@@ -534,7 +534,7 @@ class Dropout(OutputMethod):
 
     Shapes: the output, any shape; one keep mask of that shape per forward
     pass (per example and unit), scaled by ``1 / (1 - p)``.
-    Source: Srivastava et al. (2014), JMLR 15; ddc-method.md §5 (the paper's
+    Source: Srivastava et al. (2014), JMLR 15; docs/method.md §5 (the paper's
     Dropout baseline, arXiv 2502.19948).
 
     Raises:
@@ -583,7 +583,7 @@ class Standout(OutputMethod):
     Shapes: output ``(batch, ..., units)``; ``pi`` and the mask have the
     output's shape (``form="tied"``: ``x`` is ``(batch, ..., in)``).
     Source: Ba & Frey (2013), "Adaptive dropout for training deep neural
-    networks", NeurIPS; ddc-method.md §5.
+    networks", NeurIPS; docs/method.md §5.
 
     Raises:
         ValueError: ``form`` not ``"affine"``/``"tied"``, ``alpha``/``beta``
@@ -681,7 +681,7 @@ class WeightDrop(LayerMethod):
     ``mask="sample"`` (nn.Linear only); the bias mask ``(out,)`` or
     ``(batch, out)``. ``W_eff = W * keep_mask * scale`` with ``scale`` from
     :func:`ddc.functional.keep_scale` (``recalibration``).
-    Source: ddc-method.md §2 (mask, re-calibration, bias) and §3 (the two
+    Source: docs/method.md §2 (mask, re-calibration, bias) and §3 (the two
     update rules); Wan et al. (2013) for per-example masks.
 
     Raises:
@@ -919,7 +919,7 @@ class DropConnect(WeightDrop):
 
     Shapes and options as :class:`WeightDrop`; the drop probability is a
     0-dim tensor ``p``. Source: Wan et al. (2013), "Regularization of neural
-    networks using DropConnect", ICML; ddc-method.md §5.
+    networks using DropConnect", ICML; docs/method.md §5.
 
     Raises:
         ValueError: ``p`` outside [0, 1], or a :class:`WeightDrop` option.
@@ -998,7 +998,7 @@ class DynamicDropConnect(WeightDrop):
     the drop probabilities have the weight's shape, in [0, 1]; masks as
     :class:`WeightDrop`.
     Source: Yang & Chen (2025), arXiv 2502.19948, the DDC method (per-edge
-    rates from z-scored gradient magnitudes); ddc-method.md §1 (the formula,
+    rates from z-scored gradient magnitudes); docs/method.md §1 (the formula,
     ablations of normalisation and scope), §2 (mask, re-calibration, first
     step), §3 (signal and update rules).
 
@@ -1288,7 +1288,7 @@ class GlobalStats:
     layer whose signal is not finite is left out of the pool (it falls back to
     ``p_base`` on its own); no host synchronisation. Both statistics are
     0-dim tensors in the signal's units and work dtype.
-    Source: ddc-method.md §1 (scope ablation); Chan, Golub & LeVeque (1979)
+    Source: docs/method.md §1 (scope ablation); Chan, Golub & LeVeque (1979)
     for the pooled moments.
 
     Raises:
@@ -1339,7 +1339,7 @@ class GlobalStats:
 class NoMethod(LayerMethod):
     """The no-regularisation baseline: attaches nothing (``apply`` keeps no layers).
 
-    Source: ddc-method.md §5 (no-drop baseline). Raises nothing.
+    Source: docs/method.md §5 (no-drop baseline). Raises nothing.
     """
 
     name = "none"

@@ -25,7 +25,7 @@ class StepRecord:
 
     Attributes:
         keep_mask: bool keep mask ``keep = u > drop_prob`` (Yang & Chen, arXiv
-            2502.19948, section 3; ``ddc-method.md`` section 2). Weight methods:
+            2502.19948, section 3; ``docs/method.md`` section 2). Weight methods:
             the weight's shape (``out x in [x k...]``), or ``batch x`` that
             with one mask per example; output methods (Dropout, Standout): the
             layer output's shape. ``None`` when no mask was drawn (DDC's first
