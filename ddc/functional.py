@@ -25,6 +25,7 @@ precision.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -55,7 +56,9 @@ def check_probability(name: str, value: float) -> None:
     Raises:
         ValueError: ``value`` is not a real number in ``[0, 1]``.
     """
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} must be a real number in [0, 1], not a {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}={value!r} must be a probability in [0, 1]")
 
 
@@ -64,7 +67,7 @@ def check_drop_config(p_base: float, p_signal: float, tau: float) -> None:
 
     Raises:
         ValueError: ``p_base`` or ``p_signal`` outside ``[0, 1]``, their sum
-            above 1 (method spec Sec. 1 step 6), or ``tau`` outside ``(0, 1)``.
+            above 1 (``docs/method.md`` §1 step 6), or ``tau`` outside ``(0, 1)``.
     """
     check_probability("p_base", p_base)
     check_probability("p_signal", p_signal)
@@ -101,7 +104,7 @@ def _reduce_dims(tensor: Tensor, scope: str) -> Optional[Tuple[int, ...]]:
 
 
 def signal_stats(magnitude: Tensor, scope: str = "layer") -> Tuple[Tensor, Tensor]:
-    """Mean and unbiased standard deviation of ``|signal|`` over the scope (method spec Sec. 1 step 2).
+    """Mean and unbiased standard deviation of ``|signal|`` over the scope (``docs/method.md`` §1 step 2).
 
     Args:
         magnitude: ``|S|``, any shape.
@@ -134,13 +137,16 @@ def normalized_signal(
     stats: Optional[Tuple[Tensor, Tensor]] = None,
     inplace: bool = False,
 ) -> Tensor:
-    """Map ``|S|`` to the z-like score fed to the sigmoid (method spec Sec. 1 steps 2-3 and the ablation).
+    """Map ``|S|`` to the z-like score fed to the sigmoid (``docs/method.md`` §1 steps 2-3 and the ablation).
 
     - ``zscore``: ``(a - mean) / (std + eps)`` (the paper);
     - ``none``: ``a`` itself (DDC then collapses to DropConnect(p_base) for
       tiny gradients, since sigmoid(-a) stays near 0.5);
-    - ``mean``: ``a / mean(a) - 1``, computed as ``(a - mean) / (mean + eps)``
-      so that equal values give exactly 0 (eps only guards an all-zero scope);
+    - ``mean``: ``(a - mean) / (mean + eps)``, i.e. ``a / mean(a) - 1`` where
+      ``mean(a) >> eps`` (equal values give exactly 0). Like ``std + eps`` in
+      the z-score, ``eps`` (1e-9) shrinks the score when the mean magnitude is
+      itself near ``eps``: by ``eps / (mean + eps)``, 1e-6 relative at a mean
+      of 1e-3, 29% at 2.5e-9. Pass ``eps`` smaller for such signals;
     - ``rank``: the within-scope percentile ``(rank + 0.5) / n`` mapped through
       the standard normal quantile function, so it lives on a z-like scale;
       tied values share their average rank.
@@ -224,8 +230,8 @@ def drop_curve(
 
     ``c = sigmoid(-z)`` for ``prefer="small"`` (edges with a small signal are
     dropped more often: the paper's DDC, DropSmallGd in the reference code)
-    or ``c = sigmoid(z)`` for ``prefer="big"`` (DropBigGd). Method spec
-    Sec. 1 steps 4-6; arXiv 2502.19948, Sec. 3. With ``tau = 0.5`` and
+    or ``c = sigmoid(z)`` for ``prefer="big"`` (DropBigGd). ``docs/method.md``
+    §1 steps 4-6; arXiv 2502.19948, Sec. 3. With ``tau = 0.5`` and
     ``prefer="small"`` exactly the edges with ``z < 0`` get the signal term,
     and there ``c`` lies in (0.5, 1).
 
@@ -233,7 +239,9 @@ def drop_curve(
         score: ``z`` (see :func:`normalized_signal`), any shape, a floating dtype.
         p_base, p_signal: probabilities with ``p_base + p_signal <= 1``.
         tau: threshold in (0, 1) on ``c``.
-        inplace: overwrite ``score`` with the result.
+        inplace: overwrite ``score`` (which must not require grad) with the
+            result, the same values without temporaries. Without it the curve
+            is computed out of place and is differentiable in ``score``.
     Returns:
         A tensor of ``score``'s shape and dtype with values in
         ``[p_base, p_base + p_signal]`` (NaN where the score is NaN).
@@ -242,14 +250,18 @@ def drop_curve(
     """
     check_drop_config(p_base, p_signal, tau)
     check_choice("prefer", prefer, PREFER)
-    curve = score if inplace else score.clone()
-    if prefer == "small":
-        curve.neg_()
-    curve.sigmoid_()  # c
-    torch.nn.functional.threshold_(curve, tau, 0.0)  # q = c * [c > tau]
     # p = p_base + p_signal * q, rounded once (a 0-dim tensor as the first term: see the compile path)
-    base = torch.full((), p_base, dtype=curve.dtype, device=curve.device)
-    return torch.add(base, curve, alpha=p_signal, out=curve)
+    base = torch.full((), p_base, dtype=score.dtype, device=score.device)
+    if not inplace:  # the readable steps, out of place (and differentiable)
+        c = torch.sigmoid(-score if prefer == "small" else score)
+        q = torch.nn.functional.threshold(c, tau, 0.0)  # c * [c > tau]
+        return torch.add(base, q, alpha=p_signal)
+    # the same steps in the score's memory (the fast path's blocks): the same values
+    if prefer == "small":
+        score.neg_()
+    score.sigmoid_()
+    torch.nn.functional.threshold_(score, tau, 0.0)
+    return torch.add(base, score, alpha=p_signal, out=score)
 
 
 # ----------------------------------------------------------------------------- 3. both
@@ -268,7 +280,7 @@ def drop_probability(
     stats: Optional[Tuple[Tensor, Tensor]] = None,
     finite: Union[bool, Tensor, None] = None,
 ) -> Tensor:
-    """Per-edge drop probability: ``drop_curve(normalized_signal(|signal|))`` (method spec Sec. 1).
+    """Per-edge drop probability: ``drop_curve(normalized_signal(|signal|))`` (``docs/method.md`` §1).
 
     **Non-finite signals, one rule for every option:** if any entry of
     ``signal`` is inf or NaN, every edge gets ``p_base`` (whatever the
@@ -276,7 +288,9 @@ def drop_probability(
     give ``z = 0``, ``c = 0.5`` and hence ``p_base`` for the default ``tau``.
 
     Args:
-        signal: gradient or weight, any shape (``out x in`` or ``out x in x k...``).
+        signal: gradient or weight, any shape (``out x in`` or ``out x in x k...``);
+            detached (no gradient flows through drop probabilities), so a
+            parameter that requires grad can be passed as it is.
         p_base, p_signal, tau, prefer: see :func:`drop_curve`.
         normalize, scope, eps, stats: see :func:`normalized_signal`.
         finite: whether the signal is finite, when the caller knows it (a
@@ -290,7 +304,7 @@ def drop_probability(
     """
     check_drop_config(p_base, p_signal, tau)
     check_choice("prefer", prefer, PREFER)
-    magnitude = _as_work(signal).abs()  # a new tensor: the steps below may work in place
+    magnitude = _as_work(signal.detach()).abs()  # a new tensor: the steps below may work in place
     score = normalized_signal(magnitude, normalize=normalize, scope=scope, eps=eps, stats=stats, inplace=True)
     drop_prob = drop_curve(score, p_base=p_base, p_signal=p_signal, tau=tau, prefer=prefer, inplace=True)
     if finite is None:
@@ -319,7 +333,7 @@ def keep_mask(
     generator: Optional[torch.Generator] = None,
     shape: Optional[Tuple[int, ...]] = None,
 ) -> Tensor:
-    """Bernoulli keep mask ``keep = u > drop_prob`` with ``u ~ U[0, 1)`` (method spec Sec. 2).
+    """Bernoulli keep mask ``keep = u > drop_prob`` with ``u ~ U[0, 1)`` (``docs/method.md`` §2).
 
     On the CPU the uniforms have 16 random bits each (``ddc._fastpath.MASK_BITS``:
     an edge is dropped with probability within ``2**-17`` of ``drop_prob``;
@@ -361,7 +375,7 @@ def keep_scale(
     batch_dims: int = 0,
     dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
-    """The factor that multiplies kept weights, so that ``W_eff = W * keep * scale`` (method spec Sec. 2).
+    """The factor that multiplies kept weights, so that ``W_eff = W * keep * scale`` (``docs/method.md`` §2).
 
     - ``realized`` (reference code): ``1 / (mean(keep) + eps)``, the realised
       keep fraction of the layer (per example when ``batch_dims=1``);
@@ -422,7 +436,7 @@ def recalibrate(
     drop_prob: Optional[Tensor] = None,
     eps: float = EPS,
 ) -> Tensor:
-    """Masked, re-scaled weight ``W_eff = W * keep * scale`` (see :func:`keep_scale`; method spec Sec. 2).
+    """Masked, re-scaled weight ``W_eff = W * keep * scale`` (see :func:`keep_scale`; ``docs/method.md`` §2).
 
     With ``mode="realized"`` this is the reference code's
     ``W * keep / (mean(keep) + eps)``.
@@ -437,7 +451,7 @@ def recalibrate(
         ValueError: a mask of another shape, or a bad ``mode`` (see :func:`keep_scale`).
     """
     batch_dims = keep_mask.dim() - weight.dim()
-    if batch_dims not in (0, 1):
+    if batch_dims not in (0, 1) or tuple(keep_mask.shape[batch_dims:]) != tuple(weight.shape):
         raise ValueError(
             f"keep_mask has shape {tuple(keep_mask.shape)}; expected the weight's shape "
             f"{tuple(weight.shape)} or one leading batch dimension"

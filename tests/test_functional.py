@@ -256,3 +256,39 @@ def test_drop_probability_is_the_curve_of_the_score(normalize, scope):
     options = dict(p_base=0.25, p_signal=0.5, tau=0.5, prefer="small")
     score = F.normalized_signal(signal.abs(), normalize=normalize, scope=scope)
     assert torch.equal(F.drop_probability(signal, normalize=normalize, scope=scope, **options), F.drop_curve(score, **options))
+
+
+def test_drop_probability_takes_a_parameter_that_requires_grad():
+    # A weight signal (DropSmallW) straight from a layer: the probabilities are detached, equal to the no-grad ones.
+    layer = torch.nn.Linear(8, 4)
+    p = F.drop_probability(layer.weight, p_base=0.3, p_signal=0.5)
+    assert not p.requires_grad
+    with torch.no_grad():
+        assert torch.equal(p, F.drop_probability(layer.weight, p_base=0.3, p_signal=0.5))
+
+
+def test_drop_curve_is_differentiable_out_of_place():
+    score = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    p = F.drop_curve(score, p_base=0.3, p_signal=0.5, tau=0.5)
+    assert torch.equal(p.detach(), F.drop_curve(score.detach(), p_base=0.3, p_signal=0.5, tau=0.5))
+    (grad,) = torch.autograd.grad(p.sum(), score)
+    c = torch.sigmoid(-score.detach())
+    # d/dz [p_base + p_signal c [c > tau]] = -p_signal c (1 - c) where c > tau, else 0
+    torch.testing.assert_close(grad, torch.where(c > 0.5, -0.5 * c * (1 - c), torch.zeros_like(c)))
+
+
+def test_recalibrate_refuses_a_mask_of_another_shape():
+    with pytest.raises(ValueError, match="keep_mask has shape"):
+        F.recalibrate(torch.randn(3, 4), torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="keep_mask has shape"):
+        F.recalibrate(torch.randn(3, 4), torch.ones(2, 4, 3, dtype=torch.bool))
+
+
+def test_probabilities_as_numpy_scalars_are_numbers_and_other_types_are_named():
+    signal = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    expected = F.drop_probability(signal, p_base=0.25, p_signal=0.5)
+    assert torch.equal(F.drop_probability(signal, p_base=np.float64(0.25), p_signal=np.float32(0.5)), expected)
+    with pytest.raises(ValueError, match=r"p_base=tensor\(0\.3000\) must be a real number in \[0, 1\], not a Tensor"):
+        F.drop_probability(signal, p_base=torch.tensor(0.3), p_signal=0.5)
+    with pytest.raises(ValueError, match=r"p_base=1.5 must be a probability in \[0, 1\]"):
+        F.drop_probability(signal, p_base=1.5, p_signal=0.0)
