@@ -361,6 +361,9 @@ class Handle:
     ``layers`` lists the names of the regularised layers.
     ``load_state_dict`` raises ``ValueError`` for a state of another method
     or of other layers.
+
+    Raises:
+        Nothing on construction (``apply`` builds it); see ``load_state_dict``.
     """
 
     def __init__(self, model: nn.Module, method: str, layers: Dict[str, nn.Module], rng: MaskRNG, hooks=()):
@@ -372,6 +375,11 @@ class Handle:
 
     @property
     def layers(self) -> List[str]:
+        """Names of the regularised layers, in attach order.
+
+        Raises:
+            Nothing.
+        """
         return list(self.methods)
 
     def __repr__(self) -> str:
@@ -379,7 +387,11 @@ class Handle:
         return f"Handle(method={self.method!r}, layers={list(self.methods)}, {state})"
 
     def remove(self) -> None:
-        """Detach every method; idempotent."""
+        """Detach every method and remove the handle's hooks; idempotent.
+
+        Raises:
+            Nothing of its own.
+        """
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -394,6 +406,11 @@ class Handle:
         self.remove()
 
     def state_dict(self) -> dict:
+        """The methods' own state: ``{"method", "rng", "layers": {name: state}}``.
+
+        Raises:
+            Nothing of its own.
+        """
         return {
             "method": self.method,
             "rng": self.rng.state_dict(),

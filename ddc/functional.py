@@ -85,6 +85,9 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
     float64 signals stay float64; float16 and bfloat16 signals are computed in
     float32 (their sums overflow or lose the differences the z-score needs).
+
+    Raises:
+        Nothing.
     """
     return dtype if dtype == torch.float64 else torch.float32
 
@@ -116,6 +119,9 @@ def signal_stats(magnitude: Tensor, scope: str = "layer") -> Tuple[Tensor, Tenso
         scope; in at least float32 (:func:`work_dtype`). A scope of one edge
         has standard deviation 0 (not the NaN of ``N - 1 = 0``): one value
         does not vary.
+    Raises:
+        Nothing of its own: any ``scope`` but ``"layer"`` is taken as the row
+        scope (callers check it). An integer tensor reaches ``torch.std_mean``'s error.
     """
     magnitude = _as_work(magnitude)
     dims = _reduce_dims(magnitude, scope)
@@ -199,6 +205,8 @@ def average_ranks(values: Tensor) -> Tensor:
         values: ``(rows, n)``.
     Returns:
         ``(rows, n)`` float64 ranks in ``[0, n - 1]``.
+    Raises:
+        ValueError: ``values`` is not 2-D (the unpacking of its shape).
     """
     rows, count = values.shape
     ordered, order = values.sort(dim=1, stable=True)
@@ -349,6 +357,9 @@ def keep_mask(
             ``drop_prob``. Default: ``drop_prob``'s shape.
     Returns:
         A bool tensor, True where the edge is kept.
+    Raises:
+        Nothing of its own; a ``shape`` that ``drop_prob`` does not broadcast
+        to, or a ``uniform`` that does not broadcast against it, raises torch's ``RuntimeError``.
     """
     if uniform is not None:
         return uniform > drop_prob
@@ -473,6 +484,8 @@ def apply_keep(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: Optiona
         weight: any shape; ``keep_mask`` and ``scale`` broadcast against it.
     Returns:
         The masked weight.
+    Raises:
+        Nothing of its own; shapes that do not broadcast raise torch's ``RuntimeError``.
     """
     if _fastpath.masked_weight_applies(weight, keep_mask, scale):
         return _fastpath.masked_weight_cpu(weight, keep_mask, scale, out=out)
