@@ -16,13 +16,21 @@ _functorch = getattr(torch._C, "_functorch", None)
 
 
 def functorch_active() -> bool:
-    """Whether a torch.func transform (grad, vmap, ...) is running."""
+    """Whether a torch.func transform (grad, vmap, ...) is running.
+
+    Raises:
+        Nothing (False where torch lacks the private check).
+    """
     check = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(check()) if check is not None else False
 
 
 def vmap_active() -> bool:
-    """Whether a ``torch.func.vmap`` is running (its random ops then follow its ``randomness``)."""
+    """Whether a ``torch.func.vmap`` is running (its random ops then follow its ``randomness``).
+
+    Raises:
+        Nothing of its own (False where torch lacks functorch).
+    """
     if _functorch is None or not functorch_active():
         return False
     vmap = _functorch.TransformType.Vmap
@@ -36,6 +44,11 @@ def plain(tensor: Tensor) -> Tensor:
     ``vmap`` it holds one gradient per vmapped entry (per example), whose sum
     is the batch's gradient. A method keeps this plain value as its signal, so
     nothing it stores outlives the transform.
+
+    Args:
+        tensor: any shape; a wrapper's vmap batch dimensions are summed away.
+    Raises:
+        Nothing of its own.
     """
     if _functorch is None:
         return tensor
@@ -48,7 +61,11 @@ def plain(tensor: Tensor) -> Tensor:
 
 
 def ddp_process_group():
-    """The process group of the DistributedDataParallel module whose forward is running, or None."""
+    """The process group of the DistributedDataParallel module whose forward is running, or None.
+
+    Raises:
+        Nothing (None where torch.distributed is unavailable or not initialised).
+    """
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return None
     from torch.nn.parallel import DistributedDataParallel

@@ -44,6 +44,10 @@ class StepRecord:
             keyword arguments of :func:`ddc.functional.drop_probability`
             (statistics ``stats`` and ``finite`` included) that give them
             from ``signal``, elementwise; ``None`` otherwise.
+
+    Raises:
+        Nothing on construction (fields are not checked);
+        :meth:`full_drop_prob` raises ``ValueError`` when there are no drop probabilities.
     """
 
     keep_mask: Optional[Tensor] = None
@@ -54,7 +58,11 @@ class StepRecord:
 
     @property
     def has_drop_prob(self) -> bool:
-        """Whether drop probabilities can be read (materialised, or from the signal)."""
+        """Whether drop probabilities can be read (materialised, or from the signal).
+
+        Raises:
+            Nothing.
+        """
         return self.drop_prob is not None or self._from_signal
 
     @property
@@ -63,7 +71,11 @@ class StepRecord:
 
     @property
     def drop_prob_shape(self) -> Optional[torch.Size]:
-        """Shape of :meth:`full_drop_prob`, without computing it; ``None`` when there is none."""
+        """Shape of :meth:`full_drop_prob`, without computing it; ``None`` when there is none.
+
+        Raises:
+            Nothing.
+        """
         if self.drop_prob is not None:
             return self.drop_prob.shape
         return self.signal.shape if self._from_signal else None
