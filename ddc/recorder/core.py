@@ -108,7 +108,11 @@ class Recorder:
     # ---- lifecycle ----------------------------------------------------------
 
     def attach(self) -> "Recorder":
-        """Ask the methods for their step records and hook the optimizer (idempotent)."""
+        """Ask the methods for their step records and hook the optimizer (idempotent).
+
+        Raises:
+            Nothing of its own.
+        """
         if self._attached:
             return self
         for method in self._methods().values():
@@ -119,7 +123,11 @@ class Recorder:
         return self
 
     def detach(self) -> None:
-        """Remove everything :meth:`attach` installed and write what is pending."""
+        """Remove everything :meth:`attach` installed and write what is pending.
+
+        Raises:
+            Nothing of its own; the writer's errors from :meth:`flush` pass through.
+        """
         for method in self._methods().values():
             method.keep_last = False
             method.last = None
@@ -137,6 +145,11 @@ class Recorder:
 
     @property
     def attached(self) -> bool:
+        """Whether :meth:`attach` is in effect.
+
+        Raises:
+            Nothing.
+        """
         return self._attached
 
     def _methods(self) -> Dict[str, LayerMethod]:
@@ -155,7 +168,12 @@ class Recorder:
 
     @torch.no_grad()
     def step(self, step: Optional[int] = None, epoch: int = 0) -> None:
-        """Call after each optimizer step (or after backward when there is none)."""
+        """Call after each optimizer step (or after backward when there is none).
+
+        Raises:
+            ValueError: two due quantities record a metric of one name.
+            Errors of ``snapshot_fn`` and of the writer (at a flush) pass through.
+        """
         if step is not None:
             self._step = step
         methods = self._methods()
@@ -198,7 +216,11 @@ class Recorder:
 
     def snapshot(self, methods: Optional[Dict[str, LayerMethod]] = None) -> dict:
         """Full tensors per layer, on the CPU: ``weight``, ``signal``, ``drop_prob``, ``keep``,
-        and the quantities' own (``drop_count``, ``steps_counted``), as far as they exist."""
+        and the quantities' own (``drop_count``, ``steps_counted``), as far as they exist.
+
+        Raises:
+            Nothing of its own.
+        """
         methods = self._methods() if methods is None else methods
         tensors = {}
         for name, layer in self.layers.items():
@@ -235,7 +257,12 @@ class Recorder:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict` (on the recorded layers' device)."""
+        """Continue from :meth:`state_dict` (on the recorded layers' device).
+
+        Raises:
+            KeyError: ``state`` lacks a key :meth:`state_dict` writes (``step``,
+                ``subsets``, ``generator``, or a quantity's own).
+        """
         device = next(iter(self.layers.values())).weight.device
         self._step = state["step"]
         self.subsets.load_state_dict(state, device)
@@ -268,13 +295,21 @@ class Recorder:
             self.rows.append((step, epoch, layer, metric, value))
 
     def flush(self) -> None:
-        """Write everything pending (one host transfer) and flush the writer."""
+        """Write everything pending (one host transfer) and flush the writer.
+
+        Raises:
+            Nothing of its own; the writer's errors pass through.
+        """
         self._drain()
         if self.writer is not None:
             self.writer.flush()
 
     def to_frame(self):
-        """Rows kept in memory (no writer) as a DataFrame: ``step, epoch, layer, metric, value``."""
+        """Rows kept in memory (no writer) as a DataFrame: ``step, epoch, layer, metric, value``.
+
+        Raises:
+            MissingExtra: pandas is not installed.
+        """
         from .._optional import require
 
         pd = require("pandas", "Recorder.to_frame")
