@@ -22,7 +22,11 @@ def every(k: int, start: int = 0) -> Schedule:
 
 
 def never(step: int) -> bool:
-    """The schedule of nothing: False for every step."""
+    """The schedule of nothing: False for every step.
+
+    Raises:
+        Nothing.
+    """
     return False
 
 

@@ -27,6 +27,9 @@ class OnHost:
     1-D numpy array (any other tensor, flattened). A step then spends no
     device op on what is arithmetic on a few numbers (rates from counts, a
     standard deviation from a sum of squares), and sorts happen on the host.
+
+    Raises:
+        Nothing on construction; ``finish``'s own errors surface where the value is finished.
     """
 
     __slots__ = ("finish", "inputs")
@@ -62,7 +65,12 @@ def _host_input(tensor: Tensor):
 
 
 def finish_now(values: Values) -> Tuple[List[str], List[float]]:
-    """Metric names and finished floats of ``values`` (reads device tensors at once)."""
+    """Metric names and finished floats of ``values`` (reads device tensors at once).
+
+    Raises:
+        ValueError: a tuple key gets a different number of values.
+        RuntimeError: a tensor value (not under :class:`OnHost`) has more than one element (``item``).
+    """
     names: List[str] = []
     finished: List[float] = []
     for key, value in values.items():
@@ -79,7 +87,11 @@ def finish_now(values: Values) -> Tuple[List[str], List[float]]:
 
 class DeviceValues:
     """``values`` of one layer and step kept on the device: every tensor they need, copied
-    into one float64 vector, so that later steps cannot change them."""
+    into one float64 vector, so that later steps cannot change them.
+
+    Raises:
+        Nothing of its own; tensors on different devices raise torch's ``RuntimeError`` (``cat``).
+    """
 
     def __init__(self, values: Values, device: torch.device):
         self.keys = list(values)
@@ -95,7 +107,11 @@ class DeviceValues:
         self.vector = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64, device=device)
 
     def finish(self, host: np.ndarray) -> Tuple[List[str], List[float]]:
-        """Names and floats from ``host``, this object's ``vector`` on the host."""
+        """Names and floats from ``host``, this object's ``vector`` on the host.
+
+        Raises:
+            ValueError: a tuple key gets a different number of values.
+        """
         names: List[str] = []
         finished: List[float] = []
         position = 0
