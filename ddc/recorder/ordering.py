@@ -20,12 +20,20 @@ ZSCORE_EPS = 1e-9
 
 
 def quantile_labels(quantiles: Sequence[float]) -> List[str]:
-    """Metric suffixes of ``quantiles``: 0.1 -> ``q10``, 0.5 -> ``q50``."""
+    """Metric suffixes of ``quantiles``: 0.1 -> ``q10``, 0.5 -> ``q50``.
+
+    Raises:
+        Nothing of its own.
+    """
     return [f"q{round(level * 100):02d}" for level in quantiles]
 
 
 def unbiased_std(square_sum: float, count: int) -> float:
-    """Standard deviation with the N-1 denominator from the sum of squared deviations (0 for one value)."""
+    """Standard deviation with the N-1 denominator from the sum of squared deviations (0 for one value).
+
+    Raises:
+        ValueError: ``square_sum`` is negative (``math.sqrt``: math domain error).
+    """
     return math.sqrt(square_sum / (count - 1)) if count > 1 else 0.0
 
 
@@ -39,14 +47,22 @@ def _quantile_positions(size: int, quantiles: Tuple[float, ...]):
 
 
 def sorted_quantiles(ordered: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
-    """Quantiles (float64, one per level) of an ascending vector."""
+    """Quantiles (float64, one per level) of an ascending vector.
+
+    Raises:
+        IndexError: ``ordered`` is empty.
+    """
     low, high, fraction = _quantile_positions(ordered.size, tuple(quantiles))
     below = ordered[low].astype("float64")
     return below + (ordered[high] - below) * fraction
 
 
 def tied_ranks(ordered: np.ndarray) -> np.ndarray:
-    """0-based average ranks of an ascending vector, in its own order (ties share their mean position)."""
+    """0-based average ranks of an ascending vector, in its own order (ties share their mean position).
+
+    Raises:
+        Nothing of its own.
+    """
     size = ordered.size
     new = ordered[1:] != ordered[:-1]
     if new.all():
@@ -57,14 +73,22 @@ def tied_ranks(ordered: np.ndarray) -> np.ndarray:
 
 
 def average_ranks(ordered: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Average ranks (as :func:`tied_ranks`) of the vector that ``order`` sorts into ``ordered``."""
+    """Average ranks (as :func:`tied_ranks`) of the vector that ``order`` sorts into ``ordered``.
+
+    Raises:
+        IndexError: ``order`` holds a position outside ``ordered``.
+    """
     ranks = np.empty(ordered.size)
     ranks[order] = tied_ranks(ordered)
     return ranks
 
 
 def pearson(first: np.ndarray, second: np.ndarray) -> float:
-    """Pearson correlation of two vectors of one length (NaN when either is constant)."""
+    """Pearson correlation of two vectors of one length (NaN when either is constant).
+
+    Raises:
+        ValueError: the vectors differ in length (numpy's ``dot``).
+    """
     first, second = first - first.mean(), second - second.mean()
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.dot(first, second) / np.sqrt(np.dot(first, first) * np.dot(second, second)))
@@ -82,6 +106,8 @@ def signal_quantiles(magnitude: np.ndarray, mean: float, square_sum: float, *, c
         quantiles: levels in [0, 1].
     Returns:
         ``2 * len(quantiles)`` floats: the ``grad_abs_q*``, then the ``zscore_q*``.
+    Raises:
+        IndexError: ``magnitude`` is empty (:func:`sorted_quantiles`).
     """
     levels = sorted_quantiles(np.sort(magnitude), quantiles)
     zscores = (levels - mean) / (unbiased_std(square_sum, count) + ZSCORE_EPS)  # z is increasing in |g|
@@ -103,6 +129,8 @@ def drop_prob_order_statistics(drop_prob: np.ndarray, used: Optional[np.ndarray]
     Returns:
         The ``drop_prob_q*`` values, then ``rank_corr_grad_drop`` when
         ``used`` is given with ``drop_prob``'s length.
+    Raises:
+        IndexError: ``drop_prob`` is empty (:func:`sorted_quantiles`).
     """
     if used is None or used.size != drop_prob.size:
         return sorted_quantiles(np.sort(drop_prob), quantiles).tolist()
