@@ -65,6 +65,9 @@ def default_root(profile: Optional[str] = None, outputs: PathLike = OUTPUTS) -> 
     directory. Every command (``train``, ``sweep``, ``runs``, ``report``,
     ``figures``) and the notebook driver resolve their default through this one
     function, so they find each other's runs.
+
+    Raises:
+        Nothing (the path is not checked or created).
     """
     from .recipes import DEFAULT_PROFILE
 
@@ -82,6 +85,9 @@ class StoreWriteError(OSError):
 
     The message names the path and says what happened; ``errno`` is the
     operating system's. What was written before stays as it was.
+
+    Raises:
+        Nothing on construction; it is what the store's writers raise.
     """
 
     def __init__(self, path: PathLike, error: OSError):
@@ -94,15 +100,27 @@ class StoreWriteError(OSError):
 
 
 class RunPathOccupied(FileExistsError):
-    """Something that is not a finished run sits at a run's final path; it is never deleted."""
+    """Something that is not a finished run sits at a run's final path; it is never deleted.
+
+    Raises:
+        Nothing; it is what :meth:`RunDir.check_final_path` raises.
+    """
 
 
 class RunBusy(RuntimeError):
-    """Another process is writing this run (it holds the run's lock)."""
+    """Another process is writing this run (it holds the run's lock).
+
+    Raises:
+        Nothing; it is what taking a held run lock raises.
+    """
 
 
 def describe_os_error(path: PathLike, error: OSError) -> str:
-    """One line: what failed, where, and what to do about a full disk or a read-only store."""
+    """One line: what failed, where, and what to do about a full disk or a read-only store.
+
+    Raises:
+        Nothing.
+    """
     where = getattr(error, "filename", None) or path
     what = error.strerror or type(error).__name__
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -252,7 +270,11 @@ class RunDir:
 
     @property
     def finished(self) -> bool:
-        """Whether the run is published (its final path holds ``summary.json``)."""
+        """Whether the run is published (its final path holds ``summary.json``).
+
+        Raises:
+            Nothing of its own; ``Path.exists`` may raise ``OSError`` other than a missing path.
+        """
         return (self.final / "summary.json").exists()
 
     def check_final_path(self) -> None:
@@ -291,7 +313,11 @@ class RunDir:
         write_parquet(self.path / "metrics.parquet", pd.DataFrame(list(rows), columns=METRIC_COLUMNS))
 
     def records_dir(self) -> Path:
-        """Where the Recorder's parquet parts go."""
+        """Where the Recorder's parquet parts go (not created here).
+
+        Raises:
+            Nothing.
+        """
         return self.path / "records"
 
     def snapshot(self, step: int, tensors: dict) -> Path:
@@ -369,7 +395,11 @@ def run_lock(root: PathLike, run_id: str, *, wait: bool = True, on_wait: Optiona
 
 
 def lock_holder(root: PathLike, run_id: str) -> Optional[str]:
-    """Who holds (or last held) the lock of ``run_id``: ``"pid N on HOST since TIME"``, or None."""
+    """Who holds (or last held) the lock of ``run_id``: ``"pid N on HOST since TIME"``, or None.
+
+    Raises:
+        Nothing (an unreadable lock file gives None).
+    """
     try:
         text = (Path(root) / LOCKS / f"{run_id}.lock").read_text().strip()
     except OSError:
@@ -382,6 +412,10 @@ class RecordWriter:
 
     Memory is bounded by ``flush_rows``; each part is written atomically, so an
     interrupted run keeps every part written before the interruption.
+
+    Raises:
+        Nothing on construction; :meth:`flush` and :meth:`add` raise
+        ``StoreWriteError``, and ``MissingExtra`` without pandas.
     """
 
     def __init__(self, directory: PathLike, run_id: str, flush_rows: int = 20_000):
@@ -393,7 +427,12 @@ class RecordWriter:
         self.next_part = len(existing)
 
     def add(self, step: int, epoch: int, layer: str, metric: str, value: float) -> None:
-        """Buffer one row; flushes a part when ``flush_rows`` rows are buffered."""
+        """Buffer one row; flushes a part when ``flush_rows`` rows are buffered.
+
+        Raises:
+            StoreWriteError: the part flushed cannot be written.
+            MissingExtra: pandas is not installed (at a flush).
+        """
         self.rows.append((self.run_id, step, epoch, layer, metric, value))
         if len(self.rows) >= self.flush_rows:
             self.flush()
@@ -427,6 +466,9 @@ def check_run(path: PathLike) -> Optional[str]:
 
     A good run has ``config.json`` and ``summary.json`` holding JSON objects,
     and every parquet file it has is whole (starts and ends with ``PAR1``).
+
+    Raises:
+        Nothing of its own: unreadable files are the answer, not an error.
     """
     path = Path(path)
     for name in ("config.json", "summary.json"):
@@ -502,7 +544,11 @@ def run_dirs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Path]:
 
 
 def flatten_config(config: dict) -> dict:
-    """One row of columns from a nested config: method options become top-level columns."""
+    """One row of columns from a nested config: method options become top-level columns.
+
+    Raises:
+        TypeError: a list or dict value holds something JSON cannot encode.
+    """
     row = {}
     for key, value in config.items():
         if key == "method_options" and isinstance(value, dict):
@@ -539,7 +585,11 @@ def load_runs(paths) -> "pandas.DataFrame":
 
 
 def empty_runs_frame() -> "pandas.DataFrame":
-    """No rows; ``run_id``, ``path``, the fields of :class:`ddc.train.TrainConfig` and its summary keys."""
+    """No rows; ``run_id``, ``path``, the fields of :class:`ddc.train.TrainConfig` and its summary keys.
+
+    Raises:
+        MissingExtra: pandas is not installed.
+    """
     pd = require("pandas", "the run store")
 
     from .train import SUMMARY_KEYS, TrainConfig  # the trainer defines what a run holds
