@@ -101,6 +101,9 @@ class Source:
     ``files`` maps each downloaded file name to the MD5 of the official file;
     every mirror serves all of them under ``mirror + file name``.
     ``extracted_dir`` is the folder an archive unpacks into (CIFAR), else None.
+
+    Raises:
+        Nothing (fields are not checked).
     """
 
     mirrors: tuple[str, ...]
@@ -178,7 +181,11 @@ SYSTEM_DATASET_DIR = pathlib.Path("/usr/share/datasets")
 
 
 class ChecksumError(ValueError):
-    """A file's MD5 does not match the expected official value."""
+    """A file's MD5 does not match the expected official value.
+
+    Raises:
+        Nothing; it is what the checksum check raises.
+    """
 
 
 @dataclass
@@ -197,6 +204,9 @@ class DataSplits:
     of the other classes (normalised like the rest, labels the original ids):
     inputs of classes the model never saw, for out-of-distribution tests.
     Without a filter ``heldout`` is None.
+
+    Raises:
+        Nothing on construction (fields are not checked; :func:`load` builds it).
     """
 
     train: TensorDataset
@@ -683,7 +693,11 @@ def _load_cifar(name: str, directory: pathlib.Path, verify: bool) -> _RawData:
 
 
 def generated_cache_dir() -> pathlib.Path:
-    """Where generated datasets are cached: ``$DDC_DATA/generated`` or ``~/.cache/ddc``."""
+    """Where generated datasets are cached: ``$DDC_DATA/generated`` or ``~/.cache/ddc``.
+
+    Raises:
+        RuntimeError: ``$DDC_DATA`` is unset and the home directory cannot be determined (``Path.home``).
+    """
     env_dir = os.environ.get("DDC_DATA")
     return pathlib.Path(env_dir) / "generated" if env_dir else pathlib.Path.home() / ".cache" / "ddc"
 
@@ -823,7 +837,12 @@ def _generator(seed: int, stage: str) -> torch.Generator:
 
 def split_indices(num_examples: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint, sorted ``(train, val)`` int64 index tensors into ``num_examples`` examples: a permutation
-    seeded by ``seed``, whose first ``round(num_examples * val_fraction)`` go to val."""
+    seeded by ``seed``, whose first ``round(num_examples * val_fraction)`` go to val.
+
+    Raises:
+        Nothing of its own (``val_fraction`` is checked by the callers);
+        a negative ``num_examples`` raises torch's ``RuntimeError``.
+    """
     permutation = torch.randperm(num_examples, generator=_generator(seed, "split"))
     num_val = int(round(num_examples * val_fraction))
     return permutation[num_val:].sort().values, permutation[:num_val].sort().values
@@ -1033,6 +1052,9 @@ def describe(root: str | os.PathLike | None = None) -> list[dict]:
 
     Files that are found are checked (:func:`check_files`): ``available`` is
     True only when they load; ``problem`` says what is wrong otherwise.
+
+    Raises:
+        Nothing of its own: a dataset not found or broken is a row, not an error.
     """
     import importlib.util
 
