@@ -72,7 +72,12 @@ MASK_SEED_OFFSET = 1_000_003
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. Defaults follow the authors' MNIST recipe."""
+    """Everything that defines a run. Defaults follow the authors' MNIST recipe.
+
+    Raises:
+        Nothing on construction (fields are not checked there); :meth:`validate`
+        and :meth:`from_dict` raise ``ValueError`` for a bad field.
+    """
 
     dataset: str = "fashion_mnist"
     model: str = "simplecnn1"
@@ -117,7 +122,11 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> List[str]:
-        """The names of every config field, in declaration order."""
+        """The names of every config field, in declaration order.
+
+        Raises:
+            Nothing.
+        """
         return [config_field.name for config_field in dataclasses.fields(cls)]
 
     @classmethod
@@ -189,7 +198,11 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> Dict[str, Any]:
-        """Every field as plain values (what ``config.json`` stores)."""
+        """Every field as plain values (what ``config.json`` stores).
+
+        Raises:
+            Nothing of its own (``dataclasses.asdict`` deep-copies the values).
+        """
         return dataclasses.asdict(self)
 
     def source_seed(self, source: str) -> int:
@@ -208,6 +221,9 @@ class TrainConfig:
         Fields added later (:data:`LATER_FIELDS`) stay out of the hash at their
         default, and a source seed equal to ``seed`` is the default, so every
         earlier run keeps its id.
+
+        Raises:
+            Nothing (values JSON cannot encode are hashed as their ``str``).
         """
         identity = {
             name: value
@@ -222,7 +238,11 @@ class TrainConfig:
 
 class RunSetupError(ValueError):
     """A run cannot start: a bad config value, missing or broken data, layers that do not fit
-    the model, an unavailable device. Raised before anything is written into the run store."""
+    the model, an unavailable device. Raised before anything is written into the run store.
+
+    Raises:
+        Nothing; it is what setting up a run raises.
+    """
 
 
 def _check_device_name(device) -> None:
@@ -257,12 +277,20 @@ def check_device(device: str) -> None:
 
 
 def environment(config: "TrainConfig") -> Dict[str, Any]:
-    """What changes a run's numbers besides its config: torch version, thread count, device."""
+    """What changes a run's numbers besides its config: torch version, thread count, device.
+
+    Raises:
+        Nothing.
+    """
     return {"torch": torch.__version__, "num_threads": config.num_threads or DEFAULT_THREADS, "device": config.device}
 
 
 class ReusedRunWarning(UserWarning):
-    """A finished run is reused by its id although it was made under another environment (another torch version)."""
+    """A finished run is reused by its id although it was made under another environment (another torch version).
+
+    Raises:
+        Nothing; it is what :func:`warn_if_made_elsewhere` warns with.
+    """
 
 
 #: run ids this process has warned about (:func:`warn_if_made_elsewhere` warns once per run)
@@ -275,6 +303,9 @@ def environment_change(config: "TrainConfig", run_path) -> str:
     ``""`` when they agree, or when the run predates recorded environments.
     Otherwise e.g. ``"torch '2.12.0' (here '2.13.0')"``, one entry per
     differing key of :func:`environment`. An unreadable ``config.json`` counts as unknown.
+
+    Raises:
+        Nothing (an unreadable or unrecorded environment gives ``""``).
     """
     try:
         stored = store.read_json(Path(run_path) / "config.json").get("environment")
@@ -295,6 +326,9 @@ def warn_if_made_elsewhere(reused: Sequence[Tuple["TrainConfig", Path]], *, stac
     other kernels, so its numbers could differ in their low-order bits from a
     run trained here. ``stacklevel``: as for :func:`warnings.warn`, counted from
     the caller (2, the default: the caller's caller is named).
+
+    Raises:
+        ReusedRunWarning: only as an exception where warnings are errors (``-W error``).
     """
     changes = []
     for config, run_path in reused:
@@ -336,6 +370,9 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     """The authors' per-epoch schedule: linear warm-up, then cosine down to ``min_lr``.
 
     When ``lr <= min_lr`` the schedule is constant (their MNIST recipe).
+
+    Raises:
+        Nothing of its own (the config is validated before).
     """
     base, floor = config.lr, min(config.min_lr, config.lr)
     if config.schedule == "constant" or base <= floor:
@@ -354,7 +391,11 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 @dataclass
 class Step:
-    """One optimizer step, as :meth:`Callback.on_step` sees it (after ``optimizer.step()``)."""
+    """One optimizer step, as :meth:`Callback.on_step` sees it (after ``optimizer.step()``).
+
+    Raises:
+        Nothing (fields are not checked).
+    """
 
     #: steps taken before this one, over the whole run (0-based)
     index: int
@@ -374,7 +415,11 @@ class Step:
 
 @dataclass
 class Best:
-    """The epoch that validation chose (:class:`Selection`)."""
+    """The epoch that validation chose (:class:`Selection`).
+
+    Raises:
+        Nothing (fields are not checked).
+    """
 
     #: its index (0-based)
     epoch: int
@@ -389,7 +434,11 @@ class Best:
 
 @dataclass
 class FitState:
-    """Where a :func:`fit` loop stands. Callbacks read it; pass it back to ``fit`` to continue."""
+    """Where a :func:`fit` loop stands. Callbacks read it; pass it back to ``fit`` to continue.
+
+    Raises:
+        Nothing (fields are not checked).
+    """
 
     #: epochs finished
     epoch: int = 0
@@ -418,16 +467,31 @@ class Callback:
     it updated ``state.epoch`` and ``state.train_metrics``. A callback that
     puts the model into eval mode need not restore it: every step starts with
     ``model.train()``.
+
+    Raises:
+        Nothing; a hook's own error stops :func:`fit` and passes through it.
     """
 
     def on_epoch_start(self, state: FitState) -> None:
-        """Called before the epoch's first step."""
+        """Called before the epoch's first step.
+
+        Raises:
+            Nothing (does nothing by default).
+        """
 
     def on_step(self, state: FitState, step: Step) -> None:
-        """Called after each optimizer step."""
+        """Called after each optimizer step.
+
+        Raises:
+            Nothing (does nothing by default).
+        """
 
     def on_epoch_end(self, state: FitState) -> None:
-        """Called after the epoch's last step."""
+        """Called after the epoch's last step.
+
+        Raises:
+            Nothing (does nothing by default).
+        """
 
 
 class Selection(Callback):
@@ -450,7 +514,11 @@ class Selection(Callback):
         self.model, self.validate, self.metric, self.maximize, self.every = model, validate, metric, maximize, every
 
     def on_epoch_end(self, state: FitState) -> None:
-        """Evaluate on validation when due; keep the weights when the score beats the best so far."""
+        """Evaluate on validation when due; keep the weights when the score beats the best so far.
+
+        Raises:
+            KeyError: ``validate``'s result lacks ``metric``. ``validate``'s own errors pass through.
+        """
         if state.epoch % self.every and state.epoch != state.epochs:
             state.val_metrics = None
             return
