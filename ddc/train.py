@@ -641,7 +641,11 @@ RUN_FILES = ("config.json", "metrics.parquet", "model.pt")
 
 @dataclass
 class RunState(FitState):
-    """A run's :class:`FitState` plus what its checkpoint keeps for a resume."""
+    """A run's :class:`FitState` plus what its checkpoint keeps for a resume.
+
+    Raises:
+        Nothing (fields are not checked).
+    """
 
     #: ``metrics.parquet`` so far, one dict per row (:data:`ddc.store.METRIC_COLUMNS`)
     metric_rows: List[Dict[str, Any]] = field(default_factory=list)
@@ -657,7 +661,11 @@ class RunState(FitState):
     recorder: Optional[Dict[str, Any]] = None
 
     def to_checkpoint(self) -> Dict[str, Any]:
-        """The plain dict a checkpoint stores (the same keys since the first checkpoints)."""
+        """The plain dict a checkpoint stores (the same keys since the first checkpoints).
+
+        Raises:
+            Nothing.
+        """
         saved = {"epoch": self.epoch, "step": self.step, "metrics": self.metric_rows, "last": self.last,
                  "train_time": self.train_time, "environment": self.environment, "resumed": self.resumed_at_epochs,
                  "record_parts": self.record_parts}
@@ -670,7 +678,12 @@ class RunState(FitState):
 
     @classmethod
     def from_checkpoint(cls, saved: Dict[str, Any]) -> "RunState":
-        """The state that :meth:`to_checkpoint` stored."""
+        """The state that :meth:`to_checkpoint` stored.
+
+        Raises:
+            KeyError: ``saved`` lacks ``epoch``, ``step``, ``train_time`` or
+                ``metrics`` (or ``best_model`` beside ``best``).
+        """
         best = saved.get("best")
         return cls(
             epoch=saved["epoch"], step=saved["step"], train_time=saved["train_time"], metric_rows=saved["metrics"],
@@ -710,6 +723,9 @@ def data_fingerprint(splits) -> str:
     Recorded in a run's ``config.json`` (``data_info.fingerprint``) and
     ``summary.json`` (``data_fingerprint``), and compared before a finished run
     is reused or an interrupted one resumed (:func:`check_same_data`).
+
+    Raises:
+        Nothing of its own; ``splits`` without ``train``/``val``/``test`` datasets raises ``AttributeError``.
     """
     recorded = (getattr(splits, "info", None) or {}).get("fingerprint")
     if recorded:
@@ -725,7 +741,11 @@ def data_fingerprint(splits) -> str:
 
 def recorded_data(run_path) -> Tuple[Optional[str], Optional[str]]:
     """``(fingerprint, data_root)`` a run at ``run_path`` recorded in its ``config.json``;
-    ``(None, None)`` when it predates data fingerprints (or its config cannot be read)."""
+    ``(None, None)`` when it predates data fingerprints (or its config cannot be read).
+
+    Raises:
+        AttributeError: ``config.json`` holds JSON that is not an object (or ``data_info`` is not one).
+    """
     try:
         recorded = store.read_json(Path(run_path) / "config.json")
     except (OSError, ValueError):
@@ -804,7 +824,11 @@ def _to_device(dataset, device):
 
 
 def loss_function(task: str) -> Callable[..., Tensor]:
-    """The training loss of a task: mean squared error for ``"regression"``, else cross-entropy."""
+    """The training loss of a task: mean squared error for ``"regression"``, else cross-entropy.
+
+    Raises:
+        Nothing (any other ``task`` gets cross-entropy).
+    """
     return nn.functional.mse_loss if task == "regression" else nn.functional.cross_entropy
 
 
@@ -816,6 +840,10 @@ def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor, task: str, batch
     ``(N, k)`` regression targets. Returns ``{"loss": ...}`` (per example;
     regression: per target element) plus ``"acc"`` (a fraction) for
     classification. Leaves the model in eval mode.
+
+    Raises:
+        ValueError: ``batch_size`` is 0 (``range``). ZeroDivisionError/IndexError: no examples.
+        The model's and the loss's errors (a shape mismatch: ``RuntimeError``) pass through.
     """
     model.eval()
     loss_fn = loss_function(task)
