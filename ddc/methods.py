@@ -306,12 +306,23 @@ class MaskRNG:
         return self._generators[key]
 
     def state_dict(self) -> dict:
+        """Each generator's state, keyed by device (``"given"``: a generator passed in).
+
+        Raises:
+            Nothing.
+        """
         state = {key: generator.get_state() for key, generator in self._generators.items()}
         if self.generator is not None:
             state["given"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (``"given"`` only when a generator was passed in).
+
+        Raises:
+            RuntimeError: a key is not a device torch can make a generator on,
+                or a value is not a generator state (torch).
+        """
         for key, value in state.items():
             if key == "given":
                 if self.generator is not None:
@@ -382,28 +393,48 @@ class LayerMethod(nn.Module):
     # (enter and exit run several times per forward pass: they write __dict__ directly,
     # skipping nn.Module.__setattr__'s checks)
     def enter(self) -> None:
-        """A forward pass around the layer begins (its own, its model's or a parent's)."""
+        """A forward pass around the layer begins (its own, its model's or a parent's).
+
+        Raises:
+            Nothing.
+        """
         state = self.__dict__
         if not state["_depth"]:
             state["_effective"] = {}  # its own (nn.DataParallel's replicas share their __dict__'s values)
         state["_depth"] += 1
 
     def exit(self) -> None:
-        """It ends: the next forward pass draws new masks."""
+        """It ends: the next forward pass draws new masks.
+
+        Raises:
+            Nothing.
+        """
         state = self.__dict__
         state["_depth"] = max(state["_depth"] - 1, 0)
         if not state["_depth"]:
             state["_effective"] = {}
 
     def read(self, layer: nn.Module, name: str, raw: Optional[Tensor]) -> Optional[Tensor]:
-        """What reading ``layer.<name>`` gives (weight methods: the masked parameter in a forward)."""
+        """What reading ``layer.<name>`` gives (weight methods: the masked parameter in a forward).
+
+        Raises:
+            Nothing (here: ``raw`` as it is).
+        """
         return raw
 
     def attached(self, layer: nn.Module) -> None:
-        """Called once the method sits on ``layer``."""
+        """Called once the method sits on ``layer``.
+
+        Raises:
+            Nothing (does nothing here).
+        """
 
     def detached(self) -> None:
-        """Called when it is taken off: let go of everything kept for the layer."""
+        """Called when it is taken off: let go of everything kept for the layer.
+
+        Raises:
+            Nothing.
+        """
         self.last = None
         self._effective = {}
 
@@ -439,11 +470,19 @@ class LayerMethod(nn.Module):
             )
 
     def rng(self, device) -> Optional[torch.Generator]:
-        """The generator masks on ``device`` are drawn from (None: the global RNG)."""
+        """The generator masks on ``device`` are drawn from (None: the global RNG).
+
+        Raises:
+            ValueError: the ``generator`` given is on another device type (:meth:`MaskRNG.get`).
+        """
         return self.mask_rng.get(device)
 
     def method_state(self) -> dict:
-        """State to checkpoint beside the model (the model's state_dict stays plain)."""
+        """State to checkpoint beside the model (the model's state_dict stays plain).
+
+        Raises:
+            Nothing.
+        """
         return {}
 
     def load_method_state(self, state: dict) -> None:
@@ -505,6 +544,10 @@ class OutputMethod(LayerMethod):
 
         Under ``torch.func.vmap`` the uniforms are drawn out of place (``torch.rand``), so vmap's
         ``randomness`` decides: ``"different"`` one mask per vmapped entry, ``"same"`` one for all.
+
+        Raises:
+            ValueError: this method's generator is on another device type than ``out`` (:meth:`rng`).
+            RuntimeError: ``drop_prob`` does not broadcast to ``out``'s shape (torch).
         """
         if vmap_active():
             uniform = torch.rand(tuple(out.shape), generator=self.rng(out.device), device=out.device, dtype=drop_prob.dtype)
@@ -549,9 +592,19 @@ class Dropout(OutputMethod):
         self.p = float(p)
 
     def extra_repr(self) -> str:
+        """``p=...`` in the module's repr.
+
+        Raises:
+            Nothing.
+        """
         return f"p={self.p}"
 
     def forward(self, layer, *args, **kwargs):
+        """``layer``'s output, any shape, masked and scaled by ``1 / (1 - p)`` in training.
+
+        Raises:
+            TypeError: the layer returns something other than a tensor (:meth:`plain_output`).
+        """
         out = self.plain_output(layer, *args, **kwargs)
         if not layer.training or self.p == 0.0 or not self.active:
             return out
@@ -615,15 +668,30 @@ class Standout(OutputMethod):
             )
 
     def extra_repr(self) -> str:
+        """``alpha=..., beta=..., form=...`` in the module's repr.
+
+        Raises:
+            Nothing.
+        """
         return f"alpha={self.alpha}, beta={self.beta}, form={self.form!r}"
 
     def keep_probability(self, x: Tensor, out: Tensor) -> Tensor:
-        """``pi``, the keep probability of each unit of ``out`` (its shape; no gradient)."""
+        """``pi``, the keep probability of each unit of ``out`` (its shape; no gradient).
+
+        Raises:
+            Nothing of its own; a ``"tied"`` ``x`` whose summed shape does not
+            broadcast against ``out`` raises torch's ``RuntimeError``.
+        """
         with torch.no_grad():
             offset = self.beta * x.sum(-1, keepdim=True) if self.form == "tied" else self.beta
             return torch.sigmoid(self.alpha * out + offset)
 
     def forward(self, layer, x, *args, **kwargs):
+        """``layer(x)``, ``(batch, ..., units)``, times the mask (training) or ``pi`` (eval).
+
+        Raises:
+            TypeError: the layer returns something other than a tensor (:meth:`plain_output`).
+        """
         out = self.plain_output(layer, x, *args, **kwargs)
         if not self.active:
             return out
@@ -753,15 +821,27 @@ class WeightDrop(LayerMethod):
 
     def gradient_sink(self, role: str) -> Optional[Callable[[Optional[Tensor], Optional[Tensor]], None]]:
         """A callback receiving ``(dL/dW_eff, None)`` in backward, or ``(None, dL/dW)`` with
-        ``signal_source="param"`` (never a tensor autograd gets), or None."""
+        ``signal_source="param"`` (never a tensor autograd gets), or None.
+
+        Raises:
+            Nothing (None here).
+        """
         return None
 
     def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
-        """The tensor this step's drop probabilities came from (None: not signal-driven)."""
+        """The tensor this step's drop probabilities came from (None: not signal-driven).
+
+        Raises:
+            Nothing (None here).
+        """
         return None
 
     def recorded_signal(self, role: str, param: Tensor) -> Optional[Tensor]:
-        """What a recorder keeps as this step's signal (a tensor that will not change under it)."""
+        """What a recorder keeps as this step's signal (a tensor that will not change under it).
+
+        Raises:
+            Nothing of its own.
+        """
         return self.signal_tensor(role, param)
 
     def draw_mask(self, role: str, param: Tensor, shape: Tuple[int, ...]) -> Optional[Tuple[Optional[Tensor], Tensor]]:
@@ -770,6 +850,10 @@ class WeightDrop(LayerMethod):
         ``drop_prob`` may be None when nothing downstream needs it (no
         recorder, realised re-calibration): the fast path then never
         materialises it.
+
+        Raises:
+            NotImplementedError: a subclass that does not define the drop probability of ``role``.
+            ValueError: this method's generator is on another device type (:meth:`rng`).
         """
         drop_prob = self.weight_drop_prob(param) if role == "weight" else self.bias_drop_prob(param)
         if drop_prob is None:
