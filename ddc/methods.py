@@ -902,6 +902,11 @@ class WeightDrop(LayerMethod):
         return masked, (drop_prob, keep, scale)
 
     def forward(self, layer, *args, **kwargs):
+        """``layer``'s output with its masked weight (and bias): the layer's own output shape.
+
+        Raises:
+            Nothing of its own; the layer's and the mask hooks' errors pass through.
+        """
         if self.mask == "sample" and layer.training and self.active and not functorch_active():
             return self._per_example_forward(layer, *args, **kwargs)
         self.enter()  # the layer's own forward reads layer.weight: masked (see read)
@@ -911,6 +916,11 @@ class WeightDrop(LayerMethod):
             self.exit()
 
     def read(self, layer, name, raw):
+        """``raw``, or inside a training forward this pass's masked ``weight``/``bias`` (``raw``'s shape).
+
+        Raises:
+            Nothing of its own; :meth:`draw_mask`'s errors pass through.
+        """
         if name == "weight":
             self._watch(raw)
         if (
@@ -936,9 +946,19 @@ class WeightDrop(LayerMethod):
         return masked
 
     def attached(self, layer):
+        """Start watching ``layer``'s weight for gradients.
+
+        Raises:
+            Nothing.
+        """
         self._watch(layer._parameters.get("weight"))
 
     def detached(self):
+        """Let go of the layer: the kept record, masked weights and the weight's watch.
+
+        Raises:
+            Nothing.
+        """
         super().detached()
         watch = self.__dict__.get("_watching")
         if watch is not None:
@@ -1017,6 +1037,11 @@ class DropConnect(WeightDrop):
         self.p = float(p)
 
     def extra_repr(self) -> str:
+        """The options in the module's repr.
+
+        Raises:
+            Nothing.
+        """
         return (
             f"p={self.p}, mask={self.mask!r}, recalibration={self.recalibration!r}, "
             f"update={self.update!r}, drop_bias={self.drop_bias}"
@@ -1026,9 +1051,19 @@ class DropConnect(WeightDrop):
         return torch.full((), self.p, dtype=work_dtype(param.dtype), device=param.device)
 
     def weight_drop_prob(self, weight):
+        """``p`` as a 0-dim tensor (every edge of ``weight`` alike).
+
+        Raises:
+            Nothing.
+        """
         return self._uniform(weight)
 
     def bias_drop_prob(self, bias):
+        """``p`` as a 0-dim tensor (every entry of ``bias`` alike).
+
+        Raises:
+            Nothing.
+        """
         return self._uniform(bias)
 
 
@@ -1143,6 +1178,11 @@ class DynamicDropConnect(WeightDrop):
         self._checked_nonfinite = 0  # (accelerators: nonfinite_steps when last looked at, at eval())
 
     def extra_repr(self) -> str:
+        """The options in the module's repr.
+
+        Raises:
+            Nothing.
+        """
         return (
             f"p_base={self.p_base}, p_signal={self.p_signal}, tau={self.tau}, prefer={self.prefer!r}, "
             f"signal={self.signal!r}, normalize={self.normalize!r}, scope={self.scope!r}, "
@@ -1154,6 +1194,11 @@ class DynamicDropConnect(WeightDrop):
     # ---- signal -------------------------------------------------------------
 
     def gradient_sink(self, role):
+        """The callback that keeps ``role``'s new gradient signal, or None for ``signal="weight"``.
+
+        Raises:
+            Nothing.
+        """
         if self.signal != "grad":
             return None
         return functools.partial(self._store_signal, role)
@@ -1217,11 +1262,21 @@ class DynamicDropConnect(WeightDrop):
         return new
 
     def signal_tensor(self, role: str, param: Tensor) -> Optional[Tensor]:
+        """``param`` detached (``signal="weight"``), else the kept gradient signal of ``role`` (None before one).
+
+        Raises:
+            AttributeError: ``role`` is neither ``"weight"`` nor ``"bias"``.
+        """
         if self.signal == "weight":
             return param.detach()
         return getattr(self, f"{role}_signal")
 
     def recorded_signal(self, role: str, param: Tensor) -> Optional[Tensor]:
+        """:meth:`signal_tensor`, cloned for a weight signal (the step changes the weight in place).
+
+        Raises:
+            AttributeError: ``role`` is neither ``"weight"`` nor ``"bias"``.
+        """
         # The weight changes in place at the optimizer step: a recorder gets a copy of the one used.
         signal = self.signal_tensor(role, param)
         return signal.clone() if self.signal == "weight" and signal is not None else signal
@@ -1279,6 +1334,11 @@ class DynamicDropConnect(WeightDrop):
             )
 
     def train(self, mode: bool = True):
+        """``nn.Module.train``; entering eval warns once if non-finite signals were counted on an accelerator.
+
+        Raises:
+            Nothing (the warning is a ``RuntimeWarning``).
+        """
         # Accelerators: the count lives on the device; look at it when training pauses.
         if not mode and not self._warned_nonfinite and self.nonfinite_steps.device.type != "cpu":
             if int(self.nonfinite_steps) > self._checked_nonfinite:
@@ -1297,6 +1357,9 @@ class DynamicDropConnect(WeightDrop):
         :class:`ddc.record.StepRecord`), from which a recorder computes the
         subset it reads. Rank normalisation and per-example masks take the
         general path.
+
+        Raises:
+            ValueError: this method's generator is on another device type (:meth:`rng`).
         """
         signal = self.signal_tensor(role, param)
         if signal is None or self.normalize == "rank" or tuple(shape) != tuple(param.shape) or vmap_active():
@@ -1342,15 +1405,35 @@ class DynamicDropConnect(WeightDrop):
             return drop_probability(signal.detach(), **self._formula(), stats=stats, finite=finite)
 
     def weight_drop_prob(self, weight):
+        """Per-edge drop probabilities from the signal (``weight``'s shape), ``p_base`` or None before one.
+
+        Raises:
+            Nothing of its own.
+        """
         return self._drop_prob("weight", weight)
 
     def bias_drop_prob(self, bias):
+        """As :meth:`weight_drop_prob`, for ``bias``.
+
+        Raises:
+            Nothing of its own.
+        """
         return self._drop_prob("bias", bias)
 
     def method_state(self) -> dict:
+        """Copies of the method's buffers (signals, EMA state, counters).
+
+        Raises:
+            Nothing.
+        """
         return {name: value.clone() for name, value in self.named_buffers(recurse=False) if value is not None}
 
     def load_method_state(self, state: dict) -> None:
+        """Restore :meth:`method_state`'s output (copies of its tensors).
+
+        Raises:
+            ValueError: ``state`` holds keys this method does not know.
+        """
         state = dict(state)
         for name in list(self._buffers):
             if name in state:
@@ -1384,10 +1467,19 @@ class GlobalStats:
         self._cached: Optional[tuple] = None
 
     def invalidate(self) -> None:
+        """Forget the pooled statistics (a new backward pass brings new signals).
+
+        Raises:
+            Nothing.
+        """
         self._cached = None
 
     def get(self, method=None):
-        """``((mean, sd), finite)``: the pooled statistics, and whether ``method``'s own signal is finite."""
+        """``((mean, sd), finite)``: the pooled statistics, and whether ``method``'s own signal is finite.
+
+        Raises:
+            RuntimeError: no layer has a gradient signal yet.
+        """
         if self._cached is None:
             self._cached = self._compute()
         stats, finite = self._cached
