@@ -96,7 +96,13 @@ class LocallyConnected2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform with a convolution's fans (per position); zero bias."""
+        """Xavier-uniform with a convolution's fans (per position); zero bias.
+
+        ``U(-a, a)``, ``a = sqrt(6 / (fan_in + fan_out))`` (Glorot & Bengio 2010, eq. 16).
+
+        Raises:
+            Nothing.
+        """
         receptive_field = self.kernel_size * self.kernel_size
         fan_in, fan_out = self.in_channels * receptive_field, self.out_channels * receptive_field
         bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -121,6 +127,11 @@ class LocallyConnected2d(nn.Module):
         return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
+        """The layer's sizes in the module's repr.
+
+        Raises:
+            Nothing.
+        """
         return (
             f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -160,6 +171,9 @@ class LinearRegression2D(nn.Module):
     """y = w1*x1 + w2*x2: one ``nn.Linear(2, 1, bias=False)`` named ``linear``. Input (N, 2) -> (N, 1).
 
     The paper's synthetic regression (arXiv 2502.19948, section 4.1): DDC on two weights.
+
+    Raises:
+        Nothing.
     """
 
     ddc_layers: tuple[str, ...] = ("linear",)
@@ -171,6 +185,11 @@ class LinearRegression2D(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 2)`` to ``(N, 1)``.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         return self.linear(x)
 
 
@@ -202,6 +221,11 @@ class MLP(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, *input_shape)`` (flattened to ``in_features``) to ``(N, num_classes)`` logits.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         x = self.flatten(x)
         for index in range(1, self.num_hidden + 1):
             x = getattr(self, f"act{index}")(getattr(self, f"linear{index}")(x))
@@ -258,6 +282,11 @@ class SimpleCNN1(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` (``dims=1``: ``(N, L)`` or ``(N, C, L)``) to ``(N, num_classes)`` logits.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         if self.dims == 1 and x.dim() == 2:
             x = x.unsqueeze(1)
         x = self.pool1(self.conv1(x))
@@ -311,6 +340,11 @@ class SimpleCNN2(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, input_size, input_size)`` to ``(N, num_classes)`` logits.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         x = self.norm1(self.pool1(self.act1(self.conv1(x))))
         x = self.pool2(self.norm2(self.act2(self.conv2(x))))
         x = self.act4(self.local4(self.act3(self.local3(x))))
@@ -362,6 +396,11 @@ class AlexNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W)`` (upsampled to ``resize_to`` when smaller) to ``(N, num_classes)`` logits.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         if x.shape[-1] < self.resize_to or x.shape[-2] < self.resize_to:
             x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False)
         x = self.flatten(self.avgpool(self.features(x)))
@@ -412,6 +451,11 @@ class VGG13BN(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, input_size, input_size)`` to ``(N, num_classes)`` logits.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         x = self.flatten(self.features(x))
         return self.linear3(self.act2(self.linear2(self.act1(self.linear1(x)))))
 
@@ -423,6 +467,9 @@ class PadShortcut(nn.Module):
     """Option-A shortcut (He et al. 2016, section 3.3): subsample by ``stride`` and zero-pad new channels.
 
     Shapes: input ``(N, in_planes, H, W)``, output ``(N, planes, ceil(H / stride), ceil(W / stride))``.
+
+    Raises:
+        Nothing on construction (``planes < in_planes`` is not checked).
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int):
@@ -431,6 +478,11 @@ class PadShortcut(nn.Module):
         self.extra_channels = planes - in_planes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_planes, H, W)`` to ``(N, planes, ceil(H / stride), ceil(W / stride))``.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         x = x[:, :, :: self.stride, :: self.stride]
         half = self.extra_channels // 2
         return F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
@@ -467,6 +519,11 @@ class BasicBlock(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_planes, H, W)`` to ``(N, planes, H / stride, W / stride)``.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -515,6 +572,11 @@ class CifarResNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W)`` to ``(N, num_classes)`` logits.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         x = F.relu(self.bn1(self.conv1(x)))
         for stage in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{stage}")(x)
@@ -523,7 +585,11 @@ class CifarResNet(nn.Module):
 
 class ResNet18(CifarResNet):
     """ResNet-18 for 32x32 inputs (also 1x28x28): stages 64/128/256/512, 2 blocks each,
-    option-B (projection) shortcuts; about 11.2M parameters for 10 classes."""
+    option-B (projection) shortcuts; about 11.2M parameters for 10 classes.
+
+    Raises:
+        Nothing of its own.
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__((64, 128, 256, 512), (2, 2, 2, 2), "B", num_classes, in_channels)
@@ -531,7 +597,11 @@ class ResNet18(CifarResNet):
 
 class ResNet20(CifarResNet):
     """ResNet-20 of He et al. (2016) for CIFAR (also 1x28x28): 3 stages x 3 blocks,
-    16/32/64 channels, option-A (zero-padding) shortcuts; about 0.27M parameters."""
+    16/32/64 channels, option-A (zero-padding) shortcuts; about 0.27M parameters.
+
+    Raises:
+        Nothing of its own.
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__((16, 32, 64), (3, 3, 3), "A", num_classes, in_channels)
@@ -598,6 +668,11 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, tokens, dim)`` to ``(N, tokens, dim)``.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, T, head_dim)
@@ -605,7 +680,11 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """The transformer MLP: ``fc1`` (dim -> hidden) -> GELU -> ``fc2`` (hidden -> dim). Shapes: ``(N, tokens, dim)`` in and out."""
+    """The transformer MLP: ``fc1`` (dim -> hidden) -> GELU -> ``fc2`` (hidden -> dim). Shapes: ``(N, tokens, dim)`` in and out.
+
+    Raises:
+        Nothing of its own (``nn.Linear`` checks the sizes).
+    """
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -614,6 +693,11 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, tokens, dim)`` to ``(N, tokens, dim)``.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -634,13 +718,22 @@ class TransformerBlock(nn.Module):
         self.mlp = FeedForward(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, tokens, dim)`` to ``(N, tokens, dim)``.
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
 def vit_projection_layers(depth: int) -> tuple[str, ...]:
     """Qualified names of the attention (``qkv``, ``proj``) and MLP (``fc1``, ``fc2``) projections
-    of a :class:`VisionTransformer` with ``depth`` blocks, in model order."""
+    of a :class:`VisionTransformer` with ``depth`` blocks, in model order.
+
+    Raises:
+        Nothing (a ``depth`` below 1 gives no names).
+    """
     return tuple(
         f"blocks.{index}.{name}" for index in range(depth) for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     )
@@ -699,6 +792,11 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, H)`` images to ``(N, num_classes)`` logits (the class token's).
+
+        Raises:
+            Nothing of its own; input of another shape raises the layers' ``RuntimeError``.
+        """
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
         for block in self.blocks:
