@@ -28,7 +28,11 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def layer_signal(layer: nn.Module, method: Optional[LayerMethod]) -> Optional[Tensor]:
-    """The gradient signal of a layer: DDC's own ``dL/dW_eff``, else ``weight.grad`` (or None)."""
+    """The gradient signal of a layer: DDC's own ``dL/dW_eff``, else ``weight.grad`` (or None).
+
+    Raises:
+        AttributeError: ``layer`` has no ``weight``.
+    """
     if isinstance(method, DynamicDropConnect) and method.signal == "grad":
         return method.weight_signal
     return layer.weight.grad
@@ -44,6 +48,9 @@ class LayerStep:
         keep_mask: this step's keep mask (or None); stays readable here
             after :meth:`release_keep_mask`.
         subsets: the recorder's :class:`EdgeSubsets`.
+
+    Raises:
+        Nothing of its own (built by the recorder).
     """
 
     def __init__(self, name: str, layer: nn.Module, method: Optional[LayerMethod], subsets: EdgeSubsets):
@@ -55,34 +62,64 @@ class LayerStep:
 
     @property
     def weight(self) -> Tensor:
+        """The layer's weight, detached (its shape).
+
+        Raises:
+            AttributeError: the layer has no ``weight``.
+        """
         return self.layer.weight.detach()
 
     @property
     def signal(self) -> Optional[Tensor]:
+        """The layer's gradient signal (:func:`layer_signal`), the weight's shape, or None.
+
+        Raises:
+            AttributeError: the layer has no ``weight``.
+        """
         return layer_signal(self.layer, self.method)
 
     def sample(self, values: Tensor, limit: Optional[int] = None) -> Tensor:
-        """``values`` flattened, or this layer's subset of ``limit`` (default ``max_edges``) of them."""
+        """``values`` flattened, or this layer's subset of ``limit`` (default ``max_edges``) of them.
+
+        Raises:
+            Nothing of its own.
+        """
         return self.subsets.sample(self.name, values, limit)
 
     def samples(self, values: Tensor) -> Tuple[Tensor, Tensor]:
-        """The moments sample and the sort sample of ``values`` (see :meth:`EdgeSubsets.samples`)."""
+        """The moments sample and the sort sample of ``values`` (see :meth:`EdgeSubsets.samples`).
+
+        Raises:
+            Nothing of its own.
+        """
         return self.subsets.samples(self.name, values.numel(), tensor_reader(values), values.device)
 
     def keep_mask_sample(self) -> Tensor:
-        """This step's keep mask on the ``max_edges`` subset (gathered once per step)."""
+        """This step's keep mask on the ``max_edges`` subset (gathered once per step).
+
+        Raises:
+            AttributeError: there is no keep mask this step (``keep_mask`` is None).
+        """
         if self._keep_mask_sample is None:
             self._keep_mask_sample = self.sample(self.keep_mask)
         return self._keep_mask_sample
 
     def release_keep_mask(self) -> None:
         """Nothing reads the record's full keep mask after this step: let the record drop it,
-        so it is not held until the next forward pass draws a new one."""
+        so it is not held until the next forward pass draws a new one.
+
+        Raises:
+            Nothing.
+        """
         self.record.keep_mask = None
 
 
 def centred_moments(values: Tensor) -> Tuple[Tensor, Tensor, int]:
-    """``(mean, sum of squared deviations, count)`` of a 1-D tensor by two passes (float32 at least)."""
+    """``(mean, sum of squared deviations, count)`` of a 1-D tensor by two passes (float32 at least).
+
+    Raises:
+        RuntimeError: ``values`` is not 1-D (``torch.dot``).
+    """
     if values.dtype not in (torch.float32, torch.float64):
         values = values.float()
     mean = values.mean()
@@ -91,12 +128,20 @@ def centred_moments(values: Tensor) -> Tuple[Tensor, Tensor, int]:
 
 
 def std_on_host(square_sum: Tensor, count: int, divisor: float = 1.0) -> OnHost:
-    """The unbiased standard deviation (divided by ``divisor``), finished on the host."""
+    """The unbiased standard deviation (divided by ``divisor``), finished on the host.
+
+    Raises:
+        Nothing (the standard deviation is finished later, on the host).
+    """
     return OnHost(lambda total: unbiased_std(total, count) / divisor, square_sum)
 
 
 def norm_on_host(values: Tensor) -> OnHost:
-    """Frobenius norm: the square root (on the host) of one dot product, read at memory speed."""
+    """Frobenius norm: the square root (on the host) of one dot product, read at memory speed.
+
+    Raises:
+        Nothing of its own.
+    """
     flat = values.reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
@@ -109,6 +154,10 @@ class Quantity:
     Args:
         every: schedule of this quantity (an int ``k``, a ``step -> bool``, or
             None for the recorder's own ``every``).
+
+    Raises:
+        ValueError: ``every`` is an int below 0 (:func:`ddc.recorder.schedules.as_schedule`).
+        :meth:`compute` raises ``NotImplementedError`` on this base class.
     """
 
     def __init__(self, every: Union[int, Schedule, None] = None):
@@ -123,25 +172,51 @@ class Quantity:
         raise NotImplementedError
 
     def observe(self, layer: LayerStep) -> None:
-        """Called every step, scheduled or not, before ``compute``."""
+        """Called every step, scheduled or not, before ``compute``.
+
+        Raises:
+            Nothing (does nothing here).
+        """
 
     def before_optimizer_step(self, layers: Dict[str, nn.Module]) -> None:
-        """Called before the optimizer step of a step on this quantity's schedule."""
+        """Called before the optimizer step of a step on this quantity's schedule.
+
+        Raises:
+            Nothing (does nothing here).
+        """
 
     def snapshot(self, name: str) -> dict:
-        """Full tensors of layer ``name`` for a snapshot (on the CPU)."""
+        """Full tensors of layer ``name`` for a snapshot (on the CPU).
+
+        Raises:
+            Nothing (nothing here).
+        """
         return {}
 
     def state_dict(self) -> dict:
+        """State a resumed recording needs (none here).
+
+        Raises:
+            Nothing.
+        """
         return {}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Restore :meth:`state_dict`'s output, on ``device`` (nothing here).
+
+        Raises:
+            Nothing.
+        """
         pass
 
 
 class SignalStats(Quantity):
     """``grad_abs_mean``, ``grad_abs_std``, ``grad_abs_q*`` of ``|signal|`` and ``zscore_q*`` of its
-    layer z-score (DDC's signal ``dL/dW_eff``; ``weight.grad`` for other methods)."""
+    layer z-score (DDC's signal ``dL/dW_eff``; ``weight.grad`` for other methods).
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
+    """
 
     def __init__(self, quantiles: Sequence[float] = QUANTILES, every=None):
         super().__init__(every)
@@ -150,6 +225,11 @@ class SignalStats(Quantity):
         self.names = tuple(f"grad_abs_{label}" for label in labels) + tuple(f"zscore_{label}" for label in labels)
 
     def compute(self, layer: LayerStep) -> Values:
+        """``grad_abs_mean``, ``grad_abs_std`` and the quantiles of ``|signal|`` and its z-score; ``{}`` without a signal.
+
+        Raises:
+            Nothing of its own.
+        """
         signal = layer.signal
         if signal is None:
             return {}
@@ -168,7 +248,11 @@ class DropProbStats(Quantity):
     ``drop_prob_std``, ``drop_prob_min``, ``drop_prob_max``, ``drop_prob_q*``; DDC:
     ``frac_q_positive`` (share of edges with a signal term, ``p > p_base``) and
     ``rank_corr_grad_drop`` (Spearman correlation of the signal behind the drop
-    probability with it)."""
+    probability with it).
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
+    """
 
     def __init__(self, quantiles: Sequence[float] = QUANTILES, every=None):
         super().__init__(every)
@@ -176,6 +260,11 @@ class DropProbStats(Quantity):
         self.names = tuple(f"drop_prob_{label}" for label in quantile_labels(self.quantiles))
 
     def compute(self, layer: LayerStep) -> Values:
+        """The drop-probability statistics of this step; ``{}`` when the record holds none.
+
+        Raises:
+            Nothing of its own.
+        """
         record, subsets = layer.record, layer.subsets
         if not record.has_drop_prob:
             return {}
@@ -217,7 +306,11 @@ class DropProbStats(Quantity):
 class MaskStats(Quantity):
     """The sampled mask: ``realized_drop_rate``, ``recal_keep_rate`` (the keep rate the
     re-calibration divided by, ``1 / scale`` averaged) and ``mask_jaccard`` (Jaccard
-    overlap of the dropped sets of this and the previous recorded step)."""
+    overlap of the dropped sets of this and the previous recorded step).
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
+    """
 
     def __init__(self, every=None):
         super().__init__(every)
@@ -225,6 +318,11 @@ class MaskStats(Quantity):
         self.previous_kept: Dict[str, Tensor] = {}
 
     def compute(self, layer: LayerStep) -> Values:
+        """``realized_drop_rate``, ``recal_keep_rate`` and (from the second mask on) ``mask_jaccard``; ``{}`` without a mask.
+
+        Raises:
+            AttributeError: the record has a keep mask but no ``scale``.
+        """
         keep, scale, subsets = layer.keep_mask, layer.record.scale, layer.subsets
         if keep is None:
             return {}
@@ -254,12 +352,22 @@ class MaskStats(Quantity):
         return (edges - kept - kept_before + both_kept) / max(edges - both_kept, 1)
 
     def state_dict(self) -> dict:
+        """The previous recorded masks and their kept counts, on the CPU.
+
+        Raises:
+            Nothing.
+        """
         return {
             "previous_keep": {name: keep.cpu() for name, keep in self.previous_keep.items()},
             "previous_kept": {name: kept.cpu() for name, kept in self.previous_kept.items()},
         }
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Restore :meth:`state_dict`'s output, on ``device``.
+
+        Raises:
+            KeyError: ``state`` lacks ``previous_keep`` or ``previous_kept``.
+        """
         self.previous_keep = {name: keep.to(device) for name, keep in state["previous_keep"].items()}
         self.previous_kept = {name: kept.to(device) for name, kept in state["previous_kept"].items()}
 
@@ -271,6 +379,9 @@ class KeptCounts:
     a cast of the whole mask (adding it into int32 casts it); they are added
     into the int32 ``total`` before they can overflow. Small masks
     (``direct``) add straight into ``total``.
+
+    Raises:
+        Nothing of its own; a ``total`` not of ``shape`` fails later, in :meth:`add`.
     """
 
     def __init__(self, shape: torch.Size, device: torch.device, total: Optional[Tensor] = None):
@@ -281,7 +392,11 @@ class KeptCounts:
         self.steps = 0  # masks counted (examples, for per-example masks)
 
     def add(self, keep: Tensor, direct: bool = False) -> None:
-        """Count one mask of ``shape`` (``direct``: into ``total`` at once)."""
+        """Count one mask of ``shape`` (``direct``: into ``total`` at once).
+
+        Raises:
+            RuntimeError: ``keep`` does not broadcast into ``shape`` (torch).
+        """
         self.steps += 1
         if direct:
             self.total += keep
@@ -292,12 +407,20 @@ class KeptCounts:
             self.totals()
 
     def add_examples(self, keep: Tensor) -> None:
-        """Count per-example masks, ``batch x shape``."""
+        """Count per-example masks, ``batch x shape``.
+
+        Raises:
+            RuntimeError: ``keep[i]`` is not of ``shape`` (torch).
+        """
         self.total += keep.sum(0, dtype=torch.int32)
         self.steps += keep.shape[0]
 
     def totals(self) -> Tensor:
-        """The int32 counts, with the recent ones added in."""
+        """The int32 counts, with the recent ones added in.
+
+        Raises:
+            Nothing.
+        """
         if self.recent_steps:
             self.total += self.recent
             self.recent.zero_()
@@ -312,6 +435,9 @@ class DropFrequency(Quantity):
     Masks are counted every step. A layer above ``exact_edges`` (and
     ``max_edges``) whose full counts no snapshot will show (``full_counts``
     False) is counted on its ``max_edges`` subset only.
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
     """
 
     def __init__(self, full_counts: bool = True, every=None):
@@ -321,6 +447,11 @@ class DropFrequency(Quantity):
         self.on_subset: set = set()
 
     def observe(self, layer: LayerStep) -> None:
+        """Count this step's keep mask (per edge; per example for per-example masks).
+
+        Raises:
+            Nothing of its own.
+        """
         keep, subsets = layer.keep_mask, layer.subsets
         if keep is None:
             return
@@ -339,6 +470,11 @@ class DropFrequency(Quantity):
             counts.add(keep, direct=keep.numel() <= subsets.max_edges)
 
     def compute(self, layer: LayerStep) -> Values:
+        """``drop_freq_mean``, ``drop_freq_std``, ``drop_freq_max`` since attach; ``{}`` before any mask.
+
+        Raises:
+            Nothing of its own.
+        """
         counts = self.counts.get(layer.name)
         if counts is None:
             return {}
@@ -361,18 +497,33 @@ class DropFrequency(Quantity):
         }
 
     def snapshot(self, name: str) -> dict:
+        """``drop_count`` (the weight's shape, on the CPU) and ``steps_counted``; ``{}`` when counted on a subset.
+
+        Raises:
+            Nothing.
+        """
         counts = self.counts.get(name)
         if counts is None or name in self.on_subset:  # (no weight-shaped counts to show)
             return {}
         return {"drop_count": (counts.steps - counts.totals()).cpu(), "steps_counted": counts.steps}
 
     def state_dict(self) -> dict:
+        """The kept counts (on the CPU) and the steps counted, per layer.
+
+        Raises:
+            Nothing.
+        """
         return {
             "kept_count": {name: counts.totals().cpu() for name, counts in self.counts.items()},
             "steps_counted": {name: counts.steps for name, counts in self.counts.items()},
         }
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Restore :meth:`state_dict`'s output, on ``device``.
+
+        Raises:
+            KeyError: ``state`` lacks ``kept_count`` or ``steps_counted`` (or a layer in the latter).
+        """
         self.counts = {}
         for name, total in state["kept_count"].items():
             counts = KeptCounts(total.shape, device, total=total.to(device))
@@ -381,38 +532,74 @@ class DropFrequency(Quantity):
 
 
 class WeightNorm(Quantity):
-    """``weight_norm``: the Frobenius norm of the weight."""
+    """``weight_norm``: the Frobenius norm of the weight.
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
+    """
 
     def compute(self, layer: LayerStep) -> Values:
+        """``weight_norm`` of this step.
+
+        Raises:
+            Nothing of its own.
+        """
         return {"weight_norm": norm_on_host(layer.weight)}
 
 
 class UpdateNorm(Quantity):
     """``update_norm``: the Frobenius norm of this step's change of the weight (needs the
-    recorder's ``optimizer``: the weight is copied before the optimizer step)."""
+    recorder's ``optimizer``: the weight is copied before the optimizer step).
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
+    """
 
     def __init__(self, every=None):
         super().__init__(every)
         self.before: Dict[str, Tensor] = {}
 
     def before_optimizer_step(self, layers: Dict[str, nn.Module]) -> None:
+        """Copy each layer's weight before the optimizer changes it.
+
+        Raises:
+            AttributeError: a layer has no ``weight``.
+        """
         self.before = {name: layer.weight.detach().clone() for name, layer in layers.items()}
 
     def compute(self, layer: LayerStep) -> Values:
+        """``update_norm`` of this step; ``{}`` without a copy from before the step.
+
+        Raises:
+            Nothing of its own.
+        """
         before = self.before.pop(layer.name, None)
         return {} if before is None else {"update_norm": norm_on_host(layer.weight - before)}
 
 
 class NonfiniteSteps(Quantity):
-    """DDC: ``nonfinite_steps``, the steps whose signal was not finite (every edge got ``p_base``)."""
+    """DDC: ``nonfinite_steps``, the steps whose signal was not finite (every edge got ``p_base``).
+
+    Raises:
+        ValueError: ``every`` is an int below 0.
+    """
 
     def compute(self, layer: LayerStep) -> Values:
+        """``nonfinite_steps`` of a DDC layer (a 0-dim tensor); ``{}`` for other methods.
+
+        Raises:
+            Nothing.
+        """
         method = layer.method
         return {"nonfinite_steps": method.nonfinite_steps} if isinstance(method, DynamicDropConnect) else {}
 
 
 def default_quantities(quantiles: Sequence[float] = QUANTILES, full_counts: bool = True) -> list:
-    """The recorder's quantities, in the order their metrics are written."""
+    """The recorder's quantities, in the order their metrics are written.
+
+    Raises:
+        Nothing of its own.
+    """
     return [
         SignalStats(quantiles),
         DropProbStats(quantiles),
