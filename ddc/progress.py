@@ -31,6 +31,9 @@ def emit(kind: str, **fields) -> None:
 
     One ``write`` on a file opened for appending, so lines from several
     processes never interleave. Errors are ignored: progress never stops a job.
+
+    Raises:
+        Nothing (an ``OSError`` writing the file is ignored).
     """
     path = os.environ.get(ENV)
     if not path:
@@ -45,7 +48,11 @@ def emit(kind: str, **fields) -> None:
 
 
 def tqdm(*args, **kwargs):
-    """A tqdm bar: the notebook widget where ipywidgets is importable in a kernel, else the console bar."""
+    """A tqdm bar: the notebook widget where ipywidgets is importable in a kernel, else the console bar.
+
+    Raises:
+        Nothing of its own; tqdm's own errors for bad arguments pass through.
+    """
     try:
         import ipywidgets  # noqa: F401
     except ImportError:
@@ -56,7 +63,11 @@ def tqdm(*args, **kwargs):
 
 
 def clock(seconds: Optional[float]) -> str:
-    """``seconds`` as ``m:ss`` or ``h:mm:ss`` (``?`` when unknown)."""
+    """``seconds`` as ``m:ss`` or ``h:mm:ss`` (``?`` when unknown).
+
+    Raises:
+        Nothing.
+    """
     if seconds is None or seconds != seconds:
         return "?"
     seconds = int(round(max(seconds, 0.0)))
@@ -73,6 +84,9 @@ class Board:
     ``interval`` seconds; elsewhere (a log file, CI) a plain line is written at
     most every ``log_interval`` seconds. ``print`` writes a permanent line
     without tearing the status line.
+
+    Raises:
+        Nothing on construction (the events file is read later).
     """
 
     def __init__(
@@ -105,13 +119,22 @@ class Board:
     # ---- feeding ----------------------------------------------------------------
 
     def start_job(self, index: int) -> None:
+        """Job ``index`` (into ``jobs``) starts now; its sweeps' counts start over.
+
+        Raises:
+            OSError: the events file exists but cannot be read.
+        """
         with self._lock:
             self.read_events()
             self.index, self.job_started = index, self.now()
             self.sweeps, self.planned = {}, 0
 
     def read_events(self) -> None:
-        """Read the events appended since the last call (complete lines only)."""
+        """Read the events appended since the last call (complete lines only).
+
+        Raises:
+            OSError: the events file exists but cannot be read (lines that are not JSON are skipped).
+        """
         if not self.events or not os.path.exists(self.events):
             return
         with open(self.events, "rb") as fh:
@@ -124,6 +147,12 @@ class Board:
                 self.apply(json.loads(line))
 
     def apply(self, event: dict) -> None:
+        """Take one event: ``plan`` adds planned runs; ``sweep`` updates that sweep's counts.
+
+        Raises:
+            KeyError: a ``sweep`` event without ``name``.
+            ValueError/TypeError: a ``plan`` event whose ``runs`` is not an integer.
+        """
         if event.get("kind") == "plan":
             self.planned += int(event.get("runs", 0))
         elif event.get("kind") == "sweep":
@@ -133,7 +162,11 @@ class Board:
     # ---- what is shown ------------------------------------------------------------
 
     def runs(self):
-        """(done, total, seconds per run trained here or None) over the current job's sweeps."""
+        """(done, total, seconds per run trained here or None) over the current job's sweeps.
+
+        Raises:
+            Nothing of its own.
+        """
         sweeps = self.sweeps.values()
         done = sum(sweep["last"].get("done", 0) + sweep["last"].get("failed", 0) for sweep in sweeps)
         total = max(self.planned, sum(sweep["last"].get("total", 0) for sweep in sweeps))
@@ -143,7 +176,11 @@ class Board:
         return done, total, (busy / trained if trained > 0 else None)
 
     def line(self) -> str:
-        """E.g. ``[2/5] 02_baselines | runs 34/75 | 5:12, ~6:03 left | all 8:30, ~14:00 left``."""
+        """E.g. ``[2/5] 02_baselines | runs 34/75 | 5:12, ~6:03 left | all 8:30, ~14:00 left``.
+
+        Raises:
+            Nothing of its own.
+        """
         now = self.now()
         name = self.jobs[self.index] if 0 <= self.index < len(self.jobs) else ""
         parts = [f"[{self.index + 1}/{len(self.jobs)}] {name}"]
@@ -170,6 +207,11 @@ class Board:
     # ---- drawing ------------------------------------------------------------------
 
     def refresh(self, force: bool = False) -> None:
+        """Redraw the status line (a terminal) or write it when ``log_interval`` has passed or ``force``.
+
+        Raises:
+            OSError: the events file cannot be read, or the stream cannot be written.
+        """
         with self._lock:
             self.read_events()
             if self.index < 0:
@@ -185,7 +227,11 @@ class Board:
             self.stream.flush()
 
     def print(self, message: str) -> None:
-        """A permanent line (the status line is redrawn below it)."""
+        """A permanent line (the status line is redrawn below it).
+
+        Raises:
+            OSError: the stream cannot be written.
+        """
         with self._lock:
             if self.interactive and self._shown:
                 self.stream.write("\r\x1b[K")
