@@ -12,6 +12,9 @@ class UserError(click.ClickException):
 
     Unlike ``click.UsageError`` it prints no usage block: the message names
     the field, file or path and the allowed values.
+
+    Raises:
+        Nothing on construction; click shows it and exits with code 2 when raised.
     """
 
     exit_code = 2
@@ -21,7 +24,11 @@ class UserError(click.ClickException):
 
 
 def store_error(error: OSError) -> click.ClickException:
-    """A run store that cannot be written: the user's choice of root (exit 2), or a full disk (exit 1)."""
+    """A run store that cannot be written: the user's choice of root (exit 2), or a full disk (exit 1).
+
+    Raises:
+        Nothing (it returns the exception for the caller to raise).
+    """
     from .store import describe_os_error
 
     message = getattr(error, "message", None) or describe_os_error(getattr(error, "filename", None) or "", error)

@@ -28,7 +28,11 @@ _FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-
 
 
 class ConfigFileError(ValueError):
-    """A config file, sweep spec or ``KEY=VALUE`` pair that cannot be read; the message names it."""
+    """A config file, sweep spec or ``KEY=VALUE`` pair that cannot be read; the message names it.
+
+    Raises:
+        Nothing; it is what reading a config file, spec or pair raises.
+    """
 
 
 @functools.lru_cache(maxsize=1)

@@ -80,7 +80,11 @@ _SMOKE = dict(train_subset=256, val_subset=128, test_subset=128, epochs=2, warmu
 
 
 def recipe(name: str, profile: str = DEFAULT_PROFILE) -> Dict[str, Any]:
-    """Config fields for a named recipe at a profile."""
+    """Config fields for a named recipe at a profile.
+
+    Raises:
+        ValueError: ``name`` is not a recipe, or ``profile`` not a profile.
+    """
     check_choice("recipe", name, tuple(RECIPES))
     check_choice("profile", profile, PROFILES)
     fields = dict(RECIPES[name])
