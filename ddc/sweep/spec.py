@@ -51,7 +51,11 @@ SpecLike = Union[str, os.PathLike, Mapping[str, Any], "Spec"]
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One point of a sweep: its validated config and the labels it came from."""
+    """One point of a sweep: its validated config and the labels it came from.
+
+    Raises:
+        Nothing (fields are not checked).
+    """
 
     config: TrainConfig
     variant: Optional[str]  # label of the ``methods`` entry, or None
@@ -59,7 +63,11 @@ class SweepRun:
 
     @property
     def run_id(self) -> str:
-        """The run's id (:meth:`ddc.train.TrainConfig.run_id`)."""
+        """The run's id (:meth:`ddc.train.TrainConfig.run_id`).
+
+        Raises:
+            Nothing of its own.
+        """
         return self.config.run_id()
 
 
@@ -69,6 +77,9 @@ class Spec:
 
     Build one with :meth:`from_dict` or :func:`load_spec` (a spec made by hand
     is parsed again when loaded, so it gets the same checks).
+
+    Raises:
+        Nothing on construction; :meth:`from_dict` raises ``ValueError`` for a bad spec.
     """
 
     name: str
@@ -119,7 +130,11 @@ class Spec:
         return spec
 
     def to_dict(self) -> Dict[str, Any]:
-        """The spec as the mapping it was parsed from (keys of :data:`SPEC_KEYS`), ready for YAML."""
+        """The spec as the mapping it was parsed from (keys of :data:`SPEC_KEYS`), ready for YAML.
+
+        Raises:
+            Nothing of its own.
+        """
         values: Dict[str, Any] = {"name": self.name, "base": copy.deepcopy(self.base)}
         if self.description:
             values["description"] = self.description
@@ -141,6 +156,10 @@ class Spec:
         Order: seeds outermost, so an interrupted sweep has whole seeds done.
         Points that resolve to the same run id (e.g. they differ only in
         operational fields such as ``tag``) are kept once, first one wins.
+
+        Raises:
+            ValueError: a run's config is invalid, when a spec made by hand (not through
+                :meth:`from_dict`) is expanded for the first time; the message names the run.
         """
         if self._runs is None:
             self._runs = self._expand()
@@ -175,11 +194,21 @@ class Spec:
         return expanded
 
     def expand(self) -> List[TrainConfig]:
-        """The validated :class:`TrainConfig` of every run (``progress=False``)."""
+        """The validated :class:`TrainConfig` of every run (``progress=False``).
+
+        Raises:
+            ValueError: a run's config is invalid, when a spec made by hand (not through
+                :meth:`from_dict`) is expanded for the first time; the message names the run.
+        """
         return [copy.deepcopy(run.config) for run in self.runs()]
 
     def run_ids(self) -> List[str]:
-        """The run ids of :meth:`runs`, in submission order."""
+        """The run ids of :meth:`runs`, in submission order.
+
+        Raises:
+            ValueError: a run's config is invalid, when a spec made by hand (not through
+                :meth:`from_dict`) is expanded for the first time; the message names the run.
+        """
         return [run.run_id for run in self.runs()]
 
     def __len__(self) -> int:
