@@ -18,12 +18,20 @@ FAILED = ".failed"
 
 
 def failed_path(root, run_id: str) -> Path:
-    """Where the failure record of ``run_id`` lives under ``root``: ``<root>/.failed/<run_id>.json``."""
+    """Where the failure record of ``run_id`` lives under ``root``: ``<root>/.failed/<run_id>.json``.
+
+    Raises:
+        Nothing (the path is not checked).
+    """
     return Path(root) / FAILED / f"{run_id}.json"
 
 
 def sweep_root(root, spec: Spec) -> Path:
-    """``root``, or when None the default store (:func:`ddc.store.default_root`) at the spec's profile."""
+    """``root``, or when None the default store (:func:`ddc.store.default_root`) at the spec's profile.
+
+    Raises:
+        Nothing of its own.
+    """
     if root is not None:
         return Path(root)
     profile = spec.base.get("profile")

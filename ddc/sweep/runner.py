@@ -40,7 +40,11 @@ WORKER_ATTEMPTS = 2
 
 @dataclass
 class SweepResult:
-    """What a sweep did, and its runs as one table."""
+    """What a sweep did, and its runs as one table.
+
+    Raises:
+        Nothing on construction; see :meth:`frame`, :meth:`connect` and :meth:`failures`.
+    """
 
     spec: Spec
     root: Path
@@ -53,30 +57,54 @@ class SweepResult:
 
     @property
     def ok(self) -> bool:
-        """Every run of the spec is finished and none failed."""
+        """Every run of the spec is finished and none failed.
+
+        Raises:
+            Nothing.
+        """
         return not self.failed and len(self.skipped) + len(self.completed) == len(self.run_ids)
 
     @property
     def done(self) -> List[str]:
-        """The finished runs' ids, in the spec's order."""
+        """The finished runs' ids, in the spec's order.
+
+        Raises:
+            Nothing.
+        """
         finished = set(self.skipped) | set(self.completed)
         return [run_id for run_id in self.run_ids if run_id in finished]
 
     @property
     def remaining(self) -> int:
-        """Runs neither finished nor failed (yet)."""
+        """Runs neither finished nor failed (yet).
+
+        Raises:
+            Nothing.
+        """
         return len(self.run_ids) - len(self.skipped) - len(self.completed) - len(self.failed)
 
     def frame(self):
-        """Runs table of this sweep (see :func:`sweep_frame`)."""
+        """Runs table of this sweep (see :func:`sweep_frame`).
+
+        Raises:
+            MissingExtra: pandas is not installed.
+        """
         return sweep_frame(self.spec, self.root)
 
     def connect(self):
-        """DuckDB connection over this sweep's runs (see :func:`sweep_connect`)."""
+        """DuckDB connection over this sweep's runs (see :func:`sweep_connect`).
+
+        Raises:
+            MissingExtra: duckdb is not installed.
+        """
         return sweep_connect(self.spec, self.root)
 
     def failures(self) -> Dict[str, dict]:
-        """The failure records (config, error, traceback) of the failed runs."""
+        """The failure records (config, error, traceback) of the failed runs.
+
+        Raises:
+            OSError, ValueError: a failure record exists but cannot be read or is not JSON (:func:`ddc.store.read_json`).
+        """
         records = {}
         for run_id in self.failed:
             path = failed_path(self.root, run_id)
@@ -222,7 +250,11 @@ def check_reused_data(finished: List[SweepRun], root: Path) -> None:
 
 
 def json_key(value: Any) -> str:
-    """A hashable, order-independent key of a JSON-like value."""
+    """A hashable, order-independent key of a JSON-like value.
+
+    Raises:
+        Nothing (values JSON cannot encode are keyed by their ``str``).
+    """
     import json
 
     return json.dumps(value, sort_keys=True, default=str)
@@ -330,7 +362,11 @@ def _outcome(future, run: SweepRun, root: Path, sweep: str, attempt: int) -> dic
 
 
 def first_line(text: str) -> str:
-    """The first line of ``text``, with `` ...`` when more follow ('' for no text)."""
+    """The first line of ``text``, with `` ...`` when more follow ('' for no text).
+
+    Raises:
+        Nothing.
+    """
     lines = str(text).strip().splitlines()
     return lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
 
