@@ -39,6 +39,9 @@ class Executor:
     manager; ``shutdown(cancel=True)`` drops what has not started.
     ``workers``: how many runs a sweep keeps submitted at once (it submits the
     next run as one finishes).
+
+    Raises:
+        :meth:`submit` raises ``NotImplementedError`` on this base class; nothing else of its own.
     """
 
     workers: int = 1
@@ -52,11 +55,19 @@ class Executor:
         raise NotImplementedError
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
-        """The ``futures`` as they finish."""
+        """The ``futures`` as they finish.
+
+        Raises:
+            Nothing of its own; ``concurrent.futures.as_completed``'s errors pass through.
+        """
         return concurrent.futures.as_completed(list(futures))
 
     def shutdown(self, cancel: bool = False) -> None:
-        """Wait for the submitted work and free the workers (``cancel``: drop what has not started)."""
+        """Wait for the submitted work and free the workers (``cancel``: drop what has not started).
+
+        Raises:
+            Nothing (does nothing here).
+        """
 
     def __enter__(self) -> "Executor":
         return self
@@ -184,7 +195,11 @@ class LocalExecutor(Executor):
         return future
 
     def shutdown(self, cancel: bool = False) -> None:
-        """Wait for the tasks (``cancel``: stop the workers now) and join them."""
+        """Wait for the tasks (``cancel``: stop the workers now) and join them.
+
+        Raises:
+            Nothing of its own.
+        """
         if cancel or self._broken():
             self._pool.stop()
         else:
@@ -199,6 +214,7 @@ class DaskExecutor(Executor):
     Raises:
         ValueError: ``workers`` is not a positive integer.
         OSError: the scheduler at ``address`` cannot be reached (``distributed``'s error).
+        MissingExtra: ``distributed`` is not installed.
     """
 
     def __init__(self, workers: Optional[int] = None, *, address: Optional[str] = None, threads: Optional[int] = 1):
@@ -223,21 +239,37 @@ class DaskExecutor(Executor):
 
     @property
     def client(self):
-        """The ``distributed.Client``."""
+        """The ``distributed.Client``.
+
+        Raises:
+            Nothing.
+        """
         return self._client
 
     def submit(self, function, *args):
-        """Schedule ``function(*args)`` on the cluster (never cached as a pure call)."""
+        """Schedule ``function(*args)`` on the cluster (never cached as a pure call).
+
+        Raises:
+            Nothing of its own; ``distributed``'s errors (a closed client) pass through.
+        """
         return self._client.submit(function, *args, pure=False)
 
     def as_completed(self, futures):
-        """The futures as they finish (``distributed.as_completed``)."""
+        """The futures as they finish (``distributed.as_completed``).
+
+        Raises:
+            MissingExtra: ``distributed`` is not installed (not reached once the executor exists).
+        """
         as_completed = require("distributed", "the dask sweep backend").as_completed
 
         return as_completed(list(futures))
 
     def shutdown(self, cancel: bool = False) -> None:
-        """Close the client, and the local cluster when this executor started one."""
+        """Close the client, and the local cluster when this executor started one.
+
+        Raises:
+            Nothing (errors while closing are suppressed).
+        """
         with contextlib.suppress(Exception):
             self._client.close()
         if self._cluster is not None:
@@ -249,6 +281,9 @@ class SerialExecutor(Executor):
     """Runs each call in this process when submitted (for debugging: breakpoints work).
 
     A ``KeyboardInterrupt`` stops the sweep; any other error goes into the call's future.
+
+    Raises:
+        Nothing on construction; :meth:`submit` re-raises ``KeyboardInterrupt``.
     """
 
     def __init__(self, workers: Optional[int] = None, **_):
@@ -309,6 +344,9 @@ def worker_death(error: BaseException) -> str:
 
     ``error``: what the task's future raised (pebble's ``ProcessExpired``,
     ``BrokenProcessPool``, dask's ``KilledWorker``, or the task's own error).
+
+    Raises:
+        Nothing.
     """
     import signal
 
