@@ -55,7 +55,11 @@ VARIANTS = {
 
 
 def notebooks_dir() -> Path:
-    """The repository's ``notebooks/`` folder (the package is installed from the repo)."""
+    """The repository's ``notebooks/`` folder (the package is installed from the repo).
+
+    Raises:
+        Nothing (the folder is not checked).
+    """
     return Path(__file__).resolve().parents[1] / "notebooks"
 
 
@@ -181,11 +185,20 @@ def _tags(notebook: Path) -> set:
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook raised: names the notebook, the cell and the error."""
+    """A notebook raised: names the notebook, the cell and the error.
+
+    Raises:
+        Nothing; it is what :func:`run_notebooks` raises for a failing notebook.
+    """
 
 
 @dataclass
 class Executed:
+    """One executed notebook: its name (with the variant's suffix), the executed copy, seconds taken.
+
+    Raises:
+        Nothing (fields are not checked).
+    """
     notebook: str
     output: Path
     seconds: float
@@ -209,6 +222,13 @@ def run_notebooks(
     takes the per-notebook lines instead (no status line); ``quiet`` prints
     nothing. Each notebook's time is kept in ``<output>/<profile>/timings.json``
     for ``INDEX.md`` and the next run's estimate.
+
+    Raises:
+        ValueError: an unknown ``profile``, a name in ``only`` that matches no notebook, or a bad parameter.
+        FileNotFoundError: no notebooks in ``directory``.
+        NotebookFailed: a notebook raised, or its kernel died or never started (the message names it).
+        MissingExtra: papermill, ipykernel or jupyter_client is not installed.
+        OSError: the output folder or ``timings.json``/``INDEX.md`` cannot be written.
     """
     check_choice("profile", profile, PROFILES)
     notebooks = select(discover(directory), only)
@@ -285,6 +305,9 @@ def driver_kernel_manager(kernel_log=None):
     CurveZMQ support, the transport is encrypted (no "running over TCP without
     encryption" warning). The kernel process's stdout/stderr (its own log,
     not the cells' output) go to ``kernel_log`` when given.
+
+    Raises:
+        MissingExtra: ipykernel or jupyter_client is not installed.
     """
     get_kernel_dict = require("ipykernel.kernelspec", "running the notebooks").get_kernel_dict
     KernelSpec = require("jupyter_client.kernelspec", "running the notebooks").KernelSpec
@@ -336,7 +359,11 @@ def _environment(values: Dict[str, str]):
 
 
 def read_timings(base: Path) -> Dict[str, dict]:
-    """``notebook -> {"seconds", "finished"}`` of the latest execution of each, from ``timings.json``."""
+    """``notebook -> {"seconds", "finished"}`` of the latest execution of each, from ``timings.json``.
+
+    Raises:
+        Nothing (a missing or unreadable ``timings.json`` gives ``{}``).
+    """
     path = Path(base) / TIMINGS
     if not path.exists():
         return {}
@@ -366,6 +393,9 @@ def write_index(base: Path) -> Path:
 
     Rewritten from what is on disk, so ``ddc figures`` and a partial run keep
     what the index held.
+
+    Raises:
+        FileNotFoundError/OSError: ``base`` is not a readable folder, or ``INDEX.md`` cannot be written.
     """
     base = Path(base)
     lines = [f"# Outputs ({base.name} profile)", ""]
