@@ -134,7 +134,13 @@ def _one_line(error: click.UsageError) -> UserError:
 @click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ddc")
 def main():
-    """Dynamic DropConnect toolkit: train, record, sweep, analyse, run the paper notebooks."""
+    """Dynamic DropConnect toolkit: train, record, sweep, analyse, run the paper notebooks.
+    \f
+
+    Raises:
+        UserError: a usage error (one line, exit 2), or a command that needs an optional
+            dependency which is not installed (the line names the extra). Subcommands' own errors pass through.
+    """
 
 
 @main.command()
@@ -205,7 +211,12 @@ def train(config_file, recipe_name, profile, opts, layers, classes, root, dry_ru
 @main.command("recipes")
 @_profile_option("Profile to show the recipes at.")
 def recipes_cmd(profile):
-    """List the named recipes and their fields at a profile."""
+    """List the named recipes and their fields at a profile.
+    \f
+
+    Raises:
+        Nothing of its own (click checks ``--profile``).
+    """
     from . import recipes
 
     for name in recipes.RECIPES:
@@ -217,13 +228,23 @@ def recipes_cmd(profile):
 
 @main.group()
 def data():
-    """Datasets: what is available, and explicit downloads."""
+    """Datasets: what is available, and explicit downloads.
+    \f
+
+    Raises:
+        Nothing (a group).
+    """
 
 
 @data.command("list")
 @click.option("--root", default=None, help="Extra place to look first.")
 def data_list(root):
-    """Show each dataset, whether it is available, and how to get it."""
+    """Show each dataset, whether it is available, and how to get it.
+    \f
+
+    Raises:
+        Nothing of its own (:func:`ddc.data.describe` reports problems as rows).
+    """
     from . import data as data_module
 
     for row in data_module.describe(root):
@@ -265,7 +286,12 @@ def data_fetch(name, root):
 
 @main.group()
 def runs():
-    """Inspect the run store."""
+    """Inspect the run store.
+    \f
+
+    Raises:
+        Nothing (a group).
+    """
 
 
 DEFAULT_COLUMNS = "run_id,dataset,model,method,seed,epochs,best_epoch,test_acc"
@@ -484,7 +510,12 @@ def report(runs_paths, out_folder, value, baseline, profile, as_html, outputs, q
 
 @main.group()
 def notebooks():
-    """The paper notebooks, executed headlessly with Papermill."""
+    """The paper notebooks, executed headlessly with Papermill.
+    \f
+
+    Raises:
+        Nothing (a group).
+    """
 
 
 @notebooks.command("run")
@@ -525,7 +556,13 @@ def notebooks_run(profile, suite, only, params, output, quiet):
 
 @notebooks.command("list")
 def notebooks_list():
-    """Each notebook and its parameters with defaults."""
+    """Each notebook and its parameters with defaults.
+    \f
+
+    Raises:
+        FileNotFoundError: the project's ``notebooks/`` folder holds no notebooks.
+        UserError: papermill is not installed (``MissingExtra``, turned into one line by the ``ddc`` group; exit 2).
+    """
     from .notebooks import declared_parameters, discover
 
     for notebook in discover():
