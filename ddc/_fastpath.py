@@ -56,7 +56,11 @@ _HALF_BIN = torch.tensor(0.5 + 2.0**-17, dtype=torch.float64)
 
 
 def uniform_dtype(drop_prob: Tensor) -> torch.dtype:
-    """The dtype of CPU uniforms compared with ``drop_prob``: ``(k + 0.5) / 2**16`` is exact in float32/64."""
+    """The dtype of CPU uniforms compared with ``drop_prob``: ``(k + 0.5) / 2**16`` is exact in float32/64.
+
+    Raises:
+        Nothing.
+    """
     return drop_prob.dtype if drop_prob.dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -68,7 +72,11 @@ def _random_halfwords(count: int, generator: Optional[torch.Generator]) -> Tenso
 
 
 def uniform_block(count: int, generator: Optional[torch.Generator], out: Tensor) -> Tensor:
-    """``count`` CPU uniforms ``(k + 0.5) / 2**16`` into ``out[:count]`` (see :data:`MASK_BITS`)."""
+    """``count`` CPU uniforms ``(k + 0.5) / 2**16`` into ``out[:count]`` (see :data:`MASK_BITS`).
+
+    Raises:
+        Nothing of its own; an ``out`` shorter than ``count`` raises torch's ``RuntimeError``.
+    """
     uniform = out[:count]
     uniform.copy_(_random_halfwords(count, generator))  # k - 32768, exact
     return torch.add(_HALF_BIN.to(uniform.dtype), uniform, alpha=2.0**-16, out=uniform)  # exact
@@ -81,6 +89,9 @@ def keep_mask_cpu(drop_prob: Tensor, size: Tuple[int, ...], generator: Optional[
     (no full-size uniform tensor); a smaller ``drop_prob`` broadcast against
     ``size`` gets every uniform first. Either way edge ``i`` of the mask gets
     the ``i``-th 16-bit draw.
+
+    Raises:
+        Nothing of its own; a ``drop_prob`` that does not broadcast to ``size`` raises torch's ``RuntimeError``.
     """
     udtype = uniform_dtype(drop_prob)
     if tuple(drop_prob.shape) != size and drop_prob.numel() != 1:
@@ -106,7 +117,11 @@ def keep_mask_cpu(drop_prob: Tensor, size: Tuple[int, ...], generator: Optional[
 
 
 def masked_weight_applies(weight: Tensor, keep_mask: Tensor, scale: Tensor) -> bool:
-    """Whether :func:`masked_weight_cpu` computes ``(weight * keep_mask) * scale`` here."""
+    """Whether :func:`masked_weight_cpu` computes ``(weight * keep_mask) * scale`` here.
+
+    Raises:
+        Nothing.
+    """
     return (
         weight.device.type == "cpu"
         and keep_mask.dtype == torch.bool
@@ -127,6 +142,9 @@ def masked_weight_cpu(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: 
     by ``scale`` and then into the weight block: the formula's values. Only
     where :func:`masked_weight_applies`; ``out`` (a contiguous tensor of the
     weight's shape and dtype) receives the result.
+
+    Raises:
+        Nothing of its own (callers check :func:`masked_weight_applies` first).
     """
     flat_weight = weight.reshape(-1)
     keep_bytes = keep_mask.reshape(-1).view(torch.uint8)
@@ -154,7 +172,11 @@ def _block_rows(rows: int, cols: int, device: torch.device) -> int:
 
 
 def blocks(signal: Tensor, scope: str) -> List[Tuple[int, Tensor]]:
-    """``(start, view)`` of ``signal`` block by block: flat ranges (layer scope) or row ranges (row scope)."""
+    """``(start, view)`` of ``signal`` block by block: flat ranges (layer scope) or row ranges (row scope).
+
+    Raises:
+        Nothing.
+    """
     if scope == "row" and signal.dim() >= 2:
         matrix = signal.reshape(signal.shape[0], -1)
         step = _block_rows(matrix.shape[0], matrix.shape[1], signal.device)
@@ -187,6 +209,9 @@ def streamed_stats(signal: Tensor, scope: str, want_sd: bool) -> Tuple[Tensor, O
         ``(mean, std)`` in :func:`ddc.functional.work_dtype`: 0-dim for the layer
         scope, ``(rows, 1, ...)`` with the signal's number of dimensions for the
         row scope. A scope of one edge has std 0.
+
+    Raises:
+        Nothing of its own; any ``scope`` but ``"row"`` is taken as the layer scope.
     """
     if scope == "row" and signal.dim() >= 2:
         return _row_stats(signal, want_sd)
@@ -269,6 +294,9 @@ def merge_moments(
             numbers for ``counts``); ``sums_of_squares=None`` returns only the mean.
     Returns:
         ``(mean, M2)`` as 0-dim tensors (M2 None without ``sums_of_squares``).
+
+    Raises:
+        RuntimeError: no groups (``torch.stack`` of an empty list).
     """
     means_t = torch.stack(list(means)).to(dtype)
     counts_t = torch.tensor(list(counts), dtype=dtype, device=means_t.device)

@@ -36,7 +36,11 @@ INCLUDES = {"analysis": ("runs",), "notebooks": ("runs", "mnist1d", "analysis")}
 
 
 class MissingExtra(ModuleNotFoundError):
-    """An optional dependency is not installed; the message names the extra that installs it."""
+    """An optional dependency is not installed; the message names the extra that installs it.
+
+    Raises:
+        Nothing; it is what :func:`require` raises.
+    """
 
 
 def install_hint(module_name: str, purpose: str, extra: str | None = None) -> str:
@@ -85,7 +89,11 @@ def require_extra(extra: str, purpose: str) -> None:
 
 
 def missing_extra(error: ModuleNotFoundError) -> str | None:
-    """The one-line install hint for ``error`` when it names an optional dependency, else ``None``."""
+    """The one-line install hint for ``error`` when it names an optional dependency, else ``None``.
+
+    Raises:
+        Nothing.
+    """
     if isinstance(error, MissingExtra):
         return str(error)
     top = (error.name or "").split(".")[0]
