@@ -363,7 +363,8 @@ class Handle:
     or of other layers.
 
     Raises:
-        Nothing on construction (``apply`` builds it); see ``load_state_dict``.
+        KeyError: on construction, a layer in ``layers`` carries no method
+            (``apply`` builds it from attached layers). See ``load_state_dict``.
     """
 
     def __init__(self, model: nn.Module, method: str, layers: Dict[str, nn.Module], rng: MaskRNG, hooks=()):

@@ -696,7 +696,8 @@ def generated_cache_dir() -> pathlib.Path:
     """Where generated datasets are cached: ``$DDC_DATA/generated`` or ``~/.cache/ddc``.
 
     Raises:
-        RuntimeError: ``$DDC_DATA`` is unset and the home directory cannot be determined (``Path.home``).
+        Nothing of its own; with ``$DDC_DATA`` unset, ``Path.home``'s error where no
+        home directory can be determined passes through.
     """
     env_dir = os.environ.get("DDC_DATA")
     return pathlib.Path(env_dir) / "generated" if env_dir else pathlib.Path.home() / ".cache" / "ddc"

@@ -121,7 +121,7 @@ def signal_stats(magnitude: Tensor, scope: str = "layer") -> Tuple[Tensor, Tenso
         does not vary.
     Raises:
         Nothing of its own: any ``scope`` but ``"layer"`` is taken as the row
-        scope (callers check it). An integer tensor reaches ``torch.std_mean``'s error.
+        scope (callers check it).
     """
     magnitude = _as_work(magnitude)
     dims = _reduce_dims(magnitude, scope)

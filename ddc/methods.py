@@ -320,7 +320,7 @@ class MaskRNG:
         """Restore :meth:`state_dict`'s output (``"given"`` only when a generator was passed in).
 
         Raises:
-            RuntimeError: a key is not a device torch can make a generator on,
+            RuntimeError, TypeError: a key is not a device torch can make a generator on,
                 or a value is not a generator state (torch).
         """
         for key, value in state.items():
@@ -1265,7 +1265,7 @@ class DynamicDropConnect(WeightDrop):
         """``param`` detached (``signal="weight"``), else the kept gradient signal of ``role`` (None before one).
 
         Raises:
-            AttributeError: ``role`` is neither ``"weight"`` nor ``"bias"``.
+            AttributeError: ``role`` is neither ``"weight"`` nor ``"bias"`` (``signal="grad"``).
         """
         if self.signal == "weight":
             return param.detach()
@@ -1275,7 +1275,7 @@ class DynamicDropConnect(WeightDrop):
         """:meth:`signal_tensor`, cloned for a weight signal (the step changes the weight in place).
 
         Raises:
-            AttributeError: ``role`` is neither ``"weight"`` nor ``"bias"``.
+            AttributeError: ``role`` is neither ``"weight"`` nor ``"bias"`` (``signal="grad"``).
         """
         # The weight changes in place at the optimizer step: a recorder gets a copy of the one used.
         signal = self.signal_tensor(role, param)

@@ -123,6 +123,7 @@ class Board:
 
         Raises:
             OSError: the events file exists but cannot be read.
+            KeyError, TypeError, AttributeError: a malformed event (:meth:`read_events`).
         """
         with self._lock:
             self.read_events()
@@ -134,6 +135,7 @@ class Board:
 
         Raises:
             OSError: the events file exists but cannot be read (lines that are not JSON are skipped).
+            KeyError, TypeError, AttributeError: a line holds JSON that is not a well-formed event (:meth:`apply`).
         """
         if not self.events or not os.path.exists(self.events):
             return
@@ -211,6 +213,7 @@ class Board:
 
         Raises:
             OSError: the events file cannot be read, or the stream cannot be written.
+            KeyError, TypeError, AttributeError: a malformed event (:meth:`read_events`).
         """
         with self._lock:
             self.read_events()

@@ -273,7 +273,7 @@ class RunDir:
         """Whether the run is published (its final path holds ``summary.json``).
 
         Raises:
-            Nothing of its own; ``Path.exists`` may raise ``OSError`` other than a missing path.
+            Nothing of its own.
         """
         return (self.final / "summary.json").exists()
 

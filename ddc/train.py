@@ -842,7 +842,8 @@ def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor, task: str, batch
     classification. Leaves the model in eval mode.
 
     Raises:
-        ValueError: ``batch_size`` is 0 (``range``). ZeroDivisionError/IndexError: no examples.
+        ValueError: ``batch_size`` is 0 (``range``).
+        ZeroDivisionError, IndexError: no examples (classification, regression).
         The model's and the loss's errors (a shape mismatch: ``RuntimeError``) pass through.
     """
     model.eval()

@@ -109,7 +109,7 @@ class EdgeSubsets:
 
         Raises:
             KeyError: ``state`` lacks ``subsets`` or ``generator``.
-            RuntimeError: ``generator`` is not a valid generator state (torch).
+            RuntimeError, TypeError: ``generator`` is not a valid generator state (torch).
         """
         self.indices = {key: index.to(device) for key, index in state["subsets"].items()}
         self.generator.set_state(state["generator"])
