@@ -120,11 +120,14 @@ def test_drop_probabilities_are_finite_bounded_and_blind_to_positions(signal, fo
     assert p.shape == signal.shape and torch.isfinite(p).all()
     low, high = formula["p_base"], formula["p_base"] + formula["p_signal"]
     assert torch.all(p >= low - 1e-6) and torch.all(p <= high + 1e-6)
-    # Equal magnitudes within a scope get equal probabilities (what a permutation of equal values keeps).
+    # Equal magnitudes within a scope get equal probabilities (what a permutation of equal values keeps), to the
+    # last bits: torch's vectorised CPU sigmoid rounds the tail of a tensor (from element 33 on, here) differently
+    # from its vector lanes, so equal scores at other positions may differ by an ulp (main did the same).
+    ulp = torch.finfo(p.dtype).eps
     for magnitude, prob in zip(_groups(signal.abs(), formula["scope"]), _groups(p, formula["scope"])):
         order = torch.argsort(magnitude, stable=True)
         same = magnitude[order][1:] == magnitude[order][:-1]
-        assert torch.equal(prob[order][1:][same], prob[order][:-1][same])
+        torch.testing.assert_close(prob[order][1:][same], prob[order][:-1][same], rtol=0, atol=4 * ulp)
     if formula["normalize"] != "rank":
         used = []
         prob, keep, finite = fast.drop_and_keep(signal, **formula, generator=torch.Generator().manual_seed(0), stats_out=used)
@@ -173,3 +176,17 @@ def test_ddc_layers_of_any_size_and_signal_draw_finite_bounded_masks(options, ou
     assert torch.isfinite(p).all() and torch.all(p >= low - 1e-6) and torch.all(p <= high + 1e-6)
     keep, scale = method.last.keep_mask, method.last.scale
     assert torch.isfinite(model[0].weight.detach() * keep * scale).all()
+
+
+def test_equal_magnitudes_past_the_vector_lanes_get_probabilities_within_an_ulp():
+    # The case hypothesis found: ties in a 40-edge tensor (row scope, rank); element 33 on is the kernels' tail.
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        pool = torch.randn(3, generator=generator)
+        signal = pool[torch.randint(0, 3, (2, 5, 2, 2), generator=generator)]
+        for normalize in F.NORMALIZE:
+            p = F.drop_probability(signal, p_base=0.0, p_signal=1.0, normalize=normalize, scope="row")
+            for magnitude, prob in zip(signal.abs().reshape(2, -1), p.reshape(2, -1)):
+                for value in magnitude.unique():
+                    group = prob[magnitude == value]
+                    assert float(group.max() - group.min()) <= 4 * torch.finfo(p.dtype).eps
