@@ -14,9 +14,9 @@ from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-#: added to the standard deviation of a z-score (as ``ddc.functional``'s ``EPS``)
-ZSCORE_EPS = 1e-9
+from ..functional import normalized_signal
 
 
 def quantile_labels(quantiles: Sequence[float]) -> List[str]:
@@ -110,7 +110,8 @@ def signal_quantiles(magnitude: np.ndarray, mean: float, square_sum: float, *, c
         IndexError: ``magnitude`` is empty (:func:`sorted_quantiles`).
     """
     levels = sorted_quantiles(np.sort(magnitude), quantiles)
-    zscores = (levels - mean) / (unbiased_std(square_sum, count) + ZSCORE_EPS)  # z is increasing in |g|
+    # DDC's own score at those levels (z is increasing in |g|): ddc.functional.normalized_signal with the layer's statistics
+    zscores = normalized_signal(torch.from_numpy(np.asarray(levels, dtype=np.float64)), stats=(mean, unbiased_std(square_sum, count)))
     return levels.tolist() + zscores.tolist()
 
 

@@ -419,7 +419,9 @@ def implied_posterior(weight: torch.Tensor, signal: torch.Tensor, options: dict)
     scale = 1.0 / (1.0 - drop_prob.double().mean())
     moments = mixture_moments(weight, drop_prob, scale)
     g, w = signal.abs().double(), weight.abs().double()
-    z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
+    def z(magnitude):  # DDC's layer z-score (ddc.functional.normalized_signal)
+        return dfn.normalized_signal(magnitude, normalize="zscore", scope="layer")
+
     return pd.DataFrame(
         {
             "edge": np.arange(weight.numel()),

@@ -44,8 +44,14 @@ def valid(setting: Dict[str, float]) -> bool:
         KeyError: ``setting`` lacks one of :data:`FACTORS`.
         ValueError, TypeError: a value is not a number.
     """
+    from ddc.functional import check_drop_config
+
     tau, p_base, p_signal = (float(setting[f]) for f in FACTORS)
-    return 0.0 < tau < 1.0 and p_base >= 0.0 and p_signal >= 0.0 and p_base + p_signal <= 1.0 + 1e-12
+    try:
+        check_drop_config(p_base, p_signal, tau)  # the rule DDC itself applies
+    except ValueError:
+        return False
+    return True
 
 
 def setting_label(setting: Dict[str, float]) -> str:
