@@ -16,7 +16,9 @@ Mersenne-Twister call plus a scalar conversion per edge. This module
 * draws 16 random bits per edge from 64-bit generator words (four edges per
   word; see :data:`MASK_BITS`);
 * offers one ``torch.compile`` kernel for the score, curve, uniforms and
-  comparison (``drop_and_keep(..., compile=True)``).
+  comparison (``drop_and_keep(..., compile=True)``);
+* lets a large CPU layer's masked weight reuse its memory from step to step
+  (:class:`WeightBuffer`, the only memory policy in the package).
 
 Other devices take the same code in one block and keep ``torch.rand``. Every
 function here is tested against :func:`ddc.functional.drop_probability` and
@@ -158,6 +160,54 @@ def masked_weight_cpu(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: 
         factor = buffer[: stop - start].copy_(keep_bytes[start:stop]).mul_(factor_value)  # keep * scale: 0 or scale
         torch.mul(flat_weight[start:stop], factor, out=flat_out[start:stop])
     return out
+
+
+class WeightBuffer:
+    """The one memory policy of the fast path: the masked weight of a large CPU layer reuses its memory.
+
+    A CPU tensor of a 4096 x 4096 layer's size comes straight from the OS,
+    so each step's fresh ``W_eff`` pays a weight's worth of page faults (on
+    the machine of ``benchmarks/results`` about a fifth of a DDC step of that
+    layer). :meth:`take` hands out the memory of the last ``W_eff`` again, as
+    a new tensor object, but only when nothing uses it any more: no graph
+    that saved it for backward, no ``.grad``, no reference kept by the caller
+    (all checked through the storage's use count, which every such holder
+    raises). Otherwise it gives a fresh tensor, so a result never aliases a
+    live one. Used for layers of at least :attr:`MIN_NUMEL` (:data:`CHUNK`) edges
+    (:meth:`wanted`), never under torch.func transforms, and not at all when
+    torch lacks the storage counter.
+    """
+
+    _use_count = getattr(torch._C, "_storage_Use_Count", None)
+    MIN_NUMEL = CHUNK
+
+    def __init__(self):
+        self.buffer: Optional[Tensor] = None
+        self.count = 0
+
+    @classmethod
+    def wanted(cls, param: Tensor) -> bool:
+        """Whether ``param``'s masked weight should get a reused buffer (large, CPU, counter present).
+
+        Raises:
+            Nothing.
+        """
+        return cls._use_count is not None and param.device.type == "cpu" and param.numel() >= cls.MIN_NUMEL
+
+    def _uses(self, tensor: Tensor) -> int:
+        return self._use_count(tensor.untyped_storage()._cdata)
+
+    def take(self, like: Tensor) -> Tensor:
+        """An uninitialised contiguous tensor of ``like``'s shape and dtype, on the old buffer's memory when it is free.
+
+        Raises:
+            Nothing.
+        """
+        buffer = self.buffer
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or self._uses(buffer) != self.count:
+            buffer = self.buffer = torch.empty(like.shape, dtype=like.dtype)
+            self.count = self._uses(buffer)
+        return torch.empty(0, dtype=buffer.dtype).set_(buffer.untyped_storage(), 0, buffer.shape, buffer.stride())
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._fastpath import drop_and_keep, streamed_stats
+from ._fastpath import WeightBuffer, drop_and_keep, masked_weight_applies, streamed_stats
 from ._transforms import ddp_process_group, functorch_active, plain, vmap_active
 from .functional import (
     EPS,
@@ -55,17 +55,32 @@ class _Rule(NamedTuple):
     the method's signal store (:meth:`WeightDrop.gradient_sink`), or None;
     :meth:`give` calls it once per backward as ``sink(dL/dW_eff, None)``, or
     ``sink(None, dL/dW)`` with ``param_signal``: a tensor autograd never gets.
+    ``buffer``: the memory a large CPU layer's masked weight, and then the
+    gradient autograd gets, are formed in (:class:`ddc._fastpath.WeightBuffer`;
+    by backward the masked weight is dead), or None for fresh tensors.
     """
 
     dense: bool
     sink: Optional[Callable[[Optional[Tensor], Optional[Tensor]], None]]
     param_signal: bool
+    buffer: Optional[WeightBuffer] = None
 
     def give(self, signal: Tensor) -> None:
         if self.param_signal:
             self.sink(None, signal)
         else:
             self.sink(signal, None)
+
+    def masked(self, tensor: Tensor, keep_mask: Tensor, scale: Tensor) -> Tensor:
+        """``apply_keep(tensor, keep_mask, scale)``, in the buffer's memory where that is free."""
+        reuse = self.buffer is not None and masked_weight_applies(tensor, keep_mask, scale)
+        return apply_keep(tensor, keep_mask, scale, out=self.buffer.take(tensor) if reuse else None)
+
+    def copy(self, tensor: Tensor) -> Tensor:
+        """``tensor.clone()``, in the buffer's memory where that is free."""
+        if self.buffer is None or tensor.device.type != "cpu" or functorch_active():
+            return tensor.clone()
+        return self.buffer.take(tensor).copy_(tensor)
 
     def weight_gradient(self, grad_effective: Tensor, grad_param: Optional[Tensor]) -> Optional[Tensor]:
         """The weight's gradient (``dL/dW_eff`` when dense, else ``dL/dW``), after the signal went to the sink;
@@ -75,7 +90,7 @@ class _Rule(NamedTuple):
             signal = grad_param if self.param_signal else grad_effective
             self.give(signal)
             if grad_weight is signal:
-                grad_weight = grad_weight.clone()
+                grad_weight = self.copy(grad_weight)
         return grad_weight
 
 
@@ -100,7 +115,7 @@ class _MaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(weight, keep_mask, scale, rule):
-        return weight.clone() if keep_mask is None else apply_keep(weight, keep_mask, scale)
+        return weight.clone() if keep_mask is None else rule.masked(weight, keep_mask, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -116,8 +131,10 @@ class _MaskedWeight(torch.autograd.Function):
         grad_param = None
         if keep_mask is None:
             grad_param = grad_effective
-        elif not rule.dense or rule.param_signal:
+        elif rule.param_signal:  # the sink keeps it: fresh memory
             grad_param = apply_keep(grad_effective, keep_mask, scale)
+        elif not rule.dense:  # autograd gets it
+            grad_param = rule.masked(grad_effective, keep_mask, scale)
         if ctx.per_example:
             grad_effective = grad_effective.sum(0)
             grad_param = None if grad_param is None else grad_param.sum(0)
@@ -783,10 +800,11 @@ class WeightDrop(LayerMethod):
         self.mask, self.recalibration, self.update = mask, recalibration, update
         self.drop_bias, self.eps = bool(drop_bias), float(eps)
         self._uses = 0  # masked weights made since the weight last got a gradient (see _GradWatch)
+        self._weight_buffers: dict = {}  # role -> WeightBuffer (large CPU layers only)
         self._warned_bypass = False
         self._group = None  # DDP's process group while a DDP forward runs: the signal is all-reduced
 
-    _TRANSIENT = dict(LayerMethod._TRANSIENT, _uses=0, _watching=None)
+    _TRANSIENT = dict(LayerMethod._TRANSIENT, _uses=0, _watching=None, _weight_buffers={})
 
     def check_layer(self, layer, name):
         """:meth:`LayerMethod.check_layer`, and ``mask="sample"`` only on ``nn.Linear``.
@@ -875,10 +893,12 @@ class WeightDrop(LayerMethod):
     def _needs_drop_prob(self) -> bool:
         return self.keep_last or self.recalibration in ("expected", "per_edge")
 
-    def _rule(self, role: str) -> _Rule:
+    def _rule(self, role: str, param: Optional[Tensor] = None) -> _Rule:
+        """The backward rule of ``role``; with ``param``, a large CPU one also gets its :class:`WeightBuffer`."""
         sink = self.gradient_sink(role)
         param_signal = sink is not None and getattr(self, "signal_source", "effective") == "param"
-        return _Rule(dense=self.update == "reference", sink=sink, param_signal=param_signal)
+        buffer = self._weight_buffers.setdefault(role, WeightBuffer()) if param is not None and WeightBuffer.wanted(param) else None
+        return _Rule(dense=self.update == "reference", sink=sink, param_signal=param_signal, buffer=buffer)
 
     def _node_made(self, role: str) -> None:
         """A masked ``role`` parameter with a gradient sink entered a graph (DDC counts them)."""
@@ -886,7 +906,7 @@ class WeightDrop(LayerMethod):
     def _masked(self, param: Tensor, role: str, batch: Optional[int]):
         shape = (batch, *param.shape) if batch is not None else tuple(param.shape)
         drawn = self.draw_mask(role, param, shape)
-        rule = self._rule(role)
+        rule = self._rule(role, param)
         if rule.sink is not None and torch.is_grad_enabled() and param.requires_grad:
             self._node_made(role)
         if drawn is None:
@@ -954,12 +974,13 @@ class WeightDrop(LayerMethod):
         self._watch(layer._parameters.get("weight"))
 
     def detached(self):
-        """Let go of the layer: the kept record, masked weights and the weight's watch.
+        """Let go of the layer: the kept record, masked weights, their buffers and the weight's watch.
 
         Raises:
             Nothing.
         """
         super().detached()
+        self._weight_buffers = {}
         watch = self.__dict__.get("_watching")
         if watch is not None:
             watch[1].remove()

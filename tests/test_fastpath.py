@@ -198,26 +198,98 @@ def test_keep_scale_count_equals_float_mean():
     )
 
 
-def test_masked_weight_of_one_graph_survives_a_second_forward():
+@pytest.fixture(params=[False, True], ids=["fresh", "reused"])
+def weight_buffer(request, monkeypatch):
+    """Every layer's masked weight reuses its memory (``reused``) or none does (``fresh``)."""
+    monkeypatch.setattr(fast.WeightBuffer, "MIN_NUMEL", 1 if request.param else 1 << 62)
+    return request.param
+
+
+def test_masked_weight_of_one_graph_survives_a_second_forward(weight_buffer):
     torch.manual_seed(0)
     layer = nn.Linear(6, 5)
     handle = ddc.apply(layer, "dropconnect", layers=[nn.Linear], p=0.5, seed=0)
     method = handle.methods[""]
     method.keep_last = True
-    x1, x2 = torch.randn(4, 6), torch.randn(4, 6)
+    x1, x2 = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
     out1 = layer(x1)
     k1, s1 = method.last.keep_mask, method.last.scale
-    out2 = layer(x2)  # the first graph still holds its W_eff: a new buffer must be used
+    out2 = layer(x2)  # the first graph still holds its W_eff: its memory must not be reused
     k2, s2 = method.last.keep_mask, method.last.scale
     (out1.square().sum() + out2.square().sum()).backward()
     w = layer.weight.detach()
     expected = torch.zeros_like(w)
     for x, k, s in ((x1, k1, s1), (x2, k2, s2)):
         w_eff = (w * k * s).requires_grad_()
-        nn.functional.linear(x, w_eff, layer.bias.detach()).square().sum().backward()
+        x_copy = x.detach().requires_grad_()
+        nn.functional.linear(x_copy, w_eff, layer.bias.detach()).square().sum().backward()
         expected += w_eff.grad * k * s
+        torch.testing.assert_close(x.grad, x_copy.grad)  # backward read the W_eff of its own forward
         torch.testing.assert_close(nn.functional.linear(x, w * k * s, layer.bias), out1 if x is x1 else out2)
     torch.testing.assert_close(layer.weight.grad, expected)
+    if weight_buffer:  # once nothing holds it, the same memory is handed out again
+        buffer = method._weight_buffers["weight"].buffer
+        layer(x1).sum().backward()
+        assert method._weight_buffers["weight"].buffer is buffer
+
+
+class _KeepsWeight(nn.Linear):
+    """A layer whose forward keeps every weight it reads (the masked one inside a training forward)."""
+
+    def forward(self, x):
+        self.seen.append(self.weight)
+        return super().forward(x)
+
+
+def test_masked_weight_a_user_keeps_is_never_overwritten(weight_buffer):
+    torch.manual_seed(0)
+    layer = _KeepsWeight(6, 5)
+    layer.seen = []
+    ddc.apply(layer, "dropconnect", layers=[_KeepsWeight], p=0.5, seed=0)
+    copies = []
+    with torch.no_grad():  # no graph holds W_eff: only the user's reference does
+        for _ in range(3):
+            layer(torch.randn(4, 6))
+            copies.append(layer.seen[-1].clone())
+    assert len(layer.seen) == 3
+    for kept, copy in zip(layer.seen, copies):
+        assert torch.equal(kept, copy)
+    assert not torch.equal(copies[0], copies[1])
+
+
+def _buffer_run(update, signal_source, set_to_none):
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 30)
+    handle = ddc.apply(
+        layer, "ddc", layers=[nn.Linear], seed=3, update=update, signal_source=signal_source, drop_bias=True, first_step="base"
+    )
+    handle.methods[""].keep_last = True
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    masks, kept_grads = [], []
+    for step in range(4):
+        optimizer.zero_grad(set_to_none=set_to_none)
+        layer(torch.randn(8, 40, requires_grad=True)).square().sum().backward()
+        optimizer.step()
+        masks.append(handle.methods[""].last.keep_mask)
+        kept_grads.append((layer.weight.grad, layer.weight.grad.clone()))  # a user keeps .grad
+    return masks, kept_grads, layer.weight.detach().clone(), layer.bias.detach().clone()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("signal_source", ["effective", "param"])
+@pytest.mark.parametrize("update", ["autograd", "reference"])
+def test_weight_buffer_changes_no_value(monkeypatch, update, signal_source, set_to_none):
+    """Four DDC steps give the same masks, gradients and weights with and without the reuse; a kept .grad stays."""
+    monkeypatch.setattr(fast.WeightBuffer, "MIN_NUMEL", 1 << 62)
+    fresh = _buffer_run(update, signal_source, set_to_none)
+    monkeypatch.setattr(fast.WeightBuffer, "MIN_NUMEL", 1)
+    reused = _buffer_run(update, signal_source, set_to_none)
+    assert all(torch.equal(a, b) for a, b in zip(fresh[0], reused[0]))
+    assert torch.equal(fresh[2], reused[2]) and torch.equal(fresh[3], reused[3])
+    for (_, fresh_copy), (kept, reused_copy) in zip(fresh[1], reused[1]):
+        assert torch.equal(fresh_copy, reused_copy)
+        if set_to_none:  # each step's .grad is its own tensor, and nothing overwrote it since
+            assert torch.equal(kept, reused_copy)
 
 
 def test_ddc_fast_path_masks_match_general_path():
