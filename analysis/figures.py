@@ -904,7 +904,7 @@ def ablation_heatmap(
     outlined = default is not None and x in default and y in default and _outline_cell(ax, mean, default[x], default[y], default_name)
     n = summary["n"].astype(int)
     count = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
-    notes = [f"cells: mean"
+    notes = ["cells: mean"
              + (f" ± half-width of the {100 * confidence_level:.0f}% CI" if np.isfinite(half_widths).any() else "")
              + f", {count} runs each"]
     if pvalues is not None:

@@ -10,7 +10,7 @@ rows are sorted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 GROUP = ("dataset", "model")
 #: more labels than this get their learning curves as small multiples, not as lines on one axes
@@ -78,7 +78,6 @@ def group_statistics(runs, *, value: str, baseline: str, seed: int = 0, n_resamp
             (:func:`analysis.stats.summarize`).
         AttributeError: ``runs`` has no ``seed`` column when there is a pair to test.
     """
-    import numpy as np
     from analysis import stats
     from analysis import verdicts as V
 

@@ -43,6 +43,8 @@ __all__ = [
     "sweep_status",
     "sweep_frame",
     "sweep_connect",
+    "failed_path",
+    "SpecLike",
     "sweep_command",
 ]
 

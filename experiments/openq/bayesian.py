@@ -35,7 +35,6 @@ posterior with per-edge alpha = p / (1-p)).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np

@@ -173,7 +173,6 @@ def joint_decomposition(runs, *, value: str = "test_acc"):
             (:func:`analysis.stats.anova`).
     """
     import pandas as pd
-    from analysis import stats
 
     frames = []
     for experiment, group in runs[runs.in_joint].groupby("experiment", sort=True):
