@@ -50,6 +50,12 @@ MASK_BITS = 16
 #: 64-bit word, so blocking never changes which bits an edge gets).
 CHUNK = 1 << 20
 
+#: The blocked loops run eagerly under ``torch.compile(model)``: traced, their
+#: host reads and generator calls break the graph at every block, and a
+#: compiled dtype view of the random words fails in AOT autograd; eager, they
+#: give exactly the masks of an uncompiled model.
+_eager = torch.compiler.disable
+
 # (k - 32768) * 2**-16 + (0.5 + 2**-17) = (k + 0.5) / 2**16
 _HALF_BIN = torch.tensor(0.5 + 2.0**-17, dtype=torch.float64)
 
@@ -66,6 +72,7 @@ def uniform_dtype(drop_prob: Tensor) -> torch.dtype:
     return drop_prob.dtype if drop_prob.dtype in (torch.float32, torch.float64) else torch.float32
 
 
+@_eager
 def _random_halfwords(count: int, generator: Optional[torch.Generator]) -> Tensor:
     """``count`` uniform 16-bit integers ``k - 32768`` (int16), four per 64-bit generator word."""
     words = torch.empty((count + 3) // 4, dtype=torch.int64)
@@ -84,6 +91,7 @@ def uniform_block(count: int, generator: Optional[torch.Generator], out: Tensor)
     return torch.add(_HALF_BIN.to(uniform.dtype), uniform, alpha=2.0**-16, out=uniform)  # exact
 
 
+@_eager
 def keep_mask_cpu(drop_prob: Tensor, size: Tuple[int, ...], generator: Optional[torch.Generator]) -> Tensor:
     """:func:`ddc.functional.keep_mask` on the CPU: ``keep = u > drop_prob`` for a mask of ``size``.
 
@@ -136,6 +144,7 @@ def masked_weight_applies(weight: Tensor, keep_mask: Tensor, scale: Tensor) -> b
     )
 
 
+@_eager
 def masked_weight_cpu(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: Optional[Tensor] = None) -> Tensor:
     """``(weight * keep_mask) * scale`` block by block (:data:`CHUNK` entries), one new tensor.
 
@@ -174,8 +183,8 @@ class WeightBuffer:
     (all checked through the storage's use count, which every such holder
     raises). Otherwise it gives a fresh tensor, so a result never aliases a
     live one. Used for layers of at least :attr:`MIN_NUMEL` (:data:`CHUNK`) edges
-    (:meth:`wanted`), never under torch.func transforms, and not at all when
-    torch lacks the storage counter.
+    (:meth:`wanted`), never under torch.func transforms or while ``torch.compile``
+    traces, and not at all when torch lacks the storage counter.
     """
 
     _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -192,7 +201,12 @@ class WeightBuffer:
         Raises:
             Nothing.
         """
-        return cls._use_count is not None and param.device.type == "cpu" and param.numel() >= cls.MIN_NUMEL
+        return (
+            cls._use_count is not None
+            and param.device.type == "cpu"
+            and param.numel() >= cls.MIN_NUMEL
+            and not torch.compiler.is_compiling()  # a traced graph allocates its own outputs
+        )
 
     def _uses(self, tensor: Tensor) -> int:
         return self._use_count(tensor.untyped_storage()._cdata)
@@ -243,6 +257,7 @@ def _abs_into(block: Tensor, out: Tensor) -> Tensor:
     return out.copy_(block).abs_()
 
 
+@_eager
 def streamed_stats(signal: Tensor, scope: str, want_sd: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """:func:`ddc.functional.signal_stats` of ``|signal|`` without a full-size temporary.
 
@@ -423,6 +438,7 @@ def drop_and_keep(
     return _drop_and_keep_blocked(signal, formula, stats, finite, generator, want_prob, draw)
 
 
+@_eager
 def _drop_and_keep_blocked(signal, formula, stats, finite, generator, want_prob, draw):
     """:func:`drop_and_keep`'s eager path, block by block (see the module docstring)."""
     row = formula["scope"] == "row" and signal.dim() >= 2

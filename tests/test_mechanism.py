@@ -144,6 +144,43 @@ def test_torch_compile_keeps_the_method(method):
         assert handle.methods["fc1"].weight_signal is not None
 
 
+def _compiled_run(method, backend, reuse, monkeypatch):
+    from ddc import _fastpath
+
+    monkeypatch.setattr(_fastpath.WeightBuffer, "MIN_NUMEL", 1 if reuse else 1 << 62)
+    torch.manual_seed(0)
+    model = Net()
+    handle = ddc.apply(model, method, layers=["fc1", "fc2"], seed=5)
+    for layer_method in handle.methods.values():
+        layer_method.keep_last = True
+    forward = model if backend is None else torch.compile(model, backend=backend)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    masks = []
+    for step in range(3):
+        optimizer.zero_grad()
+        forward(torch.randn(4, 6, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+        optimizer.step()
+        masks += [m.last.keep_mask for m in handle.methods.values() if m.last is not None and m.last.keep_mask is not None]
+    return masks, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "reused"])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("method", ["dropconnect", "ddc"])
+def test_torch_compile_of_the_model_trains_as_eager(method, backend, reuse, monkeypatch):
+    """torch.compile(model) through AOT autograd gives the eager masks and weights (a traced dtype view of the
+    fast path's random words failed there); the fast path's loops run eagerly inside the compiled model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+        eager_masks, eager_weights = _compiled_run(method, None, reuse, monkeypatch)
+        masks, weights = _compiled_run(method, backend, reuse, monkeypatch)
+    assert len(masks) == len(eager_masks) > 0
+    assert all(torch.equal(a, b) for a, b in zip(masks, eager_masks))
+    for a, b in zip(weights, eager_weights):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_remove_restores_class_hooks_and_keys(method):
     model, handle = _trained(method)
