@@ -1,7 +1,7 @@
-"""What ddc needs to know about torch.func transforms and DistributedDataParallel.
+"""What ddc needs to know about torch.func transforms, backward passes and DistributedDataParallel.
 
 Private torch APIs, kept in this one file: torch offers no public way to ask
-whether a functorch transform is running, to read the plain tensor behind a
+whether a functorch transform or a backward pass is running, to read the plain tensor behind a
 transform's wrapper, or which DDP module's forward is running.
 """
 
@@ -23,6 +23,16 @@ def functorch_active() -> bool:
     """
     check = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(check()) if check is not None else False
+
+
+def backward_active() -> bool:
+    """Whether this thread is inside a backward pass (where ``torch.utils.checkpoint`` recomputes forwards).
+
+    Raises:
+        Nothing (False where torch lacks the private check).
+    """
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
 
 
 def vmap_active() -> bool:

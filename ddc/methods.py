@@ -15,6 +15,7 @@ layer (Standout's inference rule scales the output by its keep probability).
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import math
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ._fastpath import WeightBuffer, drop_and_keep, masked_weight_applies, streamed_stats
-from ._transforms import ddp_process_group, functorch_active, plain, vmap_active
+from ._transforms import backward_active, ddp_process_group, functorch_active, plain, vmap_active
 from .functional import (
     EPS,
     NORMALIZE,
@@ -406,6 +407,7 @@ class LayerMethod(nn.Module):
         self.active = True
         self._depth = 0  # forward passes open around the layer (see ddc.apply)
         self._effective: dict = {}  # masked parameters of the forward pass that is open
+        self._drawn: dict = {}  # role -> generator states of the last draws (see rng)
 
     # (enter and exit run several times per forward pass: they write __dict__ directly,
     # skipping nn.Module.__setattr__'s checks)
@@ -456,7 +458,7 @@ class LayerMethod(nn.Module):
         self._effective = {}
 
     # Copies start with nothing open and nothing cached: no forward pass, no recorder, no buffers.
-    _TRANSIENT = {"_depth": 0, "_effective": {}, "last": None, "keep_last": False}
+    _TRANSIENT = {"_depth": 0, "_effective": {}, "last": None, "keep_last": False, "_drawn": {}}
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -486,13 +488,56 @@ class LayerMethod(nn.Module):
                 f"for method={self.name!r} to drop (select layers with at least one edge)"
             )
 
-    def rng(self, device) -> Optional[torch.Generator]:
-        """The generator masks on ``device`` are drawn from (None: the global RNG).
+    #: Forward passes per role whose generator state is kept for a recomputation.
+    RECOMPUTE_DEPTH = 8
+
+    def rng(self, device, role: str = "output") -> Optional[torch.Generator]:
+        """The generator one mask of ``role`` on ``device`` is drawn from (None: the global RNG).
+
+        A forward pass recomputed during backward (``torch.utils.checkpoint``,
+        reentrant or not) must draw the masks of the forward it stands for.
+        torch's checkpoint restores the global RNG, not a method's own
+        generator (``seed=``/``generator=``), so each draw of an ordinary
+        forward keeps the generator's state (the last :attr:`RECOMPUTE_DEPTH`
+        per role), and a draw during backward gets a copy of the generator at
+        the state of the latest draw not yet replayed (recomputations run in
+        the reverse order of their forwards); the generator itself moves on
+        as without checkpointing. A recomputed draw with none left to replay
+        (a layer shared by several checkpointed segments of one forward)
+        warns once (``RuntimeWarning``) and draws anew.
 
         Raises:
             ValueError: the ``generator`` given is on another device type (:meth:`MaskRNG.get`).
         """
-        return self.mask_rng.get(device)
+        generator = self.mask_rng.get(device)
+        if generator is None:
+            return None
+        by_role = self.__dict__.setdefault("_drawn", {})  # (absent in methods pickled by older versions)
+        drawn = by_role.get(role)
+        if drawn is None:
+            drawn = by_role[role] = collections.deque(maxlen=self.RECOMPUTE_DEPTH)
+        if not backward_active():
+            drawn.append(generator.get_state())
+            return generator
+        if not drawn:
+            self._warn_unmatched_recompute()
+            return generator
+        replay = torch.Generator(device=generator.device)
+        replay.set_state(drawn.pop())
+        return replay
+
+    def _warn_unmatched_recompute(self) -> None:
+        if self.__dict__.get("_warned_recompute"):
+            return
+        self.__dict__["_warned_recompute"] = True
+        warnings.warn(
+            f"ddc: layer {self.layer_name or '(root)'!r} drew a mask during backward with no draw of a forward "
+            "pass left to replay. A layer used in more than one checkpointed segment of one forward pass shares "
+            "one mask in the forward but not in the recomputation, so its gradients are not those of the forward; "
+            "keep all uses of such a layer in one checkpointed segment.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def method_state(self) -> dict:
         """State to checkpoint beside the model (the model's state_dict stays plain).
@@ -878,9 +923,9 @@ class WeightDrop(LayerMethod):
             return None
         if vmap_active():
             # Out-of-place uniforms: under vmap(randomness="different") each entry gets its own mask.
-            uniform = torch.rand(shape, generator=self.rng(param.device), device=param.device, dtype=drop_prob.dtype)
+            uniform = torch.rand(shape, generator=self.rng(param.device, role), device=param.device, dtype=drop_prob.dtype)
             return drop_prob, uniform > drop_prob
-        return drop_prob, keep_mask(drop_prob, generator=self.rng(param.device), shape=shape)
+        return drop_prob, keep_mask(drop_prob, generator=self.rng(param.device, role), shape=shape)
 
     def _step_record(self, drawn: Optional[tuple], signal: Optional[Tensor]) -> StepRecord:
         """The record of this forward pass (``drawn``: ``(drop_prob, keep, scale)`` or None)."""
@@ -1017,7 +1062,7 @@ class WeightDrop(LayerMethod):
             out = torch.matmul(flat, effective.t())
         else:
             masks = _ExampleMasks(
-                drop_prob, self.rng(weight.device), (batch, *weight.shape), self.recalibration, self.eps, self.keep_last, dtype=weight.dtype
+                drop_prob, self.rng(weight.device, "weight"), (batch, *weight.shape), self.recalibration, self.eps, self.keep_last, dtype=weight.dtype
             )
             out = _PerExampleLinear.apply(flat, weight, masks, rule)
         bias = layer._parameters["bias"]
@@ -1403,7 +1448,7 @@ class DynamicDropConnect(WeightDrop):
                 **formula,
                 stats=stats,
                 finite=finite,
-                generator=self.rng(param.device),
+                generator=self.rng(param.device, role),
                 want_prob=self._needs_drop_prob() and not lazy,
                 stats_out=used,
                 compile=self.compile_masks,
