@@ -31,6 +31,7 @@ and the hooks, leaving the model exactly as it was.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import copyreg
 import fnmatch
@@ -331,7 +332,15 @@ def select_layers(model: nn.Module, layers: Selector, *, method: str = "ddc") ->
                 f"layers: {type(model).__name__} declares no default `{attr}`; pass layers= as "
                 "names, glob patterns or module types (e.g. layers=['fc1'] or layers=nn.Linear)"
             )
-    selectors = [layers] if isinstance(layers, (str, type)) else list(layers)
+    if isinstance(layers, (str, type)):
+        selectors = [layers]
+    elif isinstance(layers, collections.abc.Iterable):
+        selectors = list(layers)
+    else:
+        raise ValueError(
+            f"layers: {layers!r} is neither a name/pattern, an nn.Module type nor a list of them "
+            "(e.g. layers=['fc1'] or layers=nn.Linear)"
+        )
     if not selectors:
         raise ValueError("layers: the selection is empty; name at least one layer, pattern or type")
     candidates = list(_candidates(model))
