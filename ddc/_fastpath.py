@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from . import functional as dfn
-from ._transforms import functorch_active
+from ._transforms import eager_only, functorch_active
 
 #: Random bits per edge of a CPU mask. The uniform is ``u = (k + 0.5) / 2**16``
 #: with ``k`` uniform on ``0 .. 2**16 - 1`` and the rule stays ``keep = u > p``,
@@ -54,7 +54,7 @@ CHUNK = 1 << 20
 #: host reads and generator calls break the graph at every block, and a
 #: compiled dtype view of the random words fails in AOT autograd; eager, they
 #: give exactly the masks of an uncompiled model.
-_eager = torch.compiler.disable
+_eager = eager_only
 
 # (k - 32768) * 2**-16 + (0.5 + 2**-17) = (k + 0.5) / 2**16
 _HALF_BIN = torch.tensor(0.5 + 2.0**-17, dtype=torch.float64)

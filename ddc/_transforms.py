@@ -7,7 +7,9 @@ transform's wrapper, or which DDP module's forward is running.
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import sys
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -23,6 +25,30 @@ def functorch_active() -> bool:
     """
     check = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(check()) if check is not None else False
+
+
+def eager_only(function: Callable) -> Callable:
+    """``function``, run eagerly (not traced) inside ``torch.compile``; as it is where nothing compiles.
+
+    ``torch.compiler.disable`` itself, but made on first use under a loaded
+    ``torch._dynamo``: importing dynamo (and sympy) would make ``import ddc``
+    and every uncompiled step pay for a compiler they do not use.
+
+    Raises:
+        Nothing of its own.
+    """
+    disabled = None
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        nonlocal disabled
+        if "torch._dynamo" not in sys.modules:  # nothing can be compiling
+            return function(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(function)
+        return disabled(*args, **kwargs)
+
+    return run
 
 
 def backward_active() -> bool:
