@@ -111,7 +111,10 @@ def keep_mask_cpu(drop_prob: Tensor, size: Tuple[int, ...], generator: Optional[
             stop = min(start + CHUNK, flat_uniform.numel())
             uniform_block(stop - start, generator, flat_uniform[start:stop])
         return uniform > drop_prob
-    keep = torch.empty(torch.broadcast_shapes(size, drop_prob.shape), dtype=torch.bool)
+    # (drop_prob has the mask's shape or one value: the broadcast shape is size, with any extra leading ones;
+    # torch.broadcast_shapes would import torch._refs and sympy on first use)
+    extra = max(drop_prob.dim() - len(size), 0)
+    keep = torch.empty((1,) * extra + tuple(size), dtype=torch.bool)
     flat_keep = keep.view(-1)
     flat_prob = drop_prob.reshape(-1) if drop_prob.numel() > 1 else drop_prob.reshape(())
     buffer = torch.empty(min(CHUNK, max(flat_keep.numel(), 1)), dtype=udtype)

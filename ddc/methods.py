@@ -531,10 +531,12 @@ class LayerMethod(nn.Module):
             return
         self.__dict__["_warned_recompute"] = True
         warnings.warn(
-            f"ddc: layer {self.layer_name or '(root)'!r} drew a mask during backward with no draw of a forward "
-            "pass left to replay. A layer used in more than one checkpointed segment of one forward pass shares "
-            "one mask in the forward but not in the recomputation, so its gradients are not those of the forward; "
-            "keep all uses of such a layer in one checkpointed segment.",
+            f"ddc: layer {self.layer_name or '(root)'!r} drew a mask during backward (a checkpointed forward "
+            "recomputed) with no draw of a forward pass left to replay, so this recomputation's mask, and the "
+            "gradients through it, are not those of the forward. Known causes: a layer whose one forward mask "
+            "serves several checkpointed segments or calls, nested reentrant checkpoints, more than "
+            f"{self.RECOMPUTE_DEPTH} checkpointed forwards before one backward, a second backward through one "
+            "checkpointed graph. Checkpoint each layer's uses within one plain module call, once per backward.",
             RuntimeWarning,
             stacklevel=3,
         )
