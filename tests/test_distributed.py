@@ -64,7 +64,14 @@ def _rank_main(rank: int, store: str, out: str, update: str) -> None:
 @pytest.mark.parametrize("update", ["autograd", "reference"])
 def test_ddp_drop_probabilities_come_from_the_all_reduced_gradient(tmp_path, update):
     out = tmp_path / "report"
-    mp.start_processes(_rank_main, args=(str(tmp_path / "store"), str(out), update), nprocs=WORLD, join=True, start_method="spawn")
+    try:
+        mp.start_processes(_rank_main, args=(str(tmp_path / "store"), str(out), update), nprocs=WORLD, join=True, start_method="spawn")
+    except mp.ProcessExitedException as error:
+        # gloo's threads now and then abort a process as it tears down ("terminate called without an active
+        # exception", about 1 run in 8 under load, before and after #18): tolerated only once every rank wrote
+        # its whole report, which is what the test checks.
+        if error.signal_name != "SIGABRT" or not all((tmp_path / f"report.{rank}").exists() for rank in range(WORLD)):
+            raise
     reports = [json.loads((tmp_path / f"report.{rank}").read_text()) for rank in range(WORLD)]
     for step in range(STEPS):
         a, b = reports[0][step], reports[1][step]
