@@ -334,9 +334,9 @@ def select_layers(model: nn.Module, layers: Selector, *, method: str = "ddc") ->
             )
     if isinstance(layers, (str, type)):
         selectors = [layers]
-    elif isinstance(layers, collections.abc.Iterable):
+    elif isinstance(layers, collections.abc.Iterable) and not isinstance(layers, (bytes, bytearray, collections.abc.Mapping)):
         selectors = list(layers)
-    else:
+    else:  # (bytes would give their byte values, a mapping its keys without its values)
         raise ValueError(
             f"layers: {layers!r} is neither a name/pattern, an nn.Module type nor a list of them "
             "(e.g. layers=['fc1'] or layers=nn.Linear)"

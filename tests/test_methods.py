@@ -504,6 +504,8 @@ def test_inf_loss_never_makes_effective_weights_nan():
         ("ddc", dict(layers=[]), "layers: the selection is empty"),
         ("ddc", dict(layers=3.5), "layers: 3.5 is neither a name/pattern, an nn.Module type nor a list"),
         ("ddc", dict(layers=[0]), "layers: 0 is neither a name/pattern nor an nn.Module type"),
+        ("ddc", dict(layers=b"fc1"), "layers: b'fc1' is neither a name/pattern, an nn.Module type nor a list"),
+        ("ddc", dict(layers={"fc1": 0.5}), "layers: {'fc1': 0.5} is neither a name/pattern, an nn.Module type nor a list"),
         ("dropconnect", dict(layers=nn.ReLU), "has no weight"),
         ("ddc", dict(layers="conv", mask="sample"), "mask='sample'.*nn.Linear only"),
         ("ddc", dict(seed=1, generator=torch.Generator()), "seed and generator"),
