@@ -20,6 +20,11 @@ Mersenne-Twister call plus a scalar conversion per edge. This module
 * lets a large CPU layer's masked weight reuse its memory from step to step
   (:class:`WeightBuffer`, the only memory policy in the package).
 
+The blocked loops (marked ``@eager_only``) run eagerly under
+``torch.compile(model)``: traced, their host reads and generator calls would
+break the graph at every block, and a compiled dtype view of the random words
+fails in AOT autograd; eager, they give exactly the masks of an uncompiled model.
+
 Other devices take the same code in one block and keep ``torch.rand``. Every
 function here is tested against :func:`ddc.functional.drop_probability` and
 :func:`ddc.functional.keep_mask` (``tests/test_fastpath.py``,
@@ -50,12 +55,6 @@ MASK_BITS = 16
 #: 64-bit word, so blocking never changes which bits an edge gets).
 CHUNK = 1 << 20
 
-#: The blocked loops run eagerly under ``torch.compile(model)``: traced, their
-#: host reads and generator calls break the graph at every block, and a
-#: compiled dtype view of the random words fails in AOT autograd; eager, they
-#: give exactly the masks of an uncompiled model.
-_eager = eager_only
-
 # (k - 32768) * 2**-16 + (0.5 + 2**-17) = (k + 0.5) / 2**16
 _HALF_BIN = torch.tensor(0.5 + 2.0**-17, dtype=torch.float64)
 
@@ -72,7 +71,7 @@ def uniform_dtype(drop_prob: Tensor) -> torch.dtype:
     return drop_prob.dtype if drop_prob.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-@_eager
+@eager_only
 def _random_halfwords(count: int, generator: Optional[torch.Generator]) -> Tensor:
     """``count`` uniform 16-bit integers ``k - 32768`` (int16), four per 64-bit generator word."""
     words = torch.empty((count + 3) // 4, dtype=torch.int64)
@@ -91,7 +90,7 @@ def uniform_block(count: int, generator: Optional[torch.Generator], out: Tensor)
     return torch.add(_HALF_BIN.to(uniform.dtype), uniform, alpha=2.0**-16, out=uniform)  # exact
 
 
-@_eager
+@eager_only
 def keep_mask_cpu(drop_prob: Tensor, size: Tuple[int, ...], generator: Optional[torch.Generator]) -> Tensor:
     """:func:`ddc.functional.keep_mask` on the CPU: ``keep = u > drop_prob`` for a mask of ``size``.
 
@@ -147,7 +146,7 @@ def masked_weight_applies(weight: Tensor, keep_mask: Tensor, scale: Tensor) -> b
     )
 
 
-@_eager
+@eager_only
 def masked_weight_cpu(weight: Tensor, keep_mask: Tensor, scale: Tensor, *, out: Optional[Tensor] = None) -> Tensor:
     """``(weight * keep_mask) * scale`` block by block (:data:`CHUNK` entries), one new tensor.
 
@@ -199,7 +198,7 @@ class WeightBuffer:
 
     @classmethod
     def wanted(cls, param: Tensor) -> bool:
-        """Whether ``param``'s masked weight should get a reused buffer (large, CPU, counter present).
+        """Whether ``param``'s masked weight should get a reused buffer (large, CPU, counter present, not traced or transformed).
 
         Raises:
             Nothing.
@@ -209,6 +208,7 @@ class WeightBuffer:
             and param.device.type == "cpu"
             and param.numel() >= cls.MIN_NUMEL
             and not torch.compiler.is_compiling()  # a traced graph allocates its own outputs
+            and not functorch_active()  # transforms wrap their own tensors
         )
 
     def _uses(self, tensor: Tensor) -> int:
@@ -260,7 +260,7 @@ def _abs_into(block: Tensor, out: Tensor) -> Tensor:
     return out.copy_(block).abs_()
 
 
-@_eager
+@eager_only
 def streamed_stats(signal: Tensor, scope: str, want_sd: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """:func:`ddc.functional.signal_stats` of ``|signal|`` without a full-size temporary.
 
@@ -441,7 +441,7 @@ def drop_and_keep(
     return _drop_and_keep_blocked(signal, formula, stats, finite, generator, want_prob, draw)
 
 
-@_eager
+@eager_only
 def _drop_and_keep_blocked(signal, formula, stats, finite, generator, want_prob, draw):
     """:func:`drop_and_keep`'s eager path, block by block (see the module docstring)."""
     row = formula["scope"] == "row" and signal.dim() >= 2
